@@ -1,0 +1,235 @@
+//! Builds the running daemon from settings and runs it until shutdown.
+//!
+//! In: validated [`Settings`]. Out: a bound listener ([`Application::port`] works with port 0 in
+//! tests), the worker, and the background upkeep, all stopped in pipeline order on shutdown:
+//! first ingress (in-flight requests finish), then the worker (in-flight events finish or stay
+//! in the journal), then the journal (everything queued is committed).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use std::future::IntoFuture;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::dedupe::{self, DedupeStore, EmbeddedDedupe, RedisDedupe};
+use crate::ingress::{self, IngressState};
+use crate::journal::{Journal, SqliteJournal};
+use crate::routing::{closest_event_type, RouteTable};
+use crate::sinks::Sinks;
+use crate::worker::{self, Pipeline, Worker};
+
+/// How often old delivery keys and dedupe marks are purged.
+const PURGE_INTERVAL: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot listen on {addr}: {source} (is another process using it? set --listen or server.listen)")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Journal(#[from] crate::journal::JournalError),
+    #[error("{0}")]
+    Dedupe(#[from] crate::dedupe::DedupeError),
+    #[error("{0}")]
+    Sink(#[from] crate::sinks::SinkError),
+}
+
+pub struct Application {
+    listener: TcpListener,
+    router: axum::Router,
+    worker: Option<Worker>,
+    journal: Journal,
+    settings: Settings,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> Result<Application, StartError> {
+        let addr = settings.listen_addr()?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+
+        let sqlite = SqliteJournal::open(&settings.journal_path())?;
+        let journal = Journal::Sqlite(sqlite.clone());
+        let dedupe = match &settings.redis.url {
+            Some(url) => DedupeStore::Redis(RedisDedupe::new(
+                dedupe::redis::connect(url)?,
+                &settings.redis.key_prefix,
+                settings.dedupe.claim_lease,
+                settings.dedupe.done_ttl,
+            )),
+            None => DedupeStore::Embedded(EmbeddedDedupe::new(
+                sqlite,
+                settings.dedupe.claim_lease,
+                settings.dedupe.done_ttl,
+            )),
+        };
+        let routes_settings = settings.effective_routes();
+        let sink_settings = settings.effective_sinks();
+        let sink_names: Vec<String> = sink_settings.keys().cloned().collect();
+        let routes = RouteTable::compile(&routes_settings, &sink_names)?;
+        for (route, name) in routes.unknown_event_types() {
+            match closest_event_type(&name) {
+                Some(hint) => tracing::warn!(route = %route, event_type = %name, "route names an event type Attio does not document; did you mean {hint:?}?"),
+                None => tracing::warn!(route = %route, event_type = %name, "route names an event type Attio does not document"),
+            }
+        }
+        let sinks = Sinks::open(&sink_settings)?;
+
+        let (handoff, worker) = worker::channel(
+            Pipeline {
+                journal: journal.clone(),
+                dedupe: dedupe.clone(),
+                routes,
+                sinks,
+                settings: settings.worker.clone(),
+            },
+            settings.queue.channel_capacity,
+        );
+        let (handoff, worker) = if settings.worker.enabled {
+            (Some(handoff), Some(worker))
+        } else {
+            tracing::warn!("worker.enabled = false: deliveries are journaled but not processed");
+            (None, None)
+        };
+        let state = Arc::new(IngressState {
+            secrets: settings.webhook.secrets.clone(),
+            body_limit: settings.server.body_limit,
+            max_backlog: settings.queue.max_backlog,
+            journal: journal.clone(),
+            handoff,
+            dedupe: dedupe.clone(),
+        });
+        let router = ingress::router(&settings.server.path, state);
+        Ok(Application {
+            listener,
+            router,
+            worker,
+            journal,
+            settings,
+        })
+    }
+
+    /// The bound port (useful when `server.listen` asked for port 0).
+    pub fn port(&self) -> u16 {
+        self.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains in pipeline order.
+    pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        let Application {
+            listener,
+            router,
+            worker,
+            journal,
+            settings,
+        } = self;
+        if settings.uses_development_secret() {
+            tracing::warn!(
+                "!!! USING THE DEVELOPMENT WEBHOOK SECRET: anyone can sign deliveries. Set ATTIO_WEBHOOK_SECRET before exposing this daemon !!!"
+            );
+        }
+        tracing::info!(
+            listen = %listener.local_addr()?,
+            path = %settings.server.path,
+            dedupe = if settings.redis.url.is_some() { "redis" } else { "embedded" },
+            journal = %settings.journal_path().display(),
+            secrets = settings.webhook.secrets.len(),
+            "attio-webhooks listening"
+        );
+
+        let worker_stop = CancellationToken::new();
+        let worker_task = worker.map(|worker| tokio::spawn(worker.run(worker_stop.clone())));
+        let upkeep_stop = CancellationToken::new();
+        let upkeep = tokio::spawn(upkeep(
+            journal.clone(),
+            settings.dedupe.done_ttl,
+            upkeep_stop.clone(),
+        ));
+
+        let server_shutdown = shutdown.clone();
+        let serve = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { server_shutdown.cancelled().await })
+            .into_future();
+        tokio::pin!(serve);
+        // In-flight requests get the same grace as in-flight events; a client that keeps a
+        // request open longer does not hold the shutdown up.
+        let grace = settings.worker.shutdown_grace;
+        let served = tokio::select! {
+            served = &mut serve => served,
+            _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!("in-flight requests did not finish within the shutdown grace");
+                Ok(())
+            }
+        };
+        tracing::info!("ingress stopped; draining the worker");
+        worker_stop.cancel();
+        if let Some(task) = worker_task {
+            if let Err(error) = task.await {
+                tracing::error!(%error, "worker task ended abnormally");
+            }
+        }
+        upkeep_stop.cancel();
+        let _ = upkeep.await;
+        journal.close().await;
+        tracing::info!("shutdown complete");
+        served
+    }
+}
+
+/// Forgets delivery keys and done marks older than `dedupe.done_ttl`.
+async fn upkeep(journal: Journal, keep: Duration, stop: CancellationToken) {
+    let mut interval = tokio::time::interval(PURGE_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = interval.tick() => {
+                match journal.purge(keep).await {
+                    Ok(0) => {}
+                    Ok(purged) => tracing::info!(purged, "purged expired delivery keys and dedupe marks"),
+                    Err(error) => tracing::warn!(%error, "purge of expired keys failed"),
+                }
+            }
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received; shutting down"),
+        _ = terminate => tracing::info!("SIGTERM received; shutting down"),
+    }
+}

@@ -1,0 +1,64 @@
+//! `attio-webhooks serve`: load the settings, start the daemon, stop cleanly on SIGINT/SIGTERM.
+
+use std::process::ExitCode;
+
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{shutdown_signal, Application};
+use crate::config::{LoadOptions, Settings};
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (overrides server.listen), e.g. 0.0.0.0:8080.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+}
+
+pub fn run(args: ServeArgs, options: LoadOptions) -> ExitCode {
+    let mut settings = match Settings::load(&options) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(listen) = args.listen {
+        settings.server.listen = listen;
+        if let Err(error) = settings.listen_addr() {
+            eprintln!("error: --listen: {error}");
+            return ExitCode::from(2);
+        }
+    }
+    crate::telemetry::init(&settings.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let application = match Application::build(settings).await {
+            Ok(application) => application,
+            Err(error) => {
+                tracing::error!(%error, "cannot start");
+                eprintln!("error: {error}");
+                return ExitCode::from(2);
+            }
+        };
+        let shutdown = CancellationToken::new();
+        let trigger = shutdown.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            trigger.cancel();
+        });
+        match application.run(shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                tracing::error!(%error, "server error");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}

@@ -1,0 +1,80 @@
+//! Deduplication: each event takes effect once, even when Attio delivers it again or a worker
+//! crashed half-way.
+//!
+//! In: an event identity (delivery key + index). Out: a [`ClaimOutcome`]. The protocol has two
+//! phases: `claim` with a short lease before any work, `mark_done` with a long TTL after every
+//! sink succeeded, `release` when the attempt failed. A crash between claim and done lets the
+//! lease expire, so the event is retried, never dropped. Two stores: Redis, shared by replicas
+//! (`SET NX PX`), and the embedded one (in-process claims, done marks in the journal database).
+
+pub mod embedded;
+pub mod redis;
+
+pub use self::embedded::EmbeddedDedupe;
+pub use self::redis::RedisDedupe;
+
+/// Proof of a claim, needed to release it (so a late worker cannot release someone else's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimToken(pub String);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    /// Nobody processed this event yet; it is ours until the lease ends.
+    Fresh(ClaimToken),
+    /// Already processed: skip it.
+    Duplicate,
+    /// Someone else holds a live claim: try again after the lease.
+    InProgress,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DedupeError {
+    #[error("redis: {0}")]
+    Redis(String),
+    #[error("embedded store: {0}")]
+    Embedded(String),
+}
+
+#[derive(Clone)]
+pub enum DedupeStore {
+    Redis(RedisDedupe),
+    Embedded(EmbeddedDedupe),
+}
+
+impl DedupeStore {
+    pub fn name(&self) -> &'static str {
+        match self {
+            DedupeStore::Redis(_) => "redis",
+            DedupeStore::Embedded(_) => "embedded",
+        }
+    }
+
+    pub async fn claim(&self, id: &str) -> Result<ClaimOutcome, DedupeError> {
+        match self {
+            DedupeStore::Redis(store) => store.claim(id).await,
+            DedupeStore::Embedded(store) => store.claim(id).await,
+        }
+    }
+
+    pub async fn mark_done(&self, id: &str) -> Result<(), DedupeError> {
+        match self {
+            DedupeStore::Redis(store) => store.mark_done(id).await,
+            DedupeStore::Embedded(store) => store.mark_done(id).await,
+        }
+    }
+
+    pub async fn release(&self, id: &str, token: &ClaimToken) -> Result<(), DedupeError> {
+        match self {
+            DedupeStore::Redis(store) => store.release(id, token).await,
+            DedupeStore::Embedded(store) => store.release(id, token),
+        }
+    }
+
+    /// Reachability, for readiness.
+    pub async fn ping(&self) -> Result<(), DedupeError> {
+        match self {
+            DedupeStore::Redis(store) => store.ping().await,
+            DedupeStore::Embedded(_) => Ok(()),
+        }
+    }
+}

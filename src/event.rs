@@ -1,0 +1,386 @@
+//! The Attio event model: the delivery envelope, the event kinds, and the identity of an event.
+//!
+//! In: a verified raw body. Out: a [`ParsedDelivery`] whose events keep their original JSON text
+//! verbatim, or a [`MalformedBody`] saying why the body is not a delivery. Unknown keys and
+//! unknown event types are kept (FACTS §2): Attio adds both over time.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+
+/// Every event type Attio documents. Routing and enrichment `match` on this exhaustively, so a
+/// new variant cannot be forgotten; anything else is [`EventKind::Unknown`] and still flows.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    RecordCreated,
+    RecordUpdated,
+    RecordDeleted,
+    RecordMerged,
+    ListEntryCreated,
+    ListEntryUpdated,
+    ListEntryDeleted,
+    NoteCreated,
+    NoteUpdated,
+    NoteDeleted,
+    NoteContentUpdated,
+    TaskCreated,
+    TaskUpdated,
+    TaskDeleted,
+    CommentCreated,
+    CommentResolved,
+    CommentUnresolved,
+    CommentDeleted,
+    ListCreated,
+    ListUpdated,
+    ListDeleted,
+    ListAttributeCreated,
+    ListAttributeUpdated,
+    ObjectAttributeCreated,
+    ObjectAttributeUpdated,
+    WorkspaceMemberCreated,
+    CallRecordingCreated,
+    /// Documented, not yet in the subscribable enum.
+    ActivityAttributeCreated,
+    ActivityAttributeUpdated,
+    /// An event type this build does not know. Accepted, stored and routable by name.
+    Unknown(String),
+}
+
+/// The 27 event types a webhook can subscribe to (Attio's OpenAPI enum).
+pub const SUBSCRIBABLE_EVENT_TYPES: [&str; 27] = [
+    "call-recording.created",
+    "comment.created",
+    "comment.resolved",
+    "comment.unresolved",
+    "comment.deleted",
+    "list.created",
+    "list.updated",
+    "list.deleted",
+    "list-attribute.created",
+    "list-attribute.updated",
+    "list-entry.created",
+    "list-entry.updated",
+    "list-entry.deleted",
+    "object-attribute.created",
+    "object-attribute.updated",
+    "note.created",
+    "note-content.updated",
+    "note.updated",
+    "note.deleted",
+    "record.created",
+    "record.merged",
+    "record.updated",
+    "record.deleted",
+    "task.created",
+    "task.updated",
+    "task.deleted",
+    "workspace-member.created",
+];
+
+impl EventKind {
+    pub fn parse(event_type: &str) -> EventKind {
+        match event_type {
+            "record.created" => EventKind::RecordCreated,
+            "record.updated" => EventKind::RecordUpdated,
+            "record.deleted" => EventKind::RecordDeleted,
+            "record.merged" => EventKind::RecordMerged,
+            "list-entry.created" => EventKind::ListEntryCreated,
+            "list-entry.updated" => EventKind::ListEntryUpdated,
+            "list-entry.deleted" => EventKind::ListEntryDeleted,
+            "note.created" => EventKind::NoteCreated,
+            "note.updated" => EventKind::NoteUpdated,
+            "note.deleted" => EventKind::NoteDeleted,
+            "note-content.updated" => EventKind::NoteContentUpdated,
+            "task.created" => EventKind::TaskCreated,
+            "task.updated" => EventKind::TaskUpdated,
+            "task.deleted" => EventKind::TaskDeleted,
+            "comment.created" => EventKind::CommentCreated,
+            "comment.resolved" => EventKind::CommentResolved,
+            "comment.unresolved" => EventKind::CommentUnresolved,
+            "comment.deleted" => EventKind::CommentDeleted,
+            "list.created" => EventKind::ListCreated,
+            "list.updated" => EventKind::ListUpdated,
+            "list.deleted" => EventKind::ListDeleted,
+            "list-attribute.created" => EventKind::ListAttributeCreated,
+            "list-attribute.updated" => EventKind::ListAttributeUpdated,
+            "object-attribute.created" => EventKind::ObjectAttributeCreated,
+            "object-attribute.updated" => EventKind::ObjectAttributeUpdated,
+            "workspace-member.created" => EventKind::WorkspaceMemberCreated,
+            "call-recording.created" => EventKind::CallRecordingCreated,
+            "activity-attribute.created" => EventKind::ActivityAttributeCreated,
+            "activity-attribute.updated" => EventKind::ActivityAttributeUpdated,
+            other => EventKind::Unknown(other.to_string()),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            EventKind::RecordCreated => "record.created",
+            EventKind::RecordUpdated => "record.updated",
+            EventKind::RecordDeleted => "record.deleted",
+            EventKind::RecordMerged => "record.merged",
+            EventKind::ListEntryCreated => "list-entry.created",
+            EventKind::ListEntryUpdated => "list-entry.updated",
+            EventKind::ListEntryDeleted => "list-entry.deleted",
+            EventKind::NoteCreated => "note.created",
+            EventKind::NoteUpdated => "note.updated",
+            EventKind::NoteDeleted => "note.deleted",
+            EventKind::NoteContentUpdated => "note-content.updated",
+            EventKind::TaskCreated => "task.created",
+            EventKind::TaskUpdated => "task.updated",
+            EventKind::TaskDeleted => "task.deleted",
+            EventKind::CommentCreated => "comment.created",
+            EventKind::CommentResolved => "comment.resolved",
+            EventKind::CommentUnresolved => "comment.unresolved",
+            EventKind::CommentDeleted => "comment.deleted",
+            EventKind::ListCreated => "list.created",
+            EventKind::ListUpdated => "list.updated",
+            EventKind::ListDeleted => "list.deleted",
+            EventKind::ListAttributeCreated => "list-attribute.created",
+            EventKind::ListAttributeUpdated => "list-attribute.updated",
+            EventKind::ObjectAttributeCreated => "object-attribute.created",
+            EventKind::ObjectAttributeUpdated => "object-attribute.updated",
+            EventKind::WorkspaceMemberCreated => "workspace-member.created",
+            EventKind::CallRecordingCreated => "call-recording.created",
+            EventKind::ActivityAttributeCreated => "activity-attribute.created",
+            EventKind::ActivityAttributeUpdated => "activity-attribute.updated",
+            EventKind::Unknown(other) => other,
+        }
+    }
+
+    pub fn is_known(&self) -> bool {
+        !matches!(self, EventKind::Unknown(_))
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One event of a delivery, its JSON kept exactly as Attio sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedEvent {
+    pub event_type: String,
+    pub raw: String,
+}
+
+/// A verified body that has the shape of a delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedDelivery {
+    pub webhook_id: Option<String>,
+    pub events: Vec<ParsedEvent>,
+}
+
+/// Why a correctly signed body is not a delivery. Such bodies are kept as dead deliveries.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MalformedBody {
+    #[error("body is not valid UTF-8")]
+    NotUtf8,
+    #[error("body is not JSON: {0}")]
+    NotJson(String),
+    #[error("body is JSON but not a delivery: {0}")]
+    NotAnEnvelope(String),
+}
+
+#[derive(Deserialize)]
+struct EnvelopeProbe<'a> {
+    #[serde(default)]
+    webhook_id: Option<serde_json::Value>,
+    #[serde(default, borrow)]
+    events: Option<Vec<&'a RawValue>>,
+    #[serde(default)]
+    event_type: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct EventProbe {
+    event_type: serde_json::Value,
+}
+
+/// Parses a verified body: `{webhook_id, events: [...]}`, or a bare single event.
+pub fn parse_delivery(body: &[u8]) -> Result<ParsedDelivery, MalformedBody> {
+    let text = std::str::from_utf8(body).map_err(|_| MalformedBody::NotUtf8)?;
+    let probe: EnvelopeProbe<'_> = match serde_json::from_str(text) {
+        Ok(probe) => probe,
+        Err(error) if error.is_data() => {
+            return Err(MalformedBody::NotAnEnvelope(
+                "expected an object with an `events` array".to_string(),
+            ))
+        }
+        Err(error) => return Err(MalformedBody::NotJson(error.to_string())),
+    };
+    let webhook_id = match probe.webhook_id {
+        Some(serde_json::Value::String(id)) => Some(id),
+        _ => None,
+    };
+    match probe.events {
+        Some(raw_events) => {
+            let mut events = Vec::with_capacity(raw_events.len());
+            for (index, raw) in raw_events.into_iter().enumerate() {
+                events.push(parse_event(raw.get()).map_err(|problem| {
+                    MalformedBody::NotAnEnvelope(format!("events[{index}]: {problem}"))
+                })?);
+            }
+            Ok(ParsedDelivery { webhook_id, events })
+        }
+        None if probe.event_type.is_some() => {
+            // A bare event, as some older documentation pages show it.
+            let event = parse_event(text.trim()).map_err(MalformedBody::NotAnEnvelope)?;
+            Ok(ParsedDelivery {
+                webhook_id,
+                events: vec![event],
+            })
+        }
+        None => Err(MalformedBody::NotAnEnvelope(
+            "no `events` array and no `event_type`".to_string(),
+        )),
+    }
+}
+
+fn parse_event(raw: &str) -> Result<ParsedEvent, String> {
+    let probe: EventProbe = serde_json::from_str(raw)
+        .map_err(|_| "an event must be an object with an `event_type`".to_string())?;
+    match probe.event_type {
+        serde_json::Value::String(event_type) if !event_type.is_empty() => Ok(ParsedEvent {
+            event_type,
+            raw: compact(raw)?,
+        }),
+        _ => Err("`event_type` must be a non-empty string".to_string()),
+    }
+}
+
+/// The event's JSON without insignificant white space, keys and values in their original order,
+/// so that it fits on one line of a JSON-lines sink.
+fn compact(raw: &str) -> Result<String, String> {
+    if !raw.bytes().any(|b| matches!(b, b' ' | b'\n' | b'\r' | b'\t')) {
+        return Ok(raw.to_string());
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    let mut deserializer = serde_json::Deserializer::from_str(raw);
+    serde_transcode::transcode(&mut deserializer, &mut serde_json::Serializer::new(&mut out))
+        .map_err(|e| format!("event is not valid JSON: {e}"))?;
+    String::from_utf8(out).map_err(|_| "event is not valid UTF-8".to_string())
+}
+
+/// The delivery key used when Attio sent no `Idempotency-Key`: the webhook id and the body's
+/// SHA-256. Two identical bodies then count as one delivery, which is why the header is preferred.
+pub fn derived_delivery_key(webhook_id: Option<&str>, body: &[u8]) -> String {
+    let digest = Sha256::digest(body);
+    format!(
+        "derived:{}:{}",
+        webhook_id.unwrap_or("-"),
+        hex::encode(&digest[..16])
+    )
+}
+
+/// Longest `Idempotency-Key` kept as is; longer ones are replaced by their hash.
+pub const MAX_KEY_LEN: usize = 200;
+
+/// Normalises an `Idempotency-Key` header into a delivery key.
+pub fn delivery_key_from_header(value: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(value);
+    let text = text.trim();
+    if text.is_empty() {
+        return None;
+    }
+    if text.len() > MAX_KEY_LEN || text.chars().any(|c| c.is_control()) {
+        return Some(format!(
+            "sha256:{}",
+            hex::encode(Sha256::digest(text.as_bytes()))
+        ));
+    }
+    Some(text.to_string())
+}
+
+/// The identity of one event: its delivery key plus its index in the delivery.
+pub fn event_id(delivery_key: &str, index: usize) -> String {
+    format!("{delivery_key}:{index}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pretty_printed_events_are_compacted_keeping_key_order() {
+        let body = b"{\"events\": [ {\n  \"event_type\": \"task.created\",\n  \"z\": 1, \"a\": \"x y\"\n} ]}";
+        let delivery = parse_delivery(body).unwrap();
+        assert_eq!(
+            delivery.events[0].raw,
+            r#"{"event_type":"task.created","z":1,"a":"x y"}"#
+        );
+    }
+
+    #[test]
+    fn envelope_keeps_event_text_verbatim() {
+        let body = br#"{"webhook_id":"w1","events":[{"event_type":"record.updated","id":{"b":1,"a":2},"x":null}]}"#;
+        let delivery = parse_delivery(body).unwrap();
+        assert_eq!(delivery.webhook_id.as_deref(), Some("w1"));
+        assert_eq!(delivery.events.len(), 1);
+        assert_eq!(
+            delivery.events[0].raw,
+            r#"{"event_type":"record.updated","id":{"b":1,"a":2},"x":null}"#
+        );
+    }
+
+    #[test]
+    fn bare_event_is_accepted() {
+        let body = br#"{"event_type":"workspace-member.created","id":{"workspace_member_id":"m"},"actor":{"type":"system","id":null}}"#;
+        let delivery = parse_delivery(body).unwrap();
+        assert_eq!(delivery.webhook_id, None);
+        assert_eq!(delivery.events[0].event_type, "workspace-member.created");
+    }
+
+    #[test]
+    fn unknown_event_type_is_kept() {
+        let body = br#"{"webhook_id":"w","events":[{"event_type":"spaceship.launched","id":{}}]}"#;
+        let delivery = parse_delivery(body).unwrap();
+        assert_eq!(
+            EventKind::parse(&delivery.events[0].event_type),
+            EventKind::Unknown("spaceship.launched".into())
+        );
+    }
+
+    #[test]
+    fn every_kind_round_trips_through_its_name() {
+        for name in SUBSCRIBABLE_EVENT_TYPES {
+            let kind = EventKind::parse(name);
+            assert!(kind.is_known(), "{name}");
+            assert_eq!(kind.as_str(), name);
+        }
+    }
+
+    #[test]
+    fn malformed_bodies_say_why() {
+        assert_eq!(parse_delivery(b"\xff\xfe"), Err(MalformedBody::NotUtf8));
+        assert!(matches!(
+            parse_delivery(b"not json"),
+            Err(MalformedBody::NotJson(_))
+        ));
+        assert!(matches!(
+            parse_delivery(b"[1,2]"),
+            Err(MalformedBody::NotAnEnvelope(_))
+        ));
+        assert!(matches!(
+            parse_delivery(br#"{"hello":"world"}"#),
+            Err(MalformedBody::NotAnEnvelope(_))
+        ));
+        assert!(matches!(
+            parse_delivery(br#"{"events":[42]}"#),
+            Err(MalformedBody::NotAnEnvelope(_))
+        ));
+        assert!(matches!(parse_delivery(b""), Err(MalformedBody::NotJson(_))));
+    }
+
+    #[test]
+    fn long_or_odd_keys_are_hashed() {
+        assert_eq!(delivery_key_from_header(b"  abc "), Some("abc".into()));
+        assert_eq!(delivery_key_from_header(b""), None);
+        let long = vec![b'k'; 500];
+        assert!(delivery_key_from_header(&long)
+            .unwrap()
+            .starts_with("sha256:"));
+    }
+}

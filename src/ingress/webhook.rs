@@ -1,0 +1,164 @@
+//! `POST /webhooks/attio`: read the raw body (bounded), verify the signature on those bytes,
+//! journal the delivery, then answer. The order is the point: nothing is parsed before it is
+//! verified, and nothing is acknowledged before it is durable.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::Utc;
+use serde_json::json;
+
+use super::{IngressError, IngressState, REQUEST_ID_HEADER};
+use crate::event::{delivery_key_from_header, derived_delivery_key, parse_delivery};
+use crate::journal::{AppendOutcome, MalformedDelivery, NewDelivery};
+use crate::signature::{self, LEGACY_SIGNATURE_HEADER, SIGNATURE_HEADER};
+
+pub async fn receive(
+    State(state): State<Arc<IngressState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let request_id = headers
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let span = tracing::info_span!(
+        "delivery",
+        request_id = request_id.as_deref().unwrap_or("-"),
+        delivery_key = tracing::field::Empty,
+    );
+    match handle(&state, &headers, body, request_id, &span).await {
+        Ok(response) => response,
+        Err(error) => {
+            span.in_scope(|| match &error {
+                IngressError::Signature(reason) => {
+                    tracing::warn!(%reason, "delivery refused: bad signature")
+                }
+                IngressError::Unavailable | IngressError::BacklogFull => {
+                    tracing::error!(%error, "delivery refused: journal cannot accept; Attio will retry")
+                }
+                other => tracing::warn!(error = %other, "delivery refused"),
+            });
+            error.into_response()
+        }
+    }
+}
+
+async fn handle(
+    state: &IngressState,
+    headers: &HeaderMap,
+    body: Body,
+    request_id: Option<String>,
+    span: &tracing::Span,
+) -> Result<Response, IngressError> {
+    let limit = state.body_limit;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(IngressError::TooLarge { limit });
+    }
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|error| {
+        let too_large = std::error::Error::source(&error)
+            .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            IngressError::TooLarge { limit }
+        } else {
+            IngressError::BodyRead
+        }
+    })?;
+
+    let signature_header = headers
+        .get(SIGNATURE_HEADER)
+        .or_else(|| headers.get(LEGACY_SIGNATURE_HEADER))
+        .map(|v| v.as_bytes());
+    let verified = signature::verify(&state.secrets, signature_header, bytes)?;
+
+    let backlog = state.journal.backlog();
+    if backlog >= state.max_backlog {
+        return Err(IngressError::BacklogFull);
+    }
+
+    let header_key = headers
+        .get("idempotency-key")
+        .and_then(|v| delivery_key_from_header(v.as_bytes()));
+    let received_at = Utc::now();
+
+    let delivery = match parse_delivery(verified.bytes()) {
+        Ok(delivery) => delivery,
+        Err(malformed) => {
+            span.in_scope(|| {
+                tracing::warn!(reason = %malformed, "signed body is not a delivery; stored as a dead delivery")
+            });
+            state
+                .journal
+                .append_malformed(MalformedDelivery {
+                    key: header_key,
+                    received_at,
+                    request_id,
+                    reason: malformed.to_string(),
+                    body: verified.bytes().to_vec(),
+                })
+                .await
+                .map_err(|_| IngressError::Unavailable)?;
+            return Ok((
+                StatusCode::ACCEPTED,
+                Json(json!({ "status": "stored_unparsed", "reason": malformed.to_string() })),
+            )
+                .into_response());
+        }
+    };
+
+    let (key, key_derived) = match header_key {
+        Some(key) => (key, false),
+        None => {
+            let key = derived_delivery_key(delivery.webhook_id.as_deref(), verified.bytes());
+            span.in_scope(|| {
+                tracing::warn!(%key, "delivery has no Idempotency-Key header; using a key derived from the webhook id and body hash")
+            });
+            (key, true)
+        }
+    };
+    span.record("delivery_key", key.as_str());
+    let event_types: Vec<String> = delivery.events.iter().map(|e| e.event_type.clone()).collect();
+    let count = delivery.events.len();
+    let outcome = state
+        .journal
+        .append(NewDelivery {
+            key,
+            key_derived,
+            webhook_id: delivery.webhook_id,
+            received_at,
+            request_id,
+            events: delivery.events,
+        })
+        .await
+        .map_err(|error| {
+            span.in_scope(|| tracing::error!(%error, "journal append failed"));
+            IngressError::Unavailable
+        })?;
+    match outcome {
+        AppendOutcome::Stored(events) => {
+            span.in_scope(|| {
+                tracing::info!(events = count, event_types = ?event_types, "delivery accepted")
+            });
+            if let Some(handoff) = &state.handoff {
+                handoff.offer(events);
+            }
+            Ok((
+                StatusCode::OK,
+                Json(json!({ "status": "accepted", "events": count })),
+            )
+                .into_response())
+        }
+        AppendOutcome::Duplicate => {
+            span.in_scope(|| tracing::info!("redelivery of a journaled delivery; acknowledged without a second copy"));
+            Ok((StatusCode::OK, Json(json!({ "status": "duplicate" }))).into_response())
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! The journal: the durable store of accepted deliveries, between ingress and the worker.
+//!
+//! In: verified deliveries from ingress (`append`), outcomes from the worker (`complete`,
+//! `reschedule`, `dead_letter`). Out: events due for processing (`due`), dead letters, and the
+//! backlog size. Ingress answers 2xx only after `append` returned, so nothing acknowledged lives
+//! only in memory. The embedded backend is SQLite with group commit ([`sqlite`]).
+
+pub mod sqlite;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::event::ParsedEvent;
+
+pub use sqlite::SqliteJournal;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal storage error: {0}")]
+    Storage(String),
+    #[error("journal is closed")]
+    Closed,
+    #[error("backlog is full ({backlog} pending events, limit {limit})")]
+    BacklogFull { backlog: u64, limit: u64 },
+}
+
+impl From<rusqlite::Error> for JournalError {
+    fn from(error: rusqlite::Error) -> Self {
+        JournalError::Storage(error.to_string())
+    }
+}
+
+/// A verified delivery, as ingress hands it to the journal.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub key: String,
+    pub key_derived: bool,
+    pub webhook_id: Option<String>,
+    pub received_at: DateTime<Utc>,
+    pub request_id: Option<String>,
+    pub events: Vec<ParsedEvent>,
+}
+
+/// A correctly signed body that is not a delivery, kept for inspection.
+#[derive(Debug, Clone)]
+pub struct MalformedDelivery {
+    pub key: Option<String>,
+    pub received_at: DateTime<Utc>,
+    pub request_id: Option<String>,
+    pub reason: String,
+    pub body: Vec<u8>,
+}
+
+/// One journaled event, as the worker processes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournaledEvent {
+    pub id: String,
+    pub delivery_key: String,
+    pub index: u32,
+    pub webhook_id: Option<String>,
+    pub event_type: String,
+    /// RFC 3339, when the delivery was accepted.
+    pub received_at: String,
+    pub request_id: Option<String>,
+    /// The event's JSON exactly as Attio sent it.
+    pub raw: String,
+    /// Failed attempts so far.
+    pub attempts: u32,
+    /// Sinks that already received this event (they are not repeated on a retry).
+    pub sinks_done: Vec<String>,
+}
+
+#[derive(Debug)]
+pub enum AppendOutcome {
+    /// Newly stored; these events are pending.
+    Stored(Vec<JournaledEvent>),
+    /// The delivery key was journaled before: nothing stored.
+    Duplicate,
+}
+
+/// An event that used up its attempts.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetter {
+    pub id: String,
+    pub event_type: String,
+    pub delivery_key: String,
+    pub received_at: String,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub failed_sinks: Vec<String>,
+    pub dead_at: Option<String>,
+}
+
+/// A stored body that was signed but not a delivery.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadDelivery {
+    pub seq: i64,
+    pub key: Option<String>,
+    pub received_at: String,
+    pub reason: String,
+    pub body_len: usize,
+}
+
+/// The journal backends. One variant today; the Redis stream backend of the scale-out work
+/// joins it here.
+#[derive(Clone)]
+pub enum Journal {
+    Sqlite(SqliteJournal),
+}
+
+impl Journal {
+    pub async fn append(&self, delivery: NewDelivery) -> Result<AppendOutcome, JournalError> {
+        match self {
+            Journal::Sqlite(j) => j.append(delivery).await,
+        }
+    }
+
+    pub async fn append_malformed(&self, delivery: MalformedDelivery) -> Result<(), JournalError> {
+        match self {
+            Journal::Sqlite(j) => j.append_malformed(delivery).await,
+        }
+    }
+
+    pub async fn due(&self, limit: usize) -> Result<Vec<JournaledEvent>, JournalError> {
+        match self {
+            Journal::Sqlite(j) => j.due(limit).await,
+        }
+    }
+
+    pub async fn complete(&self, id: &str) -> Result<(), JournalError> {
+        match self {
+            Journal::Sqlite(j) => j.complete(id).await,
+        }
+    }
+
+    /// Puts the event back for a later attempt. `attempts` is the new count of failed attempts.
+    pub async fn reschedule(
+        &self,
+        id: &str,
+        attempts: u32,
+        next_attempt_at: DateTime<Utc>,
+        error: Option<&str>,
+        sinks_done: &[String],
+    ) -> Result<(), JournalError> {
+        match self {
+            Journal::Sqlite(j) => {
+                j.reschedule(id, attempts, next_attempt_at, error, sinks_done)
+                    .await
+            }
+        }
+    }
+
+    pub async fn dead_letter(
+        &self,
+        id: &str,
+        attempts: u32,
+        error: &str,
+        failed_sinks: &[String],
+        sinks_done: &[String],
+    ) -> Result<(), JournalError> {
+        match self {
+            Journal::Sqlite(j) => {
+                j.dead_letter(id, attempts, error, failed_sinks, sinks_done)
+                    .await
+            }
+        }
+    }
+
+    pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, JournalError> {
+        match self {
+            Journal::Sqlite(j) => j.dead_letters(limit).await,
+        }
+    }
+
+    pub async fn dead_deliveries(&self, limit: usize) -> Result<Vec<DeadDelivery>, JournalError> {
+        match self {
+            Journal::Sqlite(j) => j.dead_deliveries(limit).await,
+        }
+    }
+
+    /// Pending events (accepted, not yet done nor dead).
+    pub fn backlog(&self) -> u64 {
+        match self {
+            Journal::Sqlite(j) => j.backlog(),
+        }
+    }
+
+    /// A write that proves the journal accepts data, for readiness.
+    pub async fn probe(&self) -> Result<(), JournalError> {
+        match self {
+            Journal::Sqlite(j) => j.probe().await,
+        }
+    }
+
+    /// Forgets delivery keys older than `keep` so the table does not grow without bound.
+    pub async fn purge(&self, keep: std::time::Duration) -> Result<u64, JournalError> {
+        match self {
+            Journal::Sqlite(j) => j.purge(keep).await,
+        }
+    }
+
+    /// Stops the writer after everything queued so far is committed.
+    pub async fn close(&self) {
+        match self {
+            Journal::Sqlite(j) => j.close().await,
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! attio-webhooks: receive Attio webhooks, verify them, keep them durably, deduplicate them,
+//! route them, and deliver them to the team's own systems.
+//!
+//! ```text
+//! Attio ──POST──► ingress ──► verify ──► journal ──200──► Attio
+//!                 (axum)      (HMAC,     (durable,
+//!                              raw body)  group commit)
+//!                                           │ tokio channel (wake-up / hand-off)
+//!                                           ▼
+//!                sinks ◄── route ◄── dedupe ◄── worker
+//! ```
+//!
+//! Modules, in the order an event meets them:
+//! - `config`: layered settings (embedded defaults < files < environment), validated at start.
+//! - `ingress`: the HTTP edge: webhook endpoint, health and readiness, errors → status codes.
+//! - `signature`: Attio's HMAC-SHA256 over the raw body; the only maker of a `VerifiedBody`.
+//! - `event`: the delivery envelope, event kinds (with `Unknown`), event identity.
+//! - `journal`: durable store of accepted deliveries (SQLite, group commit), dead letters.
+//! - `worker`: takes events from the channel and the journal, drives them to the sinks.
+//! - `dedupe`: two-phase claim → done, on Redis or embedded.
+//! - `routing`: rules that match events to sinks.
+//! - `sinks`: one file per sink kind.
+//! - `app`: builds the daemon from settings; graceful shutdown.
+//! - `telemetry`: logging.
+//! - `cli`: the command line (`serve`, ...).
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod dedupe;
+pub mod event;
+pub mod ingress;
+pub mod journal;
+pub mod routing;
+pub mod signature;
+pub mod sinks;
+pub mod telemetry;
+pub mod worker;

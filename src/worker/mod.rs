@@ -1,0 +1,408 @@
+//! The worker: drives each accepted event through dedupe, routing and the sinks.
+//!
+//! In: events handed over by ingress on a bounded channel, and events found in the journal (left
+//! over from a restart, overflowed from the channel, or due for a retry). Out: the event marked
+//! done in the journal, rescheduled with backoff, or moved to the dead letters after
+//! `worker.max_attempts`. Nothing here holds the only copy of an event: the journal does.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use rand::RngExt;
+use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::config::WorkerSettings;
+use crate::dedupe::{ClaimOutcome, DedupeStore};
+use crate::event::EventKind;
+use crate::journal::{Journal, JournaledEvent};
+use crate::routing::RouteTable;
+use crate::sinks::{SinkLine, Sinks};
+
+/// How soon an event is looked at again when the dedupe store could not be reached. Such
+/// failures do not count as attempts: an outage of Redis must not dead-letter events.
+const DEDUPE_UNAVAILABLE_RETRY: Duration = Duration::from_secs(2);
+
+/// Events ingress handed to the worker and not yet finished. The journal scan skips them, so an
+/// event is not worked on twice by this process.
+#[derive(Clone, Default)]
+pub struct InFlight(Arc<Mutex<HashSet<String>>>);
+
+impl InFlight {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        // Each operation is a single insert/remove/lookup: a poisoned lock holds no broken state.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Returns false when the event is already in flight.
+    pub fn insert(&self, id: &str) -> bool {
+        self.lock().insert(id.to_string())
+    }
+
+    pub fn remove(&self, id: &str) {
+        self.lock().remove(id);
+    }
+
+    pub fn contains(&self, id: &str) -> bool {
+        self.lock().contains(id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The ingress side of the hand-off.
+#[derive(Clone)]
+pub struct Handoff {
+    sender: mpsc::Sender<JournaledEvent>,
+    in_flight: InFlight,
+    overflow: Arc<Notify>,
+}
+
+impl Handoff {
+    /// Offers freshly journaled events to the worker without waiting. Those that do not fit stay
+    /// in the journal and the worker is told to look there.
+    pub fn offer(&self, events: Vec<JournaledEvent>) {
+        for event in events {
+            let id = event.id.clone();
+            if !self.in_flight.insert(&id) {
+                continue;
+            }
+            if self.sender.try_send(event).is_err() {
+                self.in_flight.remove(&id);
+                self.overflow.notify_one();
+            }
+        }
+    }
+}
+
+/// Everything one event needs on its way through.
+pub struct Pipeline {
+    pub journal: Journal,
+    pub dedupe: DedupeStore,
+    pub routes: RouteTable,
+    pub sinks: Sinks,
+    pub settings: WorkerSettings,
+}
+
+pub struct Worker {
+    pipeline: Arc<Pipeline>,
+    receiver: mpsc::Receiver<JournaledEvent>,
+    in_flight: InFlight,
+    overflow: Arc<Notify>,
+}
+
+/// Creates the hand-off channel and the worker that reads it.
+pub fn channel(pipeline: Pipeline, capacity: usize) -> (Handoff, Worker) {
+    let (sender, receiver) = mpsc::channel(capacity);
+    let in_flight = InFlight::default();
+    let overflow = Arc::new(Notify::new());
+    (
+        Handoff {
+            sender,
+            in_flight: in_flight.clone(),
+            overflow: overflow.clone(),
+        },
+        Worker {
+            pipeline: Arc::new(pipeline),
+            receiver,
+            in_flight,
+            overflow,
+        },
+    )
+}
+
+impl Worker {
+    /// Runs until `shutdown` fires, then lets in-flight events finish within
+    /// `worker.shutdown_grace`. Events still unfinished stay pending in the journal.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let settings = self.pipeline.settings.clone();
+        let permits = Arc::new(Semaphore::new(settings.concurrency));
+        let tasks = TaskTracker::new();
+        let scan_limit = (settings.concurrency * 4).max(64);
+        // Look at the journal at once: a restart may have left events behind.
+        let mut next_scan = tokio::time::Instant::now();
+        loop {
+            let event = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                received = self.receiver.recv() => match received {
+                    Some(event) => Some(event),
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(next_scan) => None,
+                _ = self.overflow.notified() => None,
+            };
+            match event {
+                Some(event) => {
+                    if !self.dispatch(event, &permits, &tasks, &shutdown).await {
+                        break;
+                    }
+                }
+                None => {
+                    let found = self.scan(scan_limit, &permits, &tasks, &shutdown).await;
+                    next_scan = tokio::time::Instant::now()
+                        + if found >= scan_limit / 2 {
+                            // Likely more waiting: come back as soon as the channel is idle.
+                            Duration::from_millis(1)
+                        } else {
+                            settings.poll_interval
+                        };
+                }
+            }
+        }
+        tasks.close();
+        if tokio::time::timeout(settings.shutdown_grace, tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                in_flight = self.in_flight.len(),
+                "shutdown grace ran out; unfinished events stay in the journal and run after restart"
+            );
+        }
+    }
+
+    /// Dispatches due journal events that are not already in flight. Returns how many it found.
+    async fn scan(
+        &self,
+        limit: usize,
+        permits: &Arc<Semaphore>,
+        tasks: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) -> usize {
+        let due = match self.pipeline.journal.due(limit).await {
+            Ok(due) => due,
+            Err(error) => {
+                tracing::error!(%error, "cannot read due events from the journal");
+                return 0;
+            }
+        };
+        let mut dispatched = 0;
+        for event in due {
+            if !self.in_flight.insert(&event.id) {
+                continue;
+            }
+            dispatched += 1;
+            if !self.dispatch(event, permits, tasks, shutdown).await {
+                break;
+            }
+        }
+        dispatched
+    }
+
+    /// Starts one event once a permit is free. The event is already in the in-flight set.
+    /// Returns false when shutting down (the event then stays pending in the journal).
+    async fn dispatch(
+        &self,
+        event: JournaledEvent,
+        permits: &Arc<Semaphore>,
+        tasks: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let permit = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => None,
+            permit = permits.clone().acquire_owned() => permit.ok(),
+        };
+        let Some(permit) = permit else {
+            self.in_flight.remove(&event.id);
+            return false;
+        };
+        let pipeline = self.pipeline.clone();
+        let in_flight = self.in_flight.clone();
+        let span = tracing::info_span!(
+            "event",
+            event_id = %event.id,
+            delivery_key = %event.delivery_key,
+            event_type = %event.event_type,
+            request_id = event.request_id.as_deref().unwrap_or("-"),
+        );
+        tasks.spawn(
+            async move {
+                process(&pipeline, &event).await;
+                in_flight.remove(&event.id);
+                drop(permit);
+            }
+            .instrument(span),
+        );
+        true
+    }
+}
+
+/// What happened to one event on this attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Delivered { sinks: usize },
+    Duplicate,
+    Deferred,
+    Retrying { attempts: u32 },
+    DeadLettered,
+}
+
+/// Drives one event through dedupe, routing and delivery, and records the outcome.
+pub async fn process(pipeline: &Pipeline, event: &JournaledEvent) -> Outcome {
+    let token = match pipeline.dedupe.claim(&event.id).await {
+        Ok(ClaimOutcome::Fresh(token)) => token,
+        Ok(ClaimOutcome::Duplicate) => {
+            tracing::info!("already processed; skipping duplicate");
+            record(pipeline.journal.complete(&event.id).await);
+            return Outcome::Duplicate;
+        }
+        Ok(ClaimOutcome::InProgress) => {
+            tracing::debug!("claimed elsewhere; looking again after the lease");
+            defer(pipeline, event, DEDUPE_UNAVAILABLE_RETRY, None).await;
+            return Outcome::Deferred;
+        }
+        Err(error) => {
+            tracing::warn!(%error, "dedupe store unavailable; event waits in the journal");
+            defer(pipeline, event, DEDUPE_UNAVAILABLE_RETRY, Some(&error.to_string())).await;
+            return Outcome::Deferred;
+        }
+    };
+
+    let kind = EventKind::parse(&event.event_type);
+    if !kind.is_known() {
+        tracing::debug!("event type unknown to this version; routed by name");
+    }
+    let targets = pipeline.routes.sinks_for(kind.as_str());
+    let mut sinks_done = event.sinks_done.clone();
+    let mut failures: Vec<(String, String, bool)> = Vec::new();
+    if !targets.is_empty() {
+        match SinkLine::build(event, None) {
+            Ok(line) => {
+                let pending: Vec<&str> = targets
+                    .iter()
+                    .copied()
+                    .filter(|n| !sinks_done.iter().any(|d| d == n))
+                    .collect();
+                for name in pending {
+                    let Some(sink) = pipeline.sinks.get(name) else {
+                        failures.push((name.to_string(), "sink is not configured".into(), true));
+                        continue;
+                    };
+                    match sink.deliver(&line).await {
+                        Ok(()) => sinks_done.push(name.to_string()),
+                        Err(error) => {
+                            tracing::warn!(sink = %name, %error, "sink delivery failed");
+                            failures.push((name.to_string(), error.message, error.permanent));
+                        }
+                    }
+                }
+            }
+            Err(error) => failures.push(("*".to_string(), error.message, true)),
+        }
+    } else {
+        tracing::debug!("no route matches; nothing to deliver");
+    }
+
+    if failures.is_empty() {
+        if let Err(error) = pipeline.dedupe.mark_done(&event.id).await {
+            // The journal still records the event as done below; a redelivery of the same key is
+            // also refused at ingress, so the only cost is a weaker guard against a replay.
+            tracing::warn!(%error, "could not record the event as done in the dedupe store");
+        }
+        record(pipeline.journal.complete(&event.id).await);
+        tracing::info!(sinks = sinks_done.len(), "event delivered");
+        return Outcome::Delivered {
+            sinks: sinks_done.len(),
+        };
+    }
+
+    if let Err(error) = pipeline.dedupe.release(&event.id, &token).await {
+        tracing::warn!(%error, "could not release the claim; it expires after its lease");
+    }
+    let attempts = event.attempts + 1;
+    let last_error = failures
+        .iter()
+        .map(|(sink, message, _)| format!("{sink}: {message}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let permanent = failures.iter().all(|(_, _, permanent)| *permanent);
+    if attempts >= pipeline.settings.max_attempts || permanent {
+        let failed: Vec<String> = failures.into_iter().map(|(sink, _, _)| sink).collect();
+        tracing::error!(attempts, error = %last_error, "event moved to the dead letters");
+        record(
+            pipeline
+                .journal
+                .dead_letter(&event.id, attempts, &last_error, &failed, &sinks_done)
+                .await,
+        );
+        return Outcome::DeadLettered;
+    }
+    let delay = backoff(&pipeline.settings, attempts);
+    tracing::warn!(attempts, retry_in = ?delay, error = %last_error, "event will be retried");
+    let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+    record(
+        pipeline
+            .journal
+            .reschedule(&event.id, attempts, next, Some(&last_error), &sinks_done)
+            .await,
+    );
+    Outcome::Retrying { attempts }
+}
+
+async fn defer(pipeline: &Pipeline, event: &JournaledEvent, delay: Duration, error: Option<&str>) {
+    let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+    record(
+        pipeline
+            .journal
+            .reschedule(&event.id, event.attempts, next, error, &event.sinks_done)
+            .await,
+    );
+}
+
+fn record(result: Result<(), crate::journal::JournalError>) {
+    if let Err(error) = result {
+        // The event stays pending in the journal and is picked up again by a later scan.
+        tracing::error!(%error, "could not record the event's outcome in the journal");
+    }
+}
+
+/// Exponential backoff from `retry_initial`, capped at `retry_max`, with jitter over the upper
+/// half so that retries of many events spread out but never come back at once.
+pub fn backoff(settings: &WorkerSettings, attempts: u32) -> Duration {
+    let exponent = attempts.saturating_sub(1).min(30);
+    let ceiling = settings
+        .retry_initial
+        .saturating_mul(1u32 << exponent)
+        .min(settings.retry_max);
+    let half = ceiling / 2;
+    let jitter = rand::rng().random_range(0..=half.as_millis() as u64);
+    half + Duration::from_millis(jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let settings = WorkerSettings {
+            enabled: true,
+            concurrency: 1,
+            max_attempts: 5,
+            retry_initial: Duration::from_secs(1),
+            retry_max: Duration::from_secs(10),
+            poll_interval: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(1),
+        };
+        for _ in 0..50 {
+            let first = backoff(&settings, 1);
+            assert!(first >= Duration::from_millis(500) && first <= Duration::from_secs(1));
+            let third = backoff(&settings, 3);
+            assert!(third >= Duration::from_secs(2) && third <= Duration::from_secs(4));
+            let late = backoff(&settings, 30);
+            assert!(late >= Duration::from_secs(5) && late <= Duration::from_secs(10));
+        }
+    }
+}
