@@ -78,8 +78,12 @@ impl Application {
         let routes = RouteTable::compile(&routes_settings, &sink_names)?;
         for (route, name) in routes.unknown_event_types() {
             match closest_event_type(&name) {
-                Some(hint) => tracing::warn!(route = %route, event_type = %name, "route names an event type Attio does not document; did you mean {hint:?}?"),
-                None => tracing::warn!(route = %route, event_type = %name, "route names an event type Attio does not document"),
+                Some(hint) => {
+                    tracing::warn!(route = %route, event_type = %name, "route names an event type Attio does not document; did you mean {hint:?}?")
+                }
+                None => {
+                    tracing::warn!(route = %route, event_type = %name, "route names an event type Attio does not document")
+                }
             }
         }
         let sinks = Sinks::open(&sink_settings)?;

@@ -221,7 +221,9 @@ impl Settings {
                 .set_override("redis.url", url)
                 .map_err(|e| ConfigError::Load(e.to_string()))?;
         }
-        let raw = builder.build().map_err(|e| ConfigError::Load(e.to_string()))?;
+        let raw = builder
+            .build()
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
         let mut settings: Settings = raw
             .try_deserialize()
             .map_err(|e| ConfigError::Load(e.to_string()))?;
@@ -233,12 +235,19 @@ impl Settings {
 
     /// Settings from the embedded defaults plus one TOML text, for tests and tools. Validated.
     pub fn from_toml(environment: &str, overrides: &str) -> Result<Settings, ConfigError> {
-        let raw = config::Config::builder()
-            .add_source(config::File::from_str(
-                EMBEDDED_DEFAULTS,
-                config::FileFormat::Toml,
-            ))
-            .add_source(config::File::from_str(overrides, config::FileFormat::Toml))
+        Self::from_toml_layers(environment, &[overrides])
+    }
+
+    /// Like [`Settings::from_toml`] with several TOML texts, each overriding the ones before.
+    pub fn from_toml_layers(environment: &str, layers: &[&str]) -> Result<Settings, ConfigError> {
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            EMBEDDED_DEFAULTS,
+            config::FileFormat::Toml,
+        ));
+        for layer in layers {
+            builder = builder.add_source(config::File::from_str(layer, config::FileFormat::Toml));
+        }
+        let raw = builder
             .build()
             .map_err(|e| ConfigError::Load(e.to_string()))?;
         let mut settings: Settings = raw
@@ -443,7 +452,10 @@ impl Settings {
     }
 }
 
-fn file_source(path: &Path, required: bool) -> config::File<config::FileSourceFile, config::FileFormat> {
+fn file_source(
+    path: &Path,
+    required: bool,
+) -> config::File<config::FileSourceFile, config::FileFormat> {
     config::File::from(path.to_path_buf())
         .format(config::FileFormat::Toml)
         .required(required)
@@ -466,7 +478,10 @@ mod tests {
     #[test]
     fn no_secret_refuses_to_start_naming_the_variable() {
         let error = Settings::from_toml("test", "").unwrap_err();
-        assert!(error.to_string().contains("ATTIO_WEBHOOK_SECRET"), "{error}");
+        assert!(
+            error.to_string().contains("ATTIO_WEBHOOK_SECRET"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -479,17 +494,21 @@ mod tests {
 
     #[test]
     fn invalid_listen_address_names_the_key() {
-        let error =
-            Settings::from_toml("test", "[webhook]\nsecrets=[\"s\"]\n[server]\nlisten=\"nope\"")
-                .unwrap_err();
+        let error = Settings::from_toml(
+            "test",
+            "[webhook]\nsecrets=[\"s\"]\n[server]\nlisten=\"nope\"",
+        )
+        .unwrap_err();
         assert!(error.to_string().contains("server.listen"), "{error}");
     }
 
     #[test]
     fn unknown_key_is_rejected() {
-        let error =
-            Settings::from_toml("test", "[webhook]\nsecrets=[\"s\"]\n[server]\nlisten_on=\"x\"")
-                .unwrap_err();
+        let error = Settings::from_toml(
+            "test",
+            "[webhook]\nsecrets=[\"s\"]\n[server]\nlisten_on=\"x\"",
+        )
+        .unwrap_err();
         assert!(error.to_string().contains("listen_on"), "{error}");
     }
 

@@ -254,13 +254,19 @@ fn parse_event(raw: &str) -> Result<ParsedEvent, String> {
 /// The event's JSON without insignificant white space, keys and values in their original order,
 /// so that it fits on one line of a JSON-lines sink.
 fn compact(raw: &str) -> Result<String, String> {
-    if !raw.bytes().any(|b| matches!(b, b' ' | b'\n' | b'\r' | b'\t')) {
+    if !raw
+        .bytes()
+        .any(|b| matches!(b, b' ' | b'\n' | b'\r' | b'\t'))
+    {
         return Ok(raw.to_string());
     }
     let mut out = Vec::with_capacity(raw.len());
     let mut deserializer = serde_json::Deserializer::from_str(raw);
-    serde_transcode::transcode(&mut deserializer, &mut serde_json::Serializer::new(&mut out))
-        .map_err(|e| format!("event is not valid JSON: {e}"))?;
+    serde_transcode::transcode(
+        &mut deserializer,
+        &mut serde_json::Serializer::new(&mut out),
+    )
+    .map_err(|e| format!("event is not valid JSON: {e}"))?;
     String::from_utf8(out).map_err(|_| "event is not valid UTF-8".to_string())
 }
 
@@ -371,7 +377,10 @@ mod tests {
             parse_delivery(br#"{"events":[42]}"#),
             Err(MalformedBody::NotAnEnvelope(_))
         ));
-        assert!(matches!(parse_delivery(b""), Err(MalformedBody::NotJson(_))));
+        assert!(matches!(
+            parse_delivery(b""),
+            Err(MalformedBody::NotJson(_))
+        ));
     }
 
     #[test]

@@ -39,9 +39,9 @@ impl EventPattern {
     pub fn matches(&self, event_type: &str) -> bool {
         match self {
             EventPattern::Any => true,
-            EventPattern::Family(family) => event_type
-                .split_once('.')
-                .is_some_and(|(f, _)| f == family),
+            EventPattern::Family(family) => {
+                event_type.split_once('.').is_some_and(|(f, _)| f == family)
+            }
             EventPattern::Exact(exact) => exact == event_type,
         }
     }
@@ -62,7 +62,10 @@ pub struct RouteTable {
 
 impl RouteTable {
     /// Checks and compiles the routes; an error names the route and what is wrong.
-    pub fn compile(routes: &[RouteSettings], sink_names: &[String]) -> Result<RouteTable, ConfigError> {
+    pub fn compile(
+        routes: &[RouteSettings],
+        sink_names: &[String],
+    ) -> Result<RouteTable, ConfigError> {
         let mut compiled = Vec::with_capacity(routes.len());
         for (index, route) in routes.iter().enumerate() {
             let key = format!("routes[{index}] ({:?})", route.name);
@@ -180,7 +183,14 @@ mod tests {
 
     #[test]
     fn bad_patterns_are_refused() {
-        for bad in ["", "record", "*.updated", "Record.Updated", "record.up*", "rec ord.x"] {
+        for bad in [
+            "",
+            "record",
+            "*.updated",
+            "Record.Updated",
+            "record.up*",
+            "rec ord.x",
+        ] {
             assert!(EventPattern::parse(bad).is_err(), "{bad}");
         }
     }
@@ -190,7 +200,11 @@ mod tests {
         let table = RouteTable::compile(
             &[
                 route("records", &["record.*"], &["a", "b"]),
-                route("updates", &["record.updated", "list-entry.updated"], &["b", "c"]),
+                route(
+                    "updates",
+                    &["record.updated", "list-entry.updated"],
+                    &["b", "c"],
+                ),
                 route("tasks", &["task.created"], &["d"]),
             ],
             &names(&["a", "b", "c", "d"]),
@@ -204,9 +218,11 @@ mod tests {
 
     #[test]
     fn unknown_event_types_can_be_routed_by_name() {
-        let table =
-            RouteTable::compile(&[route("new", &["spaceship.launched"], &["a"])], &names(&["a"]))
-                .unwrap();
+        let table = RouteTable::compile(
+            &[route("new", &["spaceship.launched"], &["a"])],
+            &names(&["a"]),
+        )
+        .unwrap();
         assert_eq!(table.sinks_for("spaceship.launched"), vec!["a"]);
         assert_eq!(
             table.unknown_event_types(),

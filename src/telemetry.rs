@@ -27,7 +27,9 @@ pub fn init(settings: &LogSettings) {
 /// Logging for commands before settings are loaded, and for one-shot tools.
 pub fn init_default() {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();

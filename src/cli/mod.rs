@@ -15,7 +15,12 @@ use clap::{Parser, Subcommand};
 )]
 pub struct Cli {
     /// An extra TOML config file, applied after config/default.toml and config/{APP_ENV}.toml.
-    #[arg(long, global = true, env = "ATTIO_WEBHOOKS_CONFIG", value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        env = "ATTIO_WEBHOOKS_CONFIG",
+        value_name = "FILE"
+    )]
     pub config: Option<PathBuf>,
 
     #[command(subcommand)]

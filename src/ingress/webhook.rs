@@ -125,7 +125,11 @@ async fn handle(
         }
     };
     span.record("delivery_key", key.as_str());
-    let event_types: Vec<String> = delivery.events.iter().map(|e| e.event_type.clone()).collect();
+    let event_types: Vec<String> = delivery
+        .events
+        .iter()
+        .map(|e| e.event_type.clone())
+        .collect();
     let count = delivery.events.len();
     let outcome = state
         .journal
@@ -144,9 +148,9 @@ async fn handle(
         })?;
     match outcome {
         AppendOutcome::Stored(events) => {
-            span.in_scope(|| {
-                tracing::info!(events = count, event_types = ?event_types, "delivery accepted")
-            });
+            span.in_scope(
+                || tracing::info!(events = count, event_types = ?event_types, "delivery accepted"),
+            );
             if let Some(handoff) = &state.handoff {
                 handoff.offer(events);
             }
@@ -157,7 +161,11 @@ async fn handle(
                 .into_response())
         }
         AppendOutcome::Duplicate => {
-            span.in_scope(|| tracing::info!("redelivery of a journaled delivery; acknowledged without a second copy"));
+            span.in_scope(|| {
+                tracing::info!(
+                    "redelivery of a journaled delivery; acknowledged without a second copy"
+                )
+            });
             Ok((StatusCode::OK, Json(json!({ "status": "duplicate" }))).into_response())
         }
     }

@@ -161,10 +161,7 @@ impl SqliteJournal {
         Ok(SqliteJournal { requests, backlog })
     }
 
-    async fn call<T>(
-        &self,
-        make: impl FnOnce(Reply<T>) -> Request,
-    ) -> Result<T, JournalError> {
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Request) -> Result<T, JournalError> {
         let (reply, answer) = oneshot::channel();
         self.requests
             .send(make(reply))
@@ -308,11 +305,24 @@ fn rfc3339(time: DateTime<Utc>) -> String {
 
 /// A reply held until the transaction it belongs to is committed.
 enum Held {
-    Append(Reply<AppendOutcome>, Result<AppendOutcome, JournalError>, u64),
+    Append(
+        Reply<AppendOutcome>,
+        Result<AppendOutcome, JournalError>,
+        u64,
+    ),
     Unit(Reply<()>, Result<(), JournalError>, i64),
-    Due(Reply<Vec<JournaledEvent>>, Result<Vec<JournaledEvent>, JournalError>),
-    Letters(Reply<Vec<DeadLetter>>, Result<Vec<DeadLetter>, JournalError>),
-    Dead(Reply<Vec<DeadDelivery>>, Result<Vec<DeadDelivery>, JournalError>),
+    Due(
+        Reply<Vec<JournaledEvent>>,
+        Result<Vec<JournaledEvent>, JournalError>,
+    ),
+    Letters(
+        Reply<Vec<DeadLetter>>,
+        Result<Vec<DeadLetter>, JournalError>,
+    ),
+    Dead(
+        Reply<Vec<DeadDelivery>>,
+        Result<Vec<DeadDelivery>, JournalError>,
+    ),
     Bool(Reply<bool>, Result<bool, JournalError>),
     Count(Reply<u64>, Result<u64, JournalError>),
 }
@@ -523,7 +533,14 @@ fn apply(tx: &Transaction<'_>, request: Request) -> Held {
                     "UPDATE events SET state = 'dead', attempts = ?2, last_error = ?3,
                         failed_sinks = ?4, sinks_done = ?5, dead_at = ?6
                      WHERE id = ?1 AND state = 'pending'",
-                    params![id, attempts, error, failed_sinks, sinks_done, rfc3339(Utc::now())],
+                    params![
+                        id,
+                        attempts,
+                        error,
+                        failed_sinks,
+                        sinks_done,
+                        rfc3339(Utc::now())
+                    ],
                 )
                 .map_err(JournalError::from);
             let change = match result {
@@ -647,7 +664,11 @@ fn append(tx: &Transaction<'_>, delivery: NewDelivery) -> Result<AppendOutcome, 
     Ok(AppendOutcome::Stored(stored))
 }
 
-fn due(tx: &Transaction<'_>, now_ms: i64, limit: usize) -> Result<Vec<JournaledEvent>, JournalError> {
+fn due(
+    tx: &Transaction<'_>,
+    now_ms: i64,
+    limit: usize,
+) -> Result<Vec<JournaledEvent>, JournalError> {
     let mut statement = tx.prepare_cached(
         "SELECT id, delivery_key, idx, webhook_id, event_type, received_at, request_id, event,
                 attempts, sinks_done
@@ -796,7 +817,10 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(journal.backlog(), 1);
-        assert!(journal.due(10).await.unwrap().is_empty(), "k:1 is not due yet");
+        assert!(
+            journal.due(10).await.unwrap().is_empty(),
+            "k:1 is not due yet"
+        );
         let letters = journal.dead_letters(10).await.unwrap();
         assert_eq!(letters.len(), 1);
         assert_eq!(letters[0].failed_sinks, vec!["b"]);

@@ -115,7 +115,9 @@ impl Sink {
 
     pub async fn deliver(&self, line: &SinkLine) -> Result<(), SinkError> {
         match self {
-            Sink::Jsonl(writer) | Sink::Stdout(writer) => writer.write_line(line.json.clone()).await,
+            Sink::Jsonl(writer) | Sink::Stdout(writer) => {
+                writer.write_line(line.json.clone()).await
+            }
         }
     }
 }

@@ -265,7 +265,13 @@ pub async fn process(pipeline: &Pipeline, event: &JournaledEvent) -> Outcome {
         }
         Err(error) => {
             tracing::warn!(%error, "dedupe store unavailable; event waits in the journal");
-            defer(pipeline, event, DEDUPE_UNAVAILABLE_RETRY, Some(&error.to_string())).await;
+            defer(
+                pipeline,
+                event,
+                DEDUPE_UNAVAILABLE_RETRY,
+                Some(&error.to_string()),
+            )
+            .await;
             return Outcome::Deferred;
         }
     };

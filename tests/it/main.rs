@@ -1,1 +1,8 @@
+//! Integration tests: one binary. The daemon runs on port 0 (in-process, or as the real binary
+//! where a process boundary matters), against the real Redis on 127.0.0.1:6379.
 
+mod helpers;
+
+mod ingress;
+mod lifecycle;
+mod pipeline;
