@@ -72,6 +72,8 @@ pub struct Settings {
     pub dedupe: DedupeSettings,
     pub redis: RedisSettings,
     pub log: LogSettings,
+    pub attio: AttioSettings,
+    pub enrichment: EnrichmentSettings,
     #[serde(default)]
     pub sinks: BTreeMap<String, SinkSettings>,
     #[serde(default)]
@@ -153,6 +155,87 @@ pub struct LogSettings {
     pub level: String,
 }
 
+/// How the daemon talks to Attio's REST API (the `attio` module).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttioSettings {
+    /// `https://api.attio.com`; tests point it at a local fake.
+    pub base_url: String,
+    /// Bearer token (`ATTIO_API_KEY`). None: enrichment is disabled, events still flow.
+    #[serde(default)]
+    pub api_key: Option<SecretString>,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Read requests (GET) per second, shared by the whole process.
+    pub read_rate: u32,
+    /// Write requests (POST/PATCH/DELETE) per second, shared by the whole process.
+    pub write_rate: u32,
+    /// First retry delay of a transient failure; doubles each time, full jitter.
+    #[serde(with = "humantime_serde")]
+    pub retry_initial: Duration,
+    /// Largest delay between two tries of one request.
+    #[serde(with = "humantime_serde")]
+    pub retry_max_delay: Duration,
+    /// Longest time one request may spend retrying before its error is returned.
+    #[serde(with = "humantime_serde")]
+    pub retry_total: Duration,
+    /// Consecutive failures (5xx, timeouts, connection errors) that open the circuit breaker.
+    pub breaker_threshold: u32,
+    /// How long the open breaker refuses requests before one probe is let through.
+    #[serde(with = "humantime_serde")]
+    pub breaker_cooldown: Duration,
+}
+
+/// The enrichment stage (the `enrich` module).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrichmentSettings {
+    /// `record.updated` / `list-entry.updated` events of one record or entry that arrive within
+    /// this window share one fetch.
+    #[serde(with = "humantime_serde")]
+    pub coalesce_window: Duration,
+    /// How long resolved object, list and attribute slugs are kept.
+    #[serde(with = "humantime_serde")]
+    pub schema_ttl: Duration,
+}
+
+/// Whether the events of a route are re-fetched from Attio (`enrich` in `[[routes]]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub enum RouteEnrich {
+    /// `false`: the route does not need the fetched data.
+    Off,
+    /// `"optional"`: deliver with `enrichment: "failed"` rather than retry when the fetch fails.
+    Optional,
+    /// `true` (default): an event whose fetch failed is retried, never delivered half-done.
+    #[default]
+    Required,
+}
+
+impl<'de> Deserialize<'de> for RouteEnrich {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Flag(bool),
+            Word(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Flag(true) => Ok(RouteEnrich::Required),
+            Raw::Flag(false) => Ok(RouteEnrich::Off),
+            Raw::Word(word) => match word.as_str() {
+                "true" => Ok(RouteEnrich::Required),
+                "false" => Ok(RouteEnrich::Off),
+                "optional" => Ok(RouteEnrich::Optional),
+                other => Err(serde::de::Error::custom(format!(
+                    "enrich must be true, false or \"optional\", got {other:?}"
+                ))),
+            },
+        }
+    }
+}
+
 /// One configured sink. The table name (`[sinks.NAME]`) is its name.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -170,6 +253,9 @@ pub struct RouteSettings {
     /// Event-type patterns: `record.updated`, `record.*`, `*`.
     pub events: Vec<String>,
     pub sinks: Vec<String>,
+    /// Re-fetch the event's subject from Attio: `true` (default), `false` or `"optional"`.
+    #[serde(default)]
+    pub enrich: RouteEnrich,
 }
 
 impl Settings {
@@ -214,6 +300,11 @@ impl Settings {
             let list: Vec<String> = secrets.split(',').map(str::to_string).collect();
             builder = builder
                 .set_override("webhook.secrets", list)
+                .map_err(|e| ConfigError::Load(e.to_string()))?;
+        }
+        if let Ok(key) = std::env::var("ATTIO_API_KEY") {
+            builder = builder
+                .set_override("attio.api_key", key)
                 .map_err(|e| ConfigError::Load(e.to_string()))?;
         }
         if let Ok(url) = std::env::var("REDIS_URL") {
@@ -271,6 +362,14 @@ impl Settings {
             .is_some_and(|u| u.expose_secret().trim().is_empty())
         {
             self.redis.url = None;
+        }
+        if self
+            .attio
+            .api_key
+            .as_ref()
+            .is_some_and(|k| k.expose_secret().trim().is_empty())
+        {
+            self.attio.api_key = None;
         }
     }
 
@@ -380,6 +479,7 @@ impl Settings {
                 format!("is not a valid tracing filter: {:?}", self.log.level),
             ));
         }
+        self.validate_attio()?;
         for (name, sink) in &self.sinks {
             if name.is_empty() {
                 return Err(ConfigError::invalid("sinks", "a sink has an empty name"));
@@ -395,6 +495,67 @@ impl Settings {
             }
         }
         crate::routing::RouteTable::compile(&self.routes, &self.effective_sink_names())?;
+        Ok(())
+    }
+
+    fn validate_attio(&self) -> Result<(), ConfigError> {
+        let attio = &self.attio;
+        match reqwest::Url::parse(&attio.base_url) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {}
+            _ => {
+                return Err(ConfigError::invalid(
+                    "attio.base_url",
+                    format!(
+                        "must be an http(s) URL such as https://api.attio.com, got {:?}",
+                        attio.base_url
+                    ),
+                ))
+            }
+        }
+        for (key, value) in [
+            ("attio.connect_timeout", attio.connect_timeout),
+            ("attio.request_timeout", attio.request_timeout),
+            ("attio.retry_initial", attio.retry_initial),
+            ("attio.breaker_cooldown", attio.breaker_cooldown),
+            ("enrichment.schema_ttl", self.enrichment.schema_ttl),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::invalid(key, "must be greater than 0"));
+            }
+        }
+        if attio.read_rate == 0 || attio.write_rate == 0 {
+            let key = if attio.read_rate == 0 {
+                "attio.read_rate"
+            } else {
+                "attio.write_rate"
+            };
+            return Err(ConfigError::invalid(
+                key,
+                "must be at least 1 (requests per second; Attio allows 100 reads and 25 writes)",
+            ));
+        }
+        if attio.retry_max_delay < attio.retry_initial {
+            return Err(ConfigError::invalid(
+                "attio.retry_max_delay",
+                "must not be below attio.retry_initial",
+            ));
+        }
+        if attio.breaker_threshold == 0 {
+            return Err(ConfigError::invalid(
+                "attio.breaker_threshold",
+                "must be at least 1",
+            ));
+        }
+        // An event's claim must outlive its enrichment, or another worker could take it over.
+        if attio.retry_total + attio.request_timeout + self.enrichment.coalesce_window
+            >= self.dedupe.claim_lease
+        {
+            return Err(ConfigError::invalid(
+                "attio.retry_total",
+                "plus attio.request_timeout and enrichment.coalesce_window must stay below \
+                 dedupe.claim_lease",
+            ));
+        }
         Ok(())
     }
 
@@ -440,6 +601,7 @@ impl Settings {
                 name: "default".to_string(),
                 events: vec!["*".to_string()],
                 sinks: vec!["stdout".to_string()],
+                enrich: RouteEnrich::default(),
             }]
         } else {
             self.routes.clone()
@@ -543,6 +705,69 @@ mod tests {
             settings.effective_sinks().get("stdout"),
             Some(SinkSettings::Stdout {})
         ));
+    }
+
+    #[test]
+    fn attio_defaults_follow_attios_rate_limits_and_need_no_key() {
+        let settings = Settings::from_toml("test", "[webhook]\nsecrets=[\"s\"]").unwrap();
+        assert_eq!(settings.attio.base_url, "https://api.attio.com");
+        assert_eq!(settings.attio.read_rate, 100);
+        assert_eq!(settings.attio.write_rate, 25);
+        assert!(settings.attio.api_key.is_none());
+        assert!(settings.enrichment.coalesce_window < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn an_empty_api_key_counts_as_none_and_a_real_one_is_redacted() {
+        let empty =
+            Settings::from_toml("test", "[webhook]\nsecrets=[\"s\"]\n[attio]\napi_key=\" \"")
+                .unwrap();
+        assert!(empty.attio.api_key.is_none());
+        let real = Settings::from_toml(
+            "test",
+            "[webhook]\nsecrets=[\"s\"]\n[attio]\napi_key=\"key-do-not-print\"",
+        )
+        .unwrap();
+        assert!(real.attio.api_key.is_some());
+        assert!(!format!("{real:?}").contains("key-do-not-print"));
+    }
+
+    #[test]
+    fn bad_attio_settings_name_the_key() {
+        for (toml, key) in [
+            ("[attio]\nbase_url=\"api.attio.com\"", "attio.base_url"),
+            ("[attio]\nread_rate=0", "attio.read_rate"),
+            ("[attio]\nretry_total=\"2m\"", "attio.retry_total"),
+            ("[attio]\nbreaker_threshold=0", "attio.breaker_threshold"),
+        ] {
+            let error = Settings::from_toml_layers("test", &["[webhook]\nsecrets=[\"s\"]", toml])
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(key), "{toml}: {error}");
+        }
+    }
+
+    #[test]
+    fn routes_accept_true_false_and_optional_for_enrich() {
+        let route = |value: &str| {
+            Settings::from_toml(
+                "test",
+                &format!(
+                    "[webhook]\nsecrets=[\"s\"]\n[sinks.out]\nkind=\"stdout\"\n\
+                     [[routes]]\nname=\"r\"\nevents=[\"*\"]\nsinks=[\"out\"]\n{value}"
+                ),
+            )
+            .map(|s| s.routes[0].enrich)
+        };
+        assert_eq!(route("").unwrap(), RouteEnrich::Required);
+        assert_eq!(route("enrich = true").unwrap(), RouteEnrich::Required);
+        assert_eq!(route("enrich = false").unwrap(), RouteEnrich::Off);
+        assert_eq!(
+            route("enrich = \"optional\"").unwrap(),
+            RouteEnrich::Optional
+        );
+        let error = route("enrich = \"sometimes\"").unwrap_err().to_string();
+        assert!(error.contains("optional"), "{error}");
     }
 
     #[test]

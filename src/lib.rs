@@ -7,7 +7,10 @@
 //!                              raw body)  group commit)
 //!                                           │ tokio channel (wake-up / hand-off)
 //!                                           ▼
-//!                sinks ◄── route ◄── dedupe ◄── worker
+//!                sinks ◄── enrich ◄── route ◄── dedupe ◄── worker
+//!                          (Attio REST:
+//!                           rate-limited,
+//!                           retrying, cached)
 //! ```
 //!
 //! Modules, in the order an event meets them:
@@ -18,16 +21,21 @@
 //! - `journal`: durable store of accepted deliveries (SQLite, group commit), dead letters.
 //! - `worker`: takes events from the channel and the journal, drives them to the sinks.
 //! - `dedupe`: two-phase claim → done, on Redis or embedded.
-//! - `routing`: rules that match events to sinks.
+//! - `routing`: rules that match events to sinks, and whether they want them enriched.
+//! - `enrich`: re-fetch what each event is about; resolve object/list/attribute slugs.
+//! - `attio`: the only module that speaks Attio's REST API (client, retry, rate limit, breaker,
+//!   models, schema cache).
 //! - `sinks`: one file per sink kind.
 //! - `app`: builds the daemon from settings; graceful shutdown.
 //! - `telemetry`: logging.
 //! - `cli`: the command line (`serve`, ...).
 
 pub mod app;
+pub mod attio;
 pub mod cli;
 pub mod config;
 pub mod dedupe;
+pub mod enrich;
 pub mod event;
 pub mod ingress;
 pub mod journal;

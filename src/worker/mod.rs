@@ -1,9 +1,11 @@
-//! The worker: drives each accepted event through dedupe, routing and the sinks.
+//! The worker: drives each accepted event through dedupe, routing, enrichment and the sinks.
 //!
 //! In: events handed over by ingress on a bounded channel, and events found in the journal (left
 //! over from a restart, overflowed from the channel, or due for a retry). Out: the event marked
 //! done in the journal, rescheduled with backoff, or moved to the dead letters after
 //! `worker.max_attempts`. Nothing here holds the only copy of an event: the journal does.
+//! While Attio is down (its circuit breaker open) events that need enrichment wait in the
+//! journal without using up attempts.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -16,8 +18,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::config::WorkerSettings;
+use crate::config::{RouteEnrich, WorkerSettings};
 use crate::dedupe::{ClaimOutcome, DedupeStore};
+use crate::enrich::{Enricher, EnrichmentStatus};
 use crate::event::EventKind;
 use crate::journal::{Journal, JournaledEvent};
 use crate::routing::RouteTable;
@@ -26,6 +29,10 @@ use crate::sinks::{SinkLine, Sinks};
 /// How soon an event is looked at again when the dedupe store could not be reached. Such
 /// failures do not count as attempts: an outage of Redis must not dead-letter events.
 const DEDUPE_UNAVAILABLE_RETRY: Duration = Duration::from_secs(2);
+
+/// Shortest wait of an event while Attio's circuit breaker is open. Such waits do not count as
+/// attempts either: an outage of Attio must not dead-letter events.
+const ATTIO_UNAVAILABLE_RETRY: Duration = Duration::from_millis(200);
 
 /// Events ingress handed to the worker and not yet finished. The journal scan skips them, so an
 /// event is not worked on twice by this process.
@@ -91,6 +98,7 @@ pub struct Pipeline {
     pub dedupe: DedupeStore,
     pub routes: RouteTable,
     pub sinks: Sinks,
+    pub enricher: Enricher,
     pub settings: WorkerSettings,
 }
 
@@ -284,28 +292,81 @@ pub async fn process(pipeline: &Pipeline, event: &JournaledEvent) -> Outcome {
     let mut sinks_done = event.sinks_done.clone();
     let mut failures: Vec<(String, String, bool)> = Vec::new();
     if !targets.is_empty() {
-        match SinkLine::build(event, None) {
-            Ok(line) => {
-                let pending: Vec<&str> = targets
-                    .iter()
-                    .copied()
-                    .filter(|n| !sinks_done.iter().any(|d| d == n))
-                    .collect();
-                for name in pending {
-                    let Some(sink) = pipeline.sinks.get(name) else {
-                        failures.push((name.to_string(), "sink is not configured".into(), true));
-                        continue;
-                    };
-                    match sink.deliver(&line).await {
-                        Ok(()) => sinks_done.push(name.to_string()),
-                        Err(error) => {
-                            tracing::warn!(sink = %name, %error, "sink delivery failed");
-                            failures.push((name.to_string(), error.message, error.permanent));
+        let pending: Vec<&str> = targets
+            .iter()
+            .copied()
+            .filter(|n| !sinks_done.iter().any(|d| d == n))
+            .collect();
+        let wanted = pipeline.routes.enrichment_for(kind.as_str());
+        let enrichment = if pending.is_empty() {
+            // Every sink already has it (a retry after a crash): nothing to fetch.
+            crate::enrich::Enrichment::skipped(None)
+        } else {
+            pipeline.enricher.enrich(&kind, &event.raw, wanted).await
+        };
+        let enrichment_failed =
+            enrichment.status == EnrichmentStatus::Failed && wanted == RouteEnrich::Required;
+        if enrichment_failed {
+            let error = enrichment.error.clone();
+            let attio_down = matches!(error, Some(crate::attio::AttioError::CircuitOpen { .. }))
+                || pipeline.enricher.unavailable_for().is_some();
+            if attio_down {
+                // Attio is down, not this event: wait in the journal without using an attempt.
+                let retry_in = pipeline
+                    .enricher
+                    .unavailable_for()
+                    .unwrap_or(ATTIO_UNAVAILABLE_RETRY)
+                    .max(ATTIO_UNAVAILABLE_RETRY);
+                tracing::info!(retry_in = ?retry_in, "Attio unavailable; event waits in the journal");
+                if let Err(release) = pipeline.dedupe.release(&event.id, &token).await {
+                    tracing::warn!(error = %release, "could not release the claim; it expires after its lease");
+                }
+                let message = error.map(|e| e.to_string());
+                defer(pipeline, event, jittered(retry_in), message.as_deref()).await;
+                return Outcome::Deferred;
+            }
+            let (message, permanent) = match &error {
+                // Auth errors are permanent for a request but an operator can fix the key:
+                // keep the event on the slow retry path rather than dead-letter it at once.
+                Some(error) => (
+                    format!("enrichment: {error}"),
+                    error.is_permanent() && !error.is_auth(),
+                ),
+                None => ("enrichment failed".to_string(), false),
+            };
+            tracing::warn!(error = %message, "enrichment failed");
+            for name in pending {
+                failures.push((name.to_string(), message.clone(), permanent));
+            }
+        } else {
+            if enrichment.status == EnrichmentStatus::Failed {
+                tracing::warn!(
+                    error = ?enrichment.error.as_ref().map(|e| e.to_string()),
+                    "enrichment failed; delivering without it (enrich = \"optional\")"
+                );
+            }
+            match SinkLine::build_enriched(event, &enrichment) {
+                Ok(line) => {
+                    for name in pending {
+                        let Some(sink) = pipeline.sinks.get(name) else {
+                            failures.push((
+                                name.to_string(),
+                                "sink is not configured".into(),
+                                true,
+                            ));
+                            continue;
+                        };
+                        match sink.deliver(&line).await {
+                            Ok(()) => sinks_done.push(name.to_string()),
+                            Err(error) => {
+                                tracing::warn!(sink = %name, %error, "sink delivery failed");
+                                failures.push((name.to_string(), error.message, error.permanent));
+                            }
                         }
                     }
                 }
+                Err(error) => failures.push(("*".to_string(), error.message, true)),
             }
-            Err(error) => failures.push(("*".to_string(), error.message, true)),
         }
     } else {
         tracing::debug!("no route matches; nothing to deliver");
@@ -372,6 +433,12 @@ fn record(result: Result<(), crate::journal::JournalError>) {
         // The event stays pending in the journal and is picked up again by a later scan.
         tracing::error!(%error, "could not record the event's outcome in the journal");
     }
+}
+
+/// `delay` plus up to a quarter more, so that events deferred together come back spread out.
+fn jittered(delay: Duration) -> Duration {
+    let spread = (delay.as_millis() / 4) as u64;
+    delay + Duration::from_millis(rand::rng().random_range(0..=spread))
 }
 
 /// Exponential backoff from `retry_initial`, capped at `retry_max`, with jitter over the upper
