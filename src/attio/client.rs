@@ -8,6 +8,7 @@
 //! with full-jitter exponential backoff until `attio.retry_total` runs out. The API key lives
 //! only inside a sensitive header value; it is never logged nor part of an error.
 
+use std::collections::VecDeque;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -38,6 +39,10 @@ pub const USER_AGENT: &str = concat!(
     " (Attio webhook receiver)"
 );
 
+/// Added to the one-second window of the rate limiter so that requests sent exactly a second
+/// apart do not arrive less than a second apart after network jitter.
+const WINDOW_MARGIN: Duration = Duration::from_millis(3);
+
 /// Page size used when walking every webhook (Attio allows 10 to 100).
 const WEBHOOK_PAGE: u32 = 100;
 
@@ -61,7 +66,12 @@ impl AttributeParent {
 #[derive(Clone)]
 pub struct AttioClient {
     inner: Arc<Inner>,
+    /// Called right before each request of this handle goes out (after the rate limiter).
+    on_send: Option<SendHook>,
 }
+
+/// See [`AttioClient::on_send`].
+pub type SendHook = Arc<dyn Fn() + Send + Sync>;
 
 impl std::fmt::Debug for AttioClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -74,14 +84,55 @@ impl std::fmt::Debug for AttioClient {
 struct Inner {
     http: reqwest::Client,
     base: Url,
-    reads: DefaultDirectRateLimiter,
-    writes: DefaultDirectRateLimiter,
+    reads: Limiter,
+    writes: Limiter,
     breaker: CircuitBreaker,
     /// Set by a 429: no request goes out before this instant.
     paused_until: Mutex<Option<tokio::time::Instant>>,
     retry_initial: Duration,
     retry_max_delay: Duration,
     retry_total: Duration,
+}
+
+/// The process-wide limiter of one kind of request (reads or writes).
+///
+/// Three parts, each for one reason:
+/// - a first-come-first-served queue (a fair mutex): one waiter at a time watches the limiter,
+///   instead of a herd of hundreds waking for every free slot, and requests leave in the order
+///   they asked;
+/// - `governor` (GCRA) spaces requests 1/rate apart, with a burst of 2 so that a slot taken a
+///   little late (timer granularity) is caught up rather than lost;
+/// - the send times of the last `rate` requests: a request waits until the oldest of them is a
+///   second old (plus a small margin). That is the hard guarantee that no one-second window ever holds more than
+///   `rate` requests, which the burst allowance alone would not give.
+struct Limiter {
+    recent: tokio::sync::Mutex<VecDeque<tokio::time::Instant>>,
+    spacing: DefaultDirectRateLimiter,
+    rate: usize,
+}
+
+impl Limiter {
+    fn per_second(rate: u32) -> Limiter {
+        let rate = NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN);
+        Limiter {
+            recent: tokio::sync::Mutex::new(VecDeque::with_capacity(rate.get() as usize)),
+            spacing: RateLimiter::direct(
+                Quota::per_second(rate).allow_burst(NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN)),
+            ),
+            rate: rate.get() as usize,
+        }
+    }
+
+    async fn until_ready(&self) {
+        let mut recent = self.recent.lock().await;
+        self.spacing.until_ready().await;
+        if recent.len() >= self.rate {
+            if let Some(oldest) = recent.pop_front() {
+                tokio::time::sleep_until(oldest + Duration::from_secs(1) + WINDOW_MARGIN).await;
+            }
+        }
+        recent.push_back(tokio::time::Instant::now());
+    }
 }
 
 /// One logical call (possibly several HTTP attempts).
@@ -140,8 +191,8 @@ impl AttioClient {
             inner: Arc::new(Inner {
                 http,
                 base,
-                reads: RateLimiter::direct(per_second(settings.read_rate)),
-                writes: RateLimiter::direct(per_second(settings.write_rate)),
+                reads: Limiter::per_second(settings.read_rate),
+                writes: Limiter::per_second(settings.write_rate),
                 breaker: CircuitBreaker::new(
                     settings.breaker_threshold,
                     settings.breaker_cooldown,
@@ -152,7 +203,18 @@ impl AttioClient {
                 retry_max_delay: settings.retry_max_delay,
                 retry_total: settings.retry_total,
             }),
+            on_send: None,
         })
+    }
+
+    /// A handle on the same client that calls `hook` right before each of its requests goes
+    /// out, once the rate limiter let it through. Coalescing uses it to know until when an
+    /// event may still share a fetch.
+    pub fn on_send(&self, hook: SendHook) -> AttioClient {
+        AttioClient {
+            inner: self.inner.clone(),
+            on_send: Some(hook),
+        }
     }
 
     /// While the circuit breaker is open: how long until Attio is asked again.
@@ -466,6 +528,9 @@ impl AttioClient {
             return Err(AttioError::CircuitOpen { retry_in });
         }
         self.wait_for_turn(&call.method).await;
+        if let Some(hook) = &self.on_send {
+            hook();
+        }
 
         let mut request = inner.http.request(call.method.clone(), call.url.clone());
         if let Some(body) = &call.body {
@@ -560,13 +625,6 @@ impl AttioClient {
                 .increment(waited.as_secs_f64());
         }
     }
-}
-
-/// A limiter that lets one request through every `1/rate` seconds, with no burst: any second
-/// then holds at most `rate` requests, which is what Attio counts.
-fn per_second(rate: u32) -> Quota {
-    let rate = NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN);
-    Quota::per_second(rate).allow_burst(NonZeroU32::MIN)
 }
 
 fn count(endpoint: &'static str, status: &str) {

@@ -71,7 +71,7 @@ impl SchemaCache {
         let lookup_key = key.clone();
         let answer = self
             .flights
-            .run(key, Duration::ZERO, Closes::AtEnd, move || async move {
+            .run(key, Duration::ZERO, Closes::AtEnd, move |_| async move {
                 let answer = cache.look_up(&lookup_key).await;
                 match &answer {
                     Ok(slug) => cache.store(lookup_key, slug.clone(), generation),

@@ -2,9 +2,11 @@
 //!
 //! In: a key, a window and the request to make. Out: the request's result, given to every caller
 //! that joined. Two ways to close a flight to newcomers:
-//! - [`Closes::AtStart`]: the flight stays open for `window`, then the request starts and later
-//!   callers start a new flight. Used to coalesce re-fetches of one record: an edit that happens
-//!   after the fetch started must not be answered with state read before it.
+//! - [`Closes::AtSend`]: the flight stays open for `window` and then until the request is
+//!   actually sent (it may wait for the rate limiter meanwhile): the request calls
+//!   [`Closer::close`] right before it goes out, and later callers start a new flight. Used to
+//!   coalesce re-fetches of one record: an event that arrives before the request left is answered
+//!   with state read after it, but one arriving later must not get state read before it.
 //! - [`Closes::AtEnd`]: callers join until the answer is there. Used for schema look-ups, where
 //!   any answer of the moment will do.
 //!
@@ -21,20 +23,41 @@ use tokio::sync::watch;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Closes {
-    AtStart,
+    AtSend,
     AtEnd,
 }
 
-type Pending<K, V> = Arc<Mutex<HashMap<K, watch::Receiver<Option<V>>>>>;
+/// Open flights: key → (flight number, where its answer will appear).
+type Flights<K, V> = HashMap<K, (u64, watch::Receiver<Option<V>>)>;
+type Pending<K, V> = Arc<Mutex<Flights<K, V>>>;
+
+/// Handed to the request of a [`Closes::AtSend`] flight: closes the flight to newcomers.
+pub struct Closer<K, V> {
+    flight: Option<(SingleFlight<K, V>, K, u64)>,
+}
+
+impl<K: Hash + Eq, V> Closer<K, V> {
+    /// Later callers start a new flight. Safe to call more than once.
+    pub fn close(&self) {
+        if let Some((flights, key, number)) = &self.flight {
+            let mut pending = flights.lock();
+            if pending.get(key).is_some_and(|(n, _)| n == number) {
+                pending.remove(key);
+            }
+        }
+    }
+}
 
 pub struct SingleFlight<K, V> {
     pending: Pending<K, V>,
+    numbers: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl<K, V> Clone for SingleFlight<K, V> {
     fn clone(&self) -> Self {
         SingleFlight {
             pending: self.pending.clone(),
+            numbers: self.numbers.clone(),
         }
     }
 }
@@ -43,7 +66,15 @@ impl<K, V> Default for SingleFlight<K, V> {
     fn default() -> Self {
         SingleFlight {
             pending: Arc::new(Mutex::new(HashMap::new())),
+            numbers: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         }
+    }
+}
+
+impl<K, V> SingleFlight<K, V> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Flights<K, V>> {
+        // Inserts and removes of single keys: a panic elsewhere leaves no broken state.
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -58,7 +89,9 @@ where
     V: Clone + Send + Sync + 'static,
 {
     /// Joins the open flight for `key`, or opens one that runs `request` after `window`.
-    /// Returns the answer and whether this caller started the flight.
+    /// Returns the answer and whether this caller started the flight. The flight closes to
+    /// newcomers when `request` calls its [`Closer`] ([`Closes::AtSend`]) or when the answer
+    /// is there, whichever comes first.
     pub async fn run<F, Fut>(
         &self,
         key: K,
@@ -67,28 +100,36 @@ where
         request: F,
     ) -> Result<(V, bool), Abandoned>
     where
-        F: FnOnce() -> Fut + Send + 'static,
+        F: FnOnce(Closer<K, V>) -> Fut + Send + 'static,
         Fut: Future<Output = V> + Send + 'static,
     {
         let (mut receiver, leader) = {
             let mut pending = self.lock();
             match pending.get(&key) {
-                Some(receiver) => (receiver.clone(), false),
+                Some((_, receiver)) => (receiver.clone(), false),
                 None => {
                     let (sender, receiver) = watch::channel(None);
-                    pending.insert(key.clone(), receiver.clone());
-                    let flights = self.clone();
+                    let number = self
+                        .numbers
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    pending.insert(key.clone(), (number, receiver.clone()));
+                    let at_end = Closer {
+                        flight: Some((self.clone(), key, number)),
+                    };
+                    let closer = Closer {
+                        flight: match (&at_end.flight, closes) {
+                            (Some((flights, key, number)), Closes::AtSend) => {
+                                Some((flights.clone(), key.clone(), *number))
+                            }
+                            _ => None,
+                        },
+                    };
                     tokio::spawn(async move {
                         if !window.is_zero() {
                             tokio::time::sleep(window).await;
                         }
-                        if closes == Closes::AtStart {
-                            flights.lock().remove(&key);
-                        }
-                        let answer = request().await;
-                        if closes == Closes::AtEnd {
-                            flights.lock().remove(&key);
-                        }
+                        let answer = request(closer).await;
+                        at_end.close();
                         // Nobody listening any more is fine: every caller gave up.
                         let _ = sender.send(Some(answer));
                     });
@@ -104,11 +145,6 @@ where
             Some(value) => Ok((value.clone(), leader)),
             None => Err(Abandoned),
         }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, watch::Receiver<Option<V>>>> {
-        // Inserts and removes of single keys: a panic elsewhere leaves no broken state.
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -130,8 +166,8 @@ mod tests {
                     .run(
                         "k",
                         Duration::from_millis(100),
-                        Closes::AtStart,
-                        move || async move { calls.fetch_add(1, Ordering::SeqCst) + 1 },
+                        Closes::AtSend,
+                        move |_| async move { calls.fetch_add(1, Ordering::SeqCst) + 1 },
                     )
                     .await
             }));
@@ -147,7 +183,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_caller_after_the_request_started_gets_a_fresh_request() {
+    async fn a_caller_after_the_request_was_sent_gets_a_fresh_request() {
         let flights: SingleFlight<&str, usize> = SingleFlight::default();
         let calls = Arc::new(AtomicUsize::new(0));
         let slow = {
@@ -158,8 +194,11 @@ mod tests {
                     .run(
                         "k",
                         Duration::from_millis(10),
-                        Closes::AtStart,
-                        move || async move {
+                        Closes::AtSend,
+                        move |closer| async move {
+                            // Waits (as for the rate limiter), then sends.
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            closer.close();
                             tokio::time::sleep(Duration::from_millis(200)).await;
                             calls.fetch_add(1, Ordering::SeqCst) + 1
                         },
@@ -167,15 +206,34 @@ mod tests {
                     .await
             })
         };
+        // Before the send: joins.
         tokio::time::sleep(Duration::from_millis(50)).await;
+        let joiner = {
+            let flights = flights.clone();
+            tokio::spawn(async move {
+                flights
+                    .run("k", Duration::ZERO, Closes::AtSend, |_| async { 99 })
+                    .await
+            })
+        };
+        // After the send: a new flight.
+        tokio::time::sleep(Duration::from_millis(150)).await;
         let counter = calls.clone();
         let (_, leader) = flights
-            .run("k", Duration::ZERO, Closes::AtStart, move || async move {
+            .run("k", Duration::ZERO, Closes::AtSend, move |_| async move {
                 counter.fetch_add(1, Ordering::SeqCst) + 1
             })
             .await
             .unwrap();
-        assert!(leader, "the first request had started: a new one was made");
+        assert!(
+            leader,
+            "the first request had been sent: a new one was made"
+        );
+        let (joined, joiner_led) = joiner.await.unwrap().unwrap();
+        assert!(
+            !joiner_led && joined >= 1,
+            "a caller before the send shares the answer"
+        );
         slow.await.unwrap().unwrap();
         assert_eq!(calls.load(Ordering::SeqCst), 2);
     }

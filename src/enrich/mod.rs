@@ -10,6 +10,7 @@
 //! and `list-entry.updated` re-fetches of one record or entry that come within
 //! `enrichment.coalesce_window` share one request; every event still gets the answer.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -473,7 +474,10 @@ impl Active {
         let key = subject.clone();
         match self
             .fetches
-            .run(key, self.window, Closes::AtStart, move || async move {
+            .run(key, self.window, Closes::AtSend, move |closer| async move {
+                // Events arriving until the request leaves (it may queue for the rate limiter)
+                // still share it: the state it reads is newer than all of them.
+                let client = client.on_send(Arc::new(move || closer.close()));
                 fetch(&client, &subject).await
             })
             .await

@@ -222,7 +222,7 @@ async fn a_burst_never_exceeds_the_read_rate() {
         *per_second.entry(second).or_default() += 1;
     }
     // ...and over every sliding one-second window. One extra is allowed for arrival jitter at
-    // a window's edge (the limiter spaces sends by exactly 1/rate).
+    // a window's edge.
     let mut instants: Vec<Instant> = seen.iter().map(|s| s.instant).collect();
     instants.sort();
     let busiest_window = (0..instants.len())
