@@ -308,8 +308,13 @@ pub async fn process(pipeline: &Pipeline, event: &JournaledEvent) -> Outcome {
             enrichment.status == EnrichmentStatus::Failed && wanted == RouteEnrich::Required;
         if enrichment_failed {
             let error = enrichment.error.clone();
-            let attio_down = matches!(error, Some(crate::attio::AttioError::CircuitOpen { .. }))
-                || pipeline.enricher.unavailable_for().is_some();
+            let attio_down = match &error {
+                Some(crate::attio::AttioError::CircuitOpen { .. }) => true,
+                Some(error) => {
+                    error.is_transient() && pipeline.enricher.unavailable_for().is_some()
+                }
+                None => false,
+            };
             if attio_down {
                 // Attio is down, not this event: wait in the journal without using an attempt.
                 let retry_in = pipeline

@@ -178,6 +178,34 @@ async fn a_slow_answer_times_out_as_a_transient_error() {
 }
 
 #[tokio::test]
+async fn an_unreachable_attio_is_a_transient_connection_error() {
+    // A port that was free a moment ago: nothing listens there.
+    let port = crate::helpers::free_port();
+    let settings = Settings::from_toml_layers(
+        "test",
+        &[
+            "[webhook]\nsecrets = [\"s\"]",
+            &format!(
+                "[attio]\nbase_url = \"http://127.0.0.1:{port}\"\napi_key = \"k\"\n\
+                 retry_initial = \"10ms\"\nretry_total = \"100ms\""
+            ),
+        ],
+    )
+    .unwrap();
+    let client =
+        AttioClient::new(&settings.attio, settings.attio.api_key.as_ref().unwrap()).unwrap();
+    let error = client.get_record(OBJECT, RECORD).await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            AttioError::Connect(_) | AttioError::CircuitOpen { .. }
+        ),
+        "{error}"
+    );
+    assert!(error.is_transient());
+}
+
+#[tokio::test]
 async fn a_malformed_answer_is_a_decode_error_not_retried() {
     let fake = FakeAttio::start().await;
     fake.script(
