@@ -251,6 +251,33 @@ pub enum Outcome {
 
 /// Drives one event through dedupe, routing and delivery, and records the outcome.
 pub async fn process(pipeline: &Pipeline, event: &JournaledEvent) -> Outcome {
+    let outcome = attempt(pipeline, event).await;
+    let label = match &outcome {
+        Outcome::Delivered { .. } => "delivered",
+        Outcome::Duplicate => {
+            metrics::counter!(crate::metrics::DEDUPE_HITS).increment(1);
+            "duplicate"
+        }
+        Outcome::Deferred => "deferred",
+        Outcome::Retrying { .. } => "retrying",
+        Outcome::DeadLettered => {
+            metrics::counter!(crate::metrics::DEAD_LETTERS).increment(1);
+            "dead_lettered"
+        }
+    };
+    // Unknown types share one label so a flood of odd names cannot blow up the series count.
+    let kind = EventKind::parse(&event.event_type);
+    let kind = if kind.is_known() {
+        kind.as_str().to_string()
+    } else {
+        "unknown".to_string()
+    };
+    metrics::counter!(crate::metrics::EVENTS_PROCESSED, "kind" => kind, "outcome" => label)
+        .increment(1);
+    outcome
+}
+
+async fn attempt(pipeline: &Pipeline, event: &JournaledEvent) -> Outcome {
     let token = match pipeline.dedupe.claim(&event.id).await {
         Ok(ClaimOutcome::Fresh(token)) => token,
         Ok(ClaimOutcome::Duplicate) => {
@@ -296,7 +323,14 @@ pub async fn process(pipeline: &Pipeline, event: &JournaledEvent) -> Outcome {
                         failures.push((name.to_string(), "sink is not configured".into(), true));
                         continue;
                     };
-                    match sink.deliver(&line).await {
+                    let result = sink.deliver(&line).await;
+                    metrics::counter!(
+                        crate::metrics::SINK_DELIVERIES,
+                        "sink" => name.to_string(),
+                        "outcome" => if result.is_ok() { "ok" } else { "error" }
+                    )
+                    .increment(1);
+                    match result {
                         Ok(()) => sinks_done.push(name.to_string()),
                         Err(error) => {
                             tracing::warn!(sink = %name, %error, "sink delivery failed");

@@ -5,4 +5,5 @@ mod helpers;
 
 mod ingress;
 mod lifecycle;
+mod observability;
 mod pipeline;
