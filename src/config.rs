@@ -72,6 +72,7 @@ pub struct Settings {
     pub dedupe: DedupeSettings,
     pub redis: RedisSettings,
     pub log: LogSettings,
+    pub admin: AdminSettings,
     #[serde(default)]
     pub sinks: BTreeMap<String, SinkSettings>,
     #[serde(default)]
@@ -137,6 +138,14 @@ pub struct RedisSettings {
     #[serde(default)]
     pub url: Option<SecretString>,
     pub key_prefix: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSettings {
+    /// A second listener for /metrics, /healthz and /readyz; empty: /metrics on the main one.
+    #[serde(default)]
+    pub listen: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -409,6 +418,14 @@ impl Settings {
 
     fn validate_with(&self, require_secret: bool) -> Result<(), ConfigError> {
         self.listen_addr()?;
+        if let Some(admin) = self.admin_addr()? {
+            if admin.port() != 0 && Some(admin) == self.listen_addr().ok() {
+                return Err(ConfigError::invalid(
+                    "admin.listen",
+                    "must differ from server.listen",
+                ));
+            }
+        }
         if !self.server.path.starts_with('/') {
             return Err(ConfigError::invalid(
                 "server.path",
@@ -532,6 +549,20 @@ impl Settings {
                     "is not an address like 127.0.0.1:8080: {:?}",
                     self.server.listen
                 ),
+            )
+        })
+    }
+
+    /// The admin listener's address, when one is configured.
+    pub fn admin_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        let listen = self.admin.listen.trim();
+        if listen.is_empty() {
+            return Ok(None);
+        }
+        listen.parse().map(Some).map_err(|_| {
+            ConfigError::invalid(
+                "admin.listen",
+                format!("is not an address like 127.0.0.1:9090: {listen:?}"),
             )
         })
     }

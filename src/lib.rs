@@ -22,6 +22,7 @@
 //! - `sinks`: one file per sink kind (jsonl/stdout, http, redis_stream, command).
 //! - `app`: builds the daemon from settings; graceful shutdown.
 //! - `telemetry`: logging.
+//! - `metrics`: Prometheus registry and metric names.
 //! - `cli`: the command line (`serve`, `dead-letters list|show|replay`, ...).
 
 pub mod app;
@@ -31,6 +32,7 @@ pub mod dedupe;
 pub mod event;
 pub mod ingress;
 pub mod journal;
+pub mod metrics;
 pub mod routing;
 pub mod signature;
 pub mod sinks;

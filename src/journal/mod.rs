@@ -312,6 +312,13 @@ impl Journal {
         }
     }
 
+    /// How long the oldest pending event has waited, if any is pending.
+    pub async fn oldest_pending_age(&self) -> Result<Option<std::time::Duration>, JournalError> {
+        match self {
+            Journal::Sqlite(j) => j.oldest_pending_age().await,
+        }
+    }
+
     /// A write that proves the journal accepts data, for readiness.
     pub async fn probe(&self) -> Result<(), JournalError> {
         match self {

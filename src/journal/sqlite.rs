@@ -134,6 +134,7 @@ enum Request {
         reply: Reply<()>,
     },
     Probe(Reply<()>),
+    OldestPending(Reply<Option<String>>),
     Purge {
         deliveries_before_ms: i64,
         now_ms: i64,
@@ -331,6 +332,17 @@ impl SqliteJournal {
         self.call(Request::Probe).await
     }
 
+    pub async fn oldest_pending_age(&self) -> Result<Option<Duration>, JournalError> {
+        let oldest = self.call(Request::OldestPending).await?;
+        Ok(oldest
+            .and_then(|text| DateTime::parse_from_rfc3339(&text).ok())
+            .map(|at| {
+                (Utc::now() - at.with_timezone(&Utc))
+                    .to_std()
+                    .unwrap_or_default()
+            }))
+    }
+
     pub async fn purge(&self, keep: Duration) -> Result<u64, JournalError> {
         let now_ms = Utc::now().timestamp_millis();
         let deliveries_before_ms = now_ms - duration_ms(keep);
@@ -423,6 +435,7 @@ enum Held {
         Result<Vec<DeadDelivery>, JournalError>,
     ),
     Bool(Reply<bool>, Result<bool, JournalError>),
+    Text(Reply<Option<String>>, Result<Option<String>, JournalError>),
     Count(Reply<u64>, Result<u64, JournalError>),
     /// Any other reply: called with the commit's error, if any; the backlog change is applied
     /// only when the commit succeeded (it is 0 for a failed request).
@@ -499,6 +512,9 @@ impl Held {
                 }
                 Err(message) => answer(Some(failed(message))),
             },
+            Held::Text(reply, result) => {
+                let _ = reply.send(committed.clone().map_err(|m| failed(&m)).and(result));
+            }
         }
     }
 }
@@ -602,6 +618,7 @@ fn refuse(request: Request) -> Held {
         Request::ListDeadLetters(_, reply) => Held::other(reply, Err(error()), |_| 0),
         Request::Event(_, reply) => Held::other(reply, Err(error()), |_| 0),
         Request::Replay { reply, .. } => Held::other(reply, Err(error()), |_| 0),
+        Request::OldestPending(reply) => Held::Text(reply, Err(error())),
         Request::Close(_) => unreachable!("handled by the caller"),
     }
 }
@@ -764,6 +781,17 @@ fn apply(tx: &Transaction<'_>, request: Request) -> Held {
                 .map(|_| ())
                 .map_err(JournalError::from);
             Held::Unit(reply, result, 0)
+        }
+        Request::OldestPending(reply) => {
+            let result = tx
+                .query_row(
+                    "SELECT received_at FROM events WHERE state = 'pending' ORDER BY seq LIMIT 1",
+                    [],
+                    |row| row.get::<_, String>(0),
+                )
+                .optional()
+                .map_err(JournalError::from);
+            Held::Text(reply, result)
         }
         Request::Purge {
             deliveries_before_ms,

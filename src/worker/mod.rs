@@ -254,6 +254,33 @@ pub enum Outcome {
 
 /// Drives one event through dedupe, routing and delivery, and records the outcome.
 pub async fn process(pipeline: &Pipeline, event: &JournaledEvent) -> Outcome {
+    let outcome = attempt(pipeline, event).await;
+    let label = match &outcome {
+        Outcome::Delivered { .. } => "delivered",
+        Outcome::Duplicate => {
+            metrics::counter!(crate::metrics::DEDUPE_HITS).increment(1);
+            "duplicate"
+        }
+        Outcome::Deferred => "deferred",
+        Outcome::Retrying { .. } => "retrying",
+        Outcome::DeadLettered => {
+            metrics::counter!(crate::metrics::DEAD_LETTERS).increment(1);
+            "dead_lettered"
+        }
+    };
+    // Unknown types share one label so a flood of odd names cannot blow up the series count.
+    let kind = EventKind::parse(&event.event_type);
+    let kind = if kind.is_known() {
+        kind.as_str().to_string()
+    } else {
+        "unknown".to_string()
+    };
+    metrics::counter!(crate::metrics::EVENTS_PROCESSED, "kind" => kind, "outcome" => label)
+        .increment(1);
+    outcome
+}
+
+async fn attempt(pipeline: &Pipeline, event: &JournaledEvent) -> Outcome {
     let token = match pipeline.dedupe.claim(&event.id).await {
         Ok(ClaimOutcome::Fresh(token)) => token,
         Ok(ClaimOutcome::Duplicate) => {
@@ -313,15 +340,10 @@ pub async fn process(pipeline: &Pipeline, event: &JournaledEvent) -> Outcome {
                         }
                         None => Err(SinkError::permanent("sink is not configured")),
                     };
-                    let outcome = match &result {
-                        Ok(()) => "delivered",
-                        Err(error) if error.permanent => "permanent_error",
-                        Err(_) => "transient_error",
-                    };
                     metrics::counter!(
-                        "attio_webhooks_sink_deliveries_total",
+                        crate::metrics::SINK_DELIVERIES,
                         "sink" => name.to_string(),
-                        "outcome" => outcome
+                        "outcome" => if result.is_ok() { "ok" } else { "error" }
                     )
                     .increment(1);
                     match result {
@@ -381,7 +403,6 @@ pub async fn process(pipeline: &Pipeline, event: &JournaledEvent) -> Outcome {
             error = %progress.last_error,
             "event moved to the dead letters"
         );
-        metrics::counter!("attio_webhooks_dead_letters_total").increment(1);
         record(
             pipeline
                 .journal

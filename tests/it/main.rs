@@ -5,5 +5,6 @@ mod helpers;
 
 mod ingress;
 mod lifecycle;
+mod observability;
 mod pipeline;
 mod sinks;
