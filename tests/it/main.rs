@@ -7,3 +7,4 @@ mod ingress;
 mod lifecycle;
 mod observability;
 mod pipeline;
+mod sinks;
