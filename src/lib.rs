@@ -21,14 +21,15 @@
 //! - `journal`: durable store of accepted deliveries (SQLite, group commit), dead letters.
 //! - `worker`: takes events from the channel and the journal, drives them to the sinks.
 //! - `dedupe`: two-phase claim → done, on Redis or embedded.
-//! - `routing`: rules that match events to sinks, and whether they want them enriched.
+//! - `routing`: rules that match events to sinks (event-type patterns, Attio-style filters).
 //! - `enrich`: re-fetch what each event is about; resolve object/list/attribute slugs.
 //! - `attio`: the only module that speaks Attio's REST API (client, retry, rate limit, breaker,
 //!   models, schema cache).
-//! - `sinks`: one file per sink kind.
+//! - `sinks`: one file per sink kind (jsonl/stdout, http, redis_stream, command).
 //! - `app`: builds the daemon from settings; graceful shutdown.
 //! - `telemetry`: logging.
-//! - `cli`: the command line (`serve`, ...).
+//! - `metrics`: Prometheus registry and metric names.
+//! - `cli`: the command line (`serve`, `dead-letters list|show|replay`, ...).
 
 pub mod app;
 pub mod attio;
@@ -39,6 +40,7 @@ pub mod enrich;
 pub mod event;
 pub mod ingress;
 pub mod journal;
+pub mod metrics;
 pub mod routing;
 pub mod signature;
 pub mod sinks;

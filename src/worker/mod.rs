@@ -1,11 +1,14 @@
-//! The worker: drives each accepted event through dedupe, routing, enrichment and the sinks.
+//! The worker: drives each accepted event through dedupe, routing and the sinks.
 //!
 //! In: events handed over by ingress on a bounded channel, and events found in the journal (left
-//! over from a restart, overflowed from the channel, or due for a retry). Out: the event marked
-//! done in the journal, rescheduled with backoff, or moved to the dead letters after
-//! `worker.max_attempts`. Nothing here holds the only copy of an event: the journal does.
-//! While Attio is down (its circuit breaker open) events that need enrichment wait in the
-//! journal without using up attempts.
+//! over from a restart, overflowed from the channel, due for a retry, or replayed from the dead
+//! letters). Out: the event marked done in the journal, rescheduled with backoff, or moved to
+//! the dead letters. Failures are counted per sink: a retry goes only to the sinks that have not
+//! taken the event yet, each with its own `attempts` and backoff (default `[worker]`); the
+//! event is dead-lettered as soon as a failing sink used up its attempts or failed permanently.
+//! Before delivery the event is enriched (re-fetched from Attio) as much as its routes want;
+//! while Attio is down (its circuit breaker open) such events wait in the journal without using
+//! up attempts. Nothing here holds the only copy of an event: the journal does.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -18,13 +21,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::config::{RouteEnrich, WorkerSettings};
+use crate::config::{RetryPolicy, RouteEnrich, WorkerSettings};
 use crate::dedupe::{ClaimOutcome, DedupeStore};
-use crate::enrich::{Enricher, EnrichmentStatus};
+use crate::enrich::{Enricher, Enrichment, EnrichmentStatus};
 use crate::event::EventKind;
-use crate::journal::{Journal, JournaledEvent};
+use crate::journal::{Journal, JournaledEvent, SinkProgress};
 use crate::routing::RouteTable;
-use crate::sinks::{SinkLine, Sinks};
+use crate::sinks::{SinkError, SinkLine, Sinks};
 
 /// How soon an event is looked at again when the dedupe store could not be reached. Such
 /// failures do not count as attempts: an outage of Redis must not dead-letter events.
@@ -259,6 +262,33 @@ pub enum Outcome {
 
 /// Drives one event through dedupe, routing and delivery, and records the outcome.
 pub async fn process(pipeline: &Pipeline, event: &JournaledEvent) -> Outcome {
+    let outcome = attempt(pipeline, event).await;
+    let label = match &outcome {
+        Outcome::Delivered { .. } => "delivered",
+        Outcome::Duplicate => {
+            metrics::counter!(crate::metrics::DEDUPE_HITS).increment(1);
+            "duplicate"
+        }
+        Outcome::Deferred => "deferred",
+        Outcome::Retrying { .. } => "retrying",
+        Outcome::DeadLettered => {
+            metrics::counter!(crate::metrics::DEAD_LETTERS).increment(1);
+            "dead_lettered"
+        }
+    };
+    // Unknown types share one label so a flood of odd names cannot blow up the series count.
+    let kind = EventKind::parse(&event.event_type);
+    let kind = if kind.is_known() {
+        kind.as_str().to_string()
+    } else {
+        "unknown".to_string()
+    };
+    metrics::counter!(crate::metrics::EVENTS_PROCESSED, "kind" => kind, "outcome" => label)
+        .increment(1);
+    outcome
+}
+
+async fn attempt(pipeline: &Pipeline, event: &JournaledEvent) -> Outcome {
     let token = match pipeline.dedupe.claim(&event.id).await {
         Ok(ClaimOutcome::Fresh(token)) => token,
         Ok(ClaimOutcome::Duplicate) => {
@@ -288,93 +318,93 @@ pub async fn process(pipeline: &Pipeline, event: &JournaledEvent) -> Outcome {
     if !kind.is_known() {
         tracing::debug!("event type unknown to this version; routed by name");
     }
-    let targets = pipeline.routes.sinks_for(kind.as_str());
-    let mut sinks_done = event.sinks_done.clone();
-    let mut failures: Vec<(String, String, bool)> = Vec::new();
-    if !targets.is_empty() {
-        let pending: Vec<&str> = targets
-            .iter()
-            .copied()
-            .filter(|n| !sinks_done.iter().any(|d| d == n))
-            .collect();
-        let wanted = pipeline.routes.enrichment_for(kind.as_str());
-        let enrichment = if pending.is_empty() {
-            // Every sink already has it (a retry after a crash): nothing to fetch.
-            crate::enrich::Enrichment::skipped(None)
-        } else {
-            pipeline.enricher.enrich(&kind, &event.raw, wanted).await
-        };
-        let enrichment_failed =
-            enrichment.status == EnrichmentStatus::Failed && wanted == RouteEnrich::Required;
-        if enrichment_failed {
-            let error = enrichment.error.clone();
-            let attio_down = match &error {
-                Some(crate::attio::AttioError::CircuitOpen { .. }) => true,
-                Some(error) => {
-                    error.is_transient() && pipeline.enricher.unavailable_for().is_some()
-                }
-                None => false,
-            };
-            if attio_down {
-                // Attio is down, not this event: wait in the journal without using an attempt.
-                let retry_in = pipeline
-                    .enricher
-                    .unavailable_for()
-                    .unwrap_or(ATTIO_UNAVAILABLE_RETRY)
-                    .max(ATTIO_UNAVAILABLE_RETRY);
-                tracing::info!(retry_in = ?retry_in, "Attio unavailable; event waits in the journal");
-                if let Err(release) = pipeline.dedupe.release(&event.id, &token).await {
-                    tracing::warn!(error = %release, "could not release the claim; it expires after its lease");
-                }
-                let message = error.map(|e| e.to_string());
-                defer(pipeline, event, jittered(retry_in), message.as_deref()).await;
-                return Outcome::Deferred;
+    // Enrich first (as much as the routes matching the type want), so that route filters can
+    // also test the resolved names (`object`, `list`, `attribute`) and the fetched `data`.
+    let wanted = pipeline.routes.enrichment_for(kind.as_str());
+    let enrichment = pipeline.enricher.enrich(&kind, &event.raw, wanted).await;
+    if enrichment.status == EnrichmentStatus::Failed && wanted == RouteEnrich::Required {
+        if let Some(retry_in) = attio_down(pipeline, &enrichment) {
+            // Attio is down, not this event: wait in the journal without using an attempt.
+            tracing::info!(retry_in = ?retry_in, "Attio unavailable; event waits in the journal");
+            if let Err(error) = pipeline.dedupe.release(&event.id, &token).await {
+                tracing::warn!(%error, "could not release the claim; it expires after its lease");
             }
-            let (message, permanent) = match &error {
-                // Auth errors are permanent for a request but an operator can fix the key:
-                // keep the event on the slow retry path rather than dead-letter it at once.
-                Some(error) => (
-                    format!("enrichment: {error}"),
-                    error.is_permanent() && !error.is_auth(),
-                ),
-                None => ("enrichment failed".to_string(), false),
-            };
-            tracing::warn!(error = %message, "enrichment failed");
-            for name in pending {
-                failures.push((name.to_string(), message.clone(), permanent));
-            }
-        } else {
-            if enrichment.status == EnrichmentStatus::Failed {
-                tracing::warn!(
-                    error = ?enrichment.error.as_ref().map(|e| e.to_string()),
-                    "enrichment failed; delivering without it (enrich = \"optional\")"
-                );
-            }
-            match SinkLine::build_enriched(event, &enrichment) {
-                Ok(line) => {
-                    for name in pending {
-                        let Some(sink) = pipeline.sinks.get(name) else {
-                            failures.push((
-                                name.to_string(),
-                                "sink is not configured".into(),
-                                true,
-                            ));
-                            continue;
-                        };
-                        match sink.deliver(&line).await {
-                            Ok(()) => sinks_done.push(name.to_string()),
-                            Err(error) => {
-                                tracing::warn!(sink = %name, %error, "sink delivery failed");
-                                failures.push((name.to_string(), error.message, error.permanent));
-                            }
+            let message = enrichment.error.as_ref().map(|e| e.to_string());
+            defer(pipeline, event, jittered(retry_in), message.as_deref()).await;
+            return Outcome::Deferred;
+        }
+    } else if enrichment.status == EnrichmentStatus::Failed {
+        tracing::warn!(
+            error = ?enrichment.error.as_ref().map(|e| e.to_string()),
+            "enrichment failed; delivering without it (enrich = \"optional\")"
+        );
+    }
+    let targets = if wanted == RouteEnrich::Off {
+        pipeline.routes.sinks_for(kind.as_str(), &event.raw)
+    } else {
+        pipeline
+            .routes
+            .sinks_for(kind.as_str(), &with_enrichment(&event.raw, &enrichment))
+    };
+    let mut progress = SinkProgress {
+        attempts: event.attempts,
+        last_error: String::new(),
+        sinks_done: event.sinks_done.clone(),
+        sink_attempts: event.sink_attempts.clone(),
+        sinks_failed: Vec::new(),
+    };
+    let pending: Vec<&str> = targets
+        .iter()
+        .copied()
+        .filter(|n| !progress.sinks_done.iter().any(|d| d == n))
+        .collect();
+    let mut failures: Vec<(String, SinkError)> = Vec::new();
+    if pending.is_empty() {
+        if targets.is_empty() {
+            tracing::debug!("no route matches; nothing to deliver");
+        }
+    } else if let Some(error) = enrichment_failure(&enrichment, wanted) {
+        tracing::warn!(error = %error.message, "enrichment failed");
+        for name in pending {
+            *progress.sink_attempts.entry(name.to_string()).or_insert(0) += 1;
+            failures.push((name.to_string(), error.clone()));
+        }
+    } else {
+        match SinkLine::build_enriched(event, &enrichment) {
+            Ok(line) => {
+                for name in pending {
+                    let result = match pipeline.sinks.get(name) {
+                        Some(sink) => {
+                            let attempt =
+                                progress.sink_attempts.get(name).copied().unwrap_or(0) + 1;
+                            sink.deliver(&line, attempt).await
+                        }
+                        None => Err(SinkError::permanent("sink is not configured")),
+                    };
+                    metrics::counter!(
+                        crate::metrics::SINK_DELIVERIES,
+                        "sink" => name.to_string(),
+                        "outcome" => if result.is_ok() { "ok" } else { "error" }
+                    )
+                    .increment(1);
+                    match result {
+                        Ok(()) => progress.sinks_done.push(name.to_string()),
+                        Err(error) => {
+                            tracing::warn!(sink = %name, %error, permanent = error.permanent, "sink delivery failed");
+                            *progress.sink_attempts.entry(name.to_string()).or_insert(0) += 1;
+                            failures.push((name.to_string(), error));
                         }
                     }
                 }
-                Err(error) => failures.push(("*".to_string(), error.message, true)),
+            }
+            // The event itself cannot be turned into a line: no sink can take it.
+            Err(error) => {
+                for name in pending {
+                    *progress.sink_attempts.entry(name.to_string()).or_insert(0) += 1;
+                    failures.push((name.to_string(), error.clone()));
+                }
             }
         }
-    } else {
-        tracing::debug!("no route matches; nothing to deliver");
     }
 
     if failures.is_empty() {
@@ -384,43 +414,137 @@ pub async fn process(pipeline: &Pipeline, event: &JournaledEvent) -> Outcome {
             tracing::warn!(%error, "could not record the event as done in the dedupe store");
         }
         record(pipeline.journal.complete(&event.id).await);
-        tracing::info!(sinks = sinks_done.len(), "event delivered");
+        tracing::info!(sinks = progress.sinks_done.len(), "event delivered");
         return Outcome::Delivered {
-            sinks: sinks_done.len(),
+            sinks: progress.sinks_done.len(),
         };
     }
 
     if let Err(error) = pipeline.dedupe.release(&event.id, &token).await {
         tracing::warn!(%error, "could not release the claim; it expires after its lease");
     }
-    let attempts = event.attempts + 1;
-    let last_error = failures
+    progress.attempts = event.attempts + 1;
+    progress.last_error = failures
         .iter()
-        .map(|(sink, message, _)| format!("{sink}: {message}"))
+        .map(|(sink, error)| format!("{sink}: {}", error.message))
         .collect::<Vec<_>>()
         .join("; ");
-    let permanent = failures.iter().all(|(_, _, permanent)| *permanent);
-    if attempts >= pipeline.settings.max_attempts || permanent {
-        let failed: Vec<String> = failures.into_iter().map(|(sink, _, _)| sink).collect();
-        tracing::error!(attempts, error = %last_error, "event moved to the dead letters");
+    progress.sinks_failed = failures.iter().map(|(sink, _)| sink.clone()).collect();
+    let policy = |sink: &str| match pipeline.sinks.retry(sink) {
+        Some(retry) => RetryPolicy::resolve(retry, &pipeline.settings),
+        None => RetryPolicy::resolve(&Default::default(), &pipeline.settings),
+    };
+    let exhausted = failures.iter().any(|(sink, error)| {
+        error.permanent
+            || progress.sink_attempts.get(sink).copied().unwrap_or(0) >= policy(sink).attempts
+    });
+    if exhausted {
+        tracing::error!(
+            attempts = progress.attempts,
+            error = %progress.last_error,
+            "event moved to the dead letters"
+        );
         record(
             pipeline
                 .journal
-                .dead_letter(&event.id, attempts, &last_error, &failed, &sinks_done)
+                .dead_letter_sinks(&event.id, &progress)
                 .await,
         );
         return Outcome::DeadLettered;
     }
-    let delay = backoff(&pipeline.settings, attempts);
-    tracing::warn!(attempts, retry_in = ?delay, error = %last_error, "event will be retried");
+    // Several failing sinks: come back after the shortest of their backoffs.
+    let delay = failures
+        .iter()
+        .map(|(sink, error)| {
+            let attempts = progress.sink_attempts.get(sink).copied().unwrap_or(1);
+            let delay = backoff_with(&policy(sink), attempts);
+            error.retry_after.map_or(delay, |asked| delay.max(asked))
+        })
+        .min()
+        .unwrap_or(pipeline.settings.retry_initial);
+    tracing::warn!(
+        attempts = progress.attempts,
+        retry_in = ?delay,
+        error = %progress.last_error,
+        "event will be retried for the sinks that failed"
+    );
     let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
     record(
         pipeline
             .journal
-            .reschedule(&event.id, attempts, next, Some(&last_error), &sinks_done)
+            .retry_sinks(&event.id, &progress, next)
             .await,
     );
-    Outcome::Retrying { attempts }
+    Outcome::Retrying {
+        attempts: progress.attempts,
+    }
+}
+
+/// While Attio's circuit breaker is open and this event failed for that reason: how long the
+/// event should wait.
+fn attio_down(pipeline: &Pipeline, enrichment: &Enrichment) -> Option<Duration> {
+    let down = match &enrichment.error {
+        Some(crate::attio::AttioError::CircuitOpen { .. }) => true,
+        Some(error) => error.is_transient() && pipeline.enricher.unavailable_for().is_some(),
+        None => false,
+    };
+    down.then(|| {
+        pipeline
+            .enricher
+            .unavailable_for()
+            .unwrap_or(ATTIO_UNAVAILABLE_RETRY)
+            .max(ATTIO_UNAVAILABLE_RETRY)
+    })
+}
+
+/// The failure every pending sink records when enrichment the routes require failed.
+fn enrichment_failure(enrichment: &Enrichment, wanted: RouteEnrich) -> Option<SinkError> {
+    if enrichment.status != EnrichmentStatus::Failed || wanted != RouteEnrich::Required {
+        return None;
+    }
+    Some(match &enrichment.error {
+        // Auth errors are permanent for a request, but an operator can fix the key: keep such
+        // events on the retry path rather than dead-letter them at once.
+        Some(error) if error.is_permanent() && !error.is_auth() => {
+            SinkError::permanent(format!("enrichment: {error}"))
+        }
+        Some(error) => {
+            let failure = SinkError::transient(format!("enrichment: {error}"));
+            match error.retry_after() {
+                Some(delay) => failure.with_retry_after(delay),
+                None => failure,
+            }
+        }
+        None => SinkError::transient("enrichment failed"),
+    })
+}
+
+/// The event as route filters see it after enrichment: its own keys plus `enrichment`,
+/// `object`, `list`, `attribute` and `data`.
+fn with_enrichment(raw: &str, enrichment: &Enrichment) -> String {
+    let Ok(serde_json::Value::Object(mut event)) = serde_json::from_str(raw) else {
+        return raw.to_string();
+    };
+    let text = |value: &Option<String>| {
+        value.as_ref().map_or(serde_json::Value::Null, |v| {
+            serde_json::Value::String(v.clone())
+        })
+    };
+    event.insert("enrichment".into(), enrichment.status.as_str().into());
+    event.insert("object".into(), text(&enrichment.object));
+    event.insert("list".into(), text(&enrichment.list));
+    event.insert("attribute".into(), text(&enrichment.attribute));
+    event.insert(
+        "data".into(),
+        enrichment.data.clone().unwrap_or(serde_json::Value::Null),
+    );
+    serde_json::Value::Object(event).to_string()
+}
+
+/// `delay` plus up to a quarter more, so that events deferred together come back spread out.
+fn jittered(delay: Duration) -> Duration {
+    let spread = (delay.as_millis() / 4) as u64;
+    delay + Duration::from_millis(rand::rng().random_range(0..=spread))
 }
 
 async fn defer(pipeline: &Pipeline, event: &JournaledEvent, delay: Duration, error: Option<&str>) {
@@ -440,20 +564,22 @@ fn record(result: Result<(), crate::journal::JournalError>) {
     }
 }
 
-/// `delay` plus up to a quarter more, so that events deferred together come back spread out.
-fn jittered(delay: Duration) -> Duration {
-    let spread = (delay.as_millis() / 4) as u64;
-    delay + Duration::from_millis(rand::rng().random_range(0..=spread))
-}
-
 /// Exponential backoff from `retry_initial`, capped at `retry_max`, with jitter over the upper
 /// half so that retries of many events spread out but never come back at once.
 pub fn backoff(settings: &WorkerSettings, attempts: u32) -> Duration {
+    backoff_with(
+        &RetryPolicy::resolve(&Default::default(), settings),
+        attempts,
+    )
+}
+
+/// [`backoff`] for one sink's policy.
+pub fn backoff_with(policy: &RetryPolicy, attempts: u32) -> Duration {
     let exponent = attempts.saturating_sub(1).min(30);
-    let ceiling = settings
-        .retry_initial
+    let ceiling = policy
+        .initial
         .saturating_mul(1u32 << exponent)
-        .min(settings.retry_max);
+        .min(policy.max);
     let half = ceiling / 2;
     let jitter = rand::rng().random_range(0..=half.as_millis() as u64);
     half + Duration::from_millis(jitter)

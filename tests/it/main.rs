@@ -10,4 +10,6 @@ mod contract;
 mod enrichment;
 mod ingress;
 mod lifecycle;
+mod observability;
 mod pipeline;
+mod sinks;
