@@ -41,7 +41,7 @@ pub const USER_AGENT: &str = concat!(
 
 /// Added to the one-second window of the rate limiter so that requests sent exactly a second
 /// apart do not arrive less than a second apart after network jitter.
-const WINDOW_MARGIN: Duration = Duration::from_millis(3);
+const WINDOW_MARGIN: Duration = Duration::from_millis(10);
 
 /// Page size used when walking every webhook (Attio allows 10 to 100).
 const WEBHOOK_PAGE: u32 = 100;

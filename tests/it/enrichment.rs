@@ -323,3 +323,36 @@ async fn every_documented_sample_event_is_enriched() {
     assert_eq!(entry["object"], "deals");
     assert!(fake.seen().iter().all(|s| s.method == "GET"));
 }
+
+#[tokio::test]
+async fn route_filters_can_test_the_resolved_slugs() {
+    let fake = FakeAttio::start().await;
+    fake.set_slug(OBJECT, "deals");
+    fake.set_slug(ATTRIBUTE, "stage");
+    let dir = tempfile::tempdir().unwrap();
+    let deals = dir.path().join("deals.jsonl");
+    let people = dir.path().join("people.jsonl");
+    let routes = format!(
+        "[sinks.deals]\nkind = \"jsonl\"\npath = {:?}\n[sinks.people]\nkind = \"jsonl\"\npath = {:?}\n\
+         [[routes]]\nname = \"deal-stage\"\nevents = [\"record.updated\"]\nsinks = [\"deals\"]\n\
+         filter = {{ \"$and\" = [ {{ field = \"object\", operator = \"equals\", value = \"deals\" }}, \
+                                 {{ field = \"attribute\", operator = \"equals\", value = \"stage\" }} ] }}\n\
+         [[routes]]\nname = \"people\"\nevents = [\"record.*\"]\nsinks = [\"people\"]\n\
+         filter = {{ \"$and\" = [ {{ field = \"object\", operator = \"equals\", value = \"people\" }} ] }}\n",
+        deals.display().to_string(),
+        people.display().to_string()
+    );
+    let app = TestApp::builder()
+        .routes(&routes)
+        .toml(&fake.attio_toml(""))
+        .spawn()
+        .await;
+    app.post_signed(&record_updated_body(1), Some("filtered"))
+        .await;
+    let lines = crate::helpers::wait_for_jsonl(&deals, 1, WAIT).await;
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["object"], "deals");
+    // Give the other route every chance to (wrongly) match.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(crate::helpers::read_jsonl(&people).is_empty());
+}
