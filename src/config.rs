@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 
 /// The development secret shipped in `config/development.toml`. Accepted with a loud warning
 /// outside production, refused in production.
@@ -58,7 +58,7 @@ pub struct LoadOptions {
     pub config_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// From `APP_ENV`, not from files.
@@ -78,7 +78,7 @@ pub struct Settings {
     pub routes: Vec<RouteSettings>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSettings {
     pub listen: String,
@@ -86,27 +86,27 @@ pub struct ServerSettings {
     pub body_limit: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookSettings {
-    #[serde(default)]
+    #[serde(default, serialize_with = "redact_secrets")]
     pub secrets: Vec<SecretString>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageSettings {
     pub path: PathBuf,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueueSettings {
     pub max_backlog: u64,
     pub channel_capacity: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerSettings {
     pub enabled: bool,
@@ -122,7 +122,7 @@ pub struct WorkerSettings {
     pub shutdown_grace: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DedupeSettings {
     #[serde(with = "humantime_serde")]
@@ -131,22 +131,22 @@ pub struct DedupeSettings {
     pub done_ttl: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSettings {
-    #[serde(default)]
+    #[serde(default, serialize_with = "redact_optional_secret")]
     pub url: Option<SecretString>,
     pub key_prefix: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Pretty,
     Json,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
     pub format: LogFormat,
@@ -154,7 +154,7 @@ pub struct LogSettings {
 }
 
 /// One configured sink. The table name (`[sinks.NAME]`) is its name.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SinkSettings {
     /// Append one JSON object per line to a file.
@@ -163,7 +163,7 @@ pub enum SinkSettings {
     Stdout {},
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteSettings {
     pub name: String,
@@ -214,19 +214,13 @@ impl Settings {
             let list: Vec<String> = secrets.split(',').map(str::to_string).collect();
             builder = builder
                 .set_override("webhook.secrets", list)
-                .map_err(|e| ConfigError::Load(e.to_string()))?;
+                .map_err(load_error)?;
         }
         if let Ok(url) = std::env::var("REDIS_URL") {
-            builder = builder
-                .set_override("redis.url", url)
-                .map_err(|e| ConfigError::Load(e.to_string()))?;
+            builder = builder.set_override("redis.url", url).map_err(load_error)?;
         }
-        let raw = builder
-            .build()
-            .map_err(|e| ConfigError::Load(e.to_string()))?;
-        let mut settings: Settings = raw
-            .try_deserialize()
-            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        let raw = builder.build().map_err(load_error)?;
+        let mut settings: Settings = raw.try_deserialize().map_err(load_error)?;
         settings.environment = environment;
         settings.normalize();
         settings.validate()?;
@@ -247,12 +241,8 @@ impl Settings {
         for layer in layers {
             builder = builder.add_source(config::File::from_str(layer, config::FileFormat::Toml));
         }
-        let raw = builder
-            .build()
-            .map_err(|e| ConfigError::Load(e.to_string()))?;
-        let mut settings: Settings = raw
-            .try_deserialize()
-            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        let raw = builder.build().map_err(load_error)?;
+        let mut settings: Settings = raw.try_deserialize().map_err(load_error)?;
         settings.environment = environment.to_string();
         settings.normalize();
         settings.validate()?;
@@ -452,6 +442,74 @@ impl Settings {
     }
 }
 
+/// A load error without the values it quotes. The `config` crate's messages quote the offending
+/// value (`invalid type: string "...", expected a sequence for key webhook.secrets`) and TOML
+/// syntax errors quote the source line; either may be a secret. The key, the line number and
+/// what was expected stay, which is what the user needs to fix it.
+fn load_error(error: config::ConfigError) -> ConfigError {
+    ConfigError::Load(redact_quoted_values(&error.to_string()))
+}
+
+fn redact_quoted_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for line in message.lines() {
+        // The source excerpt of a TOML syntax error: `  |`, `2 | secrets = [...`, `  |   ^`.
+        let gutter = line.trim_start();
+        let digits = gutter.trim_start_matches(|c: char| c.is_ascii_digit());
+        if digits.trim_start().starts_with('|') {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        let mut rest = line;
+        while let Some(start) = rest.find("string \"") {
+            out.push_str(&rest[..start]);
+            out.push_str("a string");
+            // Skip the quoted value, which serde prints with Rust escapes.
+            let value = &rest[start + "string \"".len()..];
+            let mut end = value.len();
+            let mut escaped = false;
+            for (index, c) in value.char_indices() {
+                match c {
+                    _ if escaped => escaped = false,
+                    '\\' => escaped = true,
+                    '"' => {
+                        end = index + 1;
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            rest = &value[end.min(value.len())..];
+        }
+        out.push_str(rest);
+    }
+    out
+}
+
+/// Serialises the webhook secrets as a count only. `Serialize` exists so that `check-config` can
+/// print the settings; a secret's text must never be part of that output.
+fn redact_secrets<S: Serializer>(
+    secrets: &[SecretString],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let count = secrets.len();
+    let noun = if count == 1 { "secret" } else { "secrets" };
+    serializer.serialize_str(&format!("[redacted: {count} {noun}]"))
+}
+
+/// Serialises a secret that may be absent (the Redis URL can carry a password) as a marker.
+fn redact_optional_secret<S: Serializer>(
+    secret: &Option<SecretString>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match secret {
+        Some(_) => serializer.serialize_str("[redacted]"),
+        None => serializer.serialize_none(),
+    }
+}
+
 fn file_source(
     path: &Path,
     required: bool,
@@ -550,5 +608,47 @@ mod tests {
         let settings =
             Settings::from_toml("test", "[webhook]\nsecrets=[\"super-secret-value\"]").unwrap();
         assert!(!format!("{settings:?}").contains("super-secret-value"));
+    }
+
+    #[test]
+    fn serialised_settings_redact_every_secret() {
+        let settings = Settings::from_toml(
+            "test",
+            "[webhook]\nsecrets=[\"first-secret-text\", \"second-secret-text\"]\n[redis]\nurl=\"redis://:hunter2-password@127.0.0.1:6379\"",
+        )
+        .unwrap();
+        let json = serde_json::to_string(&settings).unwrap();
+        assert!(json.contains("[redacted: 2 secrets]"), "{json}");
+        assert!(json.contains("\"url\":\"[redacted]\""), "{json}");
+        for secret in [
+            "first-secret-text",
+            "second-secret-text",
+            "hunter2-password",
+        ] {
+            assert!(!json.contains(secret), "{json}");
+        }
+    }
+
+    #[test]
+    fn load_errors_name_the_key_without_quoting_the_value() {
+        let error = Settings::from_toml("test", "[webhook]\nsecrets = \"not-a-list-secret\"")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("webhook.secrets"), "{error}");
+        assert!(!error.contains("not-a-list-secret"), "{error}");
+
+        let error = Settings::from_toml("test", "[webhook]\nsecrets = [\"unclosed-secret\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("line 2"), "{error}");
+        assert!(!error.contains("unclosed-secret"), "{error}");
+    }
+
+    #[test]
+    fn redaction_skips_escaped_quotes_and_keeps_the_rest() {
+        assert_eq!(
+            redact_quoted_values(r#"invalid type: string "a\"b", expected an integer for key `x`"#),
+            "invalid type: a string, expected an integer for key `x`"
+        );
     }
 }

@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod cli;
 mod ingress;
 mod lifecycle;
 mod pipeline;
