@@ -22,7 +22,8 @@
 //! - `sinks`: one file per sink kind.
 //! - `app`: builds the daemon from settings; graceful shutdown.
 //! - `telemetry`: logging.
-//! - `cli`: the command line (`serve`, ...).
+//! - `cli`: the command line: `serve`, and the developer tools `send`, `sign`, `verify`,
+//!   `check-config`.
 
 pub mod app;
 pub mod cli;

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -565,18 +565,24 @@ impl Tally {
 async fn send_many(client: reqwest::Client, plan: Plan, json: bool) -> ExitCode {
     let plan = Arc::new(plan);
     let next = Arc::new(AtomicU64::new(0));
+    // Set when the target refuses connections: sending the rest would only repeat that.
+    let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..plan.concurrency {
         let client = client.clone();
         let plan = Arc::clone(&plan);
         let next = Arc::clone(&next);
+        let stop = Arc::clone(&stop);
         tasks.spawn(async move {
             let mut tally = Tally {
                 latencies: Vec::with_capacity((plan.count / plan.concurrency + 1) as usize),
                 ..Tally::default()
             };
             loop {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
                 let index = next.fetch_add(1, Ordering::Relaxed);
                 if index >= plan.count {
                     break;
@@ -605,6 +611,9 @@ async fn send_many(client: reqwest::Client, plan: Plan, json: bool) -> ExitCode 
                         }
                     }
                     Err(error) => {
+                        if error.is_connect() {
+                            stop.store(true, Ordering::Relaxed);
+                        }
                         tally.transport_errors += 1;
                         if tally.first_transport_error.is_none() {
                             tally.first_transport_error =
@@ -659,6 +668,7 @@ async fn send_many(client: reqwest::Client, plan: Plan, json: bool) -> ExitCode 
 struct Summary {
     url: String,
     events: String,
+    requested: u64,
     sent: u64,
     concurrency: u64,
     statuses: BTreeMap<u16, u64>,
@@ -692,6 +702,7 @@ impl Summary {
         Summary {
             url: plan.url.clone(),
             events: plan.bodies.label(),
+            requested: plan.count,
             sent,
             concurrency: plan.concurrency,
             statuses: tally.statuses.clone(),
@@ -712,7 +723,8 @@ impl Summary {
     }
 
     fn failed(&self) -> u64 {
-        self.transport_errors
+        (self.requested - self.sent)
+            + self.transport_errors
             + self
                 .statuses
                 .iter()
@@ -741,11 +753,22 @@ impl Summary {
             statuses.push(format!("no answer: {}", self.transport_errors));
         }
         println!("status:  {}", statuses.join(", "));
+        if self.sent < self.requested {
+            println!(
+                "stopped: {} of {} not sent (the target refused connections)",
+                self.requested - self.sent,
+                self.requested
+            );
+        }
         println!("rate:    {:.0} deliveries/s", self.per_second);
-        println!(
-            "latency: p50 {:.2}ms  p90 {:.2}ms  p99 {:.2}ms  max {:.2}ms",
-            self.latency_ms.p50, self.latency_ms.p90, self.latency_ms.p99, self.latency_ms.max
-        );
+        if self.statuses.is_empty() {
+            println!("latency: n/a (no answers)");
+        } else {
+            println!(
+                "latency: p50 {:.2}ms  p90 {:.2}ms  p99 {:.2}ms  max {:.2}ms",
+                self.latency_ms.p50, self.latency_ms.p90, self.latency_ms.p99, self.latency_ms.max
+            );
+        }
     }
 }
 

@@ -345,6 +345,27 @@ async fn send_to_a_daemon_that_is_not_running_says_so() {
         "{}",
         stderr(&output)
     );
+
+    // A load run stops at the first refused connection instead of repeating it.
+    let output = run(
+        &[
+            "send",
+            "record.created",
+            "--to",
+            &url,
+            "--secret",
+            SECRET,
+            "--count",
+            "100000",
+            "--json",
+        ],
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(1));
+    let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(summary["sent"].as_u64().unwrap() < 100_000, "{summary}");
 }
 
 #[derive(serde::Deserialize)]
