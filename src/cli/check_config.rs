@@ -181,10 +181,15 @@ fn summary(report: &Report) -> String {
     }
     for route in &settings.routes {
         lines.push(format!(
-            "route {}: {} -> {}",
+            "route {}: {} -> {}{}",
             route.name,
             route.events.join(", "),
-            route.sinks.join(", ")
+            route.sinks.join(", "),
+            if route.filter.is_some() {
+                " (with a filter)"
+            } else {
+                ""
+            }
         ));
     }
     for warning in &report.warnings {
@@ -194,8 +199,20 @@ fn summary(report: &Report) -> String {
 }
 
 fn describe_sink(sink: &crate::config::SinkSettings) -> String {
-    match sink {
-        crate::config::SinkSettings::Jsonl { path } => format!("jsonl, {}", path.display()),
-        crate::config::SinkSettings::Stdout {} => "stdout".to_string(),
+    use crate::config::SinkKind;
+    match &sink.kind {
+        SinkKind::Jsonl { path } => format!("jsonl, {}", path.display()),
+        SinkKind::Stdout {} => "stdout".to_string(),
+        SinkKind::Http(http) => format!(
+            "http, {}{}",
+            crate::config::redacted_url(&http.url),
+            if http.secret.is_some() {
+                " (signed)"
+            } else {
+                ""
+            }
+        ),
+        SinkKind::RedisStream(stream) => format!("redis_stream, key {:?}", stream.key),
+        SinkKind::Command(command) => format!("command, {}", command.program),
     }
 }

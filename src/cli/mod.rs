@@ -5,6 +5,7 @@
 //! `check-config` (the settings `serve` would run with, secrets redacted).
 
 mod check_config;
+mod dead_letters;
 mod secret;
 mod send;
 mod serve;
@@ -50,6 +51,8 @@ pub enum Command {
     Verify(sign::VerifyArgs),
     /// Load and validate the settings as `serve` would, and print them with secrets redacted.
     CheckConfig(check_config::CheckConfigArgs),
+    /// Inspect events that used up their attempts and replay them.
+    DeadLetters(dead_letters::DeadLettersArgs),
 }
 
 pub fn run(cli: Cli) -> ExitCode {
@@ -63,5 +66,6 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Sign(args) => sign::sign(args),
         Command::Verify(args) => sign::verify(args),
         Command::CheckConfig(args) => check_config::run(args, options),
+        Command::DeadLetters(args) => dead_letters::run(args, options),
     }
 }

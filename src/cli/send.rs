@@ -324,9 +324,10 @@ fn plan(args: &SendArgs, options: &LoadOptions) -> Result<Plan, SendError> {
         Bodies::Same(..) => 1,
     });
 
-    // The settings are only needed for the default target and the development secret.
+    // The settings are only needed for the default target and the development secret. A
+    // missing secret is not an error here: it may come from --secret.
     let settings = if args.to.is_none() || args.secret.is_none() {
-        Some(Settings::load(options))
+        Some(Settings::load_without_secret(options))
     } else {
         None
     };

@@ -6,4 +6,6 @@ mod helpers;
 mod cli;
 mod ingress;
 mod lifecycle;
+mod observability;
 mod pipeline;
+mod sinks;
