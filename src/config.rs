@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 
 /// The development secret shipped in `config/development.toml`. Accepted with a loud warning
 /// outside production, refused in production.
@@ -58,7 +58,7 @@ pub struct LoadOptions {
     pub config_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// From `APP_ENV`, not from files.
@@ -81,7 +81,7 @@ pub struct Settings {
     pub routes: Vec<RouteSettings>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSettings {
     pub listen: String,
@@ -89,27 +89,27 @@ pub struct ServerSettings {
     pub body_limit: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookSettings {
-    #[serde(default)]
+    #[serde(default, serialize_with = "redact_secrets")]
     pub secrets: Vec<SecretString>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageSettings {
     pub path: PathBuf,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueueSettings {
     pub max_backlog: u64,
     pub channel_capacity: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerSettings {
     pub enabled: bool,
@@ -125,7 +125,7 @@ pub struct WorkerSettings {
     pub shutdown_grace: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DedupeSettings {
     #[serde(with = "humantime_serde")]
@@ -134,15 +134,15 @@ pub struct DedupeSettings {
     pub done_ttl: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSettings {
-    #[serde(default)]
+    #[serde(default, serialize_with = "redact_optional_secret")]
     pub url: Option<SecretString>,
     pub key_prefix: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminSettings {
     /// A second listener for /metrics, /healthz and /readyz; empty: /metrics on the main one.
@@ -150,14 +150,14 @@ pub struct AdminSettings {
     pub listen: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Pretty,
     Json,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
     pub format: LogFormat,
@@ -165,13 +165,13 @@ pub struct LogSettings {
 }
 
 /// How the daemon talks to Attio's REST API (the `attio` module).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AttioSettings {
     /// `https://api.attio.com`; tests point it at a local fake.
     pub base_url: String,
     /// Bearer token (`ATTIO_API_KEY`). None: enrichment is disabled, events still flow.
-    #[serde(default)]
+    #[serde(default, serialize_with = "redact_optional_secret")]
     pub api_key: Option<SecretString>,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -198,7 +198,7 @@ pub struct AttioSettings {
 }
 
 /// The enrichment stage (the `enrich` module).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnrichmentSettings {
     /// `record.updated` / `list-entry.updated` events of one record or entry that arrive within
@@ -220,6 +220,16 @@ pub enum RouteEnrich {
     /// `true` (default): an event whose fetch failed is retried, never delivered half-done.
     #[default]
     Required,
+}
+
+impl Serialize for RouteEnrich {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            RouteEnrich::Off => serializer.serialize_bool(false),
+            RouteEnrich::Optional => serializer.serialize_str("optional"),
+            RouteEnrich::Required => serializer.serialize_bool(true),
+        }
+    }
 }
 
 impl<'de> Deserialize<'de> for RouteEnrich {
@@ -264,15 +274,23 @@ impl SinkSettings {
 }
 
 /// Per-sink overrides of the worker's retry policy.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SinkRetrySettings {
     /// Attempts at delivering one event to this sink before the event is dead-lettered.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempts: Option<u32>,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub retry_initial: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub retry_max: Option<Duration>,
 }
 
@@ -299,8 +317,26 @@ impl<'de> Deserialize<'de> for SinkSettings {
     }
 }
 
+impl Serialize for SinkSettings {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        // One table, as it is written: `kind`, the kind's keys, then the retry overrides.
+        #[derive(Serialize)]
+        struct Table<'a> {
+            #[serde(flatten)]
+            kind: &'a SinkKind,
+            #[serde(flatten)]
+            retry: &'a SinkRetrySettings,
+        }
+        Table {
+            kind: &self.kind,
+            retry: &self.retry,
+        }
+        .serialize(serializer)
+    }
+}
+
 /// What a sink is, with the keys of its kind.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum SinkKind {
     /// Append one JSON object per line to a file.
@@ -315,20 +351,25 @@ pub enum SinkKind {
     Command(CommandSinkSettings),
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSinkSettings {
+    #[serde(serialize_with = "redact_url_password")]
     pub url: String,
     /// Standard Webhooks secret, `whsec_<base64>`; without it requests are not signed.
-    #[serde(default)]
+    #[serde(
+        default,
+        serialize_with = "redact_optional_secret",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub secret: Option<SecretString>,
     /// Static headers sent with every request (values may be credentials: never logged).
-    #[serde(default)]
+    #[serde(default, serialize_with = "redact_secret_values")]
     pub headers: BTreeMap<String, SecretString>,
     #[serde(default = "default_http_timeout", with = "humantime_serde")]
     pub timeout: Duration,
     /// Requests in flight to this sink at most; unlimited when absent.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrency: Option<usize>,
 }
 
@@ -336,11 +377,15 @@ fn default_http_timeout() -> Duration {
     Duration::from_secs(10)
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisStreamSinkSettings {
     /// Redis to write to; defaults to `redis.url`.
-    #[serde(default)]
+    #[serde(
+        default,
+        serialize_with = "redact_optional_secret",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub url: Option<SecretString>,
     /// The stream's key.
     pub key: String,
@@ -353,7 +398,7 @@ fn default_stream_maxlen() -> u64 {
     1_000_000
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CommandSinkSettings {
     pub program: String,
@@ -367,7 +412,7 @@ fn default_command_timeout() -> Duration {
     Duration::from_secs(30)
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteSettings {
     pub name: String,
@@ -379,7 +424,7 @@ pub struct RouteSettings {
     pub enrich: RouteEnrich,
     /// Attio's webhook filter shape, `{"$and"|"$or": [{field, operator, value}]}`, as an inline
     /// table or a JSON string; checked by [`crate::routing::EventFilter::parse`].
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<serde_json::Value>,
 }
 
@@ -439,7 +484,7 @@ impl Settings {
             let list: Vec<String> = secrets.split(',').map(str::to_string).collect();
             builder = builder
                 .set_override("webhook.secrets", list)
-                .map_err(|e| ConfigError::Load(e.to_string()))?;
+                .map_err(load_error)?;
         }
         if let Ok(key) = std::env::var("ATTIO_API_KEY") {
             builder = builder
@@ -447,16 +492,10 @@ impl Settings {
                 .map_err(|e| ConfigError::Load(e.to_string()))?;
         }
         if let Ok(url) = std::env::var("REDIS_URL") {
-            builder = builder
-                .set_override("redis.url", url)
-                .map_err(|e| ConfigError::Load(e.to_string()))?;
+            builder = builder.set_override("redis.url", url).map_err(load_error)?;
         }
-        let raw = builder
-            .build()
-            .map_err(|e| ConfigError::Load(e.to_string()))?;
-        let mut settings: Settings = raw
-            .try_deserialize()
-            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        let raw = builder.build().map_err(load_error)?;
+        let mut settings: Settings = raw.try_deserialize().map_err(load_error)?;
         settings.environment = environment;
         settings.normalize();
         Ok(settings)
@@ -476,12 +515,8 @@ impl Settings {
         for layer in layers {
             builder = builder.add_source(config::File::from_str(layer, config::FileFormat::Toml));
         }
-        let raw = builder
-            .build()
-            .map_err(|e| ConfigError::Load(e.to_string()))?;
-        let mut settings: Settings = raw
-            .try_deserialize()
-            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        let raw = builder.build().map_err(load_error)?;
+        let mut settings: Settings = raw.try_deserialize().map_err(load_error)?;
         settings.environment = environment.to_string();
         settings.normalize();
         settings.validate()?;
@@ -909,6 +944,103 @@ fn validate_sink(
     Ok(())
 }
 
+/// A load error without the values it quotes. The `config` crate's messages quote the offending
+/// value (`invalid type: string "...", expected a sequence for key webhook.secrets`) and TOML
+/// syntax errors quote the source line; either may be a secret. The key, the line number and
+/// what was expected stay, which is what the user needs to fix it.
+fn load_error(error: config::ConfigError) -> ConfigError {
+    ConfigError::Load(redact_quoted_values(&error.to_string()))
+}
+
+fn redact_quoted_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for line in message.lines() {
+        // The source excerpt of a TOML syntax error: `  |`, `2 | secrets = [...`, `  |   ^`.
+        let gutter = line.trim_start();
+        let digits = gutter.trim_start_matches(|c: char| c.is_ascii_digit());
+        if digits.trim_start().starts_with('|') {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        let mut rest = line;
+        while let Some(start) = rest.find("string \"") {
+            out.push_str(&rest[..start]);
+            out.push_str("a string");
+            // Skip the quoted value, which serde prints with Rust escapes.
+            let value = &rest[start + "string \"".len()..];
+            let mut end = value.len();
+            let mut escaped = false;
+            for (index, c) in value.char_indices() {
+                match c {
+                    _ if escaped => escaped = false,
+                    '\\' => escaped = true,
+                    '"' => {
+                        end = index + 1;
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            rest = &value[end.min(value.len())..];
+        }
+        out.push_str(rest);
+    }
+    out
+}
+
+/// Serialises the webhook secrets as a count only. `Serialize` exists so that `check-config` can
+/// print the settings; a secret's text must never be part of that output.
+fn redact_secrets<S: Serializer>(
+    secrets: &[SecretString],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let count = secrets.len();
+    let noun = if count == 1 { "secret" } else { "secrets" };
+    serializer.serialize_str(&format!("[redacted: {count} {noun}]"))
+}
+
+/// Serialises a secret that may be absent (a URL can carry a password) as a marker.
+fn redact_optional_secret<S: Serializer>(
+    secret: &Option<SecretString>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match secret {
+        Some(_) => serializer.serialize_str("[redacted]"),
+        None => serializer.serialize_none(),
+    }
+}
+
+/// A URL with the password of its user info (`https://user:password@host`) replaced, for
+/// showing settings.
+pub fn redacted_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            if parsed.set_password(Some("redacted")).is_ok() {
+                parsed.to_string()
+            } else {
+                "[redacted]".to_string()
+            }
+        }
+        Ok(_) => url.to_string(),
+        // Not a URL: validation refuses it; show nothing that might be a credential.
+        Err(_) => "[redacted: not a URL]".to_string(),
+    }
+}
+
+fn redact_url_password<S: Serializer>(url: &str, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&redacted_url(url))
+}
+
+/// Serialises a map of secrets (an HTTP sink's headers) with its keys and redacted values.
+fn redact_secret_values<S: Serializer>(
+    map: &BTreeMap<String, SecretString>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_map(map.keys().map(|key| (key, "[redacted]")))
+}
+
 fn file_source(
     path: &Path,
     required: bool,
@@ -1198,5 +1330,63 @@ mod tests {
             let error = Settings::from_toml("test", &toml).unwrap_err().to_string();
             assert!(error.contains(expected), "{sink}: {error}");
         }
+    }
+
+    #[test]
+    fn serialised_settings_redact_every_secret() {
+        let settings = Settings::from_toml(
+            "test",
+            "[webhook]\nsecrets=[\"first-secret-text\", \"second-secret-text\"]\n\
+             [redis]\nurl=\"redis://:hunter2-password@127.0.0.1:6379\"\n\
+             [sinks.out]\nkind=\"http\"\nurl=\"http://user:url-password@127.0.0.1:9/x\"\nattempts=3\n\
+             headers={Authorization=\"Bearer header-token-text\"}\n\
+             [sinks.stream]\nkind=\"redis_stream\"\nkey=\"k\"\nurl=\"redis://:stream-password@h\"\n\
+             [[routes]]\nname=\"r\"\nevents=[\"*\"]\nsinks=[\"out\",\"stream\"]",
+        )
+        .unwrap();
+        let json = serde_json::to_string(&settings).unwrap();
+        assert!(json.contains("[redacted: 2 secrets]"), "{json}");
+        assert!(json.contains("\"url\":\"[redacted]\""), "{json}");
+        assert!(json.contains("\"Authorization\":\"[redacted]\""), "{json}");
+        assert!(json.contains("\"attempts\":3"), "{json}");
+        for secret in [
+            "first-secret-text",
+            "second-secret-text",
+            "hunter2-password",
+            "header-token-text",
+            "stream-password",
+            "url-password",
+        ] {
+            assert!(!json.contains(secret), "{json}");
+        }
+        assert!(
+            json.contains("http://user:redacted@127.0.0.1:9/x"),
+            "{json}"
+        );
+        let toml = toml::to_string_pretty(&settings).unwrap();
+        assert!(toml.contains("[sinks.out]"), "{toml}");
+    }
+
+    #[test]
+    fn load_errors_name_the_key_without_quoting_the_value() {
+        let error = Settings::from_toml("test", "[webhook]\nsecrets = \"not-a-list-secret\"")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("webhook.secrets"), "{error}");
+        assert!(!error.contains("not-a-list-secret"), "{error}");
+
+        let error = Settings::from_toml("test", "[webhook]\nsecrets = [\"unclosed-secret\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("line 2"), "{error}");
+        assert!(!error.contains("unclosed-secret"), "{error}");
+    }
+
+    #[test]
+    fn redaction_skips_escaped_quotes_and_keeps_the_rest() {
+        assert_eq!(
+            redact_quoted_values(r#"invalid type: string "a\"b", expected an integer for key `x`"#),
+            "invalid type: a string, expected an integer for key `x`"
+        );
     }
 }

@@ -29,7 +29,8 @@
 //! - `app`: builds the daemon from settings; graceful shutdown.
 //! - `telemetry`: logging.
 //! - `metrics`: Prometheus registry and metric names.
-//! - `cli`: the command line (`serve`, `dead-letters list|show|replay`, ...).
+//! - `cli`: the command line: `serve`, `dead-letters list|show|replay`, and the developer
+//!   tools `send`, `sign`, `verify`, `check-config`.
 
 pub mod app;
 pub mod attio;

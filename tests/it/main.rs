@@ -6,6 +6,7 @@ mod fake_attio;
 mod helpers;
 
 mod attio_client;
+mod cli;
 mod contract;
 mod enrichment;
 mod ingress;
