@@ -71,7 +71,7 @@ impl Application {
             None => None,
         };
 
-        let sqlite = SqliteJournal::open(&settings.journal_path())?;
+        let sqlite = SqliteJournal::open_with(&settings.journal_path(), settings.storage.sync)?;
         let journal = Journal::Sqlite(sqlite.clone());
         let dedupe = match &settings.redis.url {
             Some(url) => DedupeStore::Redis(RedisDedupe::new(

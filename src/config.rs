@@ -100,6 +100,21 @@ pub struct WebhookSettings {
 #[serde(deny_unknown_fields)]
 pub struct StorageSettings {
     pub path: PathBuf,
+    /// When a commit reaches the disk; see [`SyncMode`].
+    pub sync: SyncMode,
+}
+
+/// How hard the journal flushes each commit (SQLite's `synchronous` in WAL mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    /// Every commit is fsynced before any delivery in it is acknowledged: an acknowledged event
+    /// survives a process crash, an OS crash and a power cut.
+    Full,
+    /// Commits reach the operating system before acknowledgement and the disk at checkpoints:
+    /// an acknowledged event survives a process crash (`kill -9`, OOM kill, panic) but the last
+    /// moments before an OS crash or power cut may be lost. Much faster on slow-fsync disks.
+    Normal,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

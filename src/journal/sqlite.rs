@@ -1,4 +1,5 @@
-//! The embedded journal: one SQLite database (WAL, `synchronous=FULL`) under `storage.path`.
+//! The embedded journal: one SQLite database (WAL; `synchronous=FULL` by default, see
+//! `storage.sync`) under `storage.path`.
 //!
 //! One writer thread owns the connection. Requests queue on a channel; the thread takes
 //! everything queued, applies it in one transaction and commits once, then answers every caller.
@@ -19,6 +20,8 @@ use std::time::Duration;
 use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
+
+use crate::config::SyncMode;
 
 use super::{
     AppendOutcome, DeadDelivery, DeadLetter, DeadLetterQuery, JournalError, JournaledEvent,
@@ -152,7 +155,13 @@ pub struct SqliteJournal {
 
 impl SqliteJournal {
     /// Opens (creating if needed) the database and starts its writer thread.
+    /// Opens with `synchronous=FULL`, the safe default (tools and tests).
     pub fn open(path: &Path) -> Result<SqliteJournal, JournalError> {
+        Self::open_with(path, SyncMode::Full)
+    }
+
+    /// Opens with the given durability of commits (`storage.sync`).
+    pub fn open_with(path: &Path, sync: SyncMode) -> Result<SqliteJournal, JournalError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| {
                 JournalError::Storage(format!(
@@ -166,8 +175,13 @@ impl SqliteJournal {
         })?;
         connection.busy_timeout(Duration::from_secs(5))?;
         connection.pragma_update(None, "journal_mode", "WAL")?;
-        // FULL: a committed transaction survives power loss, not only a process crash.
-        connection.pragma_update(None, "synchronous", "FULL")?;
+        // FULL: a committed transaction survives power loss. NORMAL (WAL): it survives a process
+        // crash, and reaches the disk at the next checkpoint.
+        let synchronous = match sync {
+            SyncMode::Full => "FULL",
+            SyncMode::Normal => "NORMAL",
+        };
+        connection.pragma_update(None, "synchronous", synchronous)?;
         connection.execute_batch(SCHEMA)?;
         migrate(&mut connection)?;
         let pending = count_pending(&connection)?;
