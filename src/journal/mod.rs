@@ -3,8 +3,11 @@
 //! In: verified deliveries from ingress (`append`), outcomes from the worker (`complete`,
 //! `reschedule`, `dead_letter`). Out: events due for processing (`due`), dead letters, and the
 //! backlog size. Ingress answers 2xx only after `append` returned, so nothing acknowledged lives
-//! only in memory. The embedded backend is SQLite with group commit ([`sqlite`]).
+//! only in memory. The embedded backend is SQLite with group commit ([`sqlite`]); the scale-out
+//! backend is a Redis stream read through one consumer group by every replica ([`redis`]).
 
+pub mod redis;
+mod redis_scripts;
 pub mod sqlite;
 
 use chrono::{DateTime, Utc};
@@ -12,6 +15,7 @@ use serde::Serialize;
 
 use crate::event::ParsedEvent;
 
+pub use self::redis::RedisJournal;
 pub use sqlite::SqliteJournal;
 
 #[derive(Debug, thiserror::Error)]
@@ -101,35 +105,58 @@ pub struct DeadDelivery {
     pub body_len: usize,
 }
 
-/// The journal backends. One variant today; the Redis stream backend of the scale-out work
-/// joins it here.
+/// The journal backends (`queue.backend`).
 #[derive(Clone)]
 pub enum Journal {
     Sqlite(SqliteJournal),
+    Redis(RedisJournal),
 }
 
 impl Journal {
+    /// Whether ingress hands freshly stored events straight to this process's worker. The
+    /// embedded journal does (the worker skips the journal for them). The Redis journal does not:
+    /// an event must be read through the consumer group so that a crash of this replica leaves it
+    /// pending for another; ingress only wakes the worker up.
+    pub fn hands_off_directly(&self) -> bool {
+        match self {
+            Journal::Sqlite(_) => true,
+            Journal::Redis(_) => false,
+        }
+    }
+
+    /// The backend's name, for logs and readiness.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Journal::Sqlite(_) => "embedded",
+            Journal::Redis(_) => "redis",
+        }
+    }
+
     pub async fn append(&self, delivery: NewDelivery) -> Result<AppendOutcome, JournalError> {
         match self {
             Journal::Sqlite(j) => j.append(delivery).await,
+            Journal::Redis(j) => j.append(delivery).await,
         }
     }
 
     pub async fn append_malformed(&self, delivery: MalformedDelivery) -> Result<(), JournalError> {
         match self {
             Journal::Sqlite(j) => j.append_malformed(delivery).await,
+            Journal::Redis(j) => j.append_malformed(delivery).await,
         }
     }
 
     pub async fn due(&self, limit: usize) -> Result<Vec<JournaledEvent>, JournalError> {
         match self {
             Journal::Sqlite(j) => j.due(limit).await,
+            Journal::Redis(j) => j.due(limit).await,
         }
     }
 
     pub async fn complete(&self, id: &str) -> Result<(), JournalError> {
         match self {
             Journal::Sqlite(j) => j.complete(id).await,
+            Journal::Redis(j) => j.complete(id).await,
         }
     }
 
@@ -144,6 +171,10 @@ impl Journal {
     ) -> Result<(), JournalError> {
         match self {
             Journal::Sqlite(j) => {
+                j.reschedule(id, attempts, next_attempt_at, error, sinks_done)
+                    .await
+            }
+            Journal::Redis(j) => {
                 j.reschedule(id, attempts, next_attempt_at, error, sinks_done)
                     .await
             }
@@ -163,18 +194,44 @@ impl Journal {
                 j.dead_letter(id, attempts, error, failed_sinks, sinks_done)
                     .await
             }
+            Journal::Redis(j) => {
+                j.dead_letter(id, attempts, error, failed_sinks, sinks_done)
+                    .await
+            }
         }
     }
 
     pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, JournalError> {
         match self {
             Journal::Sqlite(j) => j.dead_letters(limit).await,
+            Journal::Redis(j) => j.dead_letters(limit).await,
+        }
+    }
+
+    /// Puts dead letters back in the queue: those named in `ids` (all when `None`), and with
+    /// `only_sink` only those that failed on that sink. Returns how many were put back.
+    pub async fn replay(
+        &self,
+        ids: Option<Vec<String>>,
+        only_sink: Option<String>,
+    ) -> Result<u64, JournalError> {
+        match self {
+            // The embedded replay comes with the dead-letters CLI (a parallel change); this arm
+            // is replaced by it on merge.
+            Journal::Sqlite(_) => {
+                let _ = (ids, only_sink);
+                Err(JournalError::Storage(
+                    "replay of the embedded journal is not available in this build".to_string(),
+                ))
+            }
+            Journal::Redis(j) => j.replay(ids, only_sink).await,
         }
     }
 
     pub async fn dead_deliveries(&self, limit: usize) -> Result<Vec<DeadDelivery>, JournalError> {
         match self {
             Journal::Sqlite(j) => j.dead_deliveries(limit).await,
+            Journal::Redis(j) => j.dead_deliveries(limit).await,
         }
     }
 
@@ -182,6 +239,7 @@ impl Journal {
     pub fn backlog(&self) -> u64 {
         match self {
             Journal::Sqlite(j) => j.backlog(),
+            Journal::Redis(j) => j.backlog(),
         }
     }
 
@@ -189,6 +247,7 @@ impl Journal {
     pub async fn probe(&self) -> Result<(), JournalError> {
         match self {
             Journal::Sqlite(j) => j.probe().await,
+            Journal::Redis(j) => j.probe().await,
         }
     }
 
@@ -196,6 +255,7 @@ impl Journal {
     pub async fn purge(&self, keep: std::time::Duration) -> Result<u64, JournalError> {
         match self {
             Journal::Sqlite(j) => j.purge(keep).await,
+            Journal::Redis(j) => j.purge(keep).await,
         }
     }
 
@@ -203,6 +263,7 @@ impl Journal {
     pub async fn close(&self) {
         match self {
             Journal::Sqlite(j) => j.close().await,
+            Journal::Redis(j) => j.close().await,
         }
     }
 }
