@@ -6,3 +6,4 @@ mod helpers;
 mod ingress;
 mod lifecycle;
 mod pipeline;
+mod scale_out;
