@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod deploy;
 mod ingress;
 mod lifecycle;
 mod pipeline;
