@@ -45,6 +45,7 @@ pub enum StartError {
 pub struct Application {
     listener: TcpListener,
     router: axum::Router,
+    admin: Option<(TcpListener, axum::Router)>,
     worker: Option<Worker>,
     journal: Journal,
     settings: Settings,
@@ -56,6 +57,15 @@ impl Application {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| StartError::Bind { addr, source })?;
+
+        let admin_listener = match settings.admin_addr()? {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
 
         let redis = match &settings.redis.url {
             Some(url) => Some(dedupe::redis::connect(url)?),
@@ -131,11 +141,15 @@ impl Application {
             journal: journal.clone(),
             handoff,
             dedupe: dedupe.clone(),
+            metrics_on_main: admin_listener.is_none(),
         });
-        let router = ingress::router(&settings.server.path, state);
+        crate::metrics::handle();
+        let router = ingress::router(&settings.server.path, state.clone());
+        let admin = admin_listener.map(|listener| (listener, ingress::admin_router(state)));
         Ok(Application {
             listener,
             router,
+            admin,
             worker,
             journal,
             settings,
@@ -151,11 +165,17 @@ impl Application {
         self.listener.local_addr()
     }
 
+    /// The admin listener's address, when `admin.listen` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
     /// Serves until `shutdown` is cancelled, then drains in pipeline order.
     pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
         let Application {
             listener,
             router,
+            admin,
             worker,
             journal,
             settings,
@@ -187,6 +207,17 @@ impl Application {
             upkeep_stop.clone(),
         ));
 
+        let admin_task = admin.map(|(listener, router)| {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(listen = %addr, "admin listener (metrics, probes)");
+            }
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await
+            })
+        });
         let server_shutdown = shutdown.clone();
         let serve = axum::serve(listener, router)
             .with_graceful_shutdown(async move { server_shutdown.cancelled().await })
@@ -211,6 +242,9 @@ impl Application {
         }
         upkeep_stop.cancel();
         let _ = upkeep.await;
+        if let Some(task) = admin_task {
+            task.abort();
+        }
         journal.close().await;
         tracing::info!("shutdown complete");
         served

@@ -72,6 +72,7 @@ pub struct Settings {
     pub dedupe: DedupeSettings,
     pub redis: RedisSettings,
     pub log: LogSettings,
+    pub admin: AdminSettings,
     #[serde(default)]
     pub sinks: BTreeMap<String, SinkSettings>,
     #[serde(default)]
@@ -151,6 +152,14 @@ pub struct RedisSettings {
     pub key_prefix: String,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSettings {
+    /// A second listener for /metrics, /healthz and /readyz; empty: /metrics on the main one.
+    #[serde(default)]
+    pub listen: String,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -165,14 +174,126 @@ pub struct LogSettings {
     pub level: String,
 }
 
-/// One configured sink. The table name (`[sinks.NAME]`) is its name.
+/// One configured sink. The table name (`[sinks.NAME]`) is its name, `kind` says what it is,
+/// and `attempts`, `retry_initial` and `retry_max` (accepted by every kind) override the
+/// `[worker]` defaults for this sink only.
+#[derive(Debug, Clone)]
+pub struct SinkSettings {
+    pub kind: SinkKind,
+    pub retry: SinkRetrySettings,
+}
+
+impl SinkSettings {
+    pub fn new(kind: SinkKind) -> SinkSettings {
+        SinkSettings {
+            kind,
+            retry: SinkRetrySettings::default(),
+        }
+    }
+}
+
+/// Per-sink overrides of the worker's retry policy.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkRetrySettings {
+    /// Attempts at delivering one event to this sink before the event is dead-lettered.
+    #[serde(default)]
+    pub attempts: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    pub retry_initial: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub retry_max: Option<Duration>,
+}
+
+/// The keys of [`SinkRetrySettings`], taken out of a sink table before its `kind` is read.
+const SINK_RETRY_KEYS: [&str; 3] = ["attempts", "retry_initial", "retry_max"];
+
+impl<'de> Deserialize<'de> for SinkSettings {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        // Serde cannot both flatten the shared keys into every kind and refuse unknown keys, so
+        // the table is split by hand: the shared keys here, the rest checked strictly by kind.
+        let mut table = serde_json::Map::<String, serde_json::Value>::deserialize(deserializer)?;
+        let mut retry = serde_json::Map::new();
+        for key in SINK_RETRY_KEYS {
+            if let Some(value) = table.remove(key) {
+                retry.insert(key.to_string(), value);
+            }
+        }
+        let retry = SinkRetrySettings::deserialize(serde_json::Value::Object(retry))
+            .map_err(D::Error::custom)?;
+        let kind =
+            SinkKind::deserialize(serde_json::Value::Object(table)).map_err(D::Error::custom)?;
+        Ok(SinkSettings { kind, retry })
+    }
+}
+
+/// What a sink is, with the keys of its kind.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum SinkSettings {
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SinkKind {
     /// Append one JSON object per line to a file.
     Jsonl { path: PathBuf },
     /// Write one JSON object per line to standard output (logs go to standard error).
     Stdout {},
+    /// POST each event as JSON to a URL, signed the Standard Webhooks way.
+    Http(HttpSinkSettings),
+    /// `XADD` each event to a Redis stream.
+    RedisStream(RedisStreamSinkSettings),
+    /// Run a program with the event on standard input.
+    Command(CommandSinkSettings),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSinkSettings {
+    pub url: String,
+    /// Standard Webhooks secret, `whsec_<base64>`; without it requests are not signed.
+    #[serde(default)]
+    pub secret: Option<SecretString>,
+    /// Static headers sent with every request (values may be credentials: never logged).
+    #[serde(default)]
+    pub headers: BTreeMap<String, SecretString>,
+    #[serde(default = "default_http_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Requests in flight to this sink at most; unlimited when absent.
+    #[serde(default)]
+    pub max_concurrency: Option<usize>,
+}
+
+fn default_http_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisStreamSinkSettings {
+    /// Redis to write to; defaults to `redis.url`.
+    #[serde(default)]
+    pub url: Option<SecretString>,
+    /// The stream's key.
+    pub key: String,
+    /// Approximate cap on the stream's length (`XADD ... MAXLEN ~ n`).
+    #[serde(default = "default_stream_maxlen")]
+    pub maxlen: u64,
+}
+
+fn default_stream_maxlen() -> u64 {
+    1_000_000
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandSinkSettings {
+    pub program: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default = "default_command_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_command_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -182,11 +303,29 @@ pub struct RouteSettings {
     /// Event-type patterns: `record.updated`, `record.*`, `*`.
     pub events: Vec<String>,
     pub sinks: Vec<String>,
+    /// Attio's webhook filter shape, `{"$and"|"$or": [{field, operator, value}]}`, as an inline
+    /// table or a JSON string; checked by [`crate::routing::EventFilter::parse`].
+    #[serde(default)]
+    pub filter: Option<serde_json::Value>,
 }
 
 impl Settings {
     /// Loads every layer and validates the result.
     pub fn load(options: &LoadOptions) -> Result<Settings, ConfigError> {
+        let settings = Self::load_unvalidated(options)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Like [`Settings::load`] but without requiring a webhook secret, for tools that only work
+    /// on the journal (`dead-letters`): they never verify a delivery.
+    pub fn load_without_secret(options: &LoadOptions) -> Result<Settings, ConfigError> {
+        let settings = Self::load_unvalidated(options)?;
+        settings.validate_with(false)?;
+        Ok(settings)
+    }
+
+    fn load_unvalidated(options: &LoadOptions) -> Result<Settings, ConfigError> {
         let environment = std::env::var("APP_ENV").unwrap_or_else(|_| "development".to_string());
         let config_dir = options
             .config_dir
@@ -241,7 +380,6 @@ impl Settings {
             .map_err(|e| ConfigError::Load(e.to_string()))?;
         settings.environment = environment;
         settings.normalize();
-        settings.validate()?;
         Ok(settings)
     }
 
@@ -287,7 +425,19 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_with(true)
+    }
+
+    fn validate_with(&self, require_secret: bool) -> Result<(), ConfigError> {
         self.listen_addr()?;
+        if let Some(admin) = self.admin_addr()? {
+            if admin.port() != 0 && Some(admin) == self.listen_addr().ok() {
+                return Err(ConfigError::invalid(
+                    "admin.listen",
+                    "must differ from server.listen",
+                ));
+            }
+        }
         if !self.server.path.starts_with('/') {
             return Err(ConfigError::invalid(
                 "server.path",
@@ -306,7 +456,7 @@ impl Settings {
                 "must be greater than 0 (bytes)",
             ));
         }
-        if self.webhook.secrets.is_empty() {
+        if require_secret && self.webhook.secrets.is_empty() {
             return Err(ConfigError::NoSecret);
         }
         if self.environment == "production" && self.uses_development_secret() {
@@ -408,19 +558,11 @@ impl Settings {
                 format!("is not a valid tracing filter: {:?}", self.log.level),
             ));
         }
-        for (name, sink) in &self.sinks {
+        for (name, sink) in &self.effective_sinks() {
             if name.is_empty() {
                 return Err(ConfigError::invalid("sinks", "a sink has an empty name"));
             }
-            match sink {
-                SinkSettings::Jsonl { path } if path.as_os_str().is_empty() => {
-                    return Err(ConfigError::invalid(
-                        &format!("sinks.{name}.path"),
-                        "must name a file",
-                    ));
-                }
-                SinkSettings::Jsonl { .. } | SinkSettings::Stdout {} => {}
-            }
+            validate_sink(name, sink, &self.worker)?;
         }
         crate::routing::RouteTable::compile(&self.routes, &self.effective_sink_names())?;
         Ok(())
@@ -439,6 +581,20 @@ impl Settings {
         })
     }
 
+    /// The admin listener's address, when one is configured.
+    pub fn admin_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        let listen = self.admin.listen.trim();
+        if listen.is_empty() {
+            return Ok(None);
+        }
+        listen.parse().map(Some).map_err(|_| {
+            ConfigError::invalid(
+                "admin.listen",
+                format!("is not an address like 127.0.0.1:9090: {listen:?}"),
+            )
+        })
+    }
+
     pub fn uses_development_secret(&self) -> bool {
         self.webhook
             .secrets
@@ -450,11 +606,31 @@ impl Settings {
     pub fn effective_sinks(&self) -> BTreeMap<String, SinkSettings> {
         if self.routes.is_empty() && !self.sinks.contains_key("stdout") {
             let mut sinks = self.sinks.clone();
-            sinks.insert("stdout".to_string(), SinkSettings::Stdout {});
-            sinks
+            sinks.insert("stdout".to_string(), SinkSettings::new(SinkKind::Stdout {}));
+            self.with_sink_defaults(sinks)
         } else {
-            self.sinks.clone()
+            self.with_sink_defaults(self.sinks.clone())
         }
+    }
+
+    /// Fills in what sinks inherit: a Redis stream without its own `url` uses `redis.url`.
+    fn with_sink_defaults(
+        &self,
+        mut sinks: BTreeMap<String, SinkSettings>,
+    ) -> BTreeMap<String, SinkSettings> {
+        for sink in sinks.values_mut() {
+            if let SinkKind::RedisStream(stream) = &mut sink.kind {
+                if stream.url.is_none() {
+                    stream.url = self.redis.url.clone();
+                }
+            }
+        }
+        sinks
+    }
+
+    /// The retry policy of one sink: its own keys, else the `[worker]` defaults.
+    pub fn sink_retry(&self, retry: &SinkRetrySettings) -> RetryPolicy {
+        RetryPolicy::resolve(retry, &self.worker)
     }
 
     fn effective_sink_names(&self) -> Vec<String> {
@@ -468,6 +644,7 @@ impl Settings {
                 name: "default".to_string(),
                 events: vec!["*".to_string()],
                 sinks: vec!["stdout".to_string()],
+                filter: None,
             }]
         } else {
             self.routes.clone()
@@ -478,6 +655,124 @@ impl Settings {
     pub fn journal_path(&self) -> PathBuf {
         self.storage.path.join("journal.sqlite3")
     }
+}
+
+/// How often and how patiently one sink is retried for one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts before the event is dead-lettered for this sink (at least 1).
+    pub attempts: u32,
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl RetryPolicy {
+    pub fn resolve(retry: &SinkRetrySettings, worker: &WorkerSettings) -> RetryPolicy {
+        RetryPolicy {
+            attempts: retry.attempts.unwrap_or(worker.max_attempts),
+            initial: retry.retry_initial.unwrap_or(worker.retry_initial),
+            max: retry.retry_max.unwrap_or(worker.retry_max),
+        }
+    }
+}
+
+fn validate_sink(
+    name: &str,
+    sink: &SinkSettings,
+    worker: &WorkerSettings,
+) -> Result<(), ConfigError> {
+    let key = |field: &str| format!("sinks.{name}.{field}");
+    let policy = RetryPolicy::resolve(&sink.retry, worker);
+    if policy.attempts == 0 {
+        return Err(ConfigError::invalid(&key("attempts"), "must be at least 1"));
+    }
+    if policy.initial.is_zero() || policy.max < policy.initial {
+        return Err(ConfigError::invalid(
+            &key("retry_initial"),
+            format!(
+                "must be greater than 0 and not above retry_max ({} here)",
+                humantime::format_duration(policy.max)
+            ),
+        ));
+    }
+    match &sink.kind {
+        SinkKind::Jsonl { path } if path.as_os_str().is_empty() => {
+            return Err(ConfigError::invalid(&key("path"), "must name a file"));
+        }
+        SinkKind::Jsonl { .. } | SinkKind::Stdout {} => {}
+        SinkKind::Http(http) => {
+            match reqwest::Url::parse(&http.url) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") => {}
+                _ => {
+                    return Err(ConfigError::invalid(
+                        &key("url"),
+                        format!("must be an http:// or https:// URL, got {:?}", http.url),
+                    ))
+                }
+            }
+            if let Some(secret) = &http.secret {
+                crate::sinks::http::decode_secret(secret.expose_secret())
+                    .map_err(|problem| ConfigError::invalid(&key("secret"), problem))?;
+            }
+            for (header, value) in &http.headers {
+                crate::sinks::http::check_header(header, value.expose_secret()).map_err(
+                    |problem| ConfigError::invalid(&key(&format!("headers.{header}")), problem),
+                )?;
+            }
+            if http.timeout.is_zero() {
+                return Err(ConfigError::invalid(
+                    &key("timeout"),
+                    "must be greater than 0",
+                ));
+            }
+            if http.max_concurrency == Some(0) {
+                return Err(ConfigError::invalid(
+                    &key("max_concurrency"),
+                    "must be at least 1 (leave it out for no limit)",
+                ));
+            }
+        }
+        SinkKind::RedisStream(stream) => {
+            let Some(url) = &stream.url else {
+                return Err(ConfigError::invalid(
+                    &key("url"),
+                    "is needed (or set redis.url / REDIS_URL, which it defaults to)",
+                ));
+            };
+            let url = url.expose_secret();
+            if !(url.starts_with("redis://")
+                || url.starts_with("rediss://")
+                || url.starts_with("redis+unix://")
+                || url.starts_with("unix://"))
+            {
+                return Err(ConfigError::invalid(
+                    &key("url"),
+                    "must start with redis://, rediss:// or unix://",
+                ));
+            }
+            if stream.key.trim().is_empty() {
+                return Err(ConfigError::invalid(&key("key"), "must name the stream"));
+            }
+            if stream.maxlen == 0 {
+                return Err(ConfigError::invalid(
+                    &key("maxlen"),
+                    "must be greater than 0",
+                ));
+            }
+        }
+        SinkKind::Command(command) => {
+            if command.program.trim().is_empty() {
+                return Err(ConfigError::invalid(&key("program"), "must name a program"));
+            }
+            if command.timeout.is_zero() {
+                return Err(ConfigError::invalid(
+                    &key("timeout"),
+                    "must be greater than 0",
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn file_source(
@@ -569,7 +864,10 @@ mod tests {
         assert_eq!(routes[0].events, vec!["*"]);
         assert!(matches!(
             settings.effective_sinks().get("stdout"),
-            Some(SinkSettings::Stdout {})
+            Some(SinkSettings {
+                kind: SinkKind::Stdout {},
+                ..
+            })
         ));
     }
 
@@ -610,5 +908,130 @@ mod tests {
         let settings =
             Settings::from_toml("test", "[webhook]\nsecrets=[\"super-secret-value\"]").unwrap();
         assert!(!format!("{settings:?}").contains("super-secret-value"));
+    }
+
+    const SECRET_ONLY: &str = "[webhook]\nsecrets=[\"s\"]\n";
+
+    #[test]
+    fn route_filter_is_read_from_an_inline_table_and_from_a_json_string() {
+        let table = format!(
+            "{SECRET_ONLY}[sinks.a]\nkind=\"stdout\"\n[[routes]]\nname=\"t\"\nevents=[\"*\"]\nsinks=[\"a\"]\n\
+             filter = {{ \"$and\" = [ {{ field = \"actor.type\", operator = \"equals\", value = \"Workspace-Member\" }} ] }}\n"
+        );
+        let settings = Settings::from_toml("test", &table).unwrap();
+        assert_eq!(
+            settings.routes[0].filter,
+            Some(serde_json::json!({"$and": [
+                {"field": "actor.type", "operator": "equals", "value": "Workspace-Member"}
+            ]}))
+        );
+        let json = format!(
+            "{SECRET_ONLY}[sinks.a]\nkind=\"stdout\"\n[[routes]]\nname=\"j\"\nevents=[\"*\"]\nsinks=[\"a\"]\n\
+             filter = '{{\"$or\": [{{\"field\": \"id.object_id\", \"operator\": \"not_equals\", \"value\": \"x\"}}]}}'\n"
+        );
+        let settings = Settings::from_toml("test", &json).unwrap();
+        assert!(matches!(
+            &settings.routes[0].filter,
+            Some(serde_json::Value::String(_))
+        ));
+    }
+
+    #[test]
+    fn an_invalid_route_filter_stops_the_start_naming_the_route() {
+        let toml = format!(
+            "{SECRET_ONLY}[sinks.a]\nkind=\"stdout\"\n[[routes]]\nname=\"vip-only\"\nevents=[\"*\"]\nsinks=[\"a\"]\n\
+             filter = {{ \"$and\" = [ {{ field = \"actor.type\", operator = \"contains\", value = \"x\" }} ] }}\n"
+        );
+        let error = Settings::from_toml("test", &toml).unwrap_err().to_string();
+        assert!(
+            error.contains("vip-only") && error.contains("contains"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn every_sink_kind_is_read_with_its_keys_and_retry_overrides() {
+        let toml = format!(
+            "{SECRET_ONLY}[redis]\nurl=\"redis://127.0.0.1:6379\"\n\
+             [sinks.hook]\nkind=\"http\"\nurl=\"https://example.test/in\"\nsecret=\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n\
+             timeout=\"3s\"\nmax_concurrency=4\nattempts=7\nretry_initial=\"2s\"\nretry_max=\"1m\"\n\
+             headers={{ Authorization = \"Bearer t0ken\" }}\n\
+             [sinks.stream]\nkind=\"redis_stream\"\nkey=\"attio:events\"\n\
+             [sinks.script]\nkind=\"command\"\nprogram=\"/bin/sh\"\nargs=[\"-c\", \"cat\"]\n\
+             [[routes]]\nname=\"all\"\nevents=[\"*\"]\nsinks=[\"hook\",\"stream\",\"script\"]\n"
+        );
+        let settings = Settings::from_toml("test", &toml).unwrap();
+        let sinks = settings.effective_sinks();
+        let hook = &sinks["hook"];
+        let SinkKind::Http(http) = &hook.kind else {
+            panic!("http sink expected");
+        };
+        assert_eq!(http.timeout, Duration::from_secs(3));
+        assert_eq!(http.max_concurrency, Some(4));
+        assert_eq!(
+            http.headers["Authorization"].expose_secret(),
+            "Bearer t0ken"
+        );
+        let policy = settings.sink_retry(&hook.retry);
+        assert_eq!(
+            policy,
+            RetryPolicy {
+                attempts: 7,
+                initial: Duration::from_secs(2),
+                max: Duration::from_secs(60)
+            }
+        );
+        // The others inherit [worker] and redis.url.
+        assert_eq!(
+            settings.sink_retry(&sinks["script"].retry).attempts,
+            settings.worker.max_attempts
+        );
+        let SinkKind::RedisStream(stream) = &sinks["stream"].kind else {
+            panic!("redis_stream sink expected");
+        };
+        assert_eq!(
+            stream.url.as_ref().map(|u| u.expose_secret().to_string()),
+            Some("redis://127.0.0.1:6379".to_string())
+        );
+        assert_eq!(stream.maxlen, 1_000_000);
+        let debug = format!("{settings:?}");
+        assert!(
+            !debug.contains("t0ken") && !debug.contains("MfKQ9r8"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn bad_sink_keys_name_the_sink_and_the_key() {
+        let cases = [
+            (
+                "kind=\"http\"\nurl=\"https://x.test\"\nsecret=\"plain\"",
+                "sinks.s.secret",
+            ),
+            ("kind=\"http\"\nurl=\"ftp://x.test\"", "sinks.s.url"),
+            (
+                "kind=\"http\"\nurl=\"https://x.test\"\ntimout=\"1s\"",
+                "timout",
+            ),
+            (
+                "kind=\"http\"\nurl=\"https://x.test\"\nheaders={ webhook-id = \"x\" }",
+                "webhook-id",
+            ),
+            ("kind=\"redis_stream\"\nkey=\"k\"", "sinks.s.url"),
+            ("kind=\"command\"\nprogram=\"\"", "sinks.s.program"),
+            ("kind=\"stdout\"\nattempts=0", "sinks.s.attempts"),
+            (
+                "kind=\"stdout\"\nretry_initial=\"10m\"\nretry_max=\"1m\"",
+                "sinks.s.retry_initial",
+            ),
+            ("kind=\"carrier-pigeon\"", "carrier-pigeon"),
+        ];
+        for (sink, expected) in cases {
+            let toml = format!(
+                "{SECRET_ONLY}[sinks.s]\n{sink}\n[[routes]]\nname=\"r\"\nevents=[\"*\"]\nsinks=[\"s\"]\n"
+            );
+            let error = Settings::from_toml("test", &toml).unwrap_err().to_string();
+            assert!(error.contains(expected), "{sink}: {error}");
+        }
     }
 }

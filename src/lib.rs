@@ -18,11 +18,12 @@
 //! - `journal`: durable store of accepted deliveries (SQLite, group commit), dead letters.
 //! - `worker`: takes events from the channel and the journal, drives them to the sinks.
 //! - `dedupe`: two-phase claim → done, on Redis or embedded.
-//! - `routing`: rules that match events to sinks.
-//! - `sinks`: one file per sink kind.
+//! - `routing`: rules that match events to sinks (event-type patterns, Attio-style filters).
+//! - `sinks`: one file per sink kind (jsonl/stdout, http, redis_stream, command).
 //! - `app`: builds the daemon from settings; graceful shutdown.
 //! - `telemetry`: logging.
-//! - `cli`: the command line (`serve`, ...).
+//! - `metrics`: Prometheus registry and metric names.
+//! - `cli`: the command line (`serve`, `dead-letters list|show|replay`, ...).
 
 pub mod app;
 pub mod cli;
@@ -31,6 +32,7 @@ pub mod dedupe;
 pub mod event;
 pub mod ingress;
 pub mod journal;
+pub mod metrics;
 pub mod routing;
 pub mod signature;
 pub mod sinks;

@@ -1,7 +1,11 @@
 //! Routing: which sinks an event goes to.
 //!
-//! In: the configured `[[routes]]` (compiled and checked once at start) and an event's type.
-//! Out: the names of the sinks the event goes to: the union of the sinks of every matching route.
+//! In: the configured `[[routes]]` (compiled and checked once at start) and an event (its type
+//! and its JSON). Out: the names of the sinks the event goes to: the union of the sinks of every
+//! matching route. A route matches when one of its event patterns matches the type and its
+//! optional `filter` (Attio's own filter shape) matches the event.
+
+use serde_json::Value;
 
 use crate::config::{ConfigError, RouteSettings};
 use crate::event::{EventKind, SUBSCRIBABLE_EVENT_TYPES};
@@ -47,10 +51,173 @@ impl EventPattern {
     }
 }
 
+/// Attio's webhook filter: `{"$and": [...]}` (every condition) or `{"$or": [...]}` (any), each
+/// condition `{"field": "actor.type", "operator": "equals"|"not_equals", "value": "..."}` with a
+/// dot path into the event. A path the event lacks reads as `null`: `equals` fails and
+/// `not_equals` holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventFilter {
+    combine: Combine,
+    conditions: Vec<Condition>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Combine {
+    All,
+    Any,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Operator {
+    Equals,
+    NotEquals,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Condition {
+    path: Vec<String>,
+    operator: Operator,
+    value: Value,
+}
+
+impl EventFilter {
+    /// Parses a filter given as a table or as a JSON string. `Ok(None)` for `null` (matches
+    /// every event, as in Attio). The error says what is wrong, for the route's message.
+    pub fn parse(filter: &Value) -> Result<Option<EventFilter>, String> {
+        let parsed;
+        let filter = match filter {
+            Value::String(text) => {
+                parsed = serde_json::from_str::<Value>(text)
+                    .map_err(|e| format!("`filter` is not valid JSON: {e}"))?;
+                &parsed
+            }
+            other => other,
+        };
+        let object = match filter {
+            Value::Null => return Ok(None),
+            Value::Object(object) => object,
+            _ => return Err("`filter` must be {\"$and\": [...]} or {\"$or\": [...]}".to_string()),
+        };
+        let (combine, list) = match (object.get("$and"), object.get("$or")) {
+            (Some(_), Some(_)) => {
+                return Err(
+                    "`filter` has both \"$and\" and \"$or\"; Attio allows exactly one".to_string(),
+                )
+            }
+            (Some(list), None) => (Combine::All, list),
+            (None, Some(list)) => (Combine::Any, list),
+            (None, None) => {
+                return Err(
+                    "`filter` needs \"$and\" or \"$or\" with a list of conditions".to_string(),
+                )
+            }
+        };
+        if let Some(other) = object.keys().find(|k| *k != "$and" && *k != "$or") {
+            return Err(format!(
+                "`filter` has unknown key {other:?}; only \"$and\" or \"$or\" (no nesting)"
+            ));
+        }
+        let Value::Array(list) = list else {
+            return Err("`filter`'s \"$and\"/\"$or\" must be a list of conditions".to_string());
+        };
+        if list.is_empty() {
+            return Err("`filter` has an empty list of conditions".to_string());
+        }
+        let conditions = list
+            .iter()
+            .enumerate()
+            .map(|(index, condition)| {
+                Condition::parse(condition).map_err(|e| format!("`filter` condition {index}: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(EventFilter {
+            combine,
+            conditions,
+        }))
+    }
+
+    pub fn matches(&self, event: &Value) -> bool {
+        let mut results = self.conditions.iter().map(|c| c.matches(event));
+        match self.combine {
+            Combine::All => results.all(|m| m),
+            Combine::Any => results.any(|m| m),
+        }
+    }
+}
+
+impl Condition {
+    fn parse(condition: &Value) -> Result<Condition, String> {
+        let Value::Object(fields) = condition else {
+            return Err("must be {\"field\", \"operator\", \"value\"}".to_string());
+        };
+        if let Some(other) = fields
+            .keys()
+            .find(|k| !matches!(k.as_str(), "field" | "operator" | "value"))
+        {
+            return Err(format!(
+                "unknown key {other:?}; a condition has field, operator and value"
+            ));
+        }
+        let field = match fields.get("field") {
+            Some(Value::String(field)) => field,
+            _ => return Err("needs a \"field\": a dot path such as \"actor.type\"".to_string()),
+        };
+        let path: Vec<String> = field.split('.').map(str::to_string).collect();
+        let valid_segment = |s: &String| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        };
+        if !path.iter().all(valid_segment) {
+            return Err(format!(
+                "bad field path {field:?}: use dot-separated names such as \"id.object_id\""
+            ));
+        }
+        let operator = match fields.get("operator").and_then(Value::as_str) {
+            Some("equals") => Operator::Equals,
+            Some("not_equals") => Operator::NotEquals,
+            Some(other) => {
+                return Err(format!(
+                    "unknown operator {other:?}; Attio filters use \"equals\" or \"not_equals\""
+                ))
+            }
+            None => return Err("needs an \"operator\": \"equals\" or \"not_equals\"".to_string()),
+        };
+        let value = match fields.get("value") {
+            Some(value @ (Value::String(_) | Value::Number(_) | Value::Bool(_) | Value::Null)) => {
+                value.clone()
+            }
+            Some(_) => {
+                return Err("\"value\" must be a string (or a number or boolean)".to_string())
+            }
+            None => return Err("needs a \"value\"".to_string()),
+        };
+        Ok(Condition {
+            path,
+            operator,
+            value,
+        })
+    }
+
+    fn matches(&self, event: &Value) -> bool {
+        let found = self
+            .path
+            .iter()
+            .try_fold(event, |node, segment| node.get(segment))
+            .unwrap_or(&Value::Null);
+        let equal = *found == self.value;
+        match self.operator {
+            Operator::Equals => equal,
+            Operator::NotEquals => !equal,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct CompiledRoute {
     name: String,
     patterns: Vec<EventPattern>,
+    filter: Option<EventFilter>,
     sinks: Vec<String>,
 }
 
@@ -104,9 +271,14 @@ impl RouteTable {
                     )));
                 }
             }
+            let filter = match &route.filter {
+                Some(filter) => EventFilter::parse(filter).map_err(&invalid)?,
+                None => None,
+            };
             compiled.push(CompiledRoute {
                 name: route.name.clone(),
                 patterns,
+                filter,
                 sinks: route.sinks.clone(),
             });
         }
@@ -128,15 +300,26 @@ impl RouteTable {
         unknown
     }
 
-    /// The sinks `event_type` goes to, each once, in configuration order.
-    pub fn sinks_for(&self, event_type: &str) -> Vec<&str> {
+    /// The sinks an event goes to, each once, in configuration order. `event` is the event's
+    /// JSON, parsed only when a route with a filter matches the type.
+    pub fn sinks_for(&self, event_type: &str, event: &str) -> Vec<&str> {
+        let mut parsed: Option<Option<Value>> = None;
         let mut sinks: Vec<&str> = Vec::new();
         for route in &self.routes {
-            if route.patterns.iter().any(|p| p.matches(event_type)) {
-                for sink in &route.sinks {
-                    if !sinks.contains(&sink.as_str()) {
-                        sinks.push(sink);
-                    }
+            if !route.patterns.iter().any(|p| p.matches(event_type)) {
+                continue;
+            }
+            if let Some(filter) = &route.filter {
+                // Ingress stored only events that parsed, so `None` means a corrupt journal row;
+                // a filter cannot match what it cannot read.
+                let event = parsed.get_or_insert_with(|| serde_json::from_str(event).ok());
+                if !event.as_ref().is_some_and(|e| filter.matches(e)) {
+                    continue;
+                }
+            }
+            for sink in &route.sinks {
+                if !sinks.contains(&sink.as_str()) {
+                    sinks.push(sink);
                 }
             }
         }
@@ -163,6 +346,14 @@ mod tests {
             name: name.to_string(),
             events: events.iter().map(|s| s.to_string()).collect(),
             sinks: sinks.iter().map(|s| s.to_string()).collect(),
+            filter: None,
+        }
+    }
+
+    fn filtered(name: &str, sinks: &[&str], filter: Value) -> RouteSettings {
+        RouteSettings {
+            filter: Some(filter),
+            ..route(name, &["*"], sinks)
         }
     }
 
@@ -210,10 +401,10 @@ mod tests {
             &names(&["a", "b", "c", "d"]),
         )
         .unwrap();
-        assert_eq!(table.sinks_for("record.updated"), vec!["a", "b", "c"]);
-        assert_eq!(table.sinks_for("record.created"), vec!["a", "b"]);
-        assert_eq!(table.sinks_for("list-entry.updated"), vec!["b", "c"]);
-        assert!(table.sinks_for("note.created").is_empty());
+        assert_eq!(table.sinks_for("record.updated", "{}"), vec!["a", "b", "c"]);
+        assert_eq!(table.sinks_for("record.created", "{}"), vec!["a", "b"]);
+        assert_eq!(table.sinks_for("list-entry.updated", "{}"), vec!["b", "c"]);
+        assert!(table.sinks_for("note.created", "{}").is_empty());
     }
 
     #[test]
@@ -223,7 +414,7 @@ mod tests {
             &names(&["a"]),
         )
         .unwrap();
-        assert_eq!(table.sinks_for("spaceship.launched"), vec!["a"]);
+        assert_eq!(table.sinks_for("spaceship.launched", "{}"), vec!["a"]);
         assert_eq!(
             table.unknown_event_types(),
             vec![("new".to_string(), "spaceship.launched".to_string())]
@@ -246,5 +437,169 @@ mod tests {
     fn near_misses_get_a_suggestion() {
         assert_eq!(closest_event_type("record.update"), Some("record.updated"));
         assert_eq!(closest_event_type("zzzzzzzz"), None);
+    }
+
+    /// The `record.updated` event of Attio's documentation.
+    fn record_updated() -> String {
+        let delivery: Value = serde_json::from_str(include_str!(
+            "../tests/fixtures/attio_docs__record.updated_delivery.json"
+        ))
+        .unwrap();
+        delivery["events"][0].to_string()
+    }
+
+    const PEOPLE: &str = "97052eb9-e65e-443f-a297-f2d9a4a7f795";
+
+    #[test]
+    fn and_filter_routes_only_events_matching_every_condition() {
+        let table = RouteTable::compile(
+            &[filtered(
+                "people-by-humans",
+                &["a"],
+                serde_json::json!({"$and": [
+                    {"field": "id.object_id", "operator": "equals", "value": PEOPLE},
+                    {"field": "actor.type", "operator": "equals", "value": "workspace-member"}
+                ]}),
+            )],
+            &names(&["a"]),
+        )
+        .unwrap();
+        let event = record_updated();
+        assert_eq!(table.sinks_for("record.updated", &event), vec!["a"]);
+        let by_api = event.replace("workspace-member", "api-token");
+        assert!(table.sinks_for("record.updated", &by_api).is_empty());
+        let other_object = event.replace(PEOPLE, "11111111-1111-4111-8111-111111111111");
+        assert!(table.sinks_for("record.updated", &other_object).is_empty());
+    }
+
+    #[test]
+    fn or_filter_routes_events_matching_any_condition() {
+        let table = RouteTable::compile(
+            &[filtered(
+                "either",
+                &["a"],
+                serde_json::json!({"$or": [
+                    {"field": "actor.type", "operator": "equals", "value": "api-token"},
+                    {"field": "id.object_id", "operator": "equals", "value": PEOPLE}
+                ]}),
+            )],
+            &names(&["a"]),
+        )
+        .unwrap();
+        let event = record_updated();
+        assert_eq!(table.sinks_for("record.updated", &event), vec!["a"]);
+        let neither = event.replace(PEOPLE, "11111111-1111-4111-8111-111111111111");
+        assert!(table.sinks_for("record.updated", &neither).is_empty());
+    }
+
+    #[test]
+    fn not_equals_excludes_the_value_and_holds_for_a_missing_field() {
+        let table = RouteTable::compile(
+            &[filtered(
+                "not-bots",
+                &["a"],
+                serde_json::json!({"$and": [
+                    {"field": "actor.type", "operator": "not_equals", "value": "system"}
+                ]}),
+            )],
+            &names(&["a"]),
+        )
+        .unwrap();
+        let event = record_updated();
+        assert_eq!(table.sinks_for("record.updated", &event), vec!["a"]);
+        let by_system = event.replace("workspace-member", "system");
+        assert!(table.sinks_for("record.updated", &by_system).is_empty());
+        assert_eq!(
+            table.sinks_for("record.updated", r#"{"event_type":"record.updated"}"#),
+            vec!["a"]
+        );
+    }
+
+    #[test]
+    fn a_filter_written_as_a_json_string_works_like_a_table() {
+        let text = format!(
+            r#"{{"$and":[{{"field":"id.object_id","operator":"equals","value":"{PEOPLE}"}}]}}"#
+        );
+        let table = RouteTable::compile(
+            &[filtered("json", &["a"], Value::String(text))],
+            &names(&["a"]),
+        )
+        .unwrap();
+        assert_eq!(
+            table.sinks_for("record.updated", &record_updated()),
+            vec!["a"]
+        );
+        assert!(table
+            .sinks_for("record.updated", r#"{"id":{"object_id":"x"}}"#)
+            .is_empty());
+    }
+
+    #[test]
+    fn filters_and_event_patterns_must_both_match() {
+        let table = RouteTable::compile(
+            &[
+                RouteSettings {
+                    filter: Some(serde_json::json!({"$and": [
+                        {"field": "actor.type", "operator": "equals", "value": "workspace-member"}
+                    ]})),
+                    ..route("list-only", &["list-entry.*"], &["a"])
+                },
+                route("records", &["record.*"], &["b"]),
+            ],
+            &names(&["a", "b"]),
+        )
+        .unwrap();
+        // The filter would match, but the event type is not a list-entry one.
+        assert_eq!(
+            table.sinks_for("record.updated", &record_updated()),
+            vec!["b"]
+        );
+    }
+
+    #[test]
+    fn invalid_filters_name_the_route_and_the_problem() {
+        let cases = [
+            (
+                serde_json::json!({"$and": [{"field": "actor.type", "operator": "contains", "value": "x"}]}),
+                "contains",
+            ),
+            (
+                serde_json::json!({
+                    "$and": [{"field": "actor.type", "operator": "equals", "value": "x"}],
+                    "$or": [{"field": "actor.type", "operator": "equals", "value": "y"}]
+                }),
+                "both",
+            ),
+            (serde_json::json!({"$and": []}), "empty"),
+            (
+                serde_json::json!({"$or": [{"field": "actor..type", "operator": "equals", "value": "x"}]}),
+                "actor..type",
+            ),
+            (
+                serde_json::json!({"$or": [{"field": "", "operator": "equals", "value": "x"}]}),
+                "bad field path",
+            ),
+            (
+                serde_json::json!({"$eq": [{"field": "actor.type", "operator": "equals", "value": "x"}]}),
+                "$and",
+            ),
+            (
+                serde_json::json!({"$and": [{"field": "actor.type", "value": "x"}]}),
+                "operator",
+            ),
+            (Value::String("{not json".to_string()), "not valid JSON"),
+        ];
+        for (filter, expected) in cases {
+            let error = RouteTable::compile(
+                &[filtered("bad-one", &["a"], filter.clone())],
+                &names(&["a"]),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                error.contains("bad-one") && error.contains(expected),
+                "{filter}: {error}"
+            );
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! The command line. One file per subcommand; each returns an exit code.
 
+mod dead_letters;
 mod serve;
 
 use std::path::PathBuf;
@@ -31,6 +32,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon: receive webhooks and process them.
     Serve(serve::ServeArgs),
+    /// Inspect events that used up their attempts and replay them.
+    DeadLetters(dead_letters::DeadLettersArgs),
 }
 
 pub fn run(cli: Cli) -> ExitCode {
@@ -40,5 +43,6 @@ pub fn run(cli: Cli) -> ExitCode {
     };
     match cli.command {
         Command::Serve(args) => serve::run(args, options),
+        Command::DeadLetters(args) => dead_letters::run(args, options),
     }
 }

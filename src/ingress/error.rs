@@ -25,6 +25,18 @@ pub enum IngressError {
     BacklogFull,
 }
 
+impl IngressError {
+    /// The `outcome` label of the deliveries metric.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            IngressError::TooLarge { .. } => "too_large",
+            IngressError::BodyRead => "bad_request",
+            IngressError::Signature(_) => "unauthorized",
+            IngressError::Unavailable | IngressError::BacklogFull => "unavailable",
+        }
+    }
+}
+
 impl IntoResponse for IngressError {
     fn into_response(self) -> Response {
         let (status, code) = match &self {

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
@@ -48,4 +49,22 @@ pub async fn readyz(State(state): State<Arc<IngressState>>) -> (StatusCode, Json
         status,
         Json(json!({ "status": if ready { "ready" } else { "not_ready" }, "checks": checks })),
     )
+}
+
+/// Prometheus text exposition. Gauges that are cheap to read now are refreshed first.
+pub async fn metrics(State(state): State<Arc<IngressState>>) -> Response {
+    let Some(handle) = crate::metrics::handle() else {
+        return (StatusCode::NOT_FOUND, "metrics recorder not installed").into_response();
+    };
+    metrics::gauge!(crate::metrics::JOURNAL_BACKLOG).set(state.journal.backlog() as f64);
+    match state.journal.oldest_pending_age().await {
+        Ok(age) => metrics::gauge!(crate::metrics::OLDEST_PENDING_AGE)
+            .set(age.map_or(0.0, |a| a.as_secs_f64())),
+        Err(error) => tracing::warn!(%error, "cannot read the oldest pending event"),
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        handle.render(),
+    )
+        .into_response()
 }

@@ -34,14 +34,30 @@ pub struct IngressState {
     pub handoff: Option<Handoff>,
     /// Checked by readiness when it is Redis.
     pub dedupe: DedupeStore,
+    /// Serve `/metrics` on the main listener (false when `admin.listen` is set).
+    pub metrics_on_main: bool,
 }
 
-pub fn router(path: &str, state: Arc<IngressState>) -> Router {
-    let request_id = axum::http::HeaderName::from_static(REQUEST_ID_HEADER);
+/// The admin listener's routes (`admin.listen`): probes and metrics, no webhook endpoint.
+pub fn admin_router(state: Arc<IngressState>) -> Router {
     Router::new()
-        .route(path, post(webhook::receive))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .with_state(state)
+}
+
+/// The main listener's routes. `/metrics` is served here unless an admin listener is set.
+pub fn router(path: &str, state: Arc<IngressState>) -> Router {
+    let request_id = axum::http::HeaderName::from_static(REQUEST_ID_HEADER);
+    let mut router = Router::new()
+        .route(path, post(webhook::receive))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz));
+    if state.metrics_on_main {
+        router = router.route("/metrics", get(health::metrics));
+    }
+    router
         .with_state(state)
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))

@@ -31,9 +31,15 @@ pub async fn receive(
         request_id = request_id.as_deref().unwrap_or("-"),
         delivery_key = tracing::field::Empty,
     );
-    match handle(&state, &headers, body, request_id, &span).await {
-        Ok(response) => response,
+    let started = std::time::Instant::now();
+    let response = match handle(&state, &headers, body, request_id, &span).await {
+        Ok((outcome, response)) => {
+            metrics::counter!(crate::metrics::DELIVERIES, "outcome" => outcome).increment(1);
+            response
+        }
         Err(error) => {
+            metrics::counter!(crate::metrics::DELIVERIES, "outcome" => error.outcome())
+                .increment(1);
             span.in_scope(|| match &error {
                 IngressError::Signature(reason) => {
                     tracing::warn!(%reason, "delivery refused: bad signature")
@@ -45,7 +51,9 @@ pub async fn receive(
             });
             error.into_response()
         }
-    }
+    };
+    metrics::histogram!(crate::metrics::INGRESS_DURATION).record(started.elapsed().as_secs_f64());
+    response
 }
 
 async fn handle(
@@ -54,7 +62,7 @@ async fn handle(
     body: Body,
     request_id: Option<String>,
     span: &tracing::Span,
-) -> Result<Response, IngressError> {
+) -> Result<(&'static str, Response), IngressError> {
     let limit = state.body_limit;
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -107,10 +115,13 @@ async fn handle(
                 .await
                 .map_err(|_| IngressError::Unavailable)?;
             return Ok((
-                StatusCode::ACCEPTED,
-                Json(json!({ "status": "stored_unparsed", "reason": malformed.to_string() })),
-            )
-                .into_response());
+                "malformed",
+                (
+                    StatusCode::ACCEPTED,
+                    Json(json!({ "status": "stored_unparsed", "reason": malformed.to_string() })),
+                )
+                    .into_response(),
+            ));
         }
     };
 
@@ -155,10 +166,13 @@ async fn handle(
                 handoff.offer(events);
             }
             Ok((
-                StatusCode::OK,
-                Json(json!({ "status": "accepted", "events": count })),
-            )
-                .into_response())
+                "accepted",
+                (
+                    StatusCode::OK,
+                    Json(json!({ "status": "accepted", "events": count })),
+                )
+                    .into_response(),
+            ))
         }
         AppendOutcome::Duplicate => {
             span.in_scope(|| {
@@ -166,7 +180,10 @@ async fn handle(
                     "redelivery of a journaled delivery; acknowledged without a second copy"
                 )
             });
-            Ok((StatusCode::OK, Json(json!({ "status": "duplicate" }))).into_response())
+            Ok((
+                "duplicate",
+                (StatusCode::OK, Json(json!({ "status": "duplicate" }))).into_response(),
+            ))
         }
     }
 }

@@ -1,14 +1,17 @@
 //! The journal: the durable store of accepted deliveries, between ingress and the worker.
 //!
 //! In: verified deliveries from ingress (`append`), outcomes from the worker (`complete`,
-//! `reschedule`, `dead_letter`). Out: events due for processing (`due`), dead letters, and the
-//! backlog size. Ingress answers 2xx only after `append` returned, so nothing acknowledged lives
-//! only in memory. The embedded backend is SQLite with group commit ([`sqlite`]); the scale-out
-//! backend is a Redis stream read through one consumer group by every replica ([`redis`]).
+//! `reschedule`, `retry_sinks`, `dead_letter_sinks`), replays from `dead-letters replay`. Out:
+//! events due for processing (`due`), dead letters, and the backlog size. Ingress answers 2xx
+//! only after `append` returned, so nothing acknowledged lives only in memory. The embedded
+//! backend is SQLite with group commit ([`sqlite`]); the scale-out backend is a Redis stream read
+//! through one consumer group by every replica ([`redis`]).
 
 pub mod redis;
 mod redis_scripts;
 pub mod sqlite;
+
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -72,6 +75,73 @@ pub struct JournaledEvent {
     pub attempts: u32,
     /// Sinks that already received this event (they are not repeated on a retry).
     pub sinks_done: Vec<String>,
+    /// Failed attempts per sink so far (sinks not listed have not failed).
+    pub sink_attempts: BTreeMap<String, u32>,
+}
+
+/// Where one event stands with its sinks after an attempt on which some sink failed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SinkProgress {
+    /// Attempts on which some sink failed, this one included.
+    pub attempts: u32,
+    pub last_error: String,
+    pub sinks_done: Vec<String>,
+    pub sink_attempts: BTreeMap<String, u32>,
+    /// Sinks that failed on this attempt.
+    pub sinks_failed: Vec<String>,
+}
+
+/// Which dead letters to list.
+#[derive(Debug, Clone)]
+pub struct DeadLetterQuery {
+    /// Only events that failed on this sink.
+    pub sink: Option<String>,
+    /// Only this event type, or a family written `record.*`.
+    pub event_type: Option<String>,
+    pub limit: usize,
+}
+
+/// Which dead letters to replay.
+#[derive(Debug, Clone)]
+pub enum ReplaySelection {
+    All,
+    Ids(Vec<String>),
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReplayReport {
+    /// Events put back to pending, due at once.
+    pub replayed: Vec<String>,
+    /// Events left alone, with the reason.
+    pub skipped: Vec<SkippedReplay>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SkippedReplay {
+    pub id: String,
+    pub reason: String,
+}
+
+/// One stored event with everything the journal knows about it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredEvent {
+    pub id: String,
+    /// `pending` or `dead` (done events are removed from the journal).
+    pub state: String,
+    pub event_type: String,
+    pub delivery_key: String,
+    pub webhook_id: Option<String>,
+    pub received_at: String,
+    pub request_id: Option<String>,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub sinks_done: Vec<String>,
+    pub sink_attempts: BTreeMap<String, u32>,
+    pub failed_sinks: Vec<String>,
+    pub dead_at: Option<String>,
+    /// The event's JSON exactly as Attio sent it.
+    pub event: Box<serde_json::value::RawValue>,
 }
 
 #[derive(Debug)]
@@ -93,6 +163,10 @@ pub struct DeadLetter {
     pub last_error: Option<String>,
     pub failed_sinks: Vec<String>,
     pub dead_at: Option<String>,
+    /// Sinks that did receive the event (a replay does not repeat them).
+    pub sinks_done: Vec<String>,
+    /// Failed attempts per sink.
+    pub sink_attempts: BTreeMap<String, u32>,
 }
 
 /// A stored body that was signed but not a delivery.
@@ -208,23 +282,62 @@ impl Journal {
         }
     }
 
-    /// Puts dead letters back in the queue: those named in `ids` (all when `None`), and with
-    /// `only_sink` only those that failed on that sink. Returns how many were put back.
+    /// Records a failed attempt: the event is due again at `next_attempt_at` for the sinks
+    /// that are neither done nor failed for good.
+    pub async fn retry_sinks(
+        &self,
+        id: &str,
+        progress: &SinkProgress,
+        next_attempt_at: DateTime<Utc>,
+    ) -> Result<(), JournalError> {
+        match self {
+            Journal::Sqlite(j) => j.record_sinks(id, progress, Some(next_attempt_at)).await,
+            Journal::Redis(j) => j.retry_sinks(id, progress, next_attempt_at).await,
+        }
+    }
+
+    /// Moves the event to the dead letters, recording which sinks failed and why.
+    pub async fn dead_letter_sinks(
+        &self,
+        id: &str,
+        progress: &SinkProgress,
+    ) -> Result<(), JournalError> {
+        match self {
+            Journal::Sqlite(j) => j.record_sinks(id, progress, None).await,
+            Journal::Redis(j) => j.dead_letter_sinks(id, progress).await,
+        }
+    }
+
+    /// Dead letters matching `query`, oldest first.
+    pub async fn list_dead_letters(
+        &self,
+        query: &DeadLetterQuery,
+    ) -> Result<Vec<DeadLetter>, JournalError> {
+        match self {
+            Journal::Sqlite(j) => j.list_dead_letters(query).await,
+            Journal::Redis(j) => j.list_dead_letters(query).await,
+        }
+    }
+
+    /// One event still in the journal (pending or dead), with its stored JSON.
+    pub async fn event(&self, id: &str) -> Result<Option<StoredEvent>, JournalError> {
+        match self {
+            Journal::Sqlite(j) => j.event(id).await,
+            Journal::Redis(j) => j.event(id).await,
+        }
+    }
+
+    /// Puts dead letters back to pending with their attempts reset, due at once. With `sink`,
+    /// only events that failed on that sink, and only that sink is tried again (the others are
+    /// marked done).
     pub async fn replay(
         &self,
-        ids: Option<Vec<String>>,
-        only_sink: Option<String>,
-    ) -> Result<u64, JournalError> {
+        selection: &ReplaySelection,
+        sink: Option<&str>,
+    ) -> Result<ReplayReport, JournalError> {
         match self {
-            // The embedded replay comes with the dead-letters CLI (a parallel change); this arm
-            // is replaced by it on merge.
-            Journal::Sqlite(_) => {
-                let _ = (ids, only_sink);
-                Err(JournalError::Storage(
-                    "replay of the embedded journal is not available in this build".to_string(),
-                ))
-            }
-            Journal::Redis(j) => j.replay(ids, only_sink).await,
+            Journal::Sqlite(j) => j.replay(selection, sink).await,
+            Journal::Redis(j) => j.replay(selection, sink).await,
         }
     }
 
@@ -240,6 +353,14 @@ impl Journal {
         match self {
             Journal::Sqlite(j) => j.backlog(),
             Journal::Redis(j) => j.backlog(),
+        }
+    }
+
+    /// How long the oldest pending event has waited, if any is pending.
+    pub async fn oldest_pending_age(&self) -> Result<Option<std::time::Duration>, JournalError> {
+        match self {
+            Journal::Sqlite(j) => j.oldest_pending_age().await,
+            Journal::Redis(j) => j.oldest_pending_age().await,
         }
     }
 

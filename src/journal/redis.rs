@@ -1,16 +1,16 @@
 //! The Redis journal (`queue.backend = "redis"`): the durable queue shared by every replica.
 //!
-//! In: verified deliveries from ingress, outcomes from the worker, exactly as for the embedded
-//! journal. Out: events for this replica's worker. Layout (every key starts with the hash tag
-//! `{prefix}`, so all of them live in one Redis Cluster slot):
+//! In: verified deliveries from ingress, outcomes from the worker, replays, exactly as for the
+//! embedded journal. Out: events for this replica's worker, dead letters, the backlog. Layout
+//! (every key starts with the hash tag `{prefix}`, so all of them live in one Redis Cluster slot):
 //!
 //! ```text
 //! {prefix}:events              stream; one entry {id} per queued event; consumer group "workers"
-//! {prefix}:event:{id}          hash; the event and its state (pending/dead, attempts, sinks done)
+//! {prefix}:event:{id}          hash; the event and its state (pending/dead, attempts, sinks)
+//! {prefix}:pending             sorted set; every pending event by time received (ZCARD = backlog)
 //! {prefix}:retry               sorted set; event id by time of the next attempt
 //! {prefix}:dead                sorted set; dead-lettered event ids by time of death
 //! {prefix}:delivery:{key}      delivery marker (TTL dedupe.done_ttl): a redelivery is refused
-//! {prefix}:backlog             counter of pending events
 //! {prefix}:dead-delivery:{n}   hash; a signed body that was not a delivery
 //! {prefix}:dead-deliveries     sorted set of those by sequence; {prefix}:dead-delivery-seq
 //! ```
@@ -23,6 +23,7 @@
 //! than the lease are taken over by another (XAUTOCLAIM). A retry being worked on is hidden for
 //! one lease, so a crash there is recovered the same way.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -32,16 +33,17 @@ use redis::aio::ConnectionManager;
 
 use super::redis_scripts as scripts;
 use super::{
-    AppendOutcome, DeadDelivery, DeadLetter, JournalError, JournaledEvent, MalformedDelivery,
-    NewDelivery,
+    AppendOutcome, DeadDelivery, DeadLetter, DeadLetterQuery, JournalError, JournaledEvent,
+    MalformedDelivery, NewDelivery, ReplayReport, ReplaySelection, SinkProgress, SkippedReplay,
+    StoredEvent,
 };
 
 /// The one consumer group every replica reads through.
 const GROUP: &str = "workers";
 /// Replicas gone this long with nothing pending are dropped from the consumer group.
 const FORGET_CONSUMERS_AFTER: Duration = Duration::from_secs(3600);
-/// Dead letters replayed per script call when replaying many (keeps each call short).
-const REPLAY_BATCH: usize = 500;
+/// Dead letters read or replayed per call (keeps each script short).
+const PAGE: usize = 500;
 /// Entries handed back per script call on shutdown.
 const HAND_BACK_BATCH: usize = 1000;
 
@@ -73,6 +75,9 @@ impl Keys {
     fn event(&self, id: &str) -> String {
         format!("{}:event:{id}", self.tag)
     }
+    fn pending(&self) -> String {
+        format!("{}:pending", self.tag)
+    }
     fn retry(&self) -> String {
         format!("{}:retry", self.tag)
     }
@@ -81,9 +86,6 @@ impl Keys {
     }
     fn delivery(&self, key: &str) -> String {
         format!("{}:delivery:{key}", self.tag)
-    }
-    fn backlog(&self) -> String {
-        format!("{}:backlog", self.tag)
     }
     fn dead_delivery_prefix(&self) -> String {
         format!("{}:dead-delivery:", self.tag)
@@ -168,6 +170,13 @@ fn consumer_name() -> String {
     format!("{host}-{}", &suffix[..12])
 }
 
+/// What an outcome script does with the event.
+enum Outcome {
+    Complete,
+    Retry { at_ms: i64 },
+    Dead,
+}
+
 impl RedisJournal {
     /// A journal on `connection` under `prefix`. Nothing is sent to Redis yet: the daemon starts
     /// while Redis is down (and reports not ready) and the consumer group is created on first use.
@@ -219,11 +228,14 @@ impl RedisJournal {
     pub async fn append(&self, delivery: NewDelivery) -> Result<AppendOutcome, JournalError> {
         let keys = &self.inner.keys;
         let received_at = rfc3339(delivery.received_at);
+        let received_ms = delivery.received_at.timestamp_millis().to_string();
         let mut shared: Vec<&str> = vec![
             "delivery_key",
             &delivery.key,
             "received_at",
             &received_at,
+            "received_ms",
+            &received_ms,
             "key_derived",
             if delivery.key_derived { "1" } else { "0" },
         ];
@@ -237,8 +249,9 @@ impl RedisJournal {
         invocation
             .key(keys.delivery(&delivery.key))
             .key(keys.stream())
-            .key(keys.backlog())
+            .key(keys.pending())
             .arg(millis(self.inner.delivery_ttl))
+            .arg(&received_ms)
             .arg(shared.len())
             .arg(&shared);
         let mut stored = Vec::with_capacity(delivery.events.len());
@@ -261,6 +274,7 @@ impl RedisJournal {
                 raw: event.raw,
                 attempts: 0,
                 sinks_done: Vec::new(),
+                sink_attempts: BTreeMap::new(),
             });
         }
         let backlog: i64 = invocation.invoke_async(&mut self.connection()).await?;
@@ -355,7 +369,7 @@ impl RedisJournal {
             .due
             .key(keys.stream())
             .key(keys.retry())
-            .key(keys.backlog())
+            .key(keys.pending())
             .arg(GROUP)
             .arg(&self.inner.consumer)
             .arg(now)
@@ -363,7 +377,7 @@ impl RedisJournal {
             .arg(limit)
             .arg(&cursor)
             .arg(keys.event_prefix())
-            .arg(now.saturating_add(lease as i64))
+            .arg(now.saturating_add(i64::try_from(lease).unwrap_or(i64::MAX)))
             .invoke_async(&mut self.connection())
             .await?;
         if !cursor.is_empty() {
@@ -374,28 +388,48 @@ impl RedisJournal {
             reclaim.cursor = next_cursor;
         }
         self.set_backlog(backlog);
-        Ok(events.into_iter().filter_map(event_from_fields).collect())
+        Ok(events
+            .into_iter()
+            .filter_map(|fields| event_from_fields(pairs(fields)))
+            .collect())
     }
 
-    /// An invocation of one of the outcome scripts, with their shared keys and arguments.
-    fn outcome<'s>(&self, script: &'s redis::Script, id: &str) -> redis::ScriptInvocation<'s> {
+    /// Runs one outcome script on a pending event. `fields` are set on its hash.
+    async fn record(
+        &self,
+        id: &str,
+        outcome: Outcome,
+        fields: &[(&str, String)],
+    ) -> Result<(), JournalError> {
         let keys = &self.inner.keys;
+        let (script, score) = match outcome {
+            Outcome::Complete => (&self.inner.scripts.complete, 0),
+            Outcome::Retry { at_ms } => (&self.inner.scripts.reschedule, at_ms),
+            Outcome::Dead => (
+                &self.inner.scripts.dead_letter,
+                Utc::now().timestamp_millis(),
+            ),
+        };
         let mut invocation = script.prepare_invoke();
         invocation
             .key(keys.event(id))
             .key(keys.stream())
             .key(keys.retry())
-            .key(keys.backlog())
+            .key(keys.pending())
+            .key(keys.dead())
             .arg(GROUP)
-            .arg(id);
-        invocation
-    }
-
-    pub async fn complete(&self, id: &str) -> Result<(), JournalError> {
-        let invocation = self.outcome(&self.inner.scripts.complete, id);
+            .arg(id)
+            .arg(score);
+        for (name, value) in fields {
+            invocation.arg(*name).arg(value);
+        }
         let backlog: i64 = invocation.invoke_async(&mut self.connection()).await?;
         self.set_backlog(backlog);
         Ok(())
+    }
+
+    pub async fn complete(&self, id: &str) -> Result<(), JournalError> {
+        self.record(id, Outcome::Complete, &[]).await
     }
 
     pub async fn reschedule(
@@ -406,15 +440,15 @@ impl RedisJournal {
         error: Option<&str>,
         sinks_done: &[String],
     ) -> Result<(), JournalError> {
-        let mut invocation = self.outcome(&self.inner.scripts.reschedule, id);
-        invocation
-            .arg(attempts)
-            .arg(next_attempt_at.timestamp_millis())
-            .arg(json_list(sinks_done))
-            .arg(if error.is_some() { "1" } else { "0" })
-            .arg(error.unwrap_or(""));
-        let _: i64 = invocation.invoke_async(&mut self.connection()).await?;
-        Ok(())
+        let mut fields = vec![
+            ("attempts", attempts.to_string()),
+            ("sinks_done", json_list(sinks_done)),
+        ];
+        if let Some(error) = error {
+            fields.push(("last_error", error.to_string()));
+        }
+        let at_ms = next_attempt_at.timestamp_millis();
+        self.record(id, Outcome::Retry { at_ms }, &fields).await
     }
 
     pub async fn dead_letter(
@@ -425,102 +459,226 @@ impl RedisJournal {
         failed_sinks: &[String],
         sinks_done: &[String],
     ) -> Result<(), JournalError> {
-        let now = Utc::now();
-        let mut invocation = self.outcome(&self.inner.scripts.dead_letter, id);
-        invocation
-            .key(self.inner.keys.dead())
-            .arg(attempts)
-            .arg(error)
-            .arg(json_list(failed_sinks))
-            .arg(json_list(sinks_done))
-            .arg(rfc3339(now))
-            .arg(now.timestamp_millis());
-        let backlog: i64 = invocation.invoke_async(&mut self.connection()).await?;
-        self.set_backlog(backlog);
-        Ok(())
+        let fields = [
+            ("attempts", attempts.to_string()),
+            ("last_error", error.to_string()),
+            ("failed_sinks", json_list(failed_sinks)),
+            ("sinks_done", json_list(sinks_done)),
+            ("dead_at", rfc3339(Utc::now())),
+        ];
+        self.record(id, Outcome::Dead, &fields).await
     }
 
-    /// The oldest `limit` dead letters.
-    pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, JournalError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
+    fn progress_fields(progress: &SinkProgress) -> Vec<(&'static str, String)> {
+        vec![
+            ("attempts", progress.attempts.to_string()),
+            ("last_error", progress.last_error.clone()),
+            ("sinks_done", json_list(&progress.sinks_done)),
+            ("sink_attempts", json_map(&progress.sink_attempts)),
+            ("failed_sinks", json_list(&progress.sinks_failed)),
+        ]
+    }
+
+    /// A failed attempt: due again at `next_attempt_at` for the sinks not yet done.
+    pub async fn retry_sinks(
+        &self,
+        id: &str,
+        progress: &SinkProgress,
+        next_attempt_at: DateTime<Utc>,
+    ) -> Result<(), JournalError> {
+        let at_ms = next_attempt_at.timestamp_millis();
+        let fields = Self::progress_fields(progress);
+        self.record(id, Outcome::Retry { at_ms }, &fields).await
+    }
+
+    /// The event joins the dead letters with the sinks that failed and why.
+    pub async fn dead_letter_sinks(
+        &self,
+        id: &str,
+        progress: &SinkProgress,
+    ) -> Result<(), JournalError> {
+        let mut fields = Self::progress_fields(progress);
+        fields.push(("dead_at", rfc3339(Utc::now())));
+        self.record(id, Outcome::Dead, &fields).await
+    }
+
+    /// Dead letters from rank `start`, oldest first, at most `count`.
+    async fn dead_letter_page(
+        &self,
+        start: usize,
+        count: usize,
+    ) -> Result<Vec<DeadLetter>, JournalError> {
         let keys = &self.inner.keys;
-        type Row = (
-            Option<String>,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-        );
-        let rows: Vec<Row> = self
+        let rows: Vec<Vec<Option<String>>> = self
             .inner
             .scripts
             .dead_letters
             .key(keys.dead())
-            .arg(limit)
+            .arg(start)
+            .arg(start + count - 1)
             .arg(keys.event_prefix())
             .invoke_async(&mut self.connection())
             .await?;
-        Ok(rows
-            .into_iter()
-            .filter_map(
-                |(id, event_type, delivery_key, received_at, attempts, error, failed, dead_at)| {
-                    Some(DeadLetter {
-                        id: id?,
-                        event_type: event_type.unwrap_or_default(),
-                        delivery_key: delivery_key.unwrap_or_default(),
-                        received_at: received_at.unwrap_or_default(),
-                        attempts: attempts.and_then(|a| a.parse().ok()).unwrap_or(0),
-                        last_error: error,
-                        failed_sinks: parse_list(failed.as_deref().unwrap_or("[]")),
-                        dead_at,
-                    })
-                },
-            )
-            .collect())
+        Ok(rows.into_iter().filter_map(dead_letter_from_row).collect())
     }
 
-    /// Puts dead letters back in the queue, due at once with their attempts reset: the ones named
-    /// in `ids` (all when `None`), and with `only_sink` only those that failed on that sink.
-    /// Sinks that already received an event are not repeated. Returns how many were put back.
+    /// The oldest `limit` dead letters.
+    pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, JournalError> {
+        let query = DeadLetterQuery {
+            sink: None,
+            event_type: None,
+            limit,
+        };
+        self.list_dead_letters(&query).await
+    }
+
+    /// Dead letters matching `query`, oldest first.
+    pub async fn list_dead_letters(
+        &self,
+        query: &DeadLetterQuery,
+    ) -> Result<Vec<DeadLetter>, JournalError> {
+        let mut found = Vec::new();
+        let mut start = 0;
+        while found.len() < query.limit {
+            let page = self.dead_letter_page(start, PAGE).await?;
+            let done = page.len() < PAGE;
+            start += PAGE;
+            found.extend(page.into_iter().filter(|letter| matches(letter, query)));
+            if done {
+                break;
+            }
+        }
+        found.truncate(query.limit);
+        Ok(found)
+    }
+
+    /// One event still in the journal (pending or dead), with its stored JSON.
+    pub async fn event(&self, id: &str) -> Result<Option<StoredEvent>, JournalError> {
+        let fields: Vec<String> = redis::cmd("HGETALL")
+            .arg(self.inner.keys.event(id))
+            .query_async(&mut self.connection())
+            .await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let mut fields = pairs(fields);
+        let take = |fields: &mut BTreeMap<String, String>, name: &str| fields.remove(name);
+        let raw = take(&mut fields, "raw").unwrap_or_default();
+        let event = serde_json::value::RawValue::from_string(raw)
+            .map_err(|e| JournalError::Storage(format!("stored event {id} is not JSON: {e}")))?;
+        Ok(Some(StoredEvent {
+            id: id.to_string(),
+            state: take(&mut fields, "state").unwrap_or_default(),
+            event_type: take(&mut fields, "event_type").unwrap_or_default(),
+            delivery_key: take(&mut fields, "delivery_key").unwrap_or_default(),
+            webhook_id: take(&mut fields, "webhook_id"),
+            received_at: take(&mut fields, "received_at").unwrap_or_default(),
+            request_id: take(&mut fields, "request_id"),
+            attempts: parse_number(take(&mut fields, "attempts")),
+            last_error: take(&mut fields, "last_error").filter(|e| !e.is_empty()),
+            sinks_done: parse_list(&take(&mut fields, "sinks_done").unwrap_or_default()),
+            sink_attempts: parse_map(&take(&mut fields, "sink_attempts").unwrap_or_default()),
+            failed_sinks: parse_list(&take(&mut fields, "failed_sinks").unwrap_or_default()),
+            dead_at: take(&mut fields, "dead_at"),
+            event,
+        }))
+    }
+
+    /// Puts dead letters back in the queue, due at once, with their attempts reset. With `sink`,
+    /// only events that failed on that sink, and only that sink is tried again (the other sinks
+    /// that failed count as done). Same rules and report as the embedded journal.
     pub async fn replay(
         &self,
-        ids: Option<Vec<String>>,
-        only_sink: Option<String>,
-    ) -> Result<u64, JournalError> {
+        selection: &ReplaySelection,
+        sink: Option<&str>,
+    ) -> Result<ReplayReport, JournalError> {
         let keys = &self.inner.keys;
-        let ids = match ids {
-            Some(ids) => ids,
-            None => {
+        let (ids, named) = match selection {
+            ReplaySelection::Ids(ids) => (ids.clone(), true),
+            ReplaySelection::All => {
                 let all: Vec<String> = redis::cmd("ZRANGE")
                     .arg(keys.dead())
                     .arg(0)
                     .arg(-1)
                     .query_async(&mut self.connection())
                     .await?;
-                all
+                (all, false)
             }
         };
-        let mut replayed = 0u64;
-        for batch in ids.chunks(REPLAY_BATCH) {
+        let mut report = ReplayReport::default();
+        for batch in ids.chunks(PAGE) {
+            // Read what each event is now; the script re-checks that it is still dead.
+            let mut pipe = redis::pipe();
+            for id in batch {
+                pipe.cmd("HMGET")
+                    .arg(keys.event(id))
+                    .arg("state")
+                    .arg("failed_sinks")
+                    .arg("sinks_done");
+            }
+            let states: Vec<(Option<String>, Option<String>, Option<String>)> =
+                pipe.query_async(&mut self.connection()).await?;
+            let mut wanted: Vec<(String, String)> = Vec::new();
+            for (id, (state, failed, done)) in batch.iter().zip(states) {
+                let skip = |reason: String| SkippedReplay {
+                    id: id.clone(),
+                    reason,
+                };
+                match state.as_deref() {
+                    Some("dead") => {}
+                    Some(state) => {
+                        report
+                            .skipped
+                            .push(skip(format!("not a dead letter (it is {state})")));
+                        continue;
+                    }
+                    None => {
+                        report.skipped.push(skip(
+                            "not in the journal (done events are not kept)".to_string(),
+                        ));
+                        continue;
+                    }
+                }
+                let failed = parse_list(failed.as_deref().unwrap_or("[]"));
+                let mut done = parse_list(done.as_deref().unwrap_or("[]"));
+                if let Some(sink) = sink {
+                    if !failed.iter().any(|f| f == sink) {
+                        if named {
+                            report.skipped.push(skip(format!(
+                                "did not fail on sink {sink:?} (failed: {})",
+                                failed.join(", ")
+                            )));
+                        }
+                        continue;
+                    }
+                    for other in failed.into_iter().filter(|f| f != sink) {
+                        if !done.contains(&other) {
+                            done.push(other);
+                        }
+                    }
+                }
+                wanted.push((id.clone(), json_list(&done)));
+            }
+            if wanted.is_empty() {
+                continue;
+            }
             let mut invocation = self.inner.scripts.replay.prepare_invoke();
             invocation
                 .key(keys.dead())
                 .key(keys.retry())
-                .key(keys.backlog())
+                .key(keys.pending())
                 .arg(keys.event_prefix())
-                .arg(Utc::now().timestamp_millis())
-                .arg(only_sink.as_deref().unwrap_or(""))
-                .arg(batch);
-            let count: u64 = invocation.invoke_async(&mut self.connection()).await?;
-            replayed += count;
+                .arg(Utc::now().timestamp_millis());
+            for (id, done) in &wanted {
+                invocation.arg(id).arg(done);
+            }
+            let replayed: Vec<String> = invocation.invoke_async(&mut self.connection()).await?;
+            self.inner
+                .backlog
+                .fetch_add(replayed.len() as u64, Ordering::Relaxed);
+            report.replayed.extend(replayed);
         }
-        self.inner.backlog.fetch_add(replayed, Ordering::Relaxed);
-        Ok(replayed)
+        Ok(report)
     }
 
     pub async fn dead_deliveries(&self, limit: usize) -> Result<Vec<DeadDelivery>, JournalError> {
@@ -550,27 +708,43 @@ impl RedisJournal {
     }
 
     /// Pending events across every replica, as of this replica's last exchange with Redis (each
-    /// append, outcome and worker poll refreshes it): cheap enough for ingress to read per request.
+    /// append, outcome, worker poll and probe refreshes it): cheap enough for ingress to read per
+    /// request.
     pub fn backlog(&self) -> u64 {
         self.inner.backlog.load(Ordering::Relaxed)
+    }
+
+    /// How long the oldest pending event (on any replica) has waited, if any is pending.
+    pub async fn oldest_pending_age(&self) -> Result<Option<Duration>, JournalError> {
+        let oldest: Vec<(String, f64)> = redis::cmd("ZRANGE")
+            .arg(self.inner.keys.pending())
+            .arg(0)
+            .arg(0)
+            .arg("WITHSCORES")
+            .query_async(&mut self.connection())
+            .await?;
+        Ok(oldest.first().map(|(_, received_ms)| {
+            let age_ms = Utc::now().timestamp_millis() as f64 - received_ms;
+            Duration::from_millis(age_ms.max(0.0) as u64)
+        }))
     }
 
     /// A write, so readiness also fails when Redis refuses writes (read-only replica, failed
     /// persistence, out of memory), not only when it is unreachable.
     pub async fn probe(&self) -> Result<(), JournalError> {
         let keys = &self.inner.keys;
-        let (backlog,): (Option<i64>,) = redis::pipe()
+        let (backlog,): (i64,) = redis::pipe()
             .cmd("SET")
             .arg(keys.probe())
             .arg(rfc3339(Utc::now()))
             .arg("PX")
             .arg(60_000)
             .ignore()
-            .cmd("GET")
-            .arg(keys.backlog())
+            .cmd("ZCARD")
+            .arg(keys.pending())
             .query_async(&mut self.connection())
             .await?;
-        self.set_backlog(backlog.unwrap_or(0));
+        self.set_backlog(backlog);
         Ok(())
     }
 
@@ -618,48 +792,78 @@ impl RedisJournal {
     }
 }
 
-/// Builds an event from its hash (a field/value list). A hash that lost required fields is
-/// skipped rather than failing the whole batch.
-fn event_from_fields(fields: Vec<String>) -> Option<JournaledEvent> {
-    let mut id = None;
-    let mut delivery_key = None;
-    let mut index = 0u32;
-    let mut webhook_id = None;
-    let mut event_type = None;
-    let mut received_at = None;
-    let mut request_id = None;
-    let mut raw = None;
-    let mut attempts = 0u32;
-    let mut sinks_done = Vec::new();
-    let mut pairs = fields.into_iter();
-    while let (Some(name), Some(value)) = (pairs.next(), pairs.next()) {
-        match name.as_str() {
-            "id" => id = Some(value),
-            "delivery_key" => delivery_key = Some(value),
-            "index" => index = value.parse().unwrap_or(0),
-            "webhook_id" => webhook_id = Some(value),
-            "event_type" => event_type = Some(value),
-            "received_at" => received_at = Some(value),
-            "request_id" => request_id = Some(value),
-            "raw" => raw = Some(value),
-            "attempts" => attempts = value.parse().unwrap_or(0),
-            "sinks_done" => sinks_done = parse_list(&value),
-            _ => {}
+/// Whether a dead letter passes the `dead-letters list` filters.
+fn matches(letter: &DeadLetter, query: &DeadLetterQuery) -> bool {
+    let sink = query
+        .sink
+        .as_ref()
+        .is_none_or(|sink| letter.failed_sinks.contains(sink));
+    // `record.*` selects a family by prefix; anything else is an exact type.
+    let event_type = match query.event_type.as_deref() {
+        None => true,
+        Some(pattern) => match pattern.strip_suffix('*') {
+            Some(prefix) if prefix.ends_with('.') => letter.event_type.starts_with(prefix),
+            _ => letter.event_type == pattern,
+        },
+    };
+    sink && event_type
+}
+
+/// A field/value list as a map.
+fn pairs(fields: Vec<String>) -> BTreeMap<String, String> {
+    let mut map = BTreeMap::new();
+    let mut items = fields.into_iter();
+    while let (Some(name), Some(value)) = (items.next(), items.next()) {
+        map.insert(name, value);
+    }
+    map
+}
+
+/// Builds an event from its hash. A hash that lost required fields is skipped rather than
+/// failing the whole batch.
+fn event_from_fields(mut fields: BTreeMap<String, String>) -> Option<JournaledEvent> {
+    let mut take = |name: &str| fields.remove(name);
+    Some(JournaledEvent {
+        id: take("id")?,
+        delivery_key: take("delivery_key")?,
+        index: parse_number(take("index")),
+        webhook_id: take("webhook_id"),
+        event_type: take("event_type")?,
+        received_at: take("received_at").unwrap_or_default(),
+        request_id: take("request_id"),
+        raw: take("raw")?,
+        attempts: parse_number(take("attempts")),
+        sinks_done: parse_list(&take("sinks_done").unwrap_or_default()),
+        sink_attempts: parse_map(&take("sink_attempts").unwrap_or_default()),
+    })
+}
+
+/// A dead letter from the DEAD_LETTERS script's row (field/value items, values may be nil).
+fn dead_letter_from_row(row: Vec<Option<String>>) -> Option<DeadLetter> {
+    let mut fields = BTreeMap::new();
+    let mut items = row.into_iter();
+    while let (Some(name), Some(value)) = (items.next(), items.next()) {
+        if let (Some(name), Some(value)) = (name, value) {
+            fields.insert(name, value);
         }
     }
-    let event = JournaledEvent {
-        id: id?,
-        delivery_key: delivery_key?,
-        index,
-        webhook_id,
-        event_type: event_type?,
-        received_at: received_at.unwrap_or_default(),
-        request_id,
-        raw: raw?,
-        attempts,
-        sinks_done,
-    };
-    Some(event)
+    let mut take = |name: &str| fields.remove(name);
+    Some(DeadLetter {
+        id: take("id")?,
+        event_type: take("event_type").unwrap_or_default(),
+        delivery_key: take("delivery_key").unwrap_or_default(),
+        received_at: take("received_at").unwrap_or_default(),
+        attempts: parse_number(take("attempts")),
+        last_error: take("last_error").filter(|e| !e.is_empty()),
+        failed_sinks: parse_list(&take("failed_sinks").unwrap_or_default()),
+        dead_at: take("dead_at"),
+        sinks_done: parse_list(&take("sinks_done").unwrap_or_default()),
+        sink_attempts: parse_map(&take("sink_attempts").unwrap_or_default()),
+    })
+}
+
+fn parse_number(value: Option<String>) -> u32 {
+    value.and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -675,7 +879,15 @@ fn json_list(items: &[String]) -> String {
     serde_json::to_string(items).unwrap_or_else(|_| "[]".to_string())
 }
 
+fn json_map(map: &BTreeMap<String, u32>) -> String {
+    serde_json::to_string(map).unwrap_or_else(|_| "{}".to_string())
+}
+
 fn parse_list(text: &str) -> Vec<String> {
+    serde_json::from_str(text).unwrap_or_default()
+}
+
+fn parse_map(text: &str) -> BTreeMap<String, u32> {
     serde_json::from_str(text).unwrap_or_default()
 }
 
@@ -882,35 +1094,85 @@ mod tests {
         assert_eq!(ids(&other.due(10).await.unwrap()), vec!["k:1"]);
     }
 
+    fn progress(attempts: u32, done: &[&str], failed: &[&str]) -> SinkProgress {
+        SinkProgress {
+            attempts,
+            last_error: failed
+                .iter()
+                .map(|s| format!("{s}: down"))
+                .collect::<Vec<_>>()
+                .join("; "),
+            sinks_done: done.iter().map(|s| s.to_string()).collect(),
+            sink_attempts: failed.iter().map(|s| (s.to_string(), attempts)).collect(),
+            sinks_failed: failed.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
     #[tokio::test]
-    async fn dead_letters_are_listed_and_replayed_by_id_or_by_failed_sink() {
+    async fn retry_sinks_keeps_per_sink_progress_for_the_next_attempt() {
+        let journal = journal(&prefix());
+        stored(&journal, "k", 1).await;
+        journal.due(10).await.unwrap();
+        journal
+            .retry_sinks("k:0", &progress(1, &["a"], &["b"]), Utc::now())
+            .await
+            .unwrap();
+        let due = journal.due(10).await.unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].attempts, 1);
+        assert_eq!(due[0].sinks_done, vec!["a"]);
+        assert_eq!(due[0].sink_attempts.get("b"), Some(&1));
+        let stored = journal.event("k:0").await.unwrap().unwrap();
+        assert_eq!(stored.state, "pending");
+        assert_eq!(stored.last_error.as_deref(), Some("b: down"));
+        assert_eq!(stored.failed_sinks, vec!["b"]);
+        assert_eq!(
+            stored.event.get(),
+            r#"{"event_type":"record.updated","n":0}"#
+        );
+    }
+
+    #[tokio::test]
+    async fn dead_letters_are_listed_by_sink_and_event_type_and_shown() {
         let journal = journal(&prefix());
         stored(&journal, "k", 3).await;
         journal.due(10).await.unwrap();
         journal
-            .dead_letter("k:0", 5, "a: down", &["a".to_string()], &[])
+            .dead_letter_sinks("k:0", &progress(5, &[], &["a"]))
             .await
             .unwrap();
         journal
-            .dead_letter(
-                "k:1",
-                5,
-                "b: refused",
-                &["b".to_string()],
-                &["a".to_string()],
-            )
+            .dead_letter_sinks("k:1", &progress(5, &["a"], &["b"]))
             .await
             .unwrap();
         assert_eq!(journal.backlog(), 1);
-        let letters = journal.dead_letters(10).await.unwrap();
-        assert_eq!(letters.len(), 2);
-        assert_eq!(letters[0].id, "k:0");
-        assert_eq!(letters[0].failed_sinks, vec!["a"]);
-        assert_eq!(letters[0].last_error.as_deref(), Some("a: down"));
-        assert_eq!(letters[0].attempts, 5);
-        assert_eq!(letters[0].event_type, "record.updated");
-        assert!(letters[0].dead_at.is_some());
+        let all = journal.dead_letters(10).await.unwrap();
+        assert_eq!(ids_of(&all), vec!["k:0", "k:1"]);
+        assert_eq!(all[1].failed_sinks, vec!["b"]);
+        assert_eq!(all[1].sinks_done, vec!["a"]);
+        assert_eq!(all[1].sink_attempts.get("b"), Some(&5));
+        assert_eq!(all[0].last_error.as_deref(), Some("a: down"));
+        assert_eq!(all[0].attempts, 5);
+        assert!(all[0].dead_at.is_some());
         assert_eq!(journal.dead_letters(1).await.unwrap().len(), 1);
+        let query = |sink: Option<&str>, event_type: Option<&str>| DeadLetterQuery {
+            sink: sink.map(str::to_string),
+            event_type: event_type.map(str::to_string),
+            limit: 10,
+        };
+        let by_sink = journal.list_dead_letters(&query(Some("b"), None)).await;
+        assert_eq!(ids_of(&by_sink.unwrap()), vec!["k:1"]);
+        let family = journal
+            .list_dead_letters(&query(None, Some("record.*")))
+            .await;
+        assert_eq!(family.unwrap().len(), 2);
+        let other = journal
+            .list_dead_letters(&query(None, Some("note.created")))
+            .await;
+        assert!(other.unwrap().is_empty());
+        let shown = journal.event("k:1").await.unwrap().unwrap();
+        assert_eq!(shown.state, "dead");
+        assert!(journal.event("nope:0").await.unwrap().is_none());
 
         journal.complete("k:0").await.unwrap();
         assert_eq!(
@@ -918,29 +1180,63 @@ mod tests {
             2,
             "complete does not touch a dead letter"
         );
+    }
 
-        assert_eq!(
-            journal.replay(None, Some("b".to_string())).await.unwrap(),
-            1
-        );
+    fn ids_of(letters: &[DeadLetter]) -> Vec<String> {
+        letters.iter().map(|l| l.id.clone()).collect()
+    }
+
+    #[tokio::test]
+    async fn replay_puts_dead_letters_back_and_reports_what_it_skipped() {
+        let journal = journal(&prefix());
+        stored(&journal, "k", 3).await;
+        journal.due(10).await.unwrap();
+        journal
+            .dead_letter_sinks("k:0", &progress(5, &[], &["a"]))
+            .await
+            .unwrap();
+        journal
+            .dead_letter_sinks("k:1", &progress(5, &["c"], &["a", "b"]))
+            .await
+            .unwrap();
+
+        // Only sink b: k:1 comes back with a counted as done; k:0 did not fail on b.
+        let report = journal
+            .replay(&ReplaySelection::All, Some("b"))
+            .await
+            .unwrap();
+        assert_eq!(report.replayed, vec!["k:1"]);
+        assert!(report.skipped.is_empty(), "--all skips silently");
         let replayed = journal.due(10).await.unwrap();
         assert_eq!(ids(&replayed), vec!["k:1"]);
         assert_eq!(replayed[0].attempts, 0);
+        assert!(replayed[0].sink_attempts.is_empty());
+        let mut done = replayed[0].sinks_done.clone();
+        done.sort();
+        assert_eq!(done, vec!["a", "c"], "only b is tried again");
+
+        let named = ReplaySelection::Ids(vec![
+            "k:0".to_string(),
+            "k:2".to_string(),
+            "gone:0".to_string(),
+        ]);
+        let report = journal.replay(&named, None).await.unwrap();
+        assert_eq!(report.replayed, vec!["k:0"]);
+        let reasons: Vec<(&str, &str)> = report
+            .skipped
+            .iter()
+            .map(|s| (s.id.as_str(), s.reason.as_str()))
+            .collect();
         assert_eq!(
-            replayed[0].sinks_done,
-            vec!["a"],
-            "reached sinks are not repeated"
-        );
-        assert_eq!(
-            journal
-                .replay(Some(vec!["k:0".to_string(), "nope".to_string()]), None)
-                .await
-                .unwrap(),
-            1
+            reasons,
+            vec![
+                ("k:2", "not a dead letter (it is pending)"),
+                ("gone:0", "not in the journal (done events are not kept)")
+            ]
         );
         assert!(journal.dead_letters(10).await.unwrap().is_empty());
         assert_eq!(journal.backlog(), 3);
-        assert_eq!(ids(&journal.due(10).await.unwrap()), vec!["k:0"]);
+        assert!(journal.oldest_pending_age().await.unwrap().is_some());
     }
 
     #[tokio::test]
@@ -1014,7 +1310,7 @@ mod tests {
             keys.retry(),
             keys.dead(),
             keys.delivery("d"),
-            keys.backlog(),
+            keys.pending(),
             keys.dead_deliveries(),
             keys.dead_delivery_seq(),
             keys.probe(),

@@ -8,25 +8,25 @@
 //! Each script does its reads and checks before its first write: when Redis refuses a write
 //! (out of memory, read-only replica) the first write fails and nothing has changed.
 
-/// Stores one delivery: its events (a hash each plus a stream entry) and then the delivery marker
-/// that refuses a second copy. The marker is written last, so a failure half-way lets Attio's
-/// retry store the delivery again instead of being answered "duplicate" for a partial write.
+/// Stores one delivery: its events (a hash each plus a stream entry, and a place in the pending
+/// set) and then the delivery marker that refuses a second copy. The marker is written last, so
+/// a failure half-way lets Attio's retry store the delivery again instead of being answered
+/// "duplicate" for a partial write.
 ///
-/// KEYS: 1 delivery marker, 2 stream, 3 backlog counter, 4.. event hashes (one per event).
-/// ARGV: 1 marker TTL in ms, 2 count of shared field/value items, then those items, then for each
-/// event: id, index, event_type, raw.
+/// KEYS: 1 delivery marker, 2 stream, 3 pending set, 4.. event hashes (one per event).
+/// ARGV: 1 marker TTL in ms, 2 received ms, 3 count of shared field/value items, then those
+/// items, then for each event: id, index, event_type, raw.
 /// Returns -1 for a known delivery, else the backlog after the append.
 pub const APPEND: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then
     return -1
 end
-local shared_count = tonumber(ARGV[2])
+local shared_count = tonumber(ARGV[3])
 local shared = {}
-for i = 3, 2 + shared_count do
+for i = 4, 3 + shared_count do
     shared[#shared + 1] = ARGV[i]
 end
-local base = 3 + shared_count
-local added = 0
+local base = 4 + shared_count
 for e = 0, #KEYS - 4 do
     local key = KEYS[4 + e]
     local at = base + e * 4
@@ -35,15 +35,15 @@ for e = 0, #KEYS - 4 do
     if redis.call('EXISTS', key) == 0 then
         local id = ARGV[at]
         redis.call('HSET', key, 'id', id, 'index', ARGV[at + 1], 'event_type', ARGV[at + 2],
-            'raw', ARGV[at + 3], 'attempts', '0', 'sinks_done', '[]', 'state', 'pending',
-            unpack(shared))
+            'raw', ARGV[at + 3], 'attempts', '0', 'sinks_done', '[]', 'sink_attempts', '{}',
+            'state', 'pending', unpack(shared))
         local entry = redis.call('XADD', KEYS[2], '*', 'id', id)
         redis.call('HSET', key, 'entry', entry)
-        added = added + 1
+        redis.call('ZADD', KEYS[3], ARGV[2], id)
     end
 end
 redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
-return redis.call('INCRBY', KEYS[3], added)
+return redis.call('ZCARD', KEYS[3])
 "#;
 
 /// Hands out events to one consumer: first entries other replicas left unacknowledged for longer
@@ -51,7 +51,7 @@ return redis.call('INCRBY', KEYS[3], added)
 /// consumer works on them), then new entries (XREADGROUP). Entries whose event is gone or no
 /// longer queued in the stream are acknowledged and deleted on the way.
 ///
-/// KEYS: 1 stream, 2 retry schedule, 3 backlog counter.
+/// KEYS: 1 stream, 2 retry schedule, 3 pending set.
 /// ARGV: 1 group, 2 consumer, 3 now ms, 4 lease ms, 5 limit, 6 reclaim cursor ('' = skip the
 /// reclaim this time), 7 event key prefix, 8 hidden-until ms for claimed retries.
 /// Returns {next reclaim cursor ('' when skipped), backlog, {event hash as field/value list...}}.
@@ -129,11 +129,15 @@ if remaining > 0 then
     end
 end
 
-return {cursor, tonumber(redis.call('GET', KEYS[3]) or '0'), out}
+return {cursor, redis.call('ZCARD', KEYS[3]), out}
 "#;
 
-/// Shared head of the scripts that finish a queued event: only a pending event is touched, and
-/// its stream entry (if it is queued there) is acknowledged and deleted.
+/// Shared head of the outcome scripts: only a pending event is touched, and its stream entry (if
+/// it is queued there) is acknowledged and deleted.
+///
+/// KEYS: 1 event hash, 2 stream, 3 retry schedule, 4 pending set, 5 dead letters.
+/// ARGV: 1 group, 2 event id, 3 score (next attempt or time of death, ms), 4.. field/value items
+/// to set on the event.
 const TAKE_OUT: &str = r#"
 if redis.call('HGET', KEYS[1], 'state') ~= 'pending' then
     return -1
@@ -143,108 +147,87 @@ if entry and entry ~= '' then
     redis.call('XACK', KEYS[2], ARGV[1], entry)
     redis.call('XDEL', KEYS[2], entry)
 end
-"#;
-
-const DECREMENT_BACKLOG: &str = r#"
-local backlog = redis.call('DECR', KEYS[4])
-if backlog < 0 then
-    redis.call('SET', KEYS[4], '0')
-    backlog = 0
+local fields = {'entry', ''}
+for i = 4, #ARGV do
+    fields[#fields + 1] = ARGV[i]
 end
-return backlog
 "#;
 
-/// The event is done: it leaves the queue.
-///
-/// KEYS: 1 event hash, 2 stream, 3 retry schedule, 4 backlog counter. ARGV: 1 group, 2 event id.
-/// Returns -1 when the event was not pending, else the backlog.
+/// The event is done: it leaves the queue. Returns -1 when it was not pending, else the backlog.
 pub fn complete() -> String {
     format!(
         "{TAKE_OUT}
 redis.call('ZREM', KEYS[3], ARGV[2])
+redis.call('ZREM', KEYS[4], ARGV[2])
 redis.call('DEL', KEYS[1])
-{DECREMENT_BACKLOG}"
+return redis.call('ZCARD', KEYS[4])"
     )
 }
 
 /// The event waits for a later attempt in the retry schedule (out of the stream, so no other
-/// replica reclaims it before its time).
-///
-/// KEYS: as for [`complete`]. ARGV: 1 group, 2 event id, 3 attempts, 4 next attempt ms,
-/// 5 sinks done (JSON), 6 '1' when 7 is a new last error.
-/// Returns -1 when the event was not pending, else 1.
+/// replica reclaims it before its time). Returns -1 when it was not pending, else the backlog.
 pub fn reschedule() -> String {
     format!(
         "{TAKE_OUT}
-redis.call('HSET', KEYS[1], 'attempts', ARGV[3], 'sinks_done', ARGV[5], 'entry', '')
-if ARGV[6] == '1' then
-    redis.call('HSET', KEYS[1], 'last_error', ARGV[7])
-end
-redis.call('ZADD', KEYS[3], ARGV[4], ARGV[2])
-return 1"
+redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
+return redis.call('ZCARD', KEYS[4])"
     )
 }
 
-/// The event used up its attempts: it leaves the queue and joins the dead letters.
-///
-/// KEYS: as for [`complete`], then 5 dead letters (sorted by time of death). ARGV: 1 group,
-/// 2 event id, 3 attempts, 4 error, 5 failed sinks (JSON), 6 sinks done (JSON), 7 dead_at
-/// (RFC 3339), 8 dead_at ms. Returns -1 when the event was not pending, else the backlog.
+/// The event leaves the queue and joins the dead letters. Returns -1 when it was not pending,
+/// else the backlog.
 pub fn dead_letter() -> String {
     format!(
         "{TAKE_OUT}
 redis.call('ZREM', KEYS[3], ARGV[2])
-redis.call('HSET', KEYS[1], 'state', 'dead', 'attempts', ARGV[3], 'last_error', ARGV[4],
-    'failed_sinks', ARGV[5], 'sinks_done', ARGV[6], 'dead_at', ARGV[7], 'entry', '')
-redis.call('ZADD', KEYS[5], ARGV[8], ARGV[2])
-{DECREMENT_BACKLOG}"
+redis.call('ZREM', KEYS[4], ARGV[2])
+fields[#fields + 1] = 'state'
+fields[#fields + 1] = 'dead'
+redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('ZADD', KEYS[5], ARGV[3], ARGV[2])
+return redis.call('ZCARD', KEYS[4])"
     )
 }
 
-/// The oldest dead letters.
+/// A page of dead letters, oldest first, each as its event hash (a field/value list) without
+/// the event JSON.
 ///
-/// KEYS: 1 dead letters. ARGV: 1 limit (at least 1), 2 event key prefix.
+/// KEYS: 1 dead letters. ARGV: 1 first rank, 2 last rank, 3 event key prefix.
 pub const DEAD_LETTERS: &str = r#"
+local names = {'event_type', 'delivery_key', 'received_at', 'attempts', 'last_error',
+    'failed_sinks', 'dead_at', 'sinks_done', 'sink_attempts'}
 local out = {}
-for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)) do
-    out[#out + 1] = redis.call('HMGET', ARGV[2] .. id, 'id', 'event_type', 'delivery_key',
-        'received_at', 'attempts', 'last_error', 'failed_sinks', 'dead_at')
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], ARGV[1], ARGV[2])) do
+    local values = redis.call('HMGET', ARGV[3] .. id, unpack(names))
+    local row = {'id', id}
+    for i, name in ipairs(names) do
+        row[#row + 1] = name
+        row[#row + 1] = values[i]
+    end
+    out[#out + 1] = row
 end
 return out
 "#;
 
-/// Puts dead letters back in the queue (due at once, attempts from zero). With a sink name only
-/// those whose failed sinks include it; sinks that already received an event are not repeated.
+/// Puts dead letters back in the queue, due at once, with attempts reset and the given sinks
+/// done. An event that is no longer a dead letter (replayed meanwhile) is left alone.
 ///
-/// KEYS: 1 dead letters, 2 retry schedule, 3 backlog counter. ARGV: 1 event key prefix, 2 now
-/// ms, 3 sink name or '', 4.. event ids. Returns how many were put back.
+/// KEYS: 1 dead letters, 2 retry schedule, 3 pending set. ARGV: 1 event key prefix, 2 now ms,
+/// then pairs of event id and sinks done (JSON). Returns the ids put back.
 pub const REPLAY: &str = r#"
-local replayed = 0
-for i = 4, #ARGV do
+local replayed = {}
+for i = 3, #ARGV, 2 do
     local id = ARGV[i]
     local key = ARGV[1] .. id
     if redis.call('HGET', key, 'state') == 'dead' then
-        local wanted = true
-        if ARGV[3] ~= '' then
-            wanted = false
-            local ok, failed = pcall(cjson.decode, redis.call('HGET', key, 'failed_sinks') or '[]')
-            if ok and type(failed) == 'table' then
-                for _, sink in ipairs(failed) do
-                    if sink == ARGV[3] then
-                        wanted = true
-                    end
-                end
-            end
-        end
-        if wanted then
-            redis.call('HSET', key, 'state', 'pending', 'attempts', '0', 'failed_sinks', '[]',
-                'entry', '')
-            redis.call('HDEL', key, 'dead_at')
-            redis.call('ZREM', KEYS[1], id)
-            redis.call('ZADD', KEYS[2], ARGV[2], id)
-            redis.call('INCR', KEYS[3])
-            replayed = replayed + 1
-        end
+        redis.call('HSET', key, 'state', 'pending', 'attempts', '0', 'sink_attempts', '{}',
+            'failed_sinks', '[]', 'sinks_done', ARGV[i + 1], 'entry', '')
+        redis.call('HDEL', key, 'dead_at')
+        redis.call('ZREM', KEYS[1], id)
+        redis.call('ZADD', KEYS[2], ARGV[2], id)
+        redis.call('ZADD', KEYS[3], redis.call('HGET', key, 'received_ms') or ARGV[2], id)
+        replayed[#replayed + 1] = id
     end
 end
 return replayed

@@ -4,19 +4,26 @@
 //! everything queued, applies it in one transaction and commits once, then answers every caller.
 //! That is group commit: under load one disk flush covers many deliveries, and a caller is
 //! answered only after the flush that holds its data.
+//!
+//! Other processes may write the same database (`attio-webhooks dead-letters replay` while the
+//! daemon runs): every transaction begins IMMEDIATE, so writers queue on SQLite's lock (WAL,
+//! `busy_timeout`) instead of failing on a stale snapshot, and the writer re-counts the backlog
+//! when `PRAGMA data_version` says another connection committed.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    AppendOutcome, DeadDelivery, DeadLetter, JournalError, JournaledEvent, MalformedDelivery,
-    NewDelivery,
+    AppendOutcome, DeadDelivery, DeadLetter, DeadLetterQuery, JournalError, JournaledEvent,
+    MalformedDelivery, NewDelivery, ReplayReport, ReplaySelection, SinkProgress, SkippedReplay,
+    StoredEvent,
 };
 
 /// Most requests applied in one transaction.
@@ -50,7 +57,8 @@ CREATE TABLE IF NOT EXISTS events (
     last_error TEXT,
     sinks_done TEXT NOT NULL DEFAULT '[]',
     failed_sinks TEXT NOT NULL DEFAULT '[]',
-    dead_at TEXT
+    dead_at TEXT,
+    sink_attempts TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS events_due ON events(state, next_attempt_unix_ms, seq);
 CREATE TABLE IF NOT EXISTS dead_deliveries (
@@ -100,6 +108,20 @@ enum Request {
         reply: Reply<()>,
     },
     DeadLetters(usize, Reply<Vec<DeadLetter>>),
+    RecordSinks {
+        id: String,
+        progress: SinkProgress,
+        /// `None`: dead-letter the event.
+        next_ms: Option<i64>,
+        reply: Reply<()>,
+    },
+    ListDeadLetters(DeadLetterQuery, Reply<Vec<DeadLetter>>),
+    Event(String, Reply<Option<StoredEvent>>),
+    Replay {
+        selection: ReplaySelection,
+        sink: Option<String>,
+        reply: Reply<ReplayReport>,
+    },
     DeadDeliveries(usize, Reply<Vec<DeadDelivery>>),
     DedupeIsDone {
         key: String,
@@ -112,6 +134,7 @@ enum Request {
         reply: Reply<()>,
     },
     Probe(Reply<()>),
+    OldestPending(Reply<Option<String>>),
     Purge {
         deliveries_before_ms: i64,
         now_ms: i64,
@@ -138,7 +161,7 @@ impl SqliteJournal {
                 ))
             })?;
         }
-        let connection = Connection::open(path).map_err(|e| {
+        let mut connection = Connection::open(path).map_err(|e| {
             JournalError::Storage(format!("cannot open journal {}: {e}", path.display()))
         })?;
         connection.busy_timeout(Duration::from_secs(5))?;
@@ -146,17 +169,15 @@ impl SqliteJournal {
         // FULL: a committed transaction survives power loss, not only a process crash.
         connection.pragma_update(None, "synchronous", "FULL")?;
         connection.execute_batch(SCHEMA)?;
-        let pending: i64 = connection.query_row(
-            "SELECT COUNT(*) FROM events WHERE state = 'pending'",
-            [],
-            |row| row.get(0),
-        )?;
-        let backlog = Arc::new(AtomicU64::new(pending.max(0) as u64));
+        migrate(&mut connection)?;
+        let pending = count_pending(&connection)?;
+        let data_version = data_version(&connection)?;
+        let backlog = Arc::new(AtomicU64::new(pending));
         let (requests, receiver) = mpsc::channel(QUEUE_DEPTH);
         let writer_backlog = backlog.clone();
         std::thread::Builder::new()
             .name("journal-writer".to_string())
-            .spawn(move || writer_loop(connection, receiver, writer_backlog))
+            .spawn(move || writer_loop(connection, receiver, writer_backlog, data_version))
             .map_err(|e| JournalError::Storage(format!("cannot start journal writer: {e}")))?;
         Ok(SqliteJournal { requests, backlog })
     }
@@ -241,6 +262,49 @@ impl SqliteJournal {
             .await
     }
 
+    /// Records a failed attempt's per-sink state; `next_attempt_at = None` dead-letters the event.
+    pub async fn record_sinks(
+        &self,
+        id: &str,
+        progress: &SinkProgress,
+        next_attempt_at: Option<DateTime<Utc>>,
+    ) -> Result<(), JournalError> {
+        let request = |reply| Request::RecordSinks {
+            id: id.to_string(),
+            progress: progress.clone(),
+            next_ms: next_attempt_at.map(|t| t.timestamp_millis()),
+            reply,
+        };
+        self.call(request).await
+    }
+
+    pub async fn list_dead_letters(
+        &self,
+        query: &DeadLetterQuery,
+    ) -> Result<Vec<DeadLetter>, JournalError> {
+        let query = query.clone();
+        self.call(|reply| Request::ListDeadLetters(query, reply))
+            .await
+    }
+
+    pub async fn event(&self, id: &str) -> Result<Option<StoredEvent>, JournalError> {
+        let id = id.to_string();
+        self.call(|reply| Request::Event(id, reply)).await
+    }
+
+    pub async fn replay(
+        &self,
+        selection: &ReplaySelection,
+        sink: Option<&str>,
+    ) -> Result<ReplayReport, JournalError> {
+        let request = |reply| Request::Replay {
+            selection: selection.clone(),
+            sink: sink.map(str::to_string),
+            reply,
+        };
+        self.call(request).await
+    }
+
     /// Whether the embedded dedupe store remembers `key` as done.
     pub async fn dedupe_is_done(&self, key: &str) -> Result<bool, JournalError> {
         let key = key.to_string();
@@ -266,6 +330,17 @@ impl SqliteJournal {
 
     pub async fn probe(&self) -> Result<(), JournalError> {
         self.call(Request::Probe).await
+    }
+
+    pub async fn oldest_pending_age(&self) -> Result<Option<Duration>, JournalError> {
+        let oldest = self.call(Request::OldestPending).await?;
+        Ok(oldest
+            .and_then(|text| DateTime::parse_from_rfc3339(&text).ok())
+            .map(|at| {
+                (Utc::now() - at.with_timezone(&Utc))
+                    .to_std()
+                    .unwrap_or_default()
+            }))
     }
 
     pub async fn purge(&self, keep: Duration) -> Result<u64, JournalError> {
@@ -299,6 +374,42 @@ fn parse_list(text: &str) -> Vec<String> {
     serde_json::from_str(text).unwrap_or_default()
 }
 
+fn json_map(map: &BTreeMap<String, u32>) -> String {
+    serde_json::to_string(map).unwrap_or_else(|_| "{}".to_string())
+}
+
+fn parse_map(text: &str) -> BTreeMap<String, u32> {
+    serde_json::from_str(text).unwrap_or_default()
+}
+
+/// Brings a database made by an older version up to this schema.
+fn migrate(connection: &mut Connection) -> Result<(), JournalError> {
+    // IMMEDIATE: two processes opening an old database at once must not both add the column.
+    let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let has_sink_attempts = tx
+        .prepare("SELECT 1 FROM pragma_table_info('events') WHERE name = 'sink_attempts'")?
+        .exists([])?;
+    if !has_sink_attempts {
+        tx.execute_batch("ALTER TABLE events ADD COLUMN sink_attempts TEXT NOT NULL DEFAULT '{}'")?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn count_pending(connection: &Connection) -> Result<u64, JournalError> {
+    let pending: i64 = connection.query_row(
+        "SELECT COUNT(*) FROM events WHERE state = 'pending'",
+        [],
+        |row| row.get(0),
+    )?;
+    Ok(pending.max(0) as u64)
+}
+
+/// Changes whenever another connection commits to the database.
+fn data_version(connection: &Connection) -> Result<i64, JournalError> {
+    Ok(connection.query_row("PRAGMA data_version", [], |row| row.get(0))?)
+}
+
 fn rfc3339(time: DateTime<Utc>) -> String {
     time.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
@@ -324,7 +435,30 @@ enum Held {
         Result<Vec<DeadDelivery>, JournalError>,
     ),
     Bool(Reply<bool>, Result<bool, JournalError>),
+    Text(Reply<Option<String>>, Result<Option<String>, JournalError>),
     Count(Reply<u64>, Result<u64, JournalError>),
+    /// Any other reply: called with the commit's error, if any; the backlog change is applied
+    /// only when the commit succeeded (it is 0 for a failed request).
+    Other(Box<dyn FnOnce(Option<JournalError>) + Send>, i64),
+}
+
+impl Held {
+    fn other<T: Send + 'static>(
+        reply: Reply<T>,
+        result: Result<T, JournalError>,
+        backlog_change: impl FnOnce(&T) -> i64,
+    ) -> Held {
+        let change = result.as_ref().map(backlog_change).unwrap_or(0);
+        Held::Other(
+            Box::new(move |commit_error| {
+                let _ = reply.send(match commit_error {
+                    None => result,
+                    Some(error) => Err(error),
+                });
+            }),
+            change,
+        )
+    }
 }
 
 impl Held {
@@ -371,6 +505,16 @@ impl Held {
             Held::Count(reply, result) => {
                 let _ = reply.send(committed.clone().map_err(|m| failed(&m)).and(result));
             }
+            Held::Other(answer, change) => match committed {
+                Ok(()) => {
+                    apply_change(backlog, change);
+                    answer(None);
+                }
+                Err(message) => answer(Some(failed(message))),
+            },
+            Held::Text(reply, result) => {
+                let _ = reply.send(committed.clone().map_err(|m| failed(&m)).and(result));
+            }
         }
     }
 }
@@ -389,6 +533,7 @@ fn writer_loop(
     mut connection: Connection,
     mut receiver: mpsc::Receiver<Request>,
     backlog: Arc<AtomicU64>,
+    mut seen_version: i64,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = receiver.blocking_recv() {
@@ -401,8 +546,9 @@ fn writer_loop(
         }
         let mut held = Vec::with_capacity(batch.len());
         let mut close = None;
-        let committed = match connection.transaction() {
+        let committed = match connection.transaction_with_behavior(TransactionBehavior::Immediate) {
             Ok(tx) => {
+                resync_backlog(&tx, &mut seen_version, &backlog);
                 for request in batch.drain(..) {
                     match request {
                         Request::Close(done) => close = Some(done),
@@ -435,6 +581,23 @@ fn writer_loop(
     }
 }
 
+/// Re-counts the backlog when another process (a replay) changed the database since the last
+/// transaction. Inside the IMMEDIATE transaction nobody else writes, so the count is exact and
+/// this batch's own changes are added to it after the commit.
+fn resync_backlog(tx: &Transaction<'_>, seen_version: &mut i64, backlog: &AtomicU64) {
+    let Ok(version) = data_version(tx) else {
+        return;
+    };
+    if version == *seen_version {
+        return;
+    }
+    *seen_version = version;
+    match count_pending(tx) {
+        Ok(pending) => backlog.store(pending, Ordering::Relaxed),
+        Err(error) => tracing::warn!(%error, "cannot re-count the backlog"),
+    }
+}
+
 /// Answers a request that never reached a transaction.
 fn refuse(request: Request) -> Held {
     let error = || JournalError::Storage("could not begin a transaction".to_string());
@@ -451,6 +614,11 @@ fn refuse(request: Request) -> Held {
         Request::DeadDeliveries(_, reply) => Held::Dead(reply, Err(error())),
         Request::DedupeIsDone { reply, .. } => Held::Bool(reply, Err(error())),
         Request::Purge { reply, .. } => Held::Count(reply, Err(error())),
+        Request::RecordSinks { reply, .. } => Held::Unit(reply, Err(error()), 0),
+        Request::ListDeadLetters(_, reply) => Held::other(reply, Err(error()), |_| 0),
+        Request::Event(_, reply) => Held::other(reply, Err(error()), |_| 0),
+        Request::Replay { reply, .. } => Held::other(reply, Err(error()), |_| 0),
+        Request::OldestPending(reply) => Held::Text(reply, Err(error())),
         Request::Close(_) => unreachable!("handled by the caller"),
     }
 }
@@ -550,6 +718,31 @@ fn apply(tx: &Transaction<'_>, request: Request) -> Held {
             Held::Unit(reply, result.map(|_| ()), change)
         }
         Request::DeadLetters(limit, reply) => Held::Letters(reply, dead_letters(tx, limit)),
+        Request::RecordSinks {
+            id,
+            progress,
+            next_ms,
+            reply,
+        } => {
+            let result = record_sinks(tx, &id, &progress, next_ms);
+            // Dead-lettering a pending event takes it out of the backlog.
+            let change = match (&result, next_ms) {
+                (Ok(changed), None) => -(*changed as i64),
+                _ => 0,
+            };
+            Held::Unit(reply, result.map(|_| ()), change)
+        }
+        Request::ListDeadLetters(query, reply) => {
+            Held::other(reply, list_dead_letters(tx, &query), |_| 0)
+        }
+        Request::Event(id, reply) => Held::other(reply, stored_event(tx, &id), |_| 0),
+        Request::Replay {
+            selection,
+            sink,
+            reply,
+        } => Held::other(reply, replay(tx, &selection, sink.as_deref()), |report| {
+            report.replayed.len() as i64
+        }),
         Request::DeadDeliveries(limit, reply) => Held::Dead(reply, dead_deliveries(tx, limit)),
         Request::DedupeIsDone { key, now_ms, reply } => {
             let result = tx
@@ -588,6 +781,17 @@ fn apply(tx: &Transaction<'_>, request: Request) -> Held {
                 .map(|_| ())
                 .map_err(JournalError::from);
             Held::Unit(reply, result, 0)
+        }
+        Request::OldestPending(reply) => {
+            let result = tx
+                .query_row(
+                    "SELECT received_at FROM events WHERE state = 'pending' ORDER BY seq LIMIT 1",
+                    [],
+                    |row| row.get::<_, String>(0),
+                )
+                .optional()
+                .map_err(JournalError::from);
+            Held::Text(reply, result)
         }
         Request::Purge {
             deliveries_before_ms,
@@ -659,6 +863,7 @@ fn append(tx: &Transaction<'_>, delivery: NewDelivery) -> Result<AppendOutcome, 
             raw: event.raw,
             attempts: 0,
             sinks_done: Vec::new(),
+            sink_attempts: BTreeMap::new(),
         });
     }
     Ok(AppendOutcome::Stored(stored))
@@ -671,7 +876,7 @@ fn due(
 ) -> Result<Vec<JournaledEvent>, JournalError> {
     let mut statement = tx.prepare_cached(
         "SELECT id, delivery_key, idx, webhook_id, event_type, received_at, request_id, event,
-                attempts, sinks_done
+                attempts, sinks_done, sink_attempts
          FROM events
          WHERE state = 'pending' AND next_attempt_unix_ms <= ?1
          ORDER BY seq LIMIT ?2",
@@ -688,6 +893,7 @@ fn due(
             raw: row.get(7)?,
             attempts: row.get(8)?,
             sinks_done: parse_list(&row.get::<_, String>(9)?),
+            sink_attempts: parse_map(&row.get::<_, String>(10)?),
         })
     })?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -696,22 +902,268 @@ fn due(
 fn dead_letters(tx: &Transaction<'_>, limit: usize) -> Result<Vec<DeadLetter>, JournalError> {
     let mut statement = tx.prepare_cached(
         "SELECT id, event_type, delivery_key, received_at, attempts, last_error, failed_sinks,
-                dead_at
+                dead_at, sinks_done, sink_attempts
          FROM events WHERE state = 'dead' ORDER BY seq LIMIT ?1",
     )?;
-    let rows = statement.query_map(params![limit as i64], |row| {
-        Ok(DeadLetter {
-            id: row.get(0)?,
-            event_type: row.get(1)?,
-            delivery_key: row.get(2)?,
-            received_at: row.get(3)?,
-            attempts: row.get(4)?,
-            last_error: row.get(5)?,
-            failed_sinks: parse_list(&row.get::<_, String>(6)?),
-            dead_at: row.get(7)?,
-        })
-    })?;
+    let rows = statement.query_map(params![limit as i64], dead_letter_row)?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+fn dead_letter_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DeadLetter> {
+    Ok(DeadLetter {
+        id: row.get(0)?,
+        event_type: row.get(1)?,
+        delivery_key: row.get(2)?,
+        received_at: row.get(3)?,
+        attempts: row.get(4)?,
+        last_error: row.get(5)?,
+        failed_sinks: parse_list(&row.get::<_, String>(6)?),
+        dead_at: row.get(7)?,
+        sinks_done: parse_list(&row.get::<_, String>(8)?),
+        sink_attempts: parse_map(&row.get::<_, String>(9)?),
+    })
+}
+
+/// Returns how many rows changed (0 when the event is no longer pending).
+fn record_sinks(
+    tx: &Transaction<'_>,
+    id: &str,
+    progress: &SinkProgress,
+    next_ms: Option<i64>,
+) -> Result<usize, JournalError> {
+    let changed = match next_ms {
+        Some(next_ms) => tx.execute(
+            "UPDATE events SET attempts = ?2, next_attempt_unix_ms = ?3, last_error = ?4,
+                sinks_done = ?5, sink_attempts = ?6, failed_sinks = ?7
+             WHERE id = ?1 AND state = 'pending'",
+            params![
+                id,
+                progress.attempts,
+                next_ms,
+                progress.last_error,
+                json_list(&progress.sinks_done),
+                json_map(&progress.sink_attempts),
+                json_list(&progress.sinks_failed)
+            ],
+        )?,
+        None => tx.execute(
+            "UPDATE events SET state = 'dead', attempts = ?2, last_error = ?3, sinks_done = ?4,
+                sink_attempts = ?5, failed_sinks = ?6, dead_at = ?7
+             WHERE id = ?1 AND state = 'pending'",
+            params![
+                id,
+                progress.attempts,
+                progress.last_error,
+                json_list(&progress.sinks_done),
+                json_map(&progress.sink_attempts),
+                json_list(&progress.sinks_failed),
+                rfc3339(Utc::now())
+            ],
+        )?,
+    };
+    Ok(changed)
+}
+
+fn list_dead_letters(
+    tx: &Transaction<'_>,
+    query: &DeadLetterQuery,
+) -> Result<Vec<DeadLetter>, JournalError> {
+    // `record.*` selects a family by prefix; anything else is an exact type.
+    let (exact, family) = match query.event_type.as_deref() {
+        Some(pattern) => match pattern.strip_suffix('*') {
+            Some(prefix) if prefix.ends_with('.') => (None, Some(prefix.to_string())),
+            _ => (Some(pattern.to_string()), None),
+        },
+        None => (None, None),
+    };
+    let mut statement = tx.prepare_cached(
+        "SELECT id, event_type, delivery_key, received_at, attempts, last_error, failed_sinks,
+                dead_at, sinks_done, sink_attempts
+         FROM events
+         WHERE state = 'dead'
+           AND (?1 IS NULL OR EXISTS (SELECT 1 FROM json_each(failed_sinks) WHERE value = ?1))
+           AND (?2 IS NULL OR event_type = ?2)
+           AND (?3 IS NULL OR substr(event_type, 1, length(?3)) = ?3)
+         ORDER BY seq LIMIT ?4",
+    )?;
+    let rows = statement.query_map(
+        params![
+            query.sink,
+            exact,
+            family,
+            query.limit.min(i64::MAX as usize) as i64
+        ],
+        dead_letter_row,
+    )?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+fn stored_event(tx: &Transaction<'_>, id: &str) -> Result<Option<StoredEvent>, JournalError> {
+    let row = tx
+        .query_row(
+            "SELECT id, state, event_type, delivery_key, webhook_id, received_at, request_id,
+                    attempts, last_error, sinks_done, sink_attempts, failed_sinks, dead_at, event
+             FROM events WHERE id = ?1",
+            params![id],
+            |row| {
+                Ok((
+                    StoredEventRow {
+                        id: row.get(0)?,
+                        state: row.get(1)?,
+                        event_type: row.get(2)?,
+                        delivery_key: row.get(3)?,
+                        webhook_id: row.get(4)?,
+                        received_at: row.get(5)?,
+                        request_id: row.get(6)?,
+                        attempts: row.get(7)?,
+                        last_error: row.get(8)?,
+                        sinks_done: parse_list(&row.get::<_, String>(9)?),
+                        sink_attempts: parse_map(&row.get::<_, String>(10)?),
+                        failed_sinks: parse_list(&row.get::<_, String>(11)?),
+                        dead_at: row.get(12)?,
+                    },
+                    row.get::<_, String>(13)?,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((row, raw)) = row else {
+        return Ok(None);
+    };
+    let event = serde_json::value::RawValue::from_string(raw)
+        .map_err(|e| JournalError::Storage(format!("stored event {id} is not JSON: {e}")))?;
+    Ok(Some(StoredEvent {
+        id: row.id,
+        state: row.state,
+        event_type: row.event_type,
+        delivery_key: row.delivery_key,
+        webhook_id: row.webhook_id,
+        received_at: row.received_at,
+        request_id: row.request_id,
+        attempts: row.attempts,
+        last_error: row.last_error,
+        sinks_done: row.sinks_done,
+        sink_attempts: row.sink_attempts,
+        failed_sinks: row.failed_sinks,
+        dead_at: row.dead_at,
+        event,
+    }))
+}
+
+/// [`StoredEvent`] before its JSON is checked.
+struct StoredEventRow {
+    id: String,
+    state: String,
+    event_type: String,
+    delivery_key: String,
+    webhook_id: Option<String>,
+    received_at: String,
+    request_id: Option<String>,
+    attempts: u32,
+    last_error: Option<String>,
+    sinks_done: Vec<String>,
+    sink_attempts: BTreeMap<String, u32>,
+    failed_sinks: Vec<String>,
+    dead_at: Option<String>,
+}
+
+/// (id, state if found, failed sinks, sinks done) of an event named for a replay.
+type ReplayCandidate = (String, Option<String>, Vec<String>, Vec<String>);
+
+fn replay(
+    tx: &Transaction<'_>,
+    selection: &ReplaySelection,
+    sink: Option<&str>,
+) -> Result<ReplayReport, JournalError> {
+    let mut report = ReplayReport::default();
+    let mut candidates: Vec<ReplayCandidate> = Vec::new();
+    match selection {
+        ReplaySelection::All => {
+            let mut statement = tx.prepare_cached(
+                "SELECT id, failed_sinks, sinks_done FROM events WHERE state = 'dead' ORDER BY seq",
+            )?;
+            let rows = statement.query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    Some("dead".to_string()),
+                    parse_list(&row.get::<_, String>(1)?),
+                    parse_list(&row.get::<_, String>(2)?),
+                ))
+            })?;
+            for row in rows {
+                candidates.push(row?);
+            }
+        }
+        ReplaySelection::Ids(ids) => {
+            let mut statement = tx.prepare_cached(
+                "SELECT state, failed_sinks, sinks_done FROM events WHERE id = ?1",
+            )?;
+            for id in ids {
+                let found = statement
+                    .query_row(params![id], |row| {
+                        Ok((
+                            row.get::<_, String>(0)?,
+                            parse_list(&row.get::<_, String>(1)?),
+                            parse_list(&row.get::<_, String>(2)?),
+                        ))
+                    })
+                    .optional()?;
+                match found {
+                    Some((state, failed, done)) => {
+                        candidates.push((id.clone(), Some(state), failed, done))
+                    }
+                    None => candidates.push((id.clone(), None, Vec::new(), Vec::new())),
+                }
+            }
+        }
+    }
+    let mut update = tx.prepare_cached(
+        "UPDATE events SET state = 'pending', attempts = 0, next_attempt_unix_ms = 0,
+            sink_attempts = '{}', failed_sinks = '[]', dead_at = NULL, sinks_done = ?2
+         WHERE id = ?1 AND state = 'dead'",
+    )?;
+    for (id, state, failed, mut done) in candidates {
+        let skip = |reason: String| SkippedReplay {
+            id: id.clone(),
+            reason,
+        };
+        match state.as_deref() {
+            Some("dead") => {}
+            Some(state) => {
+                report
+                    .skipped
+                    .push(skip(format!("not a dead letter (it is {state})")));
+                continue;
+            }
+            None => {
+                report.skipped.push(skip(
+                    "not in the journal (done events are not kept)".to_string(),
+                ));
+                continue;
+            }
+        }
+        if let Some(sink) = sink {
+            if !failed.iter().any(|f| f == sink) {
+                if matches!(selection, ReplaySelection::Ids(_)) {
+                    report.skipped.push(skip(format!(
+                        "did not fail on sink {sink:?} (failed: {})",
+                        failed.join(", ")
+                    )));
+                }
+                continue;
+            }
+            // Only `sink` is tried again: every other sink that failed counts as done.
+            for other in failed.into_iter().filter(|f| f != sink) {
+                if !done.contains(&other) {
+                    done.push(other);
+                }
+            }
+        }
+        if update.execute(params![id, json_list(&done)])? == 1 {
+            report.replayed.push(id);
+        }
+    }
+    Ok(report)
 }
 
 fn dead_deliveries(tx: &Transaction<'_>, limit: usize) -> Result<Vec<DeadDelivery>, JournalError> {
@@ -825,5 +1277,172 @@ mod tests {
         assert_eq!(letters.len(), 1);
         assert_eq!(letters[0].failed_sinks, vec!["b"]);
         assert_eq!(letters[0].last_error.as_deref(), Some("gave up"));
+    }
+
+    fn progress(attempts: u32, done: &[&str], failed: &[&str]) -> SinkProgress {
+        SinkProgress {
+            attempts,
+            last_error: format!("{}: boom", failed.join(",")),
+            sinks_done: done.iter().map(|s| s.to_string()).collect(),
+            sink_attempts: failed.iter().map(|s| (s.to_string(), attempts)).collect(),
+            sinks_failed: failed.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn per_sink_attempts_survive_a_retry_and_reach_the_dead_letter() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = SqliteJournal::open(&dir.path().join("j.sqlite3")).unwrap();
+        journal.append(delivery("k", 1)).await.unwrap();
+        journal
+            .record_sinks("k:0", &progress(1, &["a"], &["b"]), Some(Utc::now()))
+            .await
+            .unwrap();
+        let due = journal.due(10).await.unwrap();
+        assert_eq!(due[0].sink_attempts.get("b"), Some(&1));
+        assert_eq!(due[0].sinks_done, vec!["a"]);
+        journal
+            .record_sinks("k:0", &progress(2, &["a"], &["b"]), None)
+            .await
+            .unwrap();
+        assert_eq!(journal.backlog(), 0);
+        let letters = journal.dead_letters(10).await.unwrap();
+        assert_eq!(letters[0].sink_attempts.get("b"), Some(&2));
+        assert_eq!(letters[0].sinks_done, vec!["a"]);
+        assert_eq!(letters[0].failed_sinks, vec!["b"]);
+    }
+
+    #[tokio::test]
+    async fn dead_letters_are_listed_by_sink_and_event_type() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = SqliteJournal::open(&dir.path().join("j.sqlite3")).unwrap();
+        journal.append(delivery("k", 3)).await.unwrap();
+        journal
+            .record_sinks("k:0", &progress(1, &[], &["a"]), None)
+            .await
+            .unwrap();
+        journal
+            .record_sinks("k:1", &progress(1, &[], &["b"]), None)
+            .await
+            .unwrap();
+        journal
+            .record_sinks("k:2", &progress(1, &[], &["a", "b"]), None)
+            .await
+            .unwrap();
+        let query = |sink: Option<&str>, event_type: Option<&str>| DeadLetterQuery {
+            sink: sink.map(str::to_string),
+            event_type: event_type.map(str::to_string),
+            limit: 10,
+        };
+        let ids = |letters: Vec<DeadLetter>| letters.into_iter().map(|l| l.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(journal.list_dead_letters(&query(None, None)).await.unwrap()).len(),
+            3
+        );
+        assert_eq!(
+            ids(journal
+                .list_dead_letters(&query(Some("a"), None))
+                .await
+                .unwrap()),
+            vec!["k:0", "k:2"]
+        );
+        assert_eq!(
+            ids(journal
+                .list_dead_letters(&query(None, Some("record.*")))
+                .await
+                .unwrap())
+            .len(),
+            3
+        );
+        assert!(journal
+            .list_dead_letters(&query(None, Some("note.*")))
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(journal
+            .list_dead_letters(&query(None, Some("record.created")))
+            .await
+            .unwrap()
+            .is_empty());
+    }
+
+    #[tokio::test]
+    async fn replay_for_one_sink_marks_the_other_failed_sinks_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = SqliteJournal::open(&dir.path().join("j.sqlite3")).unwrap();
+        journal.append(delivery("k", 2)).await.unwrap();
+        journal
+            .record_sinks("k:0", &progress(3, &["ok"], &["a", "b"]), None)
+            .await
+            .unwrap();
+        journal
+            .record_sinks("k:1", &progress(3, &[], &["b"]), None)
+            .await
+            .unwrap();
+        let report = journal
+            .replay(&ReplaySelection::All, Some("a"))
+            .await
+            .unwrap();
+        assert_eq!(report.replayed, vec!["k:0"], "k:1 did not fail on a");
+        assert_eq!(journal.backlog(), 1);
+        let due = journal.due(10).await.unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].attempts, 0);
+        assert!(due[0].sink_attempts.is_empty());
+        assert_eq!(due[0].sinks_done, vec!["ok", "b"]);
+        let report = journal
+            .replay(
+                &ReplaySelection::Ids(vec!["k:0".into(), "k:1".into(), "nope".into()]),
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(report.replayed, vec!["k:1"]);
+        let reasons: Vec<&str> = report.skipped.iter().map(|s| s.reason.as_str()).collect();
+        assert!(reasons[0].contains("pending") && reasons[1].contains("not in the journal"));
+    }
+
+    #[tokio::test]
+    async fn a_replay_by_another_process_is_counted_in_the_backlog() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.sqlite3");
+        let daemon = SqliteJournal::open(&path).unwrap();
+        daemon.append(delivery("k", 1)).await.unwrap();
+        daemon
+            .record_sinks("k:0", &progress(1, &[], &["a"]), None)
+            .await
+            .unwrap();
+        assert_eq!(daemon.backlog(), 0);
+        // The CLI opens its own connection while the daemon's is open.
+        let cli = SqliteJournal::open(&path).unwrap();
+        let report = cli.replay(&ReplaySelection::All, None).await.unwrap();
+        assert_eq!(report.replayed, vec!["k:0"]);
+        cli.close().await;
+        let due = daemon.due(10).await.unwrap();
+        assert_eq!(due.len(), 1, "the daemon sees the replayed event");
+        assert_eq!(daemon.backlog(), 1, "and counts it");
+        daemon.complete("k:0").await.unwrap();
+        assert_eq!(daemon.backlog(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_journal_from_before_per_sink_attempts_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.sqlite3");
+        let old = Connection::open(&path).unwrap();
+        let old_schema = SCHEMA.replace(",\n    sink_attempts TEXT NOT NULL DEFAULT '{}'", "");
+        assert!(!old_schema.contains("sink_attempts"));
+        old.execute_batch(&old_schema).unwrap();
+        old.execute(
+            "INSERT INTO events (id, delivery_key, idx, event_type, received_at, event)
+             VALUES ('k:0', 'k', 0, 'record.updated', 'now', '{}')",
+            [],
+        )
+        .unwrap();
+        drop(old);
+        let journal = SqliteJournal::open(&path).unwrap();
+        let due = journal.due(10).await.unwrap();
+        assert_eq!(due.len(), 1);
+        assert!(due[0].sink_attempts.is_empty());
     }
 }

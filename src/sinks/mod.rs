@@ -2,20 +2,28 @@
 //!
 //! In: a [`SinkLine`] (one event, serialised once). Out: `Ok` when the sink has taken the line,
 //! or a [`SinkError`] that says whether trying again can help. Every sink receives the same
-//! stable event `id`, so a consumer can drop the rare repeat after a crash.
+//! stable event `id`, so a consumer can drop the rare repeat after a crash. One file per kind:
+//! `jsonl`/`stdout` ([`line_writer`]), [`http`], [`redis_stream`], [`command`].
 
+pub mod command;
+pub mod http;
 pub mod line_writer;
+pub mod redis_stream;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::config::SinkSettings;
+use crate::config::{SinkKind, SinkRetrySettings, SinkSettings};
 use crate::journal::JournaledEvent;
 
+pub use command::CommandSink;
+pub use http::HttpSink;
 pub use line_writer::LineWriter;
+pub use redis_stream::RedisStreamSink;
 
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
@@ -23,6 +31,8 @@ pub struct SinkError {
     pub message: String,
     /// Trying again cannot help (for example the receiver refused the event as invalid).
     pub permanent: bool,
+    /// The receiver asked not to be called again before this long (HTTP `Retry-After`).
+    pub retry_after: Option<Duration>,
 }
 
 impl SinkError {
@@ -30,7 +40,21 @@ impl SinkError {
         SinkError {
             message: message.into(),
             permanent: false,
+            retry_after: None,
         }
+    }
+
+    pub fn permanent(message: impl Into<String>) -> SinkError {
+        SinkError {
+            message: message.into(),
+            permanent: true,
+            retry_after: None,
+        }
+    }
+
+    pub fn with_retry_after(mut self, delay: Duration) -> SinkError {
+        self.retry_after = Some(delay);
+        self
     }
 }
 
@@ -62,10 +86,8 @@ impl SinkLine {
         event: &JournaledEvent,
         data: Option<&serde_json::Value>,
     ) -> Result<SinkLine, SinkError> {
-        let raw: Box<RawValue> = serde_json::from_str(&event.raw).map_err(|e| SinkError {
-            message: format!("stored event is not valid JSON: {e}"),
-            permanent: true,
-        })?;
+        let raw: Box<RawValue> = serde_json::from_str(&event.raw)
+            .map_err(|e| SinkError::permanent(format!("stored event is not valid JSON: {e}")))?;
         let fields = SinkLineFields {
             id: &event.id,
             event_type: &event.event_type,
@@ -75,10 +97,8 @@ impl SinkLine {
             event: &raw,
             data,
         };
-        let json = serde_json::to_vec(&fields).map_err(|e| SinkError {
-            message: format!("cannot serialise the sink line: {e}"),
-            permanent: true,
-        })?;
+        let json = serde_json::to_vec(&fields)
+            .map_err(|e| SinkError::permanent(format!("cannot serialise the sink line: {e}")))?;
         Ok(SinkLine {
             id: Arc::from(event.id.as_str()),
             event_type: Arc::from(event.event_type.as_str()),
@@ -91,18 +111,30 @@ impl SinkLine {
 pub enum Sink {
     Jsonl(LineWriter),
     Stdout(LineWriter),
+    Http(HttpSink),
+    RedisStream(RedisStreamSink),
+    Command(CommandSink),
 }
 
 impl Sink {
     pub fn open(name: &str, settings: &SinkSettings) -> Result<Sink, SinkError> {
-        match settings {
-            SinkSettings::Jsonl { path } => LineWriter::append_to_file(path)
-                .map(Sink::Jsonl)
-                .map_err(|e| SinkError {
-                    message: format!("sinks.{name}: cannot open {}: {e}", path.display()),
-                    permanent: true,
-                }),
-            SinkSettings::Stdout {} => Ok(Sink::Stdout(LineWriter::stdout())),
+        match &settings.kind {
+            SinkKind::Jsonl { path } => {
+                LineWriter::append_to_file(path)
+                    .map(Sink::Jsonl)
+                    .map_err(|e| {
+                        SinkError::permanent(format!(
+                            "sinks.{name}: cannot open {}: {e}",
+                            path.display()
+                        ))
+                    })
+            }
+            SinkKind::Stdout {} => Ok(Sink::Stdout(LineWriter::stdout())),
+            SinkKind::Http(http) => HttpSink::open(name, http).map(Sink::Http),
+            SinkKind::RedisStream(stream) => {
+                RedisStreamSink::open(name, stream).map(Sink::RedisStream)
+            }
+            SinkKind::Command(command) => Ok(Sink::Command(CommandSink::open(name, command))),
         }
     }
 
@@ -110,33 +142,45 @@ impl Sink {
         match self {
             Sink::Jsonl(_) => "jsonl",
             Sink::Stdout(_) => "stdout",
+            Sink::Http(_) => "http",
+            Sink::RedisStream(_) => "redis_stream",
+            Sink::Command(_) => "command",
         }
     }
 
-    pub async fn deliver(&self, line: &SinkLine) -> Result<(), SinkError> {
+    /// Delivers one event; `attempt` counts from 1 for this event at this sink.
+    pub async fn deliver(&self, line: &SinkLine, attempt: u32) -> Result<(), SinkError> {
         match self {
             Sink::Jsonl(writer) | Sink::Stdout(writer) => {
                 writer.write_line(line.json.clone()).await
             }
+            Sink::Http(http) => http.deliver(line, attempt).await,
+            Sink::RedisStream(stream) => stream.deliver(line).await,
+            Sink::Command(command) => command.deliver(line, attempt).await,
         }
     }
 }
 
-/// Every sink, by name.
+/// Every sink, by name, with its retry overrides.
 pub struct Sinks {
-    sinks: BTreeMap<String, Sink>,
+    sinks: BTreeMap<String, (Sink, SinkRetrySettings)>,
 }
 
 impl Sinks {
     pub fn open(settings: &BTreeMap<String, SinkSettings>) -> Result<Sinks, SinkError> {
         let mut sinks = BTreeMap::new();
         for (name, sink) in settings {
-            sinks.insert(name.clone(), Sink::open(name, sink)?);
+            sinks.insert(name.clone(), (Sink::open(name, sink)?, sink.retry.clone()));
         }
         Ok(Sinks { sinks })
     }
 
     pub fn get(&self, name: &str) -> Option<&Sink> {
-        self.sinks.get(name)
+        self.sinks.get(name).map(|(sink, _)| sink)
+    }
+
+    /// The sink's own `attempts`/`retry_*` keys (unset ones fall back to `[worker]`).
+    pub fn retry(&self, name: &str) -> Option<&SinkRetrySettings> {
+        self.sinks.get(name).map(|(_, retry)| retry)
     }
 }

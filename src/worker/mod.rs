@@ -1,9 +1,12 @@
 //! The worker: drives each accepted event through dedupe, routing and the sinks.
 //!
 //! In: events handed over by ingress on a bounded channel, and events found in the journal (left
-//! over from a restart, overflowed from the channel, or due for a retry). Out: the event marked
-//! done in the journal, rescheduled with backoff, or moved to the dead letters after
-//! `worker.max_attempts`. Nothing here holds the only copy of an event: the journal does.
+//! over from a restart, overflowed from the channel, due for a retry, or replayed from the dead
+//! letters). Out: the event marked done in the journal, rescheduled with backoff, or moved to
+//! the dead letters. Failures are counted per sink: a retry goes only to the sinks that have not
+//! taken the event yet, each with its own `attempts` and backoff (default `[worker]`); the
+//! event is dead-lettered as soon as a failing sink used up its attempts or failed permanently.
+//! Nothing here holds the only copy of an event: the journal does.
 //!
 //! The loop is the same for both journals. With the embedded one, ingress hands events over on
 //! the channel and `due()` finds leftovers and retries. With the Redis one, ingress only wakes the
@@ -21,12 +24,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::config::WorkerSettings;
+use crate::config::{RetryPolicy, WorkerSettings};
 use crate::dedupe::{ClaimOutcome, DedupeStore};
 use crate::event::EventKind;
-use crate::journal::{Journal, JournaledEvent};
+use crate::journal::{Journal, JournaledEvent, SinkProgress};
 use crate::routing::RouteTable;
-use crate::sinks::{SinkLine, Sinks};
+use crate::sinks::{SinkError, SinkLine, Sinks};
 
 /// How soon an event is looked at again when the dedupe store could not be reached. Such
 /// failures do not count as attempts: an outage of Redis must not dead-letter events.
@@ -267,6 +270,33 @@ pub enum Outcome {
 
 /// Drives one event through dedupe, routing and delivery, and records the outcome.
 pub async fn process(pipeline: &Pipeline, event: &JournaledEvent) -> Outcome {
+    let outcome = attempt(pipeline, event).await;
+    let label = match &outcome {
+        Outcome::Delivered { .. } => "delivered",
+        Outcome::Duplicate => {
+            metrics::counter!(crate::metrics::DEDUPE_HITS).increment(1);
+            "duplicate"
+        }
+        Outcome::Deferred => "deferred",
+        Outcome::Retrying { .. } => "retrying",
+        Outcome::DeadLettered => {
+            metrics::counter!(crate::metrics::DEAD_LETTERS).increment(1);
+            "dead_lettered"
+        }
+    };
+    // Unknown types share one label so a flood of odd names cannot blow up the series count.
+    let kind = EventKind::parse(&event.event_type);
+    let kind = if kind.is_known() {
+        kind.as_str().to_string()
+    } else {
+        "unknown".to_string()
+    };
+    metrics::counter!(crate::metrics::EVENTS_PROCESSED, "kind" => kind, "outcome" => label)
+        .increment(1);
+    outcome
+}
+
+async fn attempt(pipeline: &Pipeline, event: &JournaledEvent) -> Outcome {
     let token = match pipeline.dedupe.claim(&event.id).await {
         Ok(ClaimOutcome::Fresh(token)) => token,
         Ok(ClaimOutcome::Duplicate) => {
@@ -296,35 +326,60 @@ pub async fn process(pipeline: &Pipeline, event: &JournaledEvent) -> Outcome {
     if !kind.is_known() {
         tracing::debug!("event type unknown to this version; routed by name");
     }
-    let targets = pipeline.routes.sinks_for(kind.as_str());
-    let mut sinks_done = event.sinks_done.clone();
-    let mut failures: Vec<(String, String, bool)> = Vec::new();
-    if !targets.is_empty() {
+    let targets = pipeline.routes.sinks_for(kind.as_str(), &event.raw);
+    let mut progress = SinkProgress {
+        attempts: event.attempts,
+        last_error: String::new(),
+        sinks_done: event.sinks_done.clone(),
+        sink_attempts: event.sink_attempts.clone(),
+        sinks_failed: Vec::new(),
+    };
+    let pending: Vec<&str> = targets
+        .iter()
+        .copied()
+        .filter(|n| !progress.sinks_done.iter().any(|d| d == n))
+        .collect();
+    let mut failures: Vec<(String, SinkError)> = Vec::new();
+    if pending.is_empty() {
+        if targets.is_empty() {
+            tracing::debug!("no route matches; nothing to deliver");
+        }
+    } else {
         match SinkLine::build(event, None) {
             Ok(line) => {
-                let pending: Vec<&str> = targets
-                    .iter()
-                    .copied()
-                    .filter(|n| !sinks_done.iter().any(|d| d == n))
-                    .collect();
                 for name in pending {
-                    let Some(sink) = pipeline.sinks.get(name) else {
-                        failures.push((name.to_string(), "sink is not configured".into(), true));
-                        continue;
+                    let result = match pipeline.sinks.get(name) {
+                        Some(sink) => {
+                            let attempt =
+                                progress.sink_attempts.get(name).copied().unwrap_or(0) + 1;
+                            sink.deliver(&line, attempt).await
+                        }
+                        None => Err(SinkError::permanent("sink is not configured")),
                     };
-                    match sink.deliver(&line).await {
-                        Ok(()) => sinks_done.push(name.to_string()),
+                    metrics::counter!(
+                        crate::metrics::SINK_DELIVERIES,
+                        "sink" => name.to_string(),
+                        "outcome" => if result.is_ok() { "ok" } else { "error" }
+                    )
+                    .increment(1);
+                    match result {
+                        Ok(()) => progress.sinks_done.push(name.to_string()),
                         Err(error) => {
-                            tracing::warn!(sink = %name, %error, "sink delivery failed");
-                            failures.push((name.to_string(), error.message, error.permanent));
+                            tracing::warn!(sink = %name, %error, permanent = error.permanent, "sink delivery failed");
+                            *progress.sink_attempts.entry(name.to_string()).or_insert(0) += 1;
+                            failures.push((name.to_string(), error));
                         }
                     }
                 }
             }
-            Err(error) => failures.push(("*".to_string(), error.message, true)),
+            // The event itself cannot be turned into a line: no sink can take it.
+            Err(error) => {
+                for name in pending {
+                    *progress.sink_attempts.entry(name.to_string()).or_insert(0) += 1;
+                    failures.push((name.to_string(), error.clone()));
+                }
+            }
         }
-    } else {
-        tracing::debug!("no route matches; nothing to deliver");
     }
 
     if failures.is_empty() {
@@ -334,43 +389,70 @@ pub async fn process(pipeline: &Pipeline, event: &JournaledEvent) -> Outcome {
             tracing::warn!(%error, "could not record the event as done in the dedupe store");
         }
         record(pipeline.journal.complete(&event.id).await);
-        tracing::info!(sinks = sinks_done.len(), "event delivered");
+        tracing::info!(sinks = progress.sinks_done.len(), "event delivered");
         return Outcome::Delivered {
-            sinks: sinks_done.len(),
+            sinks: progress.sinks_done.len(),
         };
     }
 
     if let Err(error) = pipeline.dedupe.release(&event.id, &token).await {
         tracing::warn!(%error, "could not release the claim; it expires after its lease");
     }
-    let attempts = event.attempts + 1;
-    let last_error = failures
+    progress.attempts = event.attempts + 1;
+    progress.last_error = failures
         .iter()
-        .map(|(sink, message, _)| format!("{sink}: {message}"))
+        .map(|(sink, error)| format!("{sink}: {}", error.message))
         .collect::<Vec<_>>()
         .join("; ");
-    let permanent = failures.iter().all(|(_, _, permanent)| *permanent);
-    if attempts >= pipeline.settings.max_attempts || permanent {
-        let failed: Vec<String> = failures.into_iter().map(|(sink, _, _)| sink).collect();
-        tracing::error!(attempts, error = %last_error, "event moved to the dead letters");
+    progress.sinks_failed = failures.iter().map(|(sink, _)| sink.clone()).collect();
+    let policy = |sink: &str| match pipeline.sinks.retry(sink) {
+        Some(retry) => RetryPolicy::resolve(retry, &pipeline.settings),
+        None => RetryPolicy::resolve(&Default::default(), &pipeline.settings),
+    };
+    let exhausted = failures.iter().any(|(sink, error)| {
+        error.permanent
+            || progress.sink_attempts.get(sink).copied().unwrap_or(0) >= policy(sink).attempts
+    });
+    if exhausted {
+        tracing::error!(
+            attempts = progress.attempts,
+            error = %progress.last_error,
+            "event moved to the dead letters"
+        );
         record(
             pipeline
                 .journal
-                .dead_letter(&event.id, attempts, &last_error, &failed, &sinks_done)
+                .dead_letter_sinks(&event.id, &progress)
                 .await,
         );
         return Outcome::DeadLettered;
     }
-    let delay = backoff(&pipeline.settings, attempts);
-    tracing::warn!(attempts, retry_in = ?delay, error = %last_error, "event will be retried");
+    // Several failing sinks: come back after the shortest of their backoffs.
+    let delay = failures
+        .iter()
+        .map(|(sink, error)| {
+            let attempts = progress.sink_attempts.get(sink).copied().unwrap_or(1);
+            let delay = backoff_with(&policy(sink), attempts);
+            error.retry_after.map_or(delay, |asked| delay.max(asked))
+        })
+        .min()
+        .unwrap_or(pipeline.settings.retry_initial);
+    tracing::warn!(
+        attempts = progress.attempts,
+        retry_in = ?delay,
+        error = %progress.last_error,
+        "event will be retried for the sinks that failed"
+    );
     let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
     record(
         pipeline
             .journal
-            .reschedule(&event.id, attempts, next, Some(&last_error), &sinks_done)
+            .retry_sinks(&event.id, &progress, next)
             .await,
     );
-    Outcome::Retrying { attempts }
+    Outcome::Retrying {
+        attempts: progress.attempts,
+    }
 }
 
 async fn defer(pipeline: &Pipeline, event: &JournaledEvent, delay: Duration, error: Option<&str>) {
@@ -393,11 +475,19 @@ fn record(result: Result<(), crate::journal::JournalError>) {
 /// Exponential backoff from `retry_initial`, capped at `retry_max`, with jitter over the upper
 /// half so that retries of many events spread out but never come back at once.
 pub fn backoff(settings: &WorkerSettings, attempts: u32) -> Duration {
+    backoff_with(
+        &RetryPolicy::resolve(&Default::default(), settings),
+        attempts,
+    )
+}
+
+/// [`backoff`] for one sink's policy.
+pub fn backoff_with(policy: &RetryPolicy, attempts: u32) -> Duration {
     let exponent = attempts.saturating_sub(1).min(30);
-    let ceiling = settings
-        .retry_initial
+    let ceiling = policy
+        .initial
         .saturating_mul(1u32 << exponent)
-        .min(settings.retry_max);
+        .min(policy.max);
     let half = ceiling / 2;
     let jitter = rand::rng().random_range(0..=half.as_millis() as u64);
     half + Duration::from_millis(jitter)

@@ -1,5 +1,5 @@
 //! The deployment files under deploy/: every YAML file parses, and the compose file, the
-//! Kubernetes manifests, the Caddyfile and the Dockerfile agree with each other and with the
+//! Kubernetes manifests, the Caddyfile and the repository's Dockerfile agree with each other and with the
 //! daemon (probe paths, ports, image, replicas, config that the daemon accepts).
 
 use std::collections::BTreeMap;
@@ -73,9 +73,10 @@ fn seq<'a>(value: &'a Value, what: &str) -> &'a Vec<Value> {
         .unwrap_or_else(|| panic!("{what} should be a list, got {value:?}"))
 }
 
-/// The port the Dockerfile exposes: the one every other file must use.
+/// The port the image (the repository's Dockerfile) exposes: the one every other file must use.
 fn exposed_port() -> u64 {
-    let dockerfile = std::fs::read_to_string(deploy_dir().join("Dockerfile")).unwrap();
+    let dockerfile =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Dockerfile")).unwrap();
     dockerfile
         .lines()
         .find_map(|l| l.strip_prefix("EXPOSE "))

@@ -126,10 +126,12 @@ impl TestAppBuilder {
             .unwrap_or_else(|e| panic!("test settings invalid: {e}\n{toml}"));
         let application = Application::build(settings).await.expect("app builds");
         let addr = application.local_addr().unwrap();
+        let admin_addr = application.admin_addr();
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(application.run(shutdown.clone()));
         TestApp {
             addr,
+            admin_addr,
             dir,
             sink_path,
             storage,
@@ -145,6 +147,7 @@ impl TestAppBuilder {
 /// A daemon running inside the test process.
 pub struct TestApp {
     pub addr: SocketAddr,
+    pub admin_addr: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
     pub sink_path: PathBuf,
     pub storage: PathBuf,

@@ -6,5 +6,7 @@ mod helpers;
 mod deploy;
 mod ingress;
 mod lifecycle;
+mod observability;
 mod pipeline;
 mod scale_out;
+mod sinks;

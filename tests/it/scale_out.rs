@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use attio_webhooks::journal::RedisJournal;
+use attio_webhooks::journal::{RedisJournal, ReplaySelection};
 use secrecy::SecretString;
 use serde_json::Value;
 
@@ -123,13 +123,11 @@ async fn a_failing_sink_is_retried_then_dead_lettered_in_redis_and_replay_puts_i
     assert_eq!(readiness["checks"]["backlog"], 0);
 
     // Replayed, it runs again (and fails again on /dev/full), without repeating the good sink.
-    assert_eq!(
-        journal
-            .replay(Some(vec!["doomed:0".to_string()]), None)
-            .await
-            .unwrap(),
-        1
-    );
+    let report = journal
+        .replay(&ReplaySelection::Ids(vec!["doomed:0".to_string()]), None)
+        .await
+        .unwrap();
+    assert_eq!(report.replayed, vec!["doomed:0"]);
     let deadline = Instant::now() + Duration::from_secs(15);
     let again = loop {
         tokio::time::sleep(Duration::from_millis(100)).await;

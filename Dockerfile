@@ -1,0 +1,35 @@
+# syntax=docker/dockerfile:1
+# Build: docker build -t attio-webhooks .
+# Run:   docker run -p 8080:8080 -e ATTIO_WEBHOOK_SECRET=... -v attio-data:/data attio-webhooks
+
+FROM rust:1-slim-bookworm AS build
+RUN apt-get update && apt-get install -y --no-install-recommends pkg-config libssl-dev \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+# Dependencies first, so source changes do not rebuild them.
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+    && mkdir -p tests/it && touch tests/it/main.rs \
+    && mkdir -p config && touch config/default.toml \
+    && cargo build --release --locked --bin attio-webhooks || true
+COPY . .
+RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin attio-webhooks
+
+FROM debian:bookworm-slim
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libssl3 curl \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin attio
+WORKDIR /app
+COPY --from=build /src/target/release/attio-webhooks /usr/local/bin/attio-webhooks
+COPY config ./config
+RUN mkdir -p /data && chown attio /data
+USER attio
+ENV APP_ENV=production \
+    ATTIO_WEBHOOKS__SERVER__LISTEN=0.0.0.0:8080 \
+    ATTIO_WEBHOOKS__STORAGE__PATH=/data
+VOLUME ["/data"]
+EXPOSE 8080
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+    CMD curl -fsS http://127.0.0.1:8080/healthz || exit 1
+ENTRYPOINT ["attio-webhooks"]
+CMD ["serve"]

@@ -1,0 +1,101 @@
+//! Metrics: the Prometheus registry and the names every stage reports under.
+//!
+//! In: counters, gauges and histograms recorded with the `metrics` crate's macros anywhere in the
+//! pipeline. Out: the Prometheus text exposition served at `GET /metrics` (on the main listener,
+//! or on `admin.listen` when set). The recorder is installed once per process.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Deliveries received, by outcome: accepted, duplicate, unauthorized, too_large, malformed,
+/// unavailable, bad_request.
+pub const DELIVERIES: &str = "attio_webhooks_deliveries_total";
+/// Time from request start to answer, seconds.
+pub const INGRESS_DURATION: &str = "attio_webhooks_ingress_duration_seconds";
+/// Events through the worker, by kind and outcome: delivered, duplicate, deferred, retrying,
+/// dead_lettered.
+pub const EVENTS_PROCESSED: &str = "attio_webhooks_events_processed_total";
+/// Events skipped because the dedupe store had them as done.
+pub const DEDUPE_HITS: &str = "attio_webhooks_dedupe_hits_total";
+/// Events pending in the journal.
+pub const JOURNAL_BACKLOG: &str = "attio_webhooks_journal_backlog";
+/// Age of the oldest pending event, seconds (0 when none).
+pub const OLDEST_PENDING_AGE: &str = "attio_webhooks_journal_oldest_pending_age_seconds";
+/// Events moved to the dead letters.
+pub const DEAD_LETTERS: &str = "attio_webhooks_dead_letters_total";
+/// Deliveries to sinks, by sink and outcome (ok, error).
+pub const SINK_DELIVERIES: &str = "attio_webhooks_sink_deliveries_total";
+/// Requests to Attio's API, by endpoint and status.
+pub const ATTIO_REQUESTS: &str = "attio_webhooks_attio_requests_total";
+/// Retries of Attio requests, by endpoint.
+pub const ATTIO_RETRIES: &str = "attio_webhooks_attio_retries_total";
+/// Seconds spent waiting for the client-side rate limiter.
+pub const ATTIO_RATE_LIMIT_WAIT: &str = "attio_webhooks_attio_rate_limit_wait_seconds_total";
+/// Time to enrich one event, seconds.
+pub const ENRICHMENT_DURATION: &str = "attio_webhooks_enrichment_duration_seconds";
+
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// The process-wide Prometheus handle, installing the recorder on first use. `None` when another
+/// recorder was installed first (metrics then go there).
+pub fn handle() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".to_string()), &LATENCY_BUCKETS)
+                .ok()?;
+            match builder.install_recorder() {
+                Ok(handle) => {
+                    describe();
+                    Some(handle)
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "metrics recorder not installed");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+fn describe() {
+    metrics::describe_counter!(DELIVERIES, "Deliveries received, by outcome");
+    metrics::describe_histogram!(
+        INGRESS_DURATION,
+        metrics::Unit::Seconds,
+        "Time to verify, journal and answer a delivery"
+    );
+    metrics::describe_counter!(
+        EVENTS_PROCESSED,
+        "Events through the worker, by kind and outcome"
+    );
+    metrics::describe_counter!(DEDUPE_HITS, "Events skipped as already processed");
+    metrics::describe_gauge!(JOURNAL_BACKLOG, "Events pending in the journal");
+    metrics::describe_gauge!(
+        OLDEST_PENDING_AGE,
+        metrics::Unit::Seconds,
+        "Age of the oldest pending event"
+    );
+    metrics::describe_counter!(DEAD_LETTERS, "Events moved to the dead letters");
+    metrics::describe_counter!(SINK_DELIVERIES, "Deliveries to sinks, by sink and outcome");
+    metrics::describe_counter!(
+        ATTIO_REQUESTS,
+        "Requests to Attio's API, by endpoint and status"
+    );
+    metrics::describe_counter!(ATTIO_RETRIES, "Retries of Attio requests, by endpoint");
+    metrics::describe_counter!(
+        ATTIO_RATE_LIMIT_WAIT,
+        metrics::Unit::Seconds,
+        "Time spent waiting for the client-side rate limiter"
+    );
+    metrics::describe_histogram!(
+        ENRICHMENT_DURATION,
+        metrics::Unit::Seconds,
+        "Time to enrich one event"
+    );
+}

@@ -1,0 +1,299 @@
+//! The `http` sink: POSTs each event's line as JSON to a URL, signed the Standard Webhooks way.
+//!
+//! In: a [`SinkLine`] and the attempt number. Out: `Ok` on any 2xx; a transient [`SinkError`] on
+//! 5xx, 429 (carrying `Retry-After`), timeouts and connection errors; a permanent one on every
+//! other status (a receiver that refuses an event with 4xx will refuse it again). Headers:
+//! `webhook-id` (the stable event id), `webhook-timestamp` (unix seconds), and with a `secret`
+//! `webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">`, so receivers verify
+//! with any Standard Webhooks library. One `reqwest::Client` (one connection pool) per sink.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use bytes::Bytes;
+use hmac::{Hmac, KeyInit, Mac};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use secrecy::{ExposeSecret, SecretSlice};
+use sha2::Sha256;
+use tokio::sync::Semaphore;
+
+use super::{SinkError, SinkLine};
+use crate::config::HttpSinkSettings;
+
+/// The prefix of a Standard Webhooks secret; the rest is the base64 of the key.
+pub const SECRET_PREFIX: &str = "whsec_";
+/// Header carrying the attempt number (1 for the first try) of this event at this sink.
+pub const ATTEMPT_HEADER: &str = "attio-webhooks-attempt";
+/// Most bytes of a refusing receiver's answer quoted in the error.
+const ERROR_BODY_LIMIT: usize = 200;
+/// A `Retry-After` beyond this is not honoured as such: the sink's own backoff applies.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
+
+const RESERVED_HEADERS: [&str; 5] = [
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "content-type",
+    ATTEMPT_HEADER,
+];
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The signing key of a `whsec_<base64>` secret. The error never repeats the secret.
+pub fn decode_secret(secret: &str) -> Result<Vec<u8>, String> {
+    let Some(encoded) = secret.trim().strip_prefix(SECRET_PREFIX) else {
+        return Err(format!(
+            "must be a Standard Webhooks secret: {SECRET_PREFIX} followed by base64, for example \
+             \"{SECRET_PREFIX}$(openssl rand -base64 32)\""
+        ));
+    };
+    let key = BASE64
+        .decode(encoded)
+        .map_err(|_| format!("the part after {SECRET_PREFIX} is not valid base64"))?;
+    if key.is_empty() {
+        return Err(format!("has no key after {SECRET_PREFIX}"));
+    }
+    Ok(key)
+}
+
+/// Checks one configured static header.
+pub fn check_header(name: &str, value: &str) -> Result<(), String> {
+    let parsed = HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| format!("{name:?} is not a valid header name"))?;
+    if RESERVED_HEADERS.contains(&parsed.as_str()) {
+        return Err(format!("{name:?} is set by the sink itself"));
+    }
+    HeaderValue::from_str(value).map_err(|_| "is not a valid header value".to_string())?;
+    Ok(())
+}
+
+/// `v1,<base64 HMAC-SHA256(key, "{id}.{timestamp}.{body}")>`.
+pub fn signature(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> Result<String, SinkError> {
+    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(key)
+        .map_err(|_| SinkError::permanent("the signing key cannot be used for HMAC"))?;
+    mac.update(id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    Ok(format!(
+        "v1,{}",
+        BASE64.encode(mac.finalize().into_bytes().as_slice())
+    ))
+}
+
+pub struct HttpSink {
+    client: reqwest::Client,
+    url: reqwest::Url,
+    key: Option<SecretSlice<u8>>,
+    headers: HeaderMap,
+    timeout: Duration,
+    limit: Option<Arc<Semaphore>>,
+}
+
+impl HttpSink {
+    pub fn open(name: &str, settings: &HttpSinkSettings) -> Result<HttpSink, SinkError> {
+        let invalid = |key: &str, problem: String| {
+            SinkError::permanent(format!("sinks.{name}.{key}: {problem}"))
+        };
+        let url = reqwest::Url::parse(&settings.url)
+            .map_err(|e| invalid("url", format!("is not a URL: {e}")))?;
+        let key = match &settings.secret {
+            Some(secret) => Some(SecretSlice::from(
+                decode_secret(secret.expose_secret()).map_err(|p| invalid("secret", p))?,
+            )),
+            None => None,
+        };
+        let mut headers = HeaderMap::new();
+        for (header, value) in &settings.headers {
+            check_header(header, value.expose_secret())
+                .map_err(|p| invalid(&format!("headers.{header}"), p))?;
+            let name = HeaderName::from_bytes(header.as_bytes())
+                .map_err(|_| invalid("headers", format!("{header:?} is not a header name")))?;
+            let mut value = HeaderValue::from_str(value.expose_secret())
+                .map_err(|_| invalid(&format!("headers.{header}"), "bad value".to_string()))?;
+            // Static headers often carry credentials: keep them out of any debug output.
+            value.set_sensitive(true);
+            headers.insert(name, value);
+        }
+        let client = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
+            // A redirected POST would silently turn into a GET elsewhere: refuse instead.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("attio-webhooks/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| SinkError::permanent(format!("sinks.{name}: cannot build client: {e}")))?;
+        Ok(HttpSink {
+            client,
+            url,
+            key,
+            headers,
+            timeout: settings.timeout,
+            limit: settings
+                .max_concurrency
+                .map(|n| Arc::new(Semaphore::new(n.max(1)))),
+        })
+    }
+
+    pub async fn deliver(&self, line: &SinkLine, attempt: u32) -> Result<(), SinkError> {
+        let _permit = match &self.limit {
+            Some(limit) => Some(
+                limit
+                    .acquire()
+                    .await
+                    .map_err(|_| SinkError::transient("sink is shutting down"))?,
+            ),
+            None => None,
+        };
+        let timestamp = chrono::Utc::now().timestamp();
+        let id = HeaderValue::from_str(&line.id).map_err(|_| {
+            SinkError::permanent("the event id cannot be sent as a webhook-id header")
+        })?;
+        let mut request = self
+            .client
+            .post(self.url.clone())
+            .headers(self.headers.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .header("webhook-id", id)
+            .header("webhook-timestamp", timestamp)
+            .header(ATTEMPT_HEADER, attempt);
+        if let Some(key) = &self.key {
+            let signature = signature(key.expose_secret(), &line.id, timestamp, &line.json)?;
+            request = request.header("webhook-signature", signature);
+        }
+        let response = request
+            .body(Bytes::from_owner(line.json.clone()))
+            .send()
+            .await
+            .map_err(|error| self.request_error(error))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let retry_after = retry_after(response.headers());
+        let excerpt = error_excerpt(response).await;
+        let message = format!("receiver answered {status}{excerpt}");
+        if status.as_u16() == 429 || status.is_server_error() {
+            let error = SinkError::transient(message);
+            Err(match retry_after {
+                Some(delay) => error.with_retry_after(delay),
+                None => error,
+            })
+        } else if status.is_redirection() {
+            Err(SinkError::permanent(format!(
+                "{message}; redirects are not followed, configure the final URL"
+            )))
+        } else {
+            Err(SinkError::permanent(message))
+        }
+    }
+
+    fn request_error(&self, error: reqwest::Error) -> SinkError {
+        // The URL may carry a token in its query: never repeat it.
+        let error = error.without_url();
+        if error.is_timeout() {
+            SinkError::transient(format!(
+                "no answer within {}",
+                humantime::format_duration(self.timeout)
+            ))
+        } else if error.is_connect() {
+            SinkError::transient(format!("cannot connect: {}", error_chain(&error)))
+        } else {
+            SinkError::transient(format!("request failed: {}", error_chain(&error)))
+        }
+    }
+}
+
+/// The error and its causes on one line ("error sending request: connection refused").
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// `Retry-After` as delta-seconds or an HTTP date.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    let delay = match value.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => httpdate::parse_http_date(value)
+            .ok()?
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    };
+    (delay <= MAX_RETRY_AFTER).then_some(delay)
+}
+
+/// The start of a refusing receiver's answer, on one line, for the error message.
+async fn error_excerpt(mut response: reqwest::Response) -> String {
+    let mut body = Vec::new();
+    while body.len() < ERROR_BODY_LIMIT {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    let text: String = String::from_utf8_lossy(&body)
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(ERROR_BODY_LIMIT)
+        .collect();
+    let text = text.trim();
+    if text.is_empty() {
+        String::new()
+    } else {
+        format!(": {text}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn standard_webhooks_secrets_are_decoded_and_others_refused() {
+        assert_eq!(
+            decode_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap(),
+            BASE64.decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap()
+        );
+        let error = decode_secret("plain-text-secret").unwrap_err();
+        assert!(error.contains("whsec_") && !error.contains("plain-text-secret"));
+        assert!(decode_secret("whsec_not*base64").is_err());
+        assert!(decode_secret("whsec_").is_err());
+    }
+
+    #[test]
+    fn signature_matches_the_standard_webhooks_reference_vector() {
+        // The example of the Standard Webhooks specification and its reference libraries.
+        let key = decode_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let signature = signature(
+            &key,
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            1614265330,
+            br#"{"test": 2432232314}"#,
+        )
+        .unwrap();
+        assert_eq!(signature, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
+        let soon = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(30));
+        headers.insert(RETRY_AFTER, HeaderValue::from_str(&soon).unwrap());
+        let delay = retry_after(&headers).unwrap();
+        assert!(delay > Duration::from_secs(25) && delay <= Duration::from_secs(30));
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&headers), None);
+    }
+}
