@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use attio_webhooks::journal::{RedisJournal, ReplaySelection};
+use attio_webhooks::journal::RedisJournal;
 use secrecy::SecretString;
 use serde_json::Value;
 
@@ -122,12 +122,25 @@ async fn a_failing_sink_is_retried_then_dead_lettered_in_redis_and_replay_puts_i
     let (_, readiness) = ready(&app.client, &app.url("/readyz")).await;
     assert_eq!(readiness["checks"]["backlog"], 0);
 
-    // Replayed, it runs again (and fails again on /dev/full), without repeating the good sink.
-    let report = journal
-        .replay(&ReplaySelection::Ids(vec!["doomed:0".to_string()]), None)
-        .await
-        .unwrap();
-    assert_eq!(report.replayed, vec!["doomed:0"]);
+    // The dead-letters command sees it in Redis, and its replay runs it again (failing again on
+    // /dev/full) without repeating the good sink.
+    let config = dir.path().join("cli.toml");
+    std::fs::write(
+        &config,
+        format!("{}{routes}", redis_queue(REDIS_URL, &prefix)),
+    )
+    .unwrap();
+    let (code, listed, errors) = cli(&["dead-letters", "list", "--json"], &config);
+    assert_eq!(code, 0, "{errors}");
+    let listed: Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed[0]["id"], "doomed:0");
+    assert_eq!(listed[0]["failed_sinks"][0], "full");
+    let (code, replayed, errors) = cli(&["dead-letters", "replay", "doomed:0"], &config);
+    assert_eq!(code, 0, "{errors}");
+    assert!(replayed.contains("replayed doomed:0"), "{replayed}");
+    let (code, _, errors) = cli(&["dead-letters", "replay", "gone:0"], &config);
+    assert_eq!(code, 1, "an unknown id is reported: {errors}");
+    assert!(errors.contains("not in the journal"), "{errors}");
     let deadline = Instant::now() + Duration::from_secs(15);
     let again = loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -142,6 +155,29 @@ async fn a_failing_sink_is_retried_then_dead_lettered_in_redis_and_replay_puts_i
         "back in the dead letters after three more attempts"
     );
     assert_eq!(read_jsonl(&good).len(), 1, "the good sink is not repeated");
+}
+
+/// Runs the binary with `--config` to completion: (exit code, stdout, stderr).
+fn cli(args: &[&str], config: &Path) -> (i32, String, String) {
+    let output = Command::new(crate::helpers::binary())
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env("APP_ENV", "test")
+        .env(
+            "APP_CONFIG_DIR",
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("config"),
+        )
+        .env_remove("REDIS_URL")
+        .env_remove("ATTIO_WEBHOOK_SECRET")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 /// One replica of the daemon as a child process, on the shared Redis queue.
