@@ -270,7 +270,7 @@ async fn upkeep(journal: Journal, keep: Duration, stop: CancellationToken) {
             _ = interval.tick() => {
                 match journal.purge(keep).await {
                     Ok(0) => {}
-                    Ok(purged) => tracing::info!(purged, "purged expired delivery keys and dedupe marks"),
+                    Ok(purged) => tracing::info!(purged, journal = journal.name(), "purged expired journal entries"),
                     Err(error) => tracing::warn!(%error, "purge of expired keys failed"),
                 }
             }
