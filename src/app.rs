@@ -14,8 +14,10 @@ use std::future::IntoFuture;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::attio::AttioClient;
 use crate::config::{QueueBackend, Settings};
 use crate::dedupe::{self, DedupeStore, EmbeddedDedupe, RedisDedupe};
+use crate::enrich::Enricher;
 use crate::ingress::{self, IngressState};
 use crate::journal::{Journal, RedisJournal, SqliteJournal};
 use crate::routing::{closest_event_type, RouteTable};
@@ -40,6 +42,8 @@ pub enum StartError {
     Dedupe(#[from] crate::dedupe::DedupeError),
     #[error("{0}")]
     Sink(#[from] crate::sinks::SinkError),
+    #[error("{0}")]
+    Attio(#[from] crate::attio::AttioError),
 }
 
 pub struct Application {
@@ -117,6 +121,7 @@ impl Application {
             }
         }
         let sinks = Sinks::open(&sink_settings)?;
+        let enricher = build_enricher(&settings)?;
 
         let (handoff, worker) = worker::channel(
             Pipeline {
@@ -124,6 +129,7 @@ impl Application {
                 dedupe: dedupe.clone(),
                 routes,
                 sinks,
+                enricher,
                 settings: settings.worker.clone(),
             },
             settings.queue.channel_capacity,
@@ -195,6 +201,7 @@ impl Application {
                 Journal::Redis(redis) => format!("redis {{{}}} as {}", settings.redis.key_prefix, redis.consumer()),
             },
             secrets = settings.webhook.secrets.len(),
+            enrichment = settings.attio.api_key.is_some(),
             "attio-webhooks listening"
         );
 
@@ -249,6 +256,26 @@ impl Application {
         tracing::info!("shutdown complete");
         served
     }
+}
+
+/// The enrichment stage: with an API key, a client shared by every event; without, a warning
+/// and events delivered with `enrichment: "disabled"`.
+fn build_enricher(settings: &Settings) -> Result<Enricher, StartError> {
+    let Some(api_key) = &settings.attio.api_key else {
+        tracing::warn!(
+            "no Attio API key (set ATTIO_API_KEY): events are delivered without enrichment \
+             (enrichment: \"disabled\")"
+        );
+        return Ok(Enricher::disabled());
+    };
+    if settings.attio.base_url.starts_with("http://") {
+        tracing::warn!(
+            base_url = %settings.attio.base_url,
+            "attio.base_url is plain http: the API key travels unencrypted"
+        );
+    }
+    let client = AttioClient::new(&settings.attio, api_key)?;
+    Ok(Enricher::new(Some(client), &settings.enrichment))
 }
 
 fn redis_dedupe(connection: redis::aio::ConnectionManager, settings: &Settings) -> DedupeStore {

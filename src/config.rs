@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 
 /// The development secret shipped in `config/development.toml`. Accepted with a loud warning
 /// outside production, refused in production.
@@ -58,7 +58,7 @@ pub struct LoadOptions {
     pub config_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// From `APP_ENV`, not from files.
@@ -72,6 +72,8 @@ pub struct Settings {
     pub dedupe: DedupeSettings,
     pub redis: RedisSettings,
     pub log: LogSettings,
+    pub attio: AttioSettings,
+    pub enrichment: EnrichmentSettings,
     pub admin: AdminSettings,
     #[serde(default)]
     pub sinks: BTreeMap<String, SinkSettings>,
@@ -79,7 +81,7 @@ pub struct Settings {
     pub routes: Vec<RouteSettings>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSettings {
     pub listen: String,
@@ -87,20 +89,20 @@ pub struct ServerSettings {
     pub body_limit: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookSettings {
-    #[serde(default)]
+    #[serde(default, serialize_with = "redact_secrets")]
     pub secrets: Vec<SecretString>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageSettings {
     pub path: PathBuf,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueueSettings {
     /// Where accepted deliveries wait for the worker.
@@ -110,7 +112,7 @@ pub struct QueueSettings {
 }
 
 /// The journal backend (`queue.backend`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum QueueBackend {
     /// SQLite under `storage.path`: one daemon.
@@ -119,7 +121,7 @@ pub enum QueueBackend {
     Redis,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerSettings {
     pub enabled: bool,
@@ -135,7 +137,7 @@ pub struct WorkerSettings {
     pub shutdown_grace: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DedupeSettings {
     #[serde(with = "humantime_serde")]
@@ -144,15 +146,15 @@ pub struct DedupeSettings {
     pub done_ttl: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSettings {
-    #[serde(default)]
+    #[serde(default, serialize_with = "redact_optional_secret")]
     pub url: Option<SecretString>,
     pub key_prefix: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminSettings {
     /// A second listener for /metrics, /healthz and /readyz; empty: /metrics on the main one.
@@ -160,18 +162,109 @@ pub struct AdminSettings {
     pub listen: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Pretty,
     Json,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
     pub format: LogFormat,
     pub level: String,
+}
+
+/// How the daemon talks to Attio's REST API (the `attio` module).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttioSettings {
+    /// `https://api.attio.com`; tests point it at a local fake.
+    pub base_url: String,
+    /// Bearer token (`ATTIO_API_KEY`). None: enrichment is disabled, events still flow.
+    #[serde(default, serialize_with = "redact_optional_secret")]
+    pub api_key: Option<SecretString>,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Read requests (GET) per second, shared by the whole process.
+    pub read_rate: u32,
+    /// Write requests (POST/PATCH/DELETE) per second, shared by the whole process.
+    pub write_rate: u32,
+    /// First retry delay of a transient failure; doubles each time, full jitter.
+    #[serde(with = "humantime_serde")]
+    pub retry_initial: Duration,
+    /// Largest delay between two tries of one request.
+    #[serde(with = "humantime_serde")]
+    pub retry_max_delay: Duration,
+    /// Longest time one request may spend retrying before its error is returned.
+    #[serde(with = "humantime_serde")]
+    pub retry_total: Duration,
+    /// Consecutive failures (5xx, timeouts, connection errors) that open the circuit breaker.
+    pub breaker_threshold: u32,
+    /// How long the open breaker refuses requests before one probe is let through.
+    #[serde(with = "humantime_serde")]
+    pub breaker_cooldown: Duration,
+}
+
+/// The enrichment stage (the `enrich` module).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrichmentSettings {
+    /// `record.updated` / `list-entry.updated` events of one record or entry that arrive within
+    /// this window share one fetch.
+    #[serde(with = "humantime_serde")]
+    pub coalesce_window: Duration,
+    /// How long resolved object, list and attribute slugs are kept.
+    #[serde(with = "humantime_serde")]
+    pub schema_ttl: Duration,
+}
+
+/// Whether the events of a route are re-fetched from Attio (`enrich` in `[[routes]]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub enum RouteEnrich {
+    /// `false`: the route does not need the fetched data.
+    Off,
+    /// `"optional"`: deliver with `enrichment: "failed"` rather than retry when the fetch fails.
+    Optional,
+    /// `true` (default): an event whose fetch failed is retried, never delivered half-done.
+    #[default]
+    Required,
+}
+
+impl Serialize for RouteEnrich {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            RouteEnrich::Off => serializer.serialize_bool(false),
+            RouteEnrich::Optional => serializer.serialize_str("optional"),
+            RouteEnrich::Required => serializer.serialize_bool(true),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RouteEnrich {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Flag(bool),
+            Word(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Flag(true) => Ok(RouteEnrich::Required),
+            Raw::Flag(false) => Ok(RouteEnrich::Off),
+            Raw::Word(word) => match word.as_str() {
+                "true" => Ok(RouteEnrich::Required),
+                "false" => Ok(RouteEnrich::Off),
+                "optional" => Ok(RouteEnrich::Optional),
+                other => Err(serde::de::Error::custom(format!(
+                    "enrich must be true, false or \"optional\", got {other:?}"
+                ))),
+            },
+        }
+    }
 }
 
 /// One configured sink. The table name (`[sinks.NAME]`) is its name, `kind` says what it is,
@@ -193,15 +286,23 @@ impl SinkSettings {
 }
 
 /// Per-sink overrides of the worker's retry policy.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SinkRetrySettings {
     /// Attempts at delivering one event to this sink before the event is dead-lettered.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempts: Option<u32>,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub retry_initial: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub retry_max: Option<Duration>,
 }
 
@@ -228,8 +329,26 @@ impl<'de> Deserialize<'de> for SinkSettings {
     }
 }
 
+impl Serialize for SinkSettings {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        // One table, as it is written: `kind`, the kind's keys, then the retry overrides.
+        #[derive(Serialize)]
+        struct Table<'a> {
+            #[serde(flatten)]
+            kind: &'a SinkKind,
+            #[serde(flatten)]
+            retry: &'a SinkRetrySettings,
+        }
+        Table {
+            kind: &self.kind,
+            retry: &self.retry,
+        }
+        .serialize(serializer)
+    }
+}
+
 /// What a sink is, with the keys of its kind.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum SinkKind {
     /// Append one JSON object per line to a file.
@@ -244,20 +363,25 @@ pub enum SinkKind {
     Command(CommandSinkSettings),
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSinkSettings {
+    #[serde(serialize_with = "redact_url_password")]
     pub url: String,
     /// Standard Webhooks secret, `whsec_<base64>`; without it requests are not signed.
-    #[serde(default)]
+    #[serde(
+        default,
+        serialize_with = "redact_optional_secret",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub secret: Option<SecretString>,
     /// Static headers sent with every request (values may be credentials: never logged).
-    #[serde(default)]
+    #[serde(default, serialize_with = "redact_secret_values")]
     pub headers: BTreeMap<String, SecretString>,
     #[serde(default = "default_http_timeout", with = "humantime_serde")]
     pub timeout: Duration,
     /// Requests in flight to this sink at most; unlimited when absent.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrency: Option<usize>,
 }
 
@@ -265,11 +389,15 @@ fn default_http_timeout() -> Duration {
     Duration::from_secs(10)
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisStreamSinkSettings {
     /// Redis to write to; defaults to `redis.url`.
-    #[serde(default)]
+    #[serde(
+        default,
+        serialize_with = "redact_optional_secret",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub url: Option<SecretString>,
     /// The stream's key.
     pub key: String,
@@ -282,7 +410,7 @@ fn default_stream_maxlen() -> u64 {
     1_000_000
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CommandSinkSettings {
     pub program: String,
@@ -296,16 +424,19 @@ fn default_command_timeout() -> Duration {
     Duration::from_secs(30)
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteSettings {
     pub name: String,
     /// Event-type patterns: `record.updated`, `record.*`, `*`.
     pub events: Vec<String>,
     pub sinks: Vec<String>,
+    /// Re-fetch the event's subject from Attio: `true` (default), `false` or `"optional"`.
+    #[serde(default)]
+    pub enrich: RouteEnrich,
     /// Attio's webhook filter shape, `{"$and"|"$or": [{field, operator, value}]}`, as an inline
     /// table or a JSON string; checked by [`crate::routing::EventFilter::parse`].
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<serde_json::Value>,
 }
 
@@ -365,19 +496,18 @@ impl Settings {
             let list: Vec<String> = secrets.split(',').map(str::to_string).collect();
             builder = builder
                 .set_override("webhook.secrets", list)
+                .map_err(load_error)?;
+        }
+        if let Ok(key) = std::env::var("ATTIO_API_KEY") {
+            builder = builder
+                .set_override("attio.api_key", key)
                 .map_err(|e| ConfigError::Load(e.to_string()))?;
         }
         if let Ok(url) = std::env::var("REDIS_URL") {
-            builder = builder
-                .set_override("redis.url", url)
-                .map_err(|e| ConfigError::Load(e.to_string()))?;
+            builder = builder.set_override("redis.url", url).map_err(load_error)?;
         }
-        let raw = builder
-            .build()
-            .map_err(|e| ConfigError::Load(e.to_string()))?;
-        let mut settings: Settings = raw
-            .try_deserialize()
-            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        let raw = builder.build().map_err(load_error)?;
+        let mut settings: Settings = raw.try_deserialize().map_err(load_error)?;
         settings.environment = environment;
         settings.normalize();
         Ok(settings)
@@ -397,12 +527,8 @@ impl Settings {
         for layer in layers {
             builder = builder.add_source(config::File::from_str(layer, config::FileFormat::Toml));
         }
-        let raw = builder
-            .build()
-            .map_err(|e| ConfigError::Load(e.to_string()))?;
-        let mut settings: Settings = raw
-            .try_deserialize()
-            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        let raw = builder.build().map_err(load_error)?;
+        let mut settings: Settings = raw.try_deserialize().map_err(load_error)?;
         settings.environment = environment.to_string();
         settings.normalize();
         settings.validate()?;
@@ -421,6 +547,14 @@ impl Settings {
             .is_some_and(|u| u.expose_secret().trim().is_empty())
         {
             self.redis.url = None;
+        }
+        if self
+            .attio
+            .api_key
+            .as_ref()
+            .is_some_and(|k| k.expose_secret().trim().is_empty())
+        {
+            self.attio.api_key = None;
         }
     }
 
@@ -558,6 +692,7 @@ impl Settings {
                 format!("is not a valid tracing filter: {:?}", self.log.level),
             ));
         }
+        self.validate_attio()?;
         for (name, sink) in &self.effective_sinks() {
             if name.is_empty() {
                 return Err(ConfigError::invalid("sinks", "a sink has an empty name"));
@@ -565,6 +700,67 @@ impl Settings {
             validate_sink(name, sink, &self.worker)?;
         }
         crate::routing::RouteTable::compile(&self.routes, &self.effective_sink_names())?;
+        Ok(())
+    }
+
+    fn validate_attio(&self) -> Result<(), ConfigError> {
+        let attio = &self.attio;
+        match reqwest::Url::parse(&attio.base_url) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {}
+            _ => {
+                return Err(ConfigError::invalid(
+                    "attio.base_url",
+                    format!(
+                        "must be an http(s) URL such as https://api.attio.com, got {:?}",
+                        attio.base_url
+                    ),
+                ))
+            }
+        }
+        for (key, value) in [
+            ("attio.connect_timeout", attio.connect_timeout),
+            ("attio.request_timeout", attio.request_timeout),
+            ("attio.retry_initial", attio.retry_initial),
+            ("attio.breaker_cooldown", attio.breaker_cooldown),
+            ("enrichment.schema_ttl", self.enrichment.schema_ttl),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::invalid(key, "must be greater than 0"));
+            }
+        }
+        if attio.read_rate == 0 || attio.write_rate == 0 {
+            let key = if attio.read_rate == 0 {
+                "attio.read_rate"
+            } else {
+                "attio.write_rate"
+            };
+            return Err(ConfigError::invalid(
+                key,
+                "must be at least 1 (requests per second; Attio allows 100 reads and 25 writes)",
+            ));
+        }
+        if attio.retry_max_delay < attio.retry_initial {
+            return Err(ConfigError::invalid(
+                "attio.retry_max_delay",
+                "must not be below attio.retry_initial",
+            ));
+        }
+        if attio.breaker_threshold == 0 {
+            return Err(ConfigError::invalid(
+                "attio.breaker_threshold",
+                "must be at least 1",
+            ));
+        }
+        // An event's claim must outlive its enrichment, or another worker could take it over.
+        if attio.retry_total + attio.request_timeout + self.enrichment.coalesce_window
+            >= self.dedupe.claim_lease
+        {
+            return Err(ConfigError::invalid(
+                "attio.retry_total",
+                "plus attio.request_timeout and enrichment.coalesce_window must stay below \
+                 dedupe.claim_lease",
+            ));
+        }
         Ok(())
     }
 
@@ -644,6 +840,7 @@ impl Settings {
                 name: "default".to_string(),
                 events: vec!["*".to_string()],
                 sinks: vec!["stdout".to_string()],
+                enrich: RouteEnrich::default(),
                 filter: None,
             }]
         } else {
@@ -775,6 +972,103 @@ fn validate_sink(
     Ok(())
 }
 
+/// A load error without the values it quotes. The `config` crate's messages quote the offending
+/// value (`invalid type: string "...", expected a sequence for key webhook.secrets`) and TOML
+/// syntax errors quote the source line; either may be a secret. The key, the line number and
+/// what was expected stay, which is what the user needs to fix it.
+fn load_error(error: config::ConfigError) -> ConfigError {
+    ConfigError::Load(redact_quoted_values(&error.to_string()))
+}
+
+fn redact_quoted_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for line in message.lines() {
+        // The source excerpt of a TOML syntax error: `  |`, `2 | secrets = [...`, `  |   ^`.
+        let gutter = line.trim_start();
+        let digits = gutter.trim_start_matches(|c: char| c.is_ascii_digit());
+        if digits.trim_start().starts_with('|') {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        let mut rest = line;
+        while let Some(start) = rest.find("string \"") {
+            out.push_str(&rest[..start]);
+            out.push_str("a string");
+            // Skip the quoted value, which serde prints with Rust escapes.
+            let value = &rest[start + "string \"".len()..];
+            let mut end = value.len();
+            let mut escaped = false;
+            for (index, c) in value.char_indices() {
+                match c {
+                    _ if escaped => escaped = false,
+                    '\\' => escaped = true,
+                    '"' => {
+                        end = index + 1;
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            rest = &value[end.min(value.len())..];
+        }
+        out.push_str(rest);
+    }
+    out
+}
+
+/// Serialises the webhook secrets as a count only. `Serialize` exists so that `check-config` can
+/// print the settings; a secret's text must never be part of that output.
+fn redact_secrets<S: Serializer>(
+    secrets: &[SecretString],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let count = secrets.len();
+    let noun = if count == 1 { "secret" } else { "secrets" };
+    serializer.serialize_str(&format!("[redacted: {count} {noun}]"))
+}
+
+/// Serialises a secret that may be absent (a URL can carry a password) as a marker.
+fn redact_optional_secret<S: Serializer>(
+    secret: &Option<SecretString>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match secret {
+        Some(_) => serializer.serialize_str("[redacted]"),
+        None => serializer.serialize_none(),
+    }
+}
+
+/// A URL with the password of its user info (`https://user:password@host`) replaced, for
+/// showing settings.
+pub fn redacted_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            if parsed.set_password(Some("redacted")).is_ok() {
+                parsed.to_string()
+            } else {
+                "[redacted]".to_string()
+            }
+        }
+        Ok(_) => url.to_string(),
+        // Not a URL: validation refuses it; show nothing that might be a credential.
+        Err(_) => "[redacted: not a URL]".to_string(),
+    }
+}
+
+fn redact_url_password<S: Serializer>(url: &str, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&redacted_url(url))
+}
+
+/// Serialises a map of secrets (an HTTP sink's headers) with its keys and redacted values.
+fn redact_secret_values<S: Serializer>(
+    map: &BTreeMap<String, SecretString>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_map(map.keys().map(|key| (key, "[redacted]")))
+}
+
 fn file_source(
     path: &Path,
     required: bool,
@@ -901,6 +1195,69 @@ mod tests {
         )
         .unwrap_err();
         assert!(error.to_string().contains("redis.key_prefix"), "{error}");
+    }
+
+    #[test]
+    fn attio_defaults_follow_attios_rate_limits_and_need_no_key() {
+        let settings = Settings::from_toml("test", "[webhook]\nsecrets=[\"s\"]").unwrap();
+        assert_eq!(settings.attio.base_url, "https://api.attio.com");
+        assert_eq!(settings.attio.read_rate, 100);
+        assert_eq!(settings.attio.write_rate, 25);
+        assert!(settings.attio.api_key.is_none());
+        assert!(settings.enrichment.coalesce_window < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn an_empty_api_key_counts_as_none_and_a_real_one_is_redacted() {
+        let empty =
+            Settings::from_toml("test", "[webhook]\nsecrets=[\"s\"]\n[attio]\napi_key=\" \"")
+                .unwrap();
+        assert!(empty.attio.api_key.is_none());
+        let real = Settings::from_toml(
+            "test",
+            "[webhook]\nsecrets=[\"s\"]\n[attio]\napi_key=\"key-do-not-print\"",
+        )
+        .unwrap();
+        assert!(real.attio.api_key.is_some());
+        assert!(!format!("{real:?}").contains("key-do-not-print"));
+    }
+
+    #[test]
+    fn bad_attio_settings_name_the_key() {
+        for (toml, key) in [
+            ("[attio]\nbase_url=\"api.attio.com\"", "attio.base_url"),
+            ("[attio]\nread_rate=0", "attio.read_rate"),
+            ("[attio]\nretry_total=\"2m\"", "attio.retry_total"),
+            ("[attio]\nbreaker_threshold=0", "attio.breaker_threshold"),
+        ] {
+            let error = Settings::from_toml_layers("test", &["[webhook]\nsecrets=[\"s\"]", toml])
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(key), "{toml}: {error}");
+        }
+    }
+
+    #[test]
+    fn routes_accept_true_false_and_optional_for_enrich() {
+        let route = |value: &str| {
+            Settings::from_toml(
+                "test",
+                &format!(
+                    "[webhook]\nsecrets=[\"s\"]\n[sinks.out]\nkind=\"stdout\"\n\
+                     [[routes]]\nname=\"r\"\nevents=[\"*\"]\nsinks=[\"out\"]\n{value}"
+                ),
+            )
+            .map(|s| s.routes[0].enrich)
+        };
+        assert_eq!(route("").unwrap(), RouteEnrich::Required);
+        assert_eq!(route("enrich = true").unwrap(), RouteEnrich::Required);
+        assert_eq!(route("enrich = false").unwrap(), RouteEnrich::Off);
+        assert_eq!(
+            route("enrich = \"optional\"").unwrap(),
+            RouteEnrich::Optional
+        );
+        let error = route("enrich = \"sometimes\"").unwrap_err().to_string();
+        assert!(error.contains("optional"), "{error}");
     }
 
     #[test]
@@ -1033,5 +1390,63 @@ mod tests {
             let error = Settings::from_toml("test", &toml).unwrap_err().to_string();
             assert!(error.contains(expected), "{sink}: {error}");
         }
+    }
+
+    #[test]
+    fn serialised_settings_redact_every_secret() {
+        let settings = Settings::from_toml(
+            "test",
+            "[webhook]\nsecrets=[\"first-secret-text\", \"second-secret-text\"]\n\
+             [redis]\nurl=\"redis://:hunter2-password@127.0.0.1:6379\"\n\
+             [sinks.out]\nkind=\"http\"\nurl=\"http://user:url-password@127.0.0.1:9/x\"\nattempts=3\n\
+             headers={Authorization=\"Bearer header-token-text\"}\n\
+             [sinks.stream]\nkind=\"redis_stream\"\nkey=\"k\"\nurl=\"redis://:stream-password@h\"\n\
+             [[routes]]\nname=\"r\"\nevents=[\"*\"]\nsinks=[\"out\",\"stream\"]",
+        )
+        .unwrap();
+        let json = serde_json::to_string(&settings).unwrap();
+        assert!(json.contains("[redacted: 2 secrets]"), "{json}");
+        assert!(json.contains("\"url\":\"[redacted]\""), "{json}");
+        assert!(json.contains("\"Authorization\":\"[redacted]\""), "{json}");
+        assert!(json.contains("\"attempts\":3"), "{json}");
+        for secret in [
+            "first-secret-text",
+            "second-secret-text",
+            "hunter2-password",
+            "header-token-text",
+            "stream-password",
+            "url-password",
+        ] {
+            assert!(!json.contains(secret), "{json}");
+        }
+        assert!(
+            json.contains("http://user:redacted@127.0.0.1:9/x"),
+            "{json}"
+        );
+        let toml = toml::to_string_pretty(&settings).unwrap();
+        assert!(toml.contains("[sinks.out]"), "{toml}");
+    }
+
+    #[test]
+    fn load_errors_name_the_key_without_quoting_the_value() {
+        let error = Settings::from_toml("test", "[webhook]\nsecrets = \"not-a-list-secret\"")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("webhook.secrets"), "{error}");
+        assert!(!error.contains("not-a-list-secret"), "{error}");
+
+        let error = Settings::from_toml("test", "[webhook]\nsecrets = [\"unclosed-secret\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("line 2"), "{error}");
+        assert!(!error.contains("unclosed-secret"), "{error}");
+    }
+
+    #[test]
+    fn redaction_skips_escaped_quotes_and_keeps_the_rest() {
+        assert_eq!(
+            redact_quoted_values(r#"invalid type: string "a\"b", expected an integer for key `x`"#),
+            "invalid type: a string, expected an integer for key `x`"
+        );
     }
 }

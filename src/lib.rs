@@ -7,7 +7,10 @@
 //!                              raw body)  group commit)
 //!                                           │ tokio channel (wake-up / hand-off)
 //!                                           ▼
-//!                sinks ◄── route ◄── dedupe ◄── worker
+//!                sinks ◄── enrich ◄── route ◄── dedupe ◄── worker
+//!                          (Attio REST:
+//!                           rate-limited,
+//!                           retrying, cached)
 //! ```
 //!
 //! Modules, in the order an event meets them:
@@ -20,16 +23,22 @@
 //! - `worker`: takes events from the channel and the journal, drives them to the sinks.
 //! - `dedupe`: two-phase claim → done, on Redis or embedded.
 //! - `routing`: rules that match events to sinks (event-type patterns, Attio-style filters).
+//! - `enrich`: re-fetch what each event is about; resolve object/list/attribute slugs.
+//! - `attio`: the only module that speaks Attio's REST API (client, retry, rate limit, breaker,
+//!   models, schema cache).
 //! - `sinks`: one file per sink kind (jsonl/stdout, http, redis_stream, command).
 //! - `app`: builds the daemon from settings; graceful shutdown.
 //! - `telemetry`: logging.
 //! - `metrics`: Prometheus registry and metric names.
-//! - `cli`: the command line (`serve`, `dead-letters list|show|replay`, ...).
+//! - `cli`: the command line: `serve`, `dead-letters list|show|replay`, and the developer
+//!   tools `send`, `sign`, `verify`, `check-config`.
 
 pub mod app;
+pub mod attio;
 pub mod cli;
 pub mod config;
 pub mod dedupe;
+pub mod enrich;
 pub mod event;
 pub mod ingress;
 pub mod journal;

@@ -7,7 +7,7 @@
 
 use serde_json::Value;
 
-use crate::config::{ConfigError, RouteSettings};
+use crate::config::{ConfigError, RouteEnrich, RouteSettings};
 use crate::event::{EventKind, SUBSCRIBABLE_EVENT_TYPES};
 
 /// An event-type pattern: `*`, `record.*`, or one exact type.
@@ -219,6 +219,7 @@ struct CompiledRoute {
     patterns: Vec<EventPattern>,
     filter: Option<EventFilter>,
     sinks: Vec<String>,
+    enrich: RouteEnrich,
 }
 
 /// The compiled routes.
@@ -280,6 +281,7 @@ impl RouteTable {
                 patterns,
                 filter,
                 sinks: route.sinks.clone(),
+                enrich: route.enrich,
             });
         }
         Ok(RouteTable { routes: compiled })
@@ -327,6 +329,19 @@ impl RouteTable {
     }
 }
 
+impl RouteTable {
+    /// How much the routes matching `event_type` need the event enriched: the strongest wish
+    /// wins (`true` over `"optional"` over `false`). `Off` when no route matches.
+    pub fn enrichment_for(&self, event_type: &str) -> RouteEnrich {
+        self.routes
+            .iter()
+            .filter(|route| route.patterns.iter().any(|p| p.matches(event_type)))
+            .map(|route| route.enrich)
+            .max()
+            .unwrap_or(RouteEnrich::Off)
+    }
+}
+
 /// The known event type closest to `name`, for "did you mean" hints.
 pub fn closest_event_type(name: &str) -> Option<&'static str> {
     SUBSCRIBABLE_EVENT_TYPES
@@ -346,6 +361,7 @@ mod tests {
             name: name.to_string(),
             events: events.iter().map(|s| s.to_string()).collect(),
             sinks: sinks.iter().map(|s| s.to_string()).collect(),
+            enrich: RouteEnrich::default(),
             filter: None,
         }
     }
@@ -431,6 +447,28 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("missing") && error.contains("a"), "{error}");
+    }
+
+    #[test]
+    fn the_strongest_enrichment_wish_of_matching_routes_wins() {
+        let mut quiet = route("quiet", &["record.*", "task.*"], &["a"]);
+        quiet.enrich = RouteEnrich::Off;
+        let mut lenient = route("lenient", &["record.*", "note.*"], &["b"]);
+        lenient.enrich = RouteEnrich::Optional;
+        let strict = route("strict", &["record.updated"], &["c"]);
+        let table =
+            RouteTable::compile(&[quiet, lenient, strict], &names(&["a", "b", "c"])).unwrap();
+        assert_eq!(
+            table.enrichment_for("record.updated"),
+            RouteEnrich::Required
+        );
+        assert_eq!(
+            table.enrichment_for("record.created"),
+            RouteEnrich::Optional
+        );
+        assert_eq!(table.enrichment_for("note.created"), RouteEnrich::Optional);
+        assert_eq!(table.enrichment_for("task.created"), RouteEnrich::Off);
+        assert_eq!(table.enrichment_for("list.created"), RouteEnrich::Off);
     }
 
     #[test]

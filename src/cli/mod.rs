@@ -1,12 +1,23 @@
 //! The command line. One file per subcommand; each returns an exit code.
+//!
+//! `serve` runs the daemon. The developer tools around it: `send` (signed test deliveries, and
+//! the benchmark's load generator), `sign` / `verify` (Attio's signature on standard input) and
+//! `check-config` (the settings `serve` would run with, secrets redacted).
 
+mod check_config;
 mod dead_letters;
+mod secret;
+mod send;
 mod serve;
+mod sign;
+pub mod templates;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+pub use send::ATTIO_USER_AGENT;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -32,6 +43,14 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon: receive webhooks and process them.
     Serve(serve::ServeArgs),
+    /// Send signed test deliveries to the daemon (or any receiver), as Attio would.
+    Send(Box<send::SendArgs>),
+    /// Print Attio's signature of standard input (raw bytes).
+    Sign(sign::SignArgs),
+    /// Check a signature of standard input (raw bytes): exit 0 if valid, 1 if not.
+    Verify(sign::VerifyArgs),
+    /// Load and validate the settings as `serve` would, and print them with secrets redacted.
+    CheckConfig(check_config::CheckConfigArgs),
     /// Inspect events that used up their attempts and replay them.
     DeadLetters(dead_letters::DeadLettersArgs),
 }
@@ -43,6 +62,10 @@ pub fn run(cli: Cli) -> ExitCode {
     };
     match cli.command {
         Command::Serve(args) => serve::run(args, options),
+        Command::Send(args) => send::run(*args, options),
+        Command::Sign(args) => sign::sign(args),
+        Command::Verify(args) => sign::verify(args),
+        Command::CheckConfig(args) => check_config::run(args, options),
         Command::DeadLetters(args) => dead_letters::run(args, options),
     }
 }

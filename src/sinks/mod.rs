@@ -18,6 +18,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::config::{SinkKind, SinkRetrySettings, SinkSettings};
+use crate::enrich::Enrichment;
 use crate::journal::JournaledEvent;
 
 pub use command::CommandSink;
@@ -69,8 +70,19 @@ pub struct SinkLineFields<'a> {
     pub received_at: &'a str,
     /// The event exactly as Attio sent it.
     pub event: &'a RawValue,
-    /// The re-fetched resource; `null` while enrichment is off.
+    /// The re-fetched resource (Attio's `data`); `null` when not fetched or not found.
     pub data: Option<&'a serde_json::Value>,
+    /// `ok`, `not_found`, `disabled`, `skipped` or `failed`.
+    pub enrichment: &'a str,
+    /// Why enrichment failed (only with `enrichment: "failed"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enrichment_error: Option<String>,
+    /// Slug of the event's object (for entries, notes and comments: the parent object).
+    pub object: Option<&'a str>,
+    /// Slug of the event's list.
+    pub list: Option<&'a str>,
+    /// Slug of the attribute the event names.
+    pub attribute: Option<&'a str>,
 }
 
 /// One event, serialised once and shared by every sink it goes to.
@@ -82,9 +94,18 @@ pub struct SinkLine {
 }
 
 impl SinkLine {
+    /// A line without enrichment (`enrichment: "skipped"`), with `data` if given.
     pub fn build(
         event: &JournaledEvent,
         data: Option<&serde_json::Value>,
+    ) -> Result<SinkLine, SinkError> {
+        Self::build_enriched(event, &Enrichment::skipped(data.cloned()))
+    }
+
+    /// The line for an enriched event: the fetched `data`, the slugs and the status.
+    pub fn build_enriched(
+        event: &JournaledEvent,
+        enrichment: &Enrichment,
     ) -> Result<SinkLine, SinkError> {
         let raw: Box<RawValue> = serde_json::from_str(&event.raw)
             .map_err(|e| SinkError::permanent(format!("stored event is not valid JSON: {e}")))?;
@@ -95,7 +116,12 @@ impl SinkLine {
             delivery_key: &event.delivery_key,
             received_at: &event.received_at,
             event: &raw,
-            data,
+            data: enrichment.data.as_ref(),
+            enrichment: enrichment.status.as_str(),
+            enrichment_error: enrichment.error.as_ref().map(|e| e.to_string()),
+            object: enrichment.object.as_deref(),
+            list: enrichment.list.as_deref(),
+            attribute: enrichment.attribute.as_deref(),
         };
         let json = serde_json::to_vec(&fields)
             .map_err(|e| SinkError::permanent(format!("cannot serialise the sink line: {e}")))?;

@@ -6,7 +6,9 @@
 //! the dead letters. Failures are counted per sink: a retry goes only to the sinks that have not
 //! taken the event yet, each with its own `attempts` and backoff (default `[worker]`); the
 //! event is dead-lettered as soon as a failing sink used up its attempts or failed permanently.
-//! Nothing here holds the only copy of an event: the journal does.
+//! Before delivery the event is enriched (re-fetched from Attio) as much as its routes want;
+//! while Attio is down (its circuit breaker open) such events wait in the journal without using
+//! up attempts. Nothing here holds the only copy of an event: the journal does.
 //!
 //! The loop is the same for both journals. With the embedded one, ingress hands events over on
 //! the channel and `due()` finds leftovers and retries. With the Redis one, ingress only wakes the
@@ -24,8 +26,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::config::{RetryPolicy, WorkerSettings};
+use crate::config::{RetryPolicy, RouteEnrich, WorkerSettings};
 use crate::dedupe::{ClaimOutcome, DedupeStore};
+use crate::enrich::{Enricher, Enrichment, EnrichmentStatus};
 use crate::event::EventKind;
 use crate::journal::{Journal, JournaledEvent, SinkProgress};
 use crate::routing::RouteTable;
@@ -34,6 +37,10 @@ use crate::sinks::{SinkError, SinkLine, Sinks};
 /// How soon an event is looked at again when the dedupe store could not be reached. Such
 /// failures do not count as attempts: an outage of Redis must not dead-letter events.
 const DEDUPE_UNAVAILABLE_RETRY: Duration = Duration::from_secs(2);
+
+/// Shortest wait of an event while Attio's circuit breaker is open. Such waits do not count as
+/// attempts either: an outage of Attio must not dead-letter events.
+const ATTIO_UNAVAILABLE_RETRY: Duration = Duration::from_millis(200);
 
 /// Events ingress handed to the worker and not yet finished. The journal scan skips them, so an
 /// event is not worked on twice by this process.
@@ -108,6 +115,7 @@ pub struct Pipeline {
     pub dedupe: DedupeStore,
     pub routes: RouteTable,
     pub sinks: Sinks,
+    pub enricher: Enricher,
     pub settings: WorkerSettings,
 }
 
@@ -326,7 +334,34 @@ async fn attempt(pipeline: &Pipeline, event: &JournaledEvent) -> Outcome {
     if !kind.is_known() {
         tracing::debug!("event type unknown to this version; routed by name");
     }
-    let targets = pipeline.routes.sinks_for(kind.as_str(), &event.raw);
+    // Enrich first (as much as the routes matching the type want), so that route filters can
+    // also test the resolved names (`object`, `list`, `attribute`) and the fetched `data`.
+    let wanted = pipeline.routes.enrichment_for(kind.as_str());
+    let enrichment = pipeline.enricher.enrich(&kind, &event.raw, wanted).await;
+    if enrichment.status == EnrichmentStatus::Failed && wanted == RouteEnrich::Required {
+        if let Some(retry_in) = attio_down(pipeline, &enrichment) {
+            // Attio is down, not this event: wait in the journal without using an attempt.
+            tracing::info!(retry_in = ?retry_in, "Attio unavailable; event waits in the journal");
+            if let Err(error) = pipeline.dedupe.release(&event.id, &token).await {
+                tracing::warn!(%error, "could not release the claim; it expires after its lease");
+            }
+            let message = enrichment.error.as_ref().map(|e| e.to_string());
+            defer(pipeline, event, jittered(retry_in), message.as_deref()).await;
+            return Outcome::Deferred;
+        }
+    } else if enrichment.status == EnrichmentStatus::Failed {
+        tracing::warn!(
+            error = ?enrichment.error.as_ref().map(|e| e.to_string()),
+            "enrichment failed; delivering without it (enrich = \"optional\")"
+        );
+    }
+    let targets = if wanted == RouteEnrich::Off {
+        pipeline.routes.sinks_for(kind.as_str(), &event.raw)
+    } else {
+        pipeline
+            .routes
+            .sinks_for(kind.as_str(), &with_enrichment(&event.raw, &enrichment))
+    };
     let mut progress = SinkProgress {
         attempts: event.attempts,
         last_error: String::new(),
@@ -344,8 +379,14 @@ async fn attempt(pipeline: &Pipeline, event: &JournaledEvent) -> Outcome {
         if targets.is_empty() {
             tracing::debug!("no route matches; nothing to deliver");
         }
+    } else if let Some(error) = enrichment_failure(&enrichment, wanted) {
+        tracing::warn!(error = %error.message, "enrichment failed");
+        for name in pending {
+            *progress.sink_attempts.entry(name.to_string()).or_insert(0) += 1;
+            failures.push((name.to_string(), error.clone()));
+        }
     } else {
-        match SinkLine::build(event, None) {
+        match SinkLine::build_enriched(event, &enrichment) {
             Ok(line) => {
                 for name in pending {
                     let result = match pipeline.sinks.get(name) {
@@ -453,6 +494,73 @@ async fn attempt(pipeline: &Pipeline, event: &JournaledEvent) -> Outcome {
     Outcome::Retrying {
         attempts: progress.attempts,
     }
+}
+
+/// While Attio's circuit breaker is open and this event failed for that reason: how long the
+/// event should wait.
+fn attio_down(pipeline: &Pipeline, enrichment: &Enrichment) -> Option<Duration> {
+    let down = match &enrichment.error {
+        Some(crate::attio::AttioError::CircuitOpen { .. }) => true,
+        Some(error) => error.is_transient() && pipeline.enricher.unavailable_for().is_some(),
+        None => false,
+    };
+    down.then(|| {
+        pipeline
+            .enricher
+            .unavailable_for()
+            .unwrap_or(ATTIO_UNAVAILABLE_RETRY)
+            .max(ATTIO_UNAVAILABLE_RETRY)
+    })
+}
+
+/// The failure every pending sink records when enrichment the routes require failed.
+fn enrichment_failure(enrichment: &Enrichment, wanted: RouteEnrich) -> Option<SinkError> {
+    if enrichment.status != EnrichmentStatus::Failed || wanted != RouteEnrich::Required {
+        return None;
+    }
+    Some(match &enrichment.error {
+        // Auth errors are permanent for a request, but an operator can fix the key: keep such
+        // events on the retry path rather than dead-letter them at once.
+        Some(error) if error.is_permanent() && !error.is_auth() => {
+            SinkError::permanent(format!("enrichment: {error}"))
+        }
+        Some(error) => {
+            let failure = SinkError::transient(format!("enrichment: {error}"));
+            match error.retry_after() {
+                Some(delay) => failure.with_retry_after(delay),
+                None => failure,
+            }
+        }
+        None => SinkError::transient("enrichment failed"),
+    })
+}
+
+/// The event as route filters see it after enrichment: its own keys plus `enrichment`,
+/// `object`, `list`, `attribute` and `data`.
+fn with_enrichment(raw: &str, enrichment: &Enrichment) -> String {
+    let Ok(serde_json::Value::Object(mut event)) = serde_json::from_str(raw) else {
+        return raw.to_string();
+    };
+    let text = |value: &Option<String>| {
+        value.as_ref().map_or(serde_json::Value::Null, |v| {
+            serde_json::Value::String(v.clone())
+        })
+    };
+    event.insert("enrichment".into(), enrichment.status.as_str().into());
+    event.insert("object".into(), text(&enrichment.object));
+    event.insert("list".into(), text(&enrichment.list));
+    event.insert("attribute".into(), text(&enrichment.attribute));
+    event.insert(
+        "data".into(),
+        enrichment.data.clone().unwrap_or(serde_json::Value::Null),
+    );
+    serde_json::Value::Object(event).to_string()
+}
+
+/// `delay` plus up to a quarter more, so that events deferred together come back spread out.
+fn jittered(delay: Duration) -> Duration {
+    let spread = (delay.as_millis() / 4) as u64;
+    delay + Duration::from_millis(rand::rng().random_range(0..=spread))
 }
 
 async fn defer(pipeline: &Pipeline, event: &JournaledEvent, delay: Duration, error: Option<&str>) {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use attio_webhooks::config::{QueueBackend, Settings};
 use serde::Deserialize;
-use serde_norway::Value;
+use serde_yaml_ng::Value;
 
 fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy")
@@ -36,7 +36,7 @@ fn yaml_documents() -> BTreeMap<PathBuf, Vec<Value>> {
         }
         let text = std::fs::read_to_string(&path).unwrap();
         let mut docs = Vec::new();
-        for document in serde_norway::Deserializer::from_str(&text) {
+        for document in serde_yaml_ng::Deserializer::from_str(&text) {
             let value = Value::deserialize(document)
                 .unwrap_or_else(|e| panic!("{} is not valid YAML: {e}", path.display()));
             if !value.is_null() {
@@ -102,7 +102,7 @@ fn strings(value: &Value) -> Vec<String> {
         .iter()
         .map(|v| match v {
             Value::String(s) => s.clone(),
-            other => serde_norway::to_string(other).unwrap().trim().to_string(),
+            other => serde_yaml_ng::to_string(other).unwrap().trim().to_string(),
         })
         .collect()
 }

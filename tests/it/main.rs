@@ -1,9 +1,15 @@
 //! Integration tests: one binary. The daemon runs on port 0 (in-process, or as the real binary
-//! where a process boundary matters), against the real Redis on 127.0.0.1:6379.
+//! where a process boundary matters), against the real Redis on 127.0.0.1:6379 and, for
+//! enrichment, a fake Attio API served by axum on 127.0.0.1:0.
 
+mod fake_attio;
 mod helpers;
 
+mod attio_client;
+mod cli;
+mod contract;
 mod deploy;
+mod enrichment;
 mod ingress;
 mod lifecycle;
 mod observability;

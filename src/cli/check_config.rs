@@ -1,0 +1,226 @@
+//! `attio-webhooks check-config`: load and validate the settings exactly as `serve` does, and
+//! show what the daemon would run with.
+//!
+//! In: the same layers as `serve` (embedded defaults, `config/default.toml`,
+//! `config/{APP_ENV}.toml`, `--config FILE`, environment). Out: a summary and the effective
+//! settings as TOML (or JSON with `--json`), secrets redacted; exit 0. Invalid settings: the
+//! error naming the key on stderr, exit 2.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use serde::Serialize;
+
+use super::send::daemon_url;
+use crate::config::{LoadOptions, Settings, ENV_PREFIX};
+use crate::routing::{closest_event_type, RouteTable};
+
+#[derive(Debug, Args)]
+pub struct CheckConfigArgs {
+    /// Print JSON instead of a summary and TOML.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Everything `check-config` reports about valid settings.
+#[derive(Debug, Serialize)]
+struct Report {
+    valid: bool,
+    environment: String,
+    sources: Vec<String>,
+    webhook_url: String,
+    warnings: Vec<String>,
+    settings: Settings,
+}
+
+pub fn run(args: CheckConfigArgs, options: LoadOptions) -> ExitCode {
+    let settings = match Settings::load(&options) {
+        Ok(settings) => settings,
+        Err(error) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "valid": false, "error": error.to_string() })
+                );
+            }
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let report = report(settings, &options);
+    if args.json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(text) => println!("{text}"),
+            Err(error) => {
+                eprintln!("error: cannot print the settings: {error}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        let toml = match toml::to_string_pretty(&report.settings) {
+            Ok(text) => text,
+            Err(error) => {
+                eprintln!("error: cannot print the settings: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+        print!("{}", summary(&report));
+        println!();
+        print!("{toml}");
+    }
+    ExitCode::SUCCESS
+}
+
+fn report(settings: Settings, options: &LoadOptions) -> Report {
+    let mut effective = settings.clone();
+    // Show what runs: without routes the daemon adds a stdout sink and a catch-all route.
+    effective.sinks = settings.effective_sinks();
+    effective.routes = settings.effective_routes();
+    Report {
+        valid: true,
+        environment: settings.environment.clone(),
+        sources: sources(&settings.environment, options),
+        webhook_url: daemon_url(&settings),
+        warnings: warnings(&settings),
+        settings: effective,
+    }
+}
+
+/// The layers that contributed, in the order they apply. Environment variables are named, their
+/// values never shown.
+fn sources(environment: &str, options: &LoadOptions) -> Vec<String> {
+    let config_dir = options
+        .config_dir
+        .clone()
+        .or_else(|| std::env::var_os("APP_CONFIG_DIR").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("config"));
+    let mut sources = vec!["embedded defaults".to_string()];
+    for file in [
+        config_dir.join("default.toml"),
+        config_dir.join(format!("{environment}.toml")),
+    ] {
+        if file.is_file() {
+            sources.push(file.display().to_string());
+        }
+    }
+    if let Some(file) = &options.config_file {
+        sources.push(format!("--config {}", file.display()));
+    }
+    let prefix = format!("{ENV_PREFIX}__");
+    let mut variables: Vec<String> = std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .filter(|name| {
+            name.starts_with(&prefix) || name == "ATTIO_WEBHOOK_SECRET" || name == "REDIS_URL"
+        })
+        .collect();
+    variables.sort();
+    if !variables.is_empty() {
+        sources.push(format!("environment: {}", variables.join(", ")));
+    }
+    sources
+}
+
+fn warnings(settings: &Settings) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if settings.uses_development_secret() {
+        warnings.push(
+            "the development webhook secret is configured: fine for trying things out, refused \
+             when APP_ENV=production"
+                .to_string(),
+        );
+    }
+    if !settings.worker.enabled {
+        warnings.push(
+            "worker.enabled = false: deliveries are only journaled, not delivered to sinks"
+                .to_string(),
+        );
+    }
+    if let Ok(table) = RouteTable::compile(
+        &settings.routes,
+        &settings.effective_sinks().into_keys().collect::<Vec<_>>(),
+    ) {
+        for (route, event_type) in table.unknown_event_types() {
+            let hint = closest_event_type(&event_type)
+                .map(|known| format!(" (did you mean {known:?}?)"))
+                .unwrap_or_default();
+            warnings.push(format!(
+                "route {route:?} names {event_type:?}, which is not an Attio event type{hint}"
+            ));
+        }
+    }
+    warnings
+}
+
+fn summary(report: &Report) -> String {
+    let settings = &report.settings;
+    let mut lines = vec![
+        format!("configuration is valid (APP_ENV={})", report.environment),
+        format!("read from: {}", report.sources.join(" < ")),
+        format!(
+            "webhook endpoint: {} (listening on {})",
+            report.webhook_url, settings.server.listen
+        ),
+        format!(
+            "webhook secrets: {} configured (values redacted)",
+            settings.webhook.secrets.len()
+        ),
+        match &settings.redis.url {
+            Some(_) => format!(
+                "deduplication: Redis (URL redacted), key prefix {:?}",
+                settings.redis.key_prefix
+            ),
+            None => {
+                "deduplication: embedded (set REDIS_URL to share it across replicas)".to_string()
+            }
+        },
+        match settings.queue.backend {
+            crate::config::QueueBackend::Embedded => {
+                format!("journal: {}", settings.journal_path().display())
+            }
+            crate::config::QueueBackend::Redis => format!(
+                "journal: Redis stream {{{}}}:events shared by every replica (docs/scale-out.md)",
+                settings.redis.key_prefix
+            ),
+        },
+    ];
+    for (name, sink) in &settings.sinks {
+        lines.push(format!("sink {name}: {}", describe_sink(sink)));
+    }
+    for route in &settings.routes {
+        lines.push(format!(
+            "route {}: {} -> {}{}",
+            route.name,
+            route.events.join(", "),
+            route.sinks.join(", "),
+            if route.filter.is_some() {
+                " (with a filter)"
+            } else {
+                ""
+            }
+        ));
+    }
+    for warning in &report.warnings {
+        lines.push(format!("warning: {warning}"));
+    }
+    lines.iter().map(|line| format!("# {line}\n")).collect()
+}
+
+fn describe_sink(sink: &crate::config::SinkSettings) -> String {
+    use crate::config::SinkKind;
+    match &sink.kind {
+        SinkKind::Jsonl { path } => format!("jsonl, {}", path.display()),
+        SinkKind::Stdout {} => "stdout".to_string(),
+        SinkKind::Http(http) => format!(
+            "http, {}{}",
+            crate::config::redacted_url(&http.url),
+            if http.secret.is_some() {
+                " (signed)"
+            } else {
+                ""
+            }
+        ),
+        SinkKind::RedisStream(stream) => format!("redis_stream, key {:?}", stream.key),
+        SinkKind::Command(command) => format!("command, {}", command.program),
+    }
+}

@@ -1,0 +1,123 @@
+//! `attio-webhooks sign` and `attio-webhooks verify`: Attio's signature on standard input, for
+//! debugging a receiver.
+//!
+//! In: the raw bytes of standard input (nothing is trimmed or re-encoded: the signature covers
+//! the exact bytes), a secret from `--secret` or `ATTIO_WEBHOOK_SECRET`, and for `verify` a
+//! signature. Out: `sign` prints the lower-case hex signature; `verify` says valid (exit 0) or
+//! invalid (exit 1). Secrets are never printed.
+
+use std::io::Read;
+use std::process::ExitCode;
+
+use clap::Args;
+use secrecy::{ExposeSecret, SecretString};
+
+use super::secret::{self, SecretSource};
+use crate::signature::{self, SignatureError};
+
+#[derive(Debug, Args)]
+pub struct SignArgs {
+    /// Signing secret (default: ATTIO_WEBHOOK_SECRET; the first, if it lists several).
+    #[arg(long, value_name = "SECRET")]
+    pub secret: Option<SecretString>,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Secret to check against (default: ATTIO_WEBHOOK_SECRET; valid if any listed secret
+    /// matches, as in the daemon).
+    #[arg(long, value_name = "SECRET")]
+    pub secret: Option<SecretString>,
+
+    /// The Attio-Signature header value to check.
+    #[arg(long, value_name = "SIGNATURE")]
+    pub signature: String,
+}
+
+pub fn sign(args: SignArgs) -> ExitCode {
+    let Some((secrets, source)) = secret::from_flag_or_environment(args.secret) else {
+        return no_secret();
+    };
+    let Some(body) = read_stdin() else {
+        return ExitCode::from(2);
+    };
+    if secrets.len() > 1 {
+        eprintln!(
+            "note: {} lists {} secrets; signing with the first",
+            source.describe(),
+            secrets.len()
+        );
+    }
+    // `from_flag_or_environment` never returns an empty list.
+    let Some(first) = secrets.first() else {
+        return no_secret();
+    };
+    println!("{}", signature::sign(first.expose_secret(), &body));
+    ExitCode::SUCCESS
+}
+
+pub fn verify(args: VerifyArgs) -> ExitCode {
+    let Some((secrets, source)) = secret::from_flag_or_environment(args.secret) else {
+        return no_secret();
+    };
+    let Some(body) = read_stdin() else {
+        return ExitCode::from(2);
+    };
+    match signature::verify(&secrets, Some(args.signature.as_bytes()), body.into()) {
+        Ok(verified) => {
+            if secrets.len() > 1 {
+                println!(
+                    "valid: matches secret {} of {} in {}",
+                    verified.secret_index() + 1,
+                    secrets.len(),
+                    source.describe()
+                );
+            } else {
+                println!("valid: matches the secret from {}", source.describe());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            println!("invalid: {}", explain(error, source, secrets.len()));
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn explain(error: SignatureError, source: SecretSource, count: usize) -> String {
+    match error {
+        SignatureError::Mismatch if count > 1 => format!(
+            "the signature matches none of the {count} secrets in {}; check the secret and \
+             that the body is byte for byte what was signed",
+            source.describe()
+        ),
+        SignatureError::Mismatch => format!(
+            "the signature does not match the secret from {}; check the secret and that the \
+             body is byte for byte what was signed (no added newline, no re-formatting)",
+            source.describe()
+        ),
+        SignatureError::Malformed => {
+            "malformed signature: Attio sends 64 lower-case hex characters".to_string()
+        }
+        SignatureError::Missing => "no signature given".to_string(),
+    }
+}
+
+fn no_secret() -> ExitCode {
+    eprintln!(
+        "error: no secret: pass --secret or set {}",
+        secret::SECRET_VARIABLE
+    );
+    ExitCode::from(2)
+}
+
+fn read_stdin() -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    match std::io::stdin().lock().read_to_end(&mut body) {
+        Ok(_) => Some(body),
+        Err(error) => {
+            eprintln!("error: cannot read standard input: {error}");
+            None
+        }
+    }
+}

@@ -1,0 +1,660 @@
+//! Enrichment: re-fetch what an event is about, and name its object, list and attribute.
+//!
+//! In: an event's kind and JSON (ids only, FACTS §2) and how much the matching routes want it
+//! enriched. Out: an [`Enrichment`]: the fetched resource (the `data` member of Attio's answer),
+//! the resolved `object` / `list` / `attribute` slugs, and a status: `ok`, `not_found`
+//! (expected for `*.deleted`), `disabled` (no API key), `skipped` (nothing to fetch, or no
+//! route wants it) or `failed` (with the error, after the client's retries ran out).
+//!
+//! One exhaustive `match` on [`EventKind`] ([`plan`]) decides what to fetch. `record.updated`
+//! and `list-entry.updated` re-fetches of one record or entry that come within
+//! `enrichment.coalesce_window` share one request; every event still gets the answer.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::attio::single_flight::{Closes, SingleFlight};
+use crate::attio::{AttioClient, AttioError, AttributeParent, SchemaCache, SchemaKey};
+use crate::config::{EnrichmentSettings, RouteEnrich};
+use crate::event::EventKind;
+
+/// How enrichment of one event ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnrichmentStatus {
+    Ok,
+    NotFound,
+    Disabled,
+    Skipped,
+    Failed,
+}
+
+impl EnrichmentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EnrichmentStatus::Ok => "ok",
+            EnrichmentStatus::NotFound => "not_found",
+            EnrichmentStatus::Disabled => "disabled",
+            EnrichmentStatus::Skipped => "skipped",
+            EnrichmentStatus::Failed => "failed",
+        }
+    }
+}
+
+/// What enrichment adds to one event's sink line.
+#[derive(Debug, Clone)]
+pub struct Enrichment {
+    pub status: EnrichmentStatus,
+    /// The fetched resource (Attio's `data`), when found.
+    pub data: Option<Value>,
+    /// Slug of the event's object (or of the parent object of an entry, note or comment).
+    pub object: Option<String>,
+    pub list: Option<String>,
+    pub attribute: Option<String>,
+    /// Why it failed, when `status` is `failed`.
+    pub error: Option<AttioError>,
+}
+
+impl Enrichment {
+    fn bare(status: EnrichmentStatus) -> Enrichment {
+        Enrichment {
+            status,
+            data: None,
+            object: None,
+            list: None,
+            attribute: None,
+            error: None,
+        }
+    }
+
+    /// An event that was not enriched (`data` given by the caller, if any).
+    pub fn skipped(data: Option<Value>) -> Enrichment {
+        Enrichment {
+            data,
+            ..Enrichment::bare(EnrichmentStatus::Skipped)
+        }
+    }
+}
+
+/// The one thing an event is about, as Attio's API names it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Subject {
+    Record {
+        object_id: String,
+        record_id: String,
+    },
+    ListEntry {
+        list_id: String,
+        entry_id: String,
+    },
+    Note {
+        note_id: String,
+    },
+    Task {
+        task_id: String,
+    },
+    Comment {
+        comment_id: String,
+    },
+    List {
+        list_id: String,
+    },
+    Attribute {
+        parent: AttributeParent,
+        parent_id: String,
+        attribute_id: String,
+    },
+    WorkspaceMember {
+        workspace_member_id: String,
+    },
+    CallRecording {
+        meeting_id: String,
+        call_recording_id: String,
+    },
+}
+
+/// What to do for one event: fetch, name, forget.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub subject: Option<Subject>,
+    /// Share the fetch with events of the same subject inside the coalescing window.
+    pub coalesce: bool,
+    pub object_id: Option<String>,
+    pub list_id: Option<String>,
+    pub attribute: Option<SchemaKey>,
+    /// Schema entries this event makes stale.
+    pub invalidate: Vec<SchemaKey>,
+}
+
+/// The ids an event carries, in `id` and beside it (comments and entries put some there).
+#[derive(Debug, Default, Deserialize)]
+pub struct EventIds {
+    #[serde(default)]
+    id: Map<String, Value>,
+    #[serde(flatten)]
+    top: Map<String, Value>,
+}
+
+impl EventIds {
+    pub fn parse(raw: &str) -> EventIds {
+        // The event was parsed at ingress; a shape without ids simply yields nothing to fetch.
+        serde_json::from_str(raw).unwrap_or_default()
+    }
+
+    fn get(&self, key: &str) -> Option<String> {
+        [self.id.get(key), self.top.get(key)]
+            .into_iter()
+            .flatten()
+            .find_map(|v| v.as_str().filter(|s| !s.is_empty()).map(str::to_string))
+    }
+}
+
+/// Why an event cannot be planned: it lacks an id its type promises.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissingId(pub &'static str);
+
+/// Decides, for each kind of event, what to fetch and which names to resolve (FACTS §2).
+pub fn plan(kind: &EventKind, ids: &EventIds) -> Result<Plan, MissingId> {
+    let need = |key: &'static str| ids.get(key).ok_or(MissingId(key));
+    let attribute_of = |parent: AttributeParent, parent_id: &str| {
+        ids.get("attribute_id")
+            .map(|attribute_id| SchemaKey::Attribute {
+                parent,
+                parent_id: parent_id.to_string(),
+                attribute_id,
+            })
+    };
+    let plan = match kind {
+        EventKind::RecordCreated
+        | EventKind::RecordUpdated
+        | EventKind::RecordDeleted
+        | EventKind::RecordMerged => {
+            // For record.merged `record_id` is the survivor; the duplicate now answers 404.
+            let object_id = need("object_id")?;
+            let record_id = need("record_id")?;
+            Plan {
+                coalesce: *kind == EventKind::RecordUpdated,
+                attribute: attribute_of(AttributeParent::Object, &object_id),
+                subject: Some(Subject::Record {
+                    object_id: object_id.clone(),
+                    record_id,
+                }),
+                object_id: Some(object_id),
+                ..Plan::default()
+            }
+        }
+        EventKind::ListEntryCreated | EventKind::ListEntryUpdated | EventKind::ListEntryDeleted => {
+            let list_id = need("list_id")?;
+            let entry_id = need("entry_id")?;
+            Plan {
+                coalesce: *kind == EventKind::ListEntryUpdated,
+                attribute: attribute_of(AttributeParent::List, &list_id),
+                subject: Some(Subject::ListEntry {
+                    list_id: list_id.clone(),
+                    entry_id,
+                }),
+                object_id: ids.get("parent_object_id"),
+                list_id: Some(list_id),
+                ..Plan::default()
+            }
+        }
+        EventKind::NoteCreated
+        | EventKind::NoteUpdated
+        | EventKind::NoteDeleted
+        | EventKind::NoteContentUpdated => Plan {
+            subject: Some(Subject::Note {
+                note_id: need("note_id")?,
+            }),
+            object_id: ids.get("parent_object_id"),
+            ..Plan::default()
+        },
+        EventKind::TaskCreated | EventKind::TaskUpdated | EventKind::TaskDeleted => Plan {
+            subject: Some(Subject::Task {
+                task_id: need("task_id")?,
+            }),
+            ..Plan::default()
+        },
+        EventKind::CommentCreated
+        | EventKind::CommentResolved
+        | EventKind::CommentUnresolved
+        | EventKind::CommentDeleted => Plan {
+            subject: Some(Subject::Comment {
+                comment_id: need("comment_id")?,
+            }),
+            object_id: ids.get("object_id"),
+            list_id: ids.get("list_id"),
+            ..Plan::default()
+        },
+        EventKind::ListCreated | EventKind::ListUpdated | EventKind::ListDeleted => {
+            let list_id = need("list_id")?;
+            Plan {
+                subject: Some(Subject::List {
+                    list_id: list_id.clone(),
+                }),
+                invalidate: vec![SchemaKey::List(list_id.clone())],
+                list_id: Some(list_id),
+                ..Plan::default()
+            }
+        }
+        EventKind::ListAttributeCreated | EventKind::ListAttributeUpdated => {
+            let list_id = need("list_id")?;
+            let attribute_id = need("attribute_id")?;
+            let key = SchemaKey::Attribute {
+                parent: AttributeParent::List,
+                parent_id: list_id.clone(),
+                attribute_id: attribute_id.clone(),
+            };
+            Plan {
+                subject: Some(Subject::Attribute {
+                    parent: AttributeParent::List,
+                    parent_id: list_id.clone(),
+                    attribute_id,
+                }),
+                invalidate: vec![key.clone()],
+                attribute: Some(key),
+                list_id: Some(list_id),
+                ..Plan::default()
+            }
+        }
+        EventKind::ObjectAttributeCreated | EventKind::ObjectAttributeUpdated => {
+            let object_id = need("object_id")?;
+            let attribute_id = need("attribute_id")?;
+            let key = SchemaKey::Attribute {
+                parent: AttributeParent::Object,
+                parent_id: object_id.clone(),
+                attribute_id: attribute_id.clone(),
+            };
+            Plan {
+                subject: Some(Subject::Attribute {
+                    parent: AttributeParent::Object,
+                    parent_id: object_id.clone(),
+                    attribute_id,
+                }),
+                invalidate: vec![key.clone()],
+                attribute: Some(key),
+                object_id: Some(object_id),
+                ..Plan::default()
+            }
+        }
+        EventKind::WorkspaceMemberCreated => Plan {
+            subject: Some(Subject::WorkspaceMember {
+                workspace_member_id: need("workspace_member_id")?,
+            }),
+            ..Plan::default()
+        },
+        EventKind::CallRecordingCreated => Plan {
+            subject: Some(Subject::CallRecording {
+                meeting_id: need("meeting_id")?,
+                call_recording_id: need("call_recording_id")?,
+            }),
+            ..Plan::default()
+        },
+        // Documented, but Attio's API has no endpoint to read an activity attribute.
+        EventKind::ActivityAttributeCreated | EventKind::ActivityAttributeUpdated => {
+            Plan::default()
+        }
+        // A type this build does not know: delivered as it came.
+        EventKind::Unknown(_) => Plan::default(),
+    };
+    Ok(plan)
+}
+
+/// The enrichment stage. Without an API key every event passes with `disabled`.
+#[derive(Clone)]
+pub struct Enricher {
+    active: Option<Active>,
+}
+
+#[derive(Clone)]
+struct Active {
+    client: AttioClient,
+    schema: SchemaCache,
+    fetches: SingleFlight<Subject, Result<Value, AttioError>>,
+    window: Duration,
+}
+
+impl Enricher {
+    pub fn new(client: Option<AttioClient>, settings: &EnrichmentSettings) -> Enricher {
+        Enricher {
+            active: client.map(|client| Active {
+                schema: SchemaCache::new(client.clone(), settings.schema_ttl),
+                client,
+                fetches: SingleFlight::default(),
+                window: settings.coalesce_window,
+            }),
+        }
+    }
+
+    /// An enricher that marks every event `disabled`.
+    pub fn disabled() -> Enricher {
+        Enricher { active: None }
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.active.is_some()
+    }
+
+    /// While Attio is considered down (circuit breaker open): how long until it is tried again.
+    pub fn unavailable_for(&self) -> Option<Duration> {
+        self.active.as_ref()?.client.unavailable_for()
+    }
+
+    /// Enriches one event, as much as `wanted` asks.
+    pub async fn enrich(&self, kind: &EventKind, raw: &str, wanted: RouteEnrich) -> Enrichment {
+        if wanted == RouteEnrich::Off {
+            return Enrichment::bare(EnrichmentStatus::Skipped);
+        }
+        let Some(active) = &self.active else {
+            return Enrichment::bare(EnrichmentStatus::Disabled);
+        };
+        let plan = match plan(kind, &EventIds::parse(raw)) {
+            Ok(plan) => plan,
+            Err(MissingId(key)) => {
+                return Enrichment {
+                    error: Some(AttioError::InvalidRequest(format!(
+                        "the {kind} event carries no `{key}`"
+                    ))),
+                    ..Enrichment::bare(EnrichmentStatus::Failed)
+                }
+            }
+        };
+        let Some(subject) = plan.subject.clone() else {
+            return Enrichment::bare(EnrichmentStatus::Skipped);
+        };
+        let started = Instant::now();
+        let enrichment = active.run(subject, plan).await;
+        metrics::histogram!("attio_webhooks_enrichment_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        enrichment
+    }
+}
+
+impl Active {
+    async fn run(&self, subject: Subject, plan: Plan) -> Enrichment {
+        for key in &plan.invalidate {
+            self.schema.invalidate(key);
+        }
+        let fetch = self.fetch_shared(subject.clone(), plan.coalesce);
+        let names = async {
+            let object = self.name(plan.object_id.clone().map(SchemaKey::Object));
+            let list = self.name(plan.list_id.clone().map(SchemaKey::List));
+            // Attribute events fetch the attribute itself: its slug comes with it below.
+            let attribute = self.name(match subject {
+                Subject::Attribute { .. } => None,
+                _ => plan.attribute.clone(),
+            });
+            tokio::join!(object, list, attribute)
+        };
+        let (fetched, (object, list, attribute)) = tokio::join!(fetch, names);
+
+        let mut enrichment = Enrichment::bare(EnrichmentStatus::Ok);
+        match fetched {
+            Ok(data) => {
+                self.learn(&subject, &data);
+                enrichment.data = Some(data);
+            }
+            Err(error) if error.is_not_found() => enrichment.status = EnrichmentStatus::NotFound,
+            Err(error) => {
+                enrichment.status = EnrichmentStatus::Failed;
+                enrichment.error = Some(error);
+            }
+        }
+        let mut names = [object, list, attribute];
+        if let Subject::Attribute { .. } = subject {
+            names[2] = Ok(enrichment
+                .data
+                .as_ref()
+                .and_then(|d| d.get("api_slug"))
+                .and_then(Value::as_str)
+                .map(str::to_string));
+        }
+        let [object, list, attribute] = names;
+        for (slot, name) in [
+            (&mut enrichment.object, object),
+            (&mut enrichment.list, list),
+            (&mut enrichment.attribute, attribute),
+        ] {
+            match name {
+                Ok(slug) => *slot = slug,
+                // A name that could not be looked up fails the enrichment like the fetch would:
+                // routes and consumers rely on it.
+                Err(error) if enrichment.error.is_none() => {
+                    enrichment.status = EnrichmentStatus::Failed;
+                    enrichment.error = Some(error);
+                }
+                Err(_) => {}
+            }
+        }
+        enrichment
+    }
+
+    async fn name(&self, key: Option<SchemaKey>) -> Result<Option<String>, AttioError> {
+        match key {
+            Some(key) => self.schema.slug(key).await,
+            None => Ok(None),
+        }
+    }
+
+    /// The event's own fetch told us a slug: keep it, saving a look-up.
+    fn learn(&self, subject: &Subject, data: &Value) {
+        let slug = data
+            .get("api_slug")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        match subject {
+            Subject::List { list_id } => {
+                self.schema.remember(SchemaKey::List(list_id.clone()), slug)
+            }
+            Subject::Attribute {
+                parent,
+                parent_id,
+                attribute_id,
+            } => self.schema.remember(
+                SchemaKey::Attribute {
+                    parent: *parent,
+                    parent_id: parent_id.clone(),
+                    attribute_id: attribute_id.clone(),
+                },
+                slug,
+            ),
+            _ => {}
+        }
+    }
+
+    /// Fetches `subject`, sharing the request with other events of the same subject within
+    /// the coalescing window when `coalesce` says so.
+    async fn fetch_shared(&self, subject: Subject, coalesce: bool) -> Result<Value, AttioError> {
+        if !coalesce || self.window.is_zero() {
+            return fetch(&self.client, &subject).await;
+        }
+        let client = self.client.clone();
+        let key = subject.clone();
+        match self
+            .fetches
+            .run(key, self.window, Closes::AtSend, move |closer| async move {
+                // Events arriving until the request leaves (it may queue for the rate limiter)
+                // still share it: the state it reads is newer than all of them.
+                let client = client.on_send(Arc::new(move || closer.close()));
+                fetch(&client, &subject).await
+            })
+            .await
+        {
+            Ok((answer, leader)) => {
+                if !leader {
+                    tracing::debug!("re-fetch shared with an earlier event of the same record");
+                }
+                answer
+            }
+            Err(_) => Err(AttioError::Connect("shared fetch abandoned".to_string())),
+        }
+    }
+}
+
+/// One request for `subject`; the answer's `data` as JSON.
+async fn fetch(client: &AttioClient, subject: &Subject) -> Result<Value, AttioError> {
+    fn json<T: Serialize>(value: T) -> Result<Value, AttioError> {
+        serde_json::to_value(value).map_err(|e| AttioError::Decode(e.to_string()))
+    }
+    match subject {
+        Subject::Record {
+            object_id,
+            record_id,
+        } => json(client.get_record(object_id, record_id).await?),
+        Subject::ListEntry { list_id, entry_id } => {
+            json(client.get_list_entry(list_id, entry_id).await?)
+        }
+        Subject::Note { note_id } => json(client.get_note(note_id).await?),
+        Subject::Task { task_id } => json(client.get_task(task_id).await?),
+        Subject::Comment { comment_id } => json(client.get_comment(comment_id).await?),
+        Subject::List { list_id } => json(client.get_list(list_id).await?),
+        Subject::Attribute {
+            parent,
+            parent_id,
+            attribute_id,
+        } => json(
+            client
+                .get_attribute(*parent, parent_id, attribute_id)
+                .await?,
+        ),
+        Subject::WorkspaceMember {
+            workspace_member_id,
+        } => json(client.get_workspace_member(workspace_member_id).await?),
+        Subject::CallRecording {
+            meeting_id,
+            call_recording_id,
+        } => json(
+            client
+                .get_call_recording(meeting_id, call_recording_id)
+                .await?,
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture_event(name: &str) -> String {
+        let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(path).unwrap();
+        let value: Value = serde_json::from_str(&text).unwrap();
+        match value.get("events") {
+            Some(events) => events[0].to_string(),
+            None => value.to_string(),
+        }
+    }
+
+    fn plan_for(name: &str) -> Plan {
+        let raw = fixture_event(name);
+        let ids = EventIds::parse(&raw);
+        let kind_name = serde_json::from_str::<Value>(&raw).unwrap()["event_type"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        plan(&EventKind::parse(&kind_name), &ids).unwrap()
+    }
+
+    #[test]
+    fn record_updated_fetches_the_record_and_names_object_and_attribute() {
+        let plan = plan_for("attio_docs__record.updated_delivery.json");
+        assert_eq!(
+            plan.subject,
+            Some(Subject::Record {
+                object_id: "97052eb9-e65e-443f-a297-f2d9a4a7f795".into(),
+                record_id: "bf071e1f-6035-429d-b874-d83ea64ea13b".into(),
+            })
+        );
+        assert!(plan.coalesce);
+        assert_eq!(
+            plan.object_id.as_deref(),
+            Some("97052eb9-e65e-443f-a297-f2d9a4a7f795")
+        );
+        assert!(matches!(
+            plan.attribute,
+            Some(SchemaKey::Attribute {
+                parent: AttributeParent::Object,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn list_entry_events_name_the_parent_object_from_beside_the_id() {
+        let plan = plan_for("attio_docs__list-entry.updated_delivery.json");
+        assert!(matches!(plan.subject, Some(Subject::ListEntry { .. })));
+        assert!(plan.coalesce);
+        assert_eq!(
+            plan.object_id.as_deref(),
+            Some("97052eb9-e65e-443f-a297-f2d9a4a7f795")
+        );
+        assert_eq!(
+            plan.list_id.as_deref(),
+            Some("33ebdbe9-e529-47c9-b894-0ba25e9c15c0")
+        );
+        let deleted = plan_for("attio_docs__list-entry.deleted_delivery.json");
+        assert!(!deleted.coalesce);
+    }
+
+    #[test]
+    fn schema_events_invalidate_what_they_change() {
+        let plan = plan_for("attio_docs__object-attribute.updated_delivery.json");
+        assert_eq!(plan.invalidate.len(), 1);
+        assert!(matches!(plan.subject, Some(Subject::Attribute { .. })));
+        let plan = plan_for("attio_docs__list-attribute.created_delivery.json");
+        assert!(matches!(
+            &plan.invalidate[0],
+            SchemaKey::Attribute {
+                parent: AttributeParent::List,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn other_kinds_fetch_what_facts_say() {
+        assert!(matches!(
+            plan_for("attio_docs__note-content.updated_delivery.json").subject,
+            Some(Subject::Note { .. })
+        ));
+        assert!(matches!(
+            plan_for("attio_docs__workspace-member.created_event.json").subject,
+            Some(Subject::WorkspaceMember { .. })
+        ));
+        assert_eq!(
+            plan_for("attio_docs__activity-attribute.updated_delivery.json").subject,
+            None
+        );
+        let unknown = plan(
+            &EventKind::parse("spaceship.launched"),
+            &EventIds::parse(r#"{"event_type":"spaceship.launched","id":{}}"#),
+        )
+        .unwrap();
+        assert_eq!(unknown.subject, None);
+    }
+
+    #[test]
+    fn an_event_without_its_ids_says_which_is_missing() {
+        let ids = EventIds::parse(r#"{"event_type":"task.created","id":{"workspace_id":"w"}}"#);
+        assert_eq!(
+            plan(&EventKind::TaskCreated, &ids),
+            Err(MissingId("task_id"))
+        );
+    }
+
+    #[tokio::test]
+    async fn without_a_client_events_are_marked_disabled() {
+        let enricher = Enricher::disabled();
+        let raw = fixture_event("pipedream__record.created_event.json");
+        let result = enricher
+            .enrich(&EventKind::RecordCreated, &raw, RouteEnrich::Required)
+            .await;
+        assert_eq!(result.status, EnrichmentStatus::Disabled);
+        let skipped = enricher
+            .enrich(&EventKind::RecordCreated, &raw, RouteEnrich::Off)
+            .await;
+        assert_eq!(skipped.status, EnrichmentStatus::Skipped);
+    }
+}
