@@ -19,12 +19,15 @@ use crate::helpers::{
 };
 
 /// TOML that puts an app on the Redis queue at `url` under `prefix`, with a short lease so that
-/// work left by a dead replica is taken over within seconds.
+/// work left by a dead replica is taken over within seconds (and Attio timeouts that fit in it;
+/// no API key is set, so nothing calls Attio).
 fn redis_queue(url: &str, prefix: &str) -> String {
     format!(
         "[queue]\nbackend = \"redis\"\n\
          [redis]\nurl = \"{url}\"\nkey_prefix = \"{prefix}\"\n\
-         [dedupe]\nclaim_lease = \"2s\"\ndone_ttl = \"10m\"\n"
+         [dedupe]\nclaim_lease = \"2s\"\ndone_ttl = \"10m\"\n\
+         [attio]\nconnect_timeout = \"200ms\"\nrequest_timeout = \"500ms\"\n\
+         retry_max_delay = \"500ms\"\nretry_total = \"1s\"\n"
     )
 }
 
