@@ -18,7 +18,8 @@
 //! - `ingress`: the HTTP edge: webhook endpoint, health and readiness, errors → status codes.
 //! - `signature`: Attio's HMAC-SHA256 over the raw body; the only maker of a `VerifiedBody`.
 //! - `event`: the delivery envelope, event kinds (with `Unknown`), event identity.
-//! - `journal`: durable store of accepted deliveries (SQLite, group commit), dead letters.
+//! - `journal`: durable store of accepted deliveries (SQLite with group commit, or a Redis
+//!   stream shared by replicas), dead letters.
 //! - `worker`: takes events from the channel and the journal, drives them to the sinks.
 //! - `dedupe`: two-phase claim → done, on Redis or embedded.
 //! - `routing`: rules that match events to sinks (event-type patterns, Attio-style filters).
