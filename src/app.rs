@@ -24,7 +24,7 @@ use crate::routing::{closest_event_type, RouteTable};
 use crate::sinks::Sinks;
 use crate::worker::{self, Pipeline, Worker};
 
-/// How often old delivery keys and dedupe marks are purged.
+/// How often expired delivery keys are purged.
 const PURGE_INTERVAL: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, thiserror::Error)]
@@ -98,11 +98,7 @@ impl Application {
                     SqliteJournal::open_with(&settings.journal_path(), settings.storage.sync)?;
                 let dedupe = match redis {
                     Some(connection) => redis_dedupe(connection, &settings),
-                    None => DedupeStore::Embedded(EmbeddedDedupe::new(
-                        sqlite.clone(),
-                        settings.dedupe.claim_lease,
-                        settings.dedupe.done_ttl,
-                    )),
+                    None => DedupeStore::Embedded(EmbeddedDedupe::new(settings.dedupe.claim_lease)),
                 };
                 (Journal::Sqlite(sqlite), dedupe)
             }
@@ -288,7 +284,7 @@ fn redis_dedupe(connection: redis::aio::ConnectionManager, settings: &Settings) 
     ))
 }
 
-/// Forgets delivery keys and done marks older than `dedupe.done_ttl` (with the Redis journal:
+/// Forgets delivery keys older than `dedupe.done_ttl` (with the Redis journal:
 /// replicas long gone from the consumer group).
 async fn upkeep(journal: Journal, keep: Duration, stop: CancellationToken) {
     let mut interval = tokio::time::interval(PURGE_INTERVAL);

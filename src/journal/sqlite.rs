@@ -72,11 +72,6 @@ CREATE TABLE IF NOT EXISTS dead_deliveries (
     reason TEXT NOT NULL,
     body BLOB NOT NULL
 );
-CREATE TABLE IF NOT EXISTS dedupe_done (
-    key TEXT PRIMARY KEY,
-    expires_unix_ms INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS dedupe_done_expiry ON dedupe_done(expires_unix_ms);
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -126,21 +121,10 @@ enum Request {
         reply: Reply<ReplayReport>,
     },
     DeadDeliveries(usize, Reply<Vec<DeadDelivery>>),
-    DedupeIsDone {
-        key: String,
-        now_ms: i64,
-        reply: Reply<bool>,
-    },
-    DedupeMarkDone {
-        key: String,
-        expires_ms: i64,
-        reply: Reply<()>,
-    },
     Probe(Reply<()>),
     OldestPending(Reply<Option<String>>),
     Purge {
         deliveries_before_ms: i64,
-        now_ms: i64,
         reply: Reply<u64>,
     },
     Close(oneshot::Sender<()>),
@@ -319,25 +303,6 @@ impl SqliteJournal {
         self.call(request).await
     }
 
-    /// Whether the embedded dedupe store remembers `key` as done.
-    pub async fn dedupe_is_done(&self, key: &str) -> Result<bool, JournalError> {
-        let key = key.to_string();
-        let now_ms = Utc::now().timestamp_millis();
-        self.call(|reply| Request::DedupeIsDone { key, now_ms, reply })
-            .await
-    }
-
-    pub async fn dedupe_mark_done(&self, key: &str, ttl: Duration) -> Result<(), JournalError> {
-        let key = key.to_string();
-        let expires_ms = Utc::now().timestamp_millis() + duration_ms(ttl);
-        self.call(|reply| Request::DedupeMarkDone {
-            key,
-            expires_ms,
-            reply,
-        })
-        .await
-    }
-
     pub fn backlog(&self) -> u64 {
         self.backlog.load(Ordering::Relaxed)
     }
@@ -362,7 +327,6 @@ impl SqliteJournal {
         let deliveries_before_ms = now_ms - duration_ms(keep);
         self.call(|reply| Request::Purge {
             deliveries_before_ms,
-            now_ms,
             reply,
         })
         .await
@@ -448,7 +412,6 @@ enum Held {
         Reply<Vec<DeadDelivery>>,
         Result<Vec<DeadDelivery>, JournalError>,
     ),
-    Bool(Reply<bool>, Result<bool, JournalError>),
     Text(Reply<Option<String>>, Result<Option<String>, JournalError>),
     Count(Reply<u64>, Result<u64, JournalError>),
     /// Any other reply: called with the commit's error, if any; the backlog change is applied
@@ -511,9 +474,6 @@ impl Held {
                 let _ = reply.send(committed.clone().map_err(|m| failed(&m)).and(result));
             }
             Held::Dead(reply, result) => {
-                let _ = reply.send(committed.clone().map_err(|m| failed(&m)).and(result));
-            }
-            Held::Bool(reply, result) => {
                 let _ = reply.send(committed.clone().map_err(|m| failed(&m)).and(result));
             }
             Held::Count(reply, result) => {
@@ -621,12 +581,10 @@ fn refuse(request: Request) -> Held {
         | Request::Complete(_, reply)
         | Request::Reschedule { reply, .. }
         | Request::DeadLetter { reply, .. }
-        | Request::DedupeMarkDone { reply, .. }
         | Request::Probe(reply) => Held::Unit(reply, Err(error()), 0),
         Request::Due { reply, .. } => Held::Due(reply, Err(error())),
         Request::DeadLetters(_, reply) => Held::Letters(reply, Err(error())),
         Request::DeadDeliveries(_, reply) => Held::Dead(reply, Err(error())),
-        Request::DedupeIsDone { reply, .. } => Held::Bool(reply, Err(error())),
         Request::Purge { reply, .. } => Held::Count(reply, Err(error())),
         Request::RecordSinks { reply, .. } => Held::Unit(reply, Err(error()), 0),
         Request::ListDeadLetters(_, reply) => Held::other(reply, Err(error()), |_| 0),
@@ -758,33 +716,6 @@ fn apply(tx: &Transaction<'_>, request: Request) -> Held {
             report.replayed.len() as i64
         }),
         Request::DeadDeliveries(limit, reply) => Held::Dead(reply, dead_deliveries(tx, limit)),
-        Request::DedupeIsDone { key, now_ms, reply } => {
-            let result = tx
-                .query_row(
-                    "SELECT 1 FROM dedupe_done WHERE key = ?1 AND expires_unix_ms > ?2",
-                    params![key, now_ms],
-                    |_| Ok(()),
-                )
-                .optional()
-                .map(|found| found.is_some())
-                .map_err(JournalError::from);
-            Held::Bool(reply, result)
-        }
-        Request::DedupeMarkDone {
-            key,
-            expires_ms,
-            reply,
-        } => {
-            let result = tx
-                .execute(
-                    "INSERT INTO dedupe_done (key, expires_unix_ms) VALUES (?1, ?2)
-                     ON CONFLICT(key) DO UPDATE SET expires_unix_ms = excluded.expires_unix_ms",
-                    params![key, expires_ms],
-                )
-                .map(|_| ())
-                .map_err(JournalError::from);
-            Held::Unit(reply, result, 0)
-        }
         Request::Probe(reply) => {
             let result = tx
                 .execute(
@@ -809,7 +740,6 @@ fn apply(tx: &Transaction<'_>, request: Request) -> Held {
         }
         Request::Purge {
             deliveries_before_ms,
-            now_ms,
             reply,
         } => {
             let result = (|| {
@@ -817,11 +747,7 @@ fn apply(tx: &Transaction<'_>, request: Request) -> Held {
                     "DELETE FROM deliveries WHERE received_unix_ms < ?1",
                     params![deliveries_before_ms],
                 )?;
-                let marks = tx.execute(
-                    "DELETE FROM dedupe_done WHERE expires_unix_ms <= ?1",
-                    params![now_ms],
-                )?;
-                Ok::<_, rusqlite::Error>((deliveries + marks) as u64)
+                Ok::<_, rusqlite::Error>(deliveries as u64)
             })()
             .map_err(JournalError::from);
             Held::Count(reply, result)
