@@ -607,20 +607,20 @@ fn apply(tx: &Transaction<'_>, request: Request) -> Held {
             Held::Append(reply, result, added)
         }
         Request::AppendMalformed(delivery, reply) => {
-            let result = tx
-                .execute(
-                    "INSERT INTO dead_deliveries (key, received_at, request_id, reason, body)
+            let result = exec(
+                tx,
+                "INSERT INTO dead_deliveries (key, received_at, request_id, reason, body)
                      VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![
-                        delivery.key,
-                        rfc3339(delivery.received_at),
-                        delivery.request_id,
-                        delivery.reason,
-                        delivery.body
-                    ],
-                )
-                .map(|_| ())
-                .map_err(JournalError::from);
+                params![
+                    delivery.key,
+                    rfc3339(delivery.received_at),
+                    delivery.request_id,
+                    delivery.reason,
+                    delivery.body
+                ],
+            )
+            .map(|_| ())
+            .map_err(JournalError::from);
             Held::Unit(reply, result, 0)
         }
         Request::Due {
@@ -629,12 +629,12 @@ fn apply(tx: &Transaction<'_>, request: Request) -> Held {
             reply,
         } => Held::Due(reply, due(tx, now_ms, limit)),
         Request::Complete(id, reply) => {
-            let result = tx
-                .execute(
-                    "DELETE FROM events WHERE id = ?1 AND state = 'pending'",
-                    params![id],
-                )
-                .map_err(JournalError::from);
+            let result = exec(
+                tx,
+                "DELETE FROM events WHERE id = ?1 AND state = 'pending'",
+                params![id],
+            )
+            .map_err(JournalError::from);
             let change = match result {
                 Ok(n) => -(n as i64),
                 Err(_) => 0,
@@ -649,15 +649,15 @@ fn apply(tx: &Transaction<'_>, request: Request) -> Held {
             sinks_done,
             reply,
         } => {
-            let result = tx
-                .execute(
-                    "UPDATE events SET attempts = ?2, next_attempt_unix_ms = ?3,
+            let result = exec(
+                tx,
+                "UPDATE events SET attempts = ?2, next_attempt_unix_ms = ?3,
                         last_error = COALESCE(?4, last_error), sinks_done = ?5
                      WHERE id = ?1 AND state = 'pending'",
-                    params![id, attempts, next_ms, error, sinks_done],
-                )
-                .map(|_| ())
-                .map_err(JournalError::from);
+                params![id, attempts, next_ms, error, sinks_done],
+            )
+            .map(|_| ())
+            .map_err(JournalError::from);
             Held::Unit(reply, result, 0)
         }
         Request::DeadLetter {
@@ -668,21 +668,21 @@ fn apply(tx: &Transaction<'_>, request: Request) -> Held {
             sinks_done,
             reply,
         } => {
-            let result = tx
-                .execute(
-                    "UPDATE events SET state = 'dead', attempts = ?2, last_error = ?3,
+            let result = exec(
+                tx,
+                "UPDATE events SET state = 'dead', attempts = ?2, last_error = ?3,
                         failed_sinks = ?4, sinks_done = ?5, dead_at = ?6
                      WHERE id = ?1 AND state = 'pending'",
-                    params![
-                        id,
-                        attempts,
-                        error,
-                        failed_sinks,
-                        sinks_done,
-                        rfc3339(Utc::now())
-                    ],
-                )
-                .map_err(JournalError::from);
+                params![
+                    id,
+                    attempts,
+                    error,
+                    failed_sinks,
+                    sinks_done,
+                    rfc3339(Utc::now())
+                ],
+            )
+            .map_err(JournalError::from);
             let change = match result {
                 Ok(n) => -(n as i64),
                 Err(_) => 0,
@@ -717,14 +717,14 @@ fn apply(tx: &Transaction<'_>, request: Request) -> Held {
         }),
         Request::DeadDeliveries(limit, reply) => Held::Dead(reply, dead_deliveries(tx, limit)),
         Request::Probe(reply) => {
-            let result = tx
-                .execute(
-                    "INSERT INTO meta (key, value) VALUES ('probe', ?1)
+            let result = exec(
+                tx,
+                "INSERT INTO meta (key, value) VALUES ('probe', ?1)
                      ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                    params![rfc3339(Utc::now())],
-                )
-                .map(|_| ())
-                .map_err(JournalError::from);
+                params![rfc3339(Utc::now())],
+            )
+            .map(|_| ())
+            .map_err(JournalError::from);
             Held::Unit(reply, result, 0)
         }
         Request::OldestPending(reply) => {
@@ -743,7 +743,8 @@ fn apply(tx: &Transaction<'_>, request: Request) -> Held {
             reply,
         } => {
             let result = (|| {
-                let deliveries = tx.execute(
+                let deliveries = exec(
+                    tx,
                     "DELETE FROM deliveries WHERE received_unix_ms < ?1",
                     params![deliveries_before_ms],
                 )?;
@@ -756,9 +757,16 @@ fn apply(tx: &Transaction<'_>, request: Request) -> Held {
     }
 }
 
+/// Runs one statement through the connection's statement cache: the hot statements run for
+/// every delivery and event, and re-parsing them each time shows up in profiles.
+fn exec(tx: &Transaction<'_>, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    tx.prepare_cached(sql)?.execute(params)
+}
+
 fn append(tx: &Transaction<'_>, delivery: NewDelivery) -> Result<AppendOutcome, JournalError> {
     let received_at = rfc3339(delivery.received_at);
-    let inserted = tx.execute(
+    let inserted = exec(
+        tx,
         "INSERT OR IGNORE INTO deliveries
             (key, webhook_id, received_at, received_unix_ms, event_count, key_derived)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -872,7 +880,8 @@ fn record_sinks(
     next_ms: Option<i64>,
 ) -> Result<usize, JournalError> {
     let changed = match next_ms {
-        Some(next_ms) => tx.execute(
+        Some(next_ms) => exec(
+            tx,
             "UPDATE events SET attempts = ?2, next_attempt_unix_ms = ?3, last_error = ?4,
                 sinks_done = ?5, sink_attempts = ?6, failed_sinks = ?7
              WHERE id = ?1 AND state = 'pending'",
@@ -886,7 +895,8 @@ fn record_sinks(
                 json_list(&progress.sinks_failed)
             ],
         )?,
-        None => tx.execute(
+        None => exec(
+            tx,
             "UPDATE events SET state = 'dead', attempts = ?2, last_error = ?3, sinks_done = ?4,
                 sink_attempts = ?5, failed_sinks = ?6, dead_at = ?7
              WHERE id = ?1 AND state = 'pending'",
