@@ -388,3 +388,43 @@ impl Journal {
         }
     }
 }
+
+/// Decides what replaying one event means, for every backend alike. `state`, `failed` and
+/// `done` are what the journal holds for it; `sink` limits the replay to one sink; `named` says
+/// the caller listed this id (rather than `--all`). Returns the sinks to count as done when the
+/// event goes back to pending, or why it is skipped (`None`: skipped without a word, as an
+/// `--all --sink` replay passes over events that did not fail on that sink).
+pub(crate) fn plan_replay(
+    state: Option<&str>,
+    failed: Vec<String>,
+    mut done: Vec<String>,
+    sink: Option<&str>,
+    named: bool,
+) -> Result<Vec<String>, Option<String>> {
+    match state {
+        Some("dead") => {}
+        Some(state) => return Err(Some(format!("not a dead letter (it is {state})"))),
+        None => {
+            return Err(Some(
+                "not in the journal (done events are not kept)".to_string(),
+            ))
+        }
+    }
+    if let Some(sink) = sink {
+        if !failed.iter().any(|f| f == sink) {
+            return Err(named.then(|| {
+                format!(
+                    "did not fail on sink {sink:?} (failed: {})",
+                    failed.join(", ")
+                )
+            }));
+        }
+        // Only `sink` is tried again: every other sink that failed counts as done.
+        for other in failed.into_iter().filter(|f| f != sink) {
+            if !done.contains(&other) {
+                done.push(other);
+            }
+        }
+    }
+    Ok(done)
+}

@@ -620,43 +620,20 @@ impl RedisJournal {
                 pipe.query_async(&mut self.connection()).await?;
             let mut wanted: Vec<(String, String)> = Vec::new();
             for (id, (state, failed, done)) in batch.iter().zip(states) {
-                let skip = |reason: String| SkippedReplay {
-                    id: id.clone(),
-                    reason,
-                };
-                match state.as_deref() {
-                    Some("dead") => {}
-                    Some(state) => {
-                        report
-                            .skipped
-                            .push(skip(format!("not a dead letter (it is {state})")));
-                        continue;
-                    }
-                    None => {
-                        report.skipped.push(skip(
-                            "not in the journal (done events are not kept)".to_string(),
-                        ));
-                        continue;
-                    }
-                }
                 let failed = parse_list(failed.as_deref().unwrap_or("[]"));
-                let mut done = parse_list(done.as_deref().unwrap_or("[]"));
-                if let Some(sink) = sink {
-                    if !failed.iter().any(|f| f == sink) {
-                        if named {
-                            report.skipped.push(skip(format!(
-                                "did not fail on sink {sink:?} (failed: {})",
-                                failed.join(", ")
-                            )));
+                let done = parse_list(done.as_deref().unwrap_or("[]"));
+                let done = match super::plan_replay(state.as_deref(), failed, done, sink, named) {
+                    Ok(done) => done,
+                    Err(reason) => {
+                        if let Some(reason) = reason {
+                            report.skipped.push(SkippedReplay {
+                                id: id.clone(),
+                                reason,
+                            });
                         }
                         continue;
                     }
-                    for other in failed.into_iter().filter(|f| f != sink) {
-                        if !done.contains(&other) {
-                            done.push(other);
-                        }
-                    }
-                }
+                };
                 wanted.push((id.clone(), json_list(&done)));
             }
             if wanted.is_empty() {

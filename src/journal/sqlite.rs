@@ -1072,43 +1072,17 @@ fn replay(
             sink_attempts = '{}', failed_sinks = '[]', dead_at = NULL, sinks_done = ?2
          WHERE id = ?1 AND state = 'dead'",
     )?;
-    for (id, state, failed, mut done) in candidates {
-        let skip = |reason: String| SkippedReplay {
-            id: id.clone(),
-            reason,
+    let named = matches!(selection, ReplaySelection::Ids(_));
+    for (id, state, failed, done) in candidates {
+        let done = match super::plan_replay(state.as_deref(), failed, done, sink, named) {
+            Ok(done) => done,
+            Err(reason) => {
+                if let Some(reason) = reason {
+                    report.skipped.push(SkippedReplay { id, reason });
+                }
+                continue;
+            }
         };
-        match state.as_deref() {
-            Some("dead") => {}
-            Some(state) => {
-                report
-                    .skipped
-                    .push(skip(format!("not a dead letter (it is {state})")));
-                continue;
-            }
-            None => {
-                report.skipped.push(skip(
-                    "not in the journal (done events are not kept)".to_string(),
-                ));
-                continue;
-            }
-        }
-        if let Some(sink) = sink {
-            if !failed.iter().any(|f| f == sink) {
-                if matches!(selection, ReplaySelection::Ids(_)) {
-                    report.skipped.push(skip(format!(
-                        "did not fail on sink {sink:?} (failed: {})",
-                        failed.join(", ")
-                    )));
-                }
-                continue;
-            }
-            // Only `sink` is tried again: every other sink that failed counts as done.
-            for other in failed.into_iter().filter(|f| f != sink) {
-                if !done.contains(&other) {
-                    done.push(other);
-                }
-            }
-        }
         if update.execute(params![id, json_list(&done)])? == 1 {
             report.replayed.push(id);
         }
