@@ -13,4 +13,5 @@ mod ingress;
 mod lifecycle;
 mod observability;
 mod pipeline;
+mod routing;
 mod sinks;
