@@ -10,6 +10,7 @@
 use serde_json::Value;
 
 use crate::config::{ConfigError, RouteEnrich, RouteSettings};
+pub use crate::event::Dimension;
 use crate::event::{EventKind, SUBSCRIBABLE_EVENT_TYPES};
 
 /// An event-type pattern: `*`, `record.*`, or one exact type.
@@ -49,26 +50,6 @@ impl EventPattern {
                 event_type.split_once('.').is_some_and(|(f, _)| f == family)
             }
             EventPattern::Exact(exact) => exact == event_type,
-        }
-    }
-}
-
-/// What a route can be narrowed to besides the event type: route keys `object`, `list` and
-/// `attribute`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dimension {
-    Object,
-    List,
-    Attribute,
-}
-
-impl Dimension {
-    /// The route key.
-    pub fn key(self) -> &'static str {
-        match self {
-            Dimension::Object => "object",
-            Dimension::List => "list",
-            Dimension::Attribute => "attribute",
         }
     }
 }

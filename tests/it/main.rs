@@ -15,3 +15,4 @@ mod observability;
 mod pipeline;
 mod routing;
 mod sinks;
+mod webhooks_cli;
