@@ -88,6 +88,13 @@ log "ingress: attio-webhooks"
 ours=$(run_load ours "http://127.0.0.1:3910/webhooks/attio")
 kill "$pid"; wait "$pid" 2>/dev/null || true
 
+# 1a'. the same with storage.sync = "normal" (survives kill -9, not a power cut)
+mkdir -p "$work/n"; write_config "$work/n" ""
+start_daemon "$work/n" 3912 ATTIO_WEBHOOKS__STORAGE__SYNC=normal; pid=$DAEMON_PID; wait_port 3912
+log "ingress: attio-webhooks, storage.sync = normal"
+ours_normal=$(run_load normal "http://127.0.0.1:3912/webhooks/attio")
+kill "$pid"; wait "$pid" 2>/dev/null || true
+
 # 1b. axum-bare
 PORT=3901 target/bench-peers/axum-bare/target/release/axum-bare >/dev/null 2>&1 & bare_pid=$!; pids+=("$bare_pid")
 wait_port 3901
@@ -121,10 +128,13 @@ end_ns=$(date +%s%N)
 peak_kb=$(rss_kb "$pid" VmHWM)
 kill "$pid"; wait "$pid" 2>/dev/null || true
 
-python3 - "$ours" "$bare" "$express" "$e2e_load" "$lines" "$start_ns" "$end_ns" "$idle_kb" "$peak_kb" "$REQUESTS" "$CONCURRENCY" "$E2E_EVENTS" <<'PY'
+fsync_ms=$(dd if=/dev/zero of="$work/fsync.test" bs=4k count=200 oflag=dsync 2>&1 | awk '/copied/ { printf "%.2f", $(NF-3) * 1000 / 200 }')
+python3 - "$ours" "$ours_normal" "$fsync_ms" "$bare" "$express" "$e2e_load" "$lines" "$start_ns" "$end_ns" "$idle_kb" "$peak_kb" "$REQUESTS" "$CONCURRENCY" "$E2E_EVENTS" <<'PY'
 import json, sys, datetime, os, platform
-ours, bare, express, e2e = (json.loads(a) for a in sys.argv[1:5])
-lines, start_ns, end_ns, idle_kb, peak_kb, requests, conc, events = (int(a) for a in sys.argv[5:13])
+ours, ours_normal = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+fsync_ms = sys.argv[3]
+bare, express, e2e = (json.loads(a) for a in sys.argv[4:7])
+lines, start_ns, end_ns, idle_kb, peak_kb, requests, conc, events = (int(a) for a in sys.argv[7:15])
 seconds = (end_ns - start_ns) / 1e9
 e2e_rate = lines / seconds if seconds else 0
 row = lambda name, r: f"| {name} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['failed']} |"
@@ -132,12 +142,14 @@ out = []
 out.append(f"Benchmark {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, {requests} distinct signed deliveries at {conc} connections (after a warm-up)\n")
 out.append("| ingress | requests/s | p50 ms | p99 ms | failed |")
 out.append("|---|---|---|---|---|")
-out.append(row("attio-webhooks (durable journal)", ours))
+out.append(row("attio-webhooks, storage.sync = full (default)", ours))
+out.append(row("attio-webhooks, storage.sync = normal", ours_normal))
 out.append(row("axum-bare (no work: upper bound)", bare))
 out.append(row("express-seed (Node/Express guide design)", express))
 out.append("")
-out.append(f"- attio-webhooks / axum-bare: {ours['rps']/bare['rps']:.2f} (target >= 0.6)")
-out.append(f"- attio-webhooks / express-seed: {ours['rps']/express['rps']:.2f} (target >= 10)")
+out.append(f"- attio-webhooks / axum-bare: {ours['rps']/bare['rps']:.2f} with sync = full, {ours_normal['rps']/bare['rps']:.2f} with sync = normal (target >= 0.6)")
+out.append(f"- attio-webhooks / express-seed: {ours['rps']/express['rps']:.2f} with sync = full, {ours_normal['rps']/express['rps']:.2f} with sync = normal (target >= 10)")
+out.append(f"- one 4 KiB write + fsync on this disk: {fsync_ms} ms (bounds sync = full: {conc} connections / fsync time)")
 out.append(f"- end to end, {lines}/{events} events through Redis dedupe to jsonl: {e2e_rate:.0f} events/s over {seconds:.1f} s (ingress alone {e2e['rps']:.0f} req/s; target >= 20000 events/s)")
 out.append(f"- memory: idle RSS {idle_kb/1024:.1f} MB (target <= 30), peak RSS during end to end {peak_kb/1024:.1f} MB (target <= 150)")
 text = "\n".join(out)

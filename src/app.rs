@@ -15,16 +15,16 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::attio::AttioClient;
-use crate::config::Settings;
+use crate::config::{QueueBackend, Settings};
 use crate::dedupe::{self, DedupeStore, EmbeddedDedupe, RedisDedupe};
 use crate::enrich::Enricher;
 use crate::ingress::{self, IngressState};
-use crate::journal::{Journal, SqliteJournal};
+use crate::journal::{Journal, RedisJournal, SqliteJournal};
 use crate::routing::{closest_event_type, RouteTable};
 use crate::sinks::Sinks;
 use crate::worker::{self, Pipeline, Worker};
 
-/// How often old delivery keys and dedupe marks are purged.
+/// How often expired delivery keys are purged.
 const PURGE_INTERVAL: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, thiserror::Error)]
@@ -71,20 +71,37 @@ impl Application {
             None => None,
         };
 
-        let sqlite = SqliteJournal::open(&settings.journal_path())?;
-        let journal = Journal::Sqlite(sqlite.clone());
-        let dedupe = match &settings.redis.url {
-            Some(url) => DedupeStore::Redis(RedisDedupe::new(
-                dedupe::redis::connect(url)?,
-                &settings.redis.key_prefix,
-                settings.dedupe.claim_lease,
-                settings.dedupe.done_ttl,
-            )),
-            None => DedupeStore::Embedded(EmbeddedDedupe::new(
-                sqlite,
-                settings.dedupe.claim_lease,
-                settings.dedupe.done_ttl,
-            )),
+        let redis = match &settings.redis.url {
+            Some(url) => Some(dedupe::redis::connect(url)?),
+            None => None,
+        };
+        let (journal, dedupe) = match (settings.queue.backend, redis) {
+            (QueueBackend::Redis, Some(connection)) => {
+                let journal = Journal::Redis(RedisJournal::new(
+                    connection.clone(),
+                    &settings.redis.key_prefix,
+                    settings.dedupe.claim_lease,
+                    settings.dedupe.done_ttl,
+                ));
+                (journal, redis_dedupe(connection, &settings))
+            }
+            (QueueBackend::Redis, None) => {
+                // Validation already refuses this; kept exhaustive rather than unreachable.
+                return Err(crate::config::ConfigError::Invalid {
+                    key: "queue.backend".to_string(),
+                    problem: "is \"redis\" but redis.url is not set (REDIS_URL)".to_string(),
+                }
+                .into());
+            }
+            (QueueBackend::Embedded, redis) => {
+                let sqlite =
+                    SqliteJournal::open_with(&settings.journal_path(), settings.storage.sync)?;
+                let dedupe = match redis {
+                    Some(connection) => redis_dedupe(connection, &settings),
+                    None => DedupeStore::Embedded(EmbeddedDedupe::new(settings.dedupe.claim_lease)),
+                };
+                (Journal::Sqlite(sqlite), dedupe)
+            }
         };
         let routes_settings = settings.effective_routes();
         let sink_settings = settings.effective_sinks();
@@ -175,7 +192,11 @@ impl Application {
             listen = %listener.local_addr()?,
             path = %settings.server.path,
             dedupe = if settings.redis.url.is_some() { "redis" } else { "embedded" },
-            journal = %settings.journal_path().display(),
+            queue = journal.name(),
+            journal = %match &journal {
+                Journal::Sqlite(_) => settings.journal_path().display().to_string(),
+                Journal::Redis(redis) => format!("redis {{{}}} as {}", settings.redis.key_prefix, redis.consumer()),
+            },
             secrets = settings.webhook.secrets.len(),
             enrichment = settings.attio.api_key.is_some(),
             "attio-webhooks listening"
@@ -254,7 +275,17 @@ fn build_enricher(settings: &Settings) -> Result<Enricher, StartError> {
     Ok(Enricher::new(Some(client), &settings.enrichment))
 }
 
-/// Forgets delivery keys and done marks older than `dedupe.done_ttl`.
+fn redis_dedupe(connection: redis::aio::ConnectionManager, settings: &Settings) -> DedupeStore {
+    DedupeStore::Redis(RedisDedupe::new(
+        connection,
+        &settings.redis.key_prefix,
+        settings.dedupe.claim_lease,
+        settings.dedupe.done_ttl,
+    ))
+}
+
+/// Forgets delivery keys older than `dedupe.done_ttl` (with the Redis journal:
+/// replicas long gone from the consumer group).
 async fn upkeep(journal: Journal, keep: Duration, stop: CancellationToken) {
     let mut interval = tokio::time::interval(PURGE_INTERVAL);
     loop {
@@ -263,7 +294,7 @@ async fn upkeep(journal: Journal, keep: Duration, stop: CancellationToken) {
             _ = interval.tick() => {
                 match journal.purge(keep).await {
                     Ok(0) => {}
-                    Ok(purged) => tracing::info!(purged, "purged expired delivery keys and dedupe marks"),
+                    Ok(purged) => tracing::info!(purged, journal = journal.name(), "purged expired journal entries"),
                     Err(error) => tracing::warn!(%error, "purge of expired keys failed"),
                 }
             }

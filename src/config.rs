@@ -100,13 +100,40 @@ pub struct WebhookSettings {
 #[serde(deny_unknown_fields)]
 pub struct StorageSettings {
     pub path: PathBuf,
+    /// When a commit reaches the disk; see [`SyncMode`].
+    pub sync: SyncMode,
+}
+
+/// How hard the journal flushes each commit (SQLite's `synchronous` in WAL mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    /// Every commit is fsynced before any delivery in it is acknowledged: an acknowledged event
+    /// survives a process crash, an OS crash and a power cut.
+    Full,
+    /// Commits reach the operating system before acknowledgement and the disk at checkpoints:
+    /// an acknowledged event survives a process crash (`kill -9`, OOM kill, panic) but the last
+    /// moments before an OS crash or power cut may be lost. Much faster on slow-fsync disks.
+    Normal,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueueSettings {
+    /// Where accepted deliveries wait for the worker.
+    pub backend: QueueBackend,
     pub max_backlog: u64,
     pub channel_capacity: usize,
+}
+
+/// The journal backend (`queue.backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueBackend {
+    /// SQLite under `storage.path`: one daemon.
+    Embedded,
+    /// A Redis stream with one consumer group: any number of replicas sharing one Redis.
+    Redis,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -700,6 +727,22 @@ impl Settings {
                 "must not be empty",
             ));
         }
+        if self.queue.backend == QueueBackend::Redis {
+            if self.redis.url.is_none() {
+                return Err(ConfigError::invalid(
+                    "queue.backend",
+                    "is \"redis\" but redis.url is not set (REDIS_URL)",
+                ));
+            }
+            // The prefix becomes the hash tag `{prefix}` that keeps every queue key in one
+            // Redis Cluster slot; a brace inside it would end the tag early.
+            if self.redis.key_prefix.contains(['{', '}']) {
+                return Err(ConfigError::invalid(
+                    "redis.key_prefix",
+                    "must not contain '{' or '}' with queue.backend = \"redis\"",
+                ));
+            }
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(ConfigError::invalid(
                 "log.level",
@@ -1200,6 +1243,38 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn the_redis_queue_needs_a_redis_url_and_says_so() {
+        let error = Settings::from_toml(
+            "test",
+            "[webhook]\nsecrets=[\"s\"]\n[queue]\nbackend=\"redis\"",
+        )
+        .unwrap_err();
+        let text = error.to_string();
+        assert!(
+            text.contains("queue.backend") && text.contains("redis.url"),
+            "{text}"
+        );
+        let settings = Settings::from_toml(
+            "test",
+            "[webhook]\nsecrets=[\"s\"]\n[queue]\nbackend=\"redis\"\n[redis]\nurl=\"redis://127.0.0.1:6379\"",
+        )
+        .unwrap();
+        assert_eq!(settings.queue.backend, QueueBackend::Redis);
+        let default = Settings::from_toml("test", "[webhook]\nsecrets=[\"s\"]").unwrap();
+        assert_eq!(default.queue.backend, QueueBackend::Embedded);
+    }
+
+    #[test]
+    fn a_brace_in_the_key_prefix_is_refused_for_the_redis_queue() {
+        let error = Settings::from_toml(
+            "test",
+            "[webhook]\nsecrets=[\"s\"]\n[queue]\nbackend=\"redis\"\n[redis]\nurl=\"redis://127.0.0.1:6379\"\nkey_prefix=\"a{b}\"",
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("redis.key_prefix"), "{error}");
     }
 
     #[test]

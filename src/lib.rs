@@ -19,7 +19,8 @@
 //! - `signature`: Attio's HMAC-SHA256 over the raw body; the only maker of a `VerifiedBody`.
 //! - `event`: the delivery envelope, event kinds (with `Unknown`), event identity, where each
 //!   kind carries its object / list / attribute.
-//! - `journal`: durable store of accepted deliveries (SQLite, group commit), dead letters.
+//! - `journal`: durable store of accepted deliveries (SQLite with group commit, or a Redis
+//!   stream shared by replicas), dead letters.
 //! - `worker`: takes events from the channel and the journal, drives them to the sinks.
 //! - `dedupe`: two-phase claim → done, on Redis or embedded.
 //! - `routing`: rules that match events to sinks (event-type patterns, `object` / `list` /

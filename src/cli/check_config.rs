@@ -174,7 +174,15 @@ fn summary(report: &Report) -> String {
                 "deduplication: embedded (set REDIS_URL to share it across replicas)".to_string()
             }
         },
-        format!("journal: {}", settings.journal_path().display()),
+        match settings.queue.backend {
+            crate::config::QueueBackend::Embedded => {
+                format!("journal: {}", settings.journal_path().display())
+            }
+            crate::config::QueueBackend::Redis => format!(
+                "journal: Redis stream {{{}}}:events shared by every replica (docs/scale-out.md)",
+                settings.redis.key_prefix
+            ),
+        },
     ];
     for (name, sink) in &settings.sinks {
         lines.push(format!("sink {name}: {}", describe_sink(sink)));

@@ -6,14 +6,18 @@
 //! the events set back to pending in the journal. Works directly on the SQLite journal, also
 //! while the daemon runs: SQLite (WAL, busy timeout, IMMEDIATE transactions) serialises the two
 //! writers, and the daemon's periodic journal scan picks replayed events up within
-//! `worker.poll_interval`. No webhook secret is needed: nothing here verifies a delivery.
+//! `worker.poll_interval`. With `queue.backend = "redis"` it works on the Redis queue instead
+//! (every replica sees the change at once). No webhook secret is needed: nothing here verifies a
+//! delivery.
 
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
-use crate::config::{LoadOptions, Settings};
-use crate::journal::{DeadLetter, DeadLetterQuery, Journal, ReplaySelection, SqliteJournal};
+use crate::config::{LoadOptions, QueueBackend, Settings};
+use crate::journal::{
+    DeadLetter, DeadLetterQuery, Journal, RedisJournal, ReplaySelection, SqliteJournal,
+};
 
 #[derive(Debug, Args)]
 pub struct DeadLettersArgs {
@@ -69,7 +73,7 @@ pub fn run(args: DeadLettersArgs, options: LoadOptions) -> ExitCode {
         }
     };
     let path = settings.journal_path();
-    if !path.is_file() {
+    if settings.queue.backend == QueueBackend::Embedded && !path.is_file() {
         eprintln!(
             "error: no journal at {} (storage.path = {}): the daemon has not run with these \
              settings; pass the same --config as `serve`",
@@ -103,8 +107,8 @@ pub fn run(args: DeadLettersArgs, options: LoadOptions) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let journal = match SqliteJournal::open(&path) {
-            Ok(journal) => Journal::Sqlite(journal),
+        let journal = match open_journal(&settings) {
+            Ok(journal) => journal,
             Err(error) => {
                 eprintln!("error: {error}");
                 return ExitCode::FAILURE;
@@ -120,6 +124,27 @@ pub fn run(args: DeadLettersArgs, options: LoadOptions) -> ExitCode {
         journal.close().await;
         code
     })
+}
+
+/// The journal the daemon uses with these settings.
+fn open_journal(settings: &Settings) -> Result<Journal, String> {
+    match (settings.queue.backend, &settings.redis.url) {
+        (QueueBackend::Redis, Some(url)) => {
+            let connection = crate::dedupe::redis::connect(url).map_err(|e| e.to_string())?;
+            Ok(Journal::Redis(RedisJournal::new(
+                connection,
+                &settings.redis.key_prefix,
+                settings.dedupe.claim_lease,
+                settings.dedupe.done_ttl,
+            )))
+        }
+        (QueueBackend::Redis, None) => {
+            Err("queue.backend is \"redis\" but redis.url is not set (REDIS_URL)".to_string())
+        }
+        (QueueBackend::Embedded, _) => SqliteJournal::open(&settings.journal_path())
+            .map(Journal::Sqlite)
+            .map_err(|e| e.to_string()),
+    }
 }
 
 async fn act(

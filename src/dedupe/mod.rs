@@ -5,7 +5,7 @@
 //! phases: `claim` with a short lease before any work, `mark_done` with a long TTL after every
 //! sink succeeded, `release` when the attempt failed. A crash between claim and done lets the
 //! lease expire, so the event is retried, never dropped. Two stores: Redis, shared by replicas
-//! (`SET NX PX`), and the embedded one (in-process claims, done marks in the journal database).
+//! (`SET NX PX`), and the embedded one (in-process claims; the journal's commit is the done mark).
 
 pub mod embedded;
 pub mod redis;
@@ -52,14 +52,14 @@ impl DedupeStore {
     pub async fn claim(&self, id: &str) -> Result<ClaimOutcome, DedupeError> {
         match self {
             DedupeStore::Redis(store) => store.claim(id).await,
-            DedupeStore::Embedded(store) => store.claim(id).await,
+            DedupeStore::Embedded(store) => store.claim(id),
         }
     }
 
     pub async fn mark_done(&self, id: &str) -> Result<(), DedupeError> {
         match self {
             DedupeStore::Redis(store) => store.mark_done(id).await,
-            DedupeStore::Embedded(store) => store.mark_done(id).await,
+            DedupeStore::Embedded(store) => store.mark_done(id),
         }
     }
 

@@ -2,9 +2,13 @@
 //!
 //! In: verified deliveries from ingress (`append`), outcomes from the worker (`complete`,
 //! `reschedule`, `retry_sinks`, `dead_letter_sinks`), replays from `dead-letters replay`. Out:
-//! events due for processing (`due`), dead letters, and the backlog size. Ingress answers 2xx only after `append` returned, so nothing acknowledged lives
-//! only in memory. The embedded backend is SQLite with group commit ([`sqlite`]).
+//! events due for processing (`due`), dead letters, and the backlog size. Ingress answers 2xx
+//! only after `append` returned, so nothing acknowledged lives only in memory. The embedded
+//! backend is SQLite with group commit ([`sqlite`]); the scale-out backend is a Redis stream read
+//! through one consumer group by every replica ([`redis`]).
 
+pub mod redis;
+mod redis_scripts;
 pub mod sqlite;
 
 use std::collections::BTreeMap;
@@ -14,6 +18,7 @@ use serde::Serialize;
 
 use crate::event::ParsedEvent;
 
+pub use self::redis::RedisJournal;
 pub use sqlite::SqliteJournal;
 
 #[derive(Debug, thiserror::Error)]
@@ -174,35 +179,58 @@ pub struct DeadDelivery {
     pub body_len: usize,
 }
 
-/// The journal backends. One variant today; the Redis stream backend of the scale-out work
-/// joins it here.
+/// The journal backends (`queue.backend`).
 #[derive(Clone)]
 pub enum Journal {
     Sqlite(SqliteJournal),
+    Redis(RedisJournal),
 }
 
 impl Journal {
+    /// Whether ingress hands freshly stored events straight to this process's worker. The
+    /// embedded journal does (the worker skips the journal for them). The Redis journal does not:
+    /// an event must be read through the consumer group so that a crash of this replica leaves it
+    /// pending for another; ingress only wakes the worker up.
+    pub fn hands_off_directly(&self) -> bool {
+        match self {
+            Journal::Sqlite(_) => true,
+            Journal::Redis(_) => false,
+        }
+    }
+
+    /// The backend's name, for logs and readiness.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Journal::Sqlite(_) => "embedded",
+            Journal::Redis(_) => "redis",
+        }
+    }
+
     pub async fn append(&self, delivery: NewDelivery) -> Result<AppendOutcome, JournalError> {
         match self {
             Journal::Sqlite(j) => j.append(delivery).await,
+            Journal::Redis(j) => j.append(delivery).await,
         }
     }
 
     pub async fn append_malformed(&self, delivery: MalformedDelivery) -> Result<(), JournalError> {
         match self {
             Journal::Sqlite(j) => j.append_malformed(delivery).await,
+            Journal::Redis(j) => j.append_malformed(delivery).await,
         }
     }
 
     pub async fn due(&self, limit: usize) -> Result<Vec<JournaledEvent>, JournalError> {
         match self {
             Journal::Sqlite(j) => j.due(limit).await,
+            Journal::Redis(j) => j.due(limit).await,
         }
     }
 
     pub async fn complete(&self, id: &str) -> Result<(), JournalError> {
         match self {
             Journal::Sqlite(j) => j.complete(id).await,
+            Journal::Redis(j) => j.complete(id).await,
         }
     }
 
@@ -217,6 +245,10 @@ impl Journal {
     ) -> Result<(), JournalError> {
         match self {
             Journal::Sqlite(j) => {
+                j.reschedule(id, attempts, next_attempt_at, error, sinks_done)
+                    .await
+            }
+            Journal::Redis(j) => {
                 j.reschedule(id, attempts, next_attempt_at, error, sinks_done)
                     .await
             }
@@ -236,12 +268,17 @@ impl Journal {
                 j.dead_letter(id, attempts, error, failed_sinks, sinks_done)
                     .await
             }
+            Journal::Redis(j) => {
+                j.dead_letter(id, attempts, error, failed_sinks, sinks_done)
+                    .await
+            }
         }
     }
 
     pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, JournalError> {
         match self {
             Journal::Sqlite(j) => j.dead_letters(limit).await,
+            Journal::Redis(j) => j.dead_letters(limit).await,
         }
     }
 
@@ -255,6 +292,7 @@ impl Journal {
     ) -> Result<(), JournalError> {
         match self {
             Journal::Sqlite(j) => j.record_sinks(id, progress, Some(next_attempt_at)).await,
+            Journal::Redis(j) => j.retry_sinks(id, progress, next_attempt_at).await,
         }
     }
 
@@ -266,6 +304,7 @@ impl Journal {
     ) -> Result<(), JournalError> {
         match self {
             Journal::Sqlite(j) => j.record_sinks(id, progress, None).await,
+            Journal::Redis(j) => j.dead_letter_sinks(id, progress).await,
         }
     }
 
@@ -276,6 +315,7 @@ impl Journal {
     ) -> Result<Vec<DeadLetter>, JournalError> {
         match self {
             Journal::Sqlite(j) => j.list_dead_letters(query).await,
+            Journal::Redis(j) => j.list_dead_letters(query).await,
         }
     }
 
@@ -283,6 +323,7 @@ impl Journal {
     pub async fn event(&self, id: &str) -> Result<Option<StoredEvent>, JournalError> {
         match self {
             Journal::Sqlite(j) => j.event(id).await,
+            Journal::Redis(j) => j.event(id).await,
         }
     }
 
@@ -296,12 +337,14 @@ impl Journal {
     ) -> Result<ReplayReport, JournalError> {
         match self {
             Journal::Sqlite(j) => j.replay(selection, sink).await,
+            Journal::Redis(j) => j.replay(selection, sink).await,
         }
     }
 
     pub async fn dead_deliveries(&self, limit: usize) -> Result<Vec<DeadDelivery>, JournalError> {
         match self {
             Journal::Sqlite(j) => j.dead_deliveries(limit).await,
+            Journal::Redis(j) => j.dead_deliveries(limit).await,
         }
     }
 
@@ -309,6 +352,7 @@ impl Journal {
     pub fn backlog(&self) -> u64 {
         match self {
             Journal::Sqlite(j) => j.backlog(),
+            Journal::Redis(j) => j.backlog(),
         }
     }
 
@@ -316,6 +360,7 @@ impl Journal {
     pub async fn oldest_pending_age(&self) -> Result<Option<std::time::Duration>, JournalError> {
         match self {
             Journal::Sqlite(j) => j.oldest_pending_age().await,
+            Journal::Redis(j) => j.oldest_pending_age().await,
         }
     }
 
@@ -323,6 +368,7 @@ impl Journal {
     pub async fn probe(&self) -> Result<(), JournalError> {
         match self {
             Journal::Sqlite(j) => j.probe().await,
+            Journal::Redis(j) => j.probe().await,
         }
     }
 
@@ -330,6 +376,7 @@ impl Journal {
     pub async fn purge(&self, keep: std::time::Duration) -> Result<u64, JournalError> {
         match self {
             Journal::Sqlite(j) => j.purge(keep).await,
+            Journal::Redis(j) => j.purge(keep).await,
         }
     }
 
@@ -337,6 +384,7 @@ impl Journal {
     pub async fn close(&self) {
         match self {
             Journal::Sqlite(j) => j.close().await,
+            Journal::Redis(j) => j.close().await,
         }
     }
 }

@@ -1,4 +1,5 @@
-//! The embedded journal: one SQLite database (WAL, `synchronous=FULL`) under `storage.path`.
+//! The embedded journal: one SQLite database (WAL; `synchronous=FULL` by default, see
+//! `storage.sync`) under `storage.path`.
 //!
 //! One writer thread owns the connection. Requests queue on a channel; the thread takes
 //! everything queued, applies it in one transaction and commits once, then answers every caller.
@@ -19,6 +20,8 @@ use std::time::Duration;
 use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
+
+use crate::config::SyncMode;
 
 use super::{
     AppendOutcome, DeadDelivery, DeadLetter, DeadLetterQuery, JournalError, JournaledEvent,
@@ -69,11 +72,6 @@ CREATE TABLE IF NOT EXISTS dead_deliveries (
     reason TEXT NOT NULL,
     body BLOB NOT NULL
 );
-CREATE TABLE IF NOT EXISTS dedupe_done (
-    key TEXT PRIMARY KEY,
-    expires_unix_ms INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS dedupe_done_expiry ON dedupe_done(expires_unix_ms);
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -123,21 +121,10 @@ enum Request {
         reply: Reply<ReplayReport>,
     },
     DeadDeliveries(usize, Reply<Vec<DeadDelivery>>),
-    DedupeIsDone {
-        key: String,
-        now_ms: i64,
-        reply: Reply<bool>,
-    },
-    DedupeMarkDone {
-        key: String,
-        expires_ms: i64,
-        reply: Reply<()>,
-    },
     Probe(Reply<()>),
     OldestPending(Reply<Option<String>>),
     Purge {
         deliveries_before_ms: i64,
-        now_ms: i64,
         reply: Reply<u64>,
     },
     Close(oneshot::Sender<()>),
@@ -152,7 +139,13 @@ pub struct SqliteJournal {
 
 impl SqliteJournal {
     /// Opens (creating if needed) the database and starts its writer thread.
+    /// Opens with `synchronous=FULL`, the safe default (tools and tests).
     pub fn open(path: &Path) -> Result<SqliteJournal, JournalError> {
+        Self::open_with(path, SyncMode::Full)
+    }
+
+    /// Opens with the given durability of commits (`storage.sync`).
+    pub fn open_with(path: &Path, sync: SyncMode) -> Result<SqliteJournal, JournalError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| {
                 JournalError::Storage(format!(
@@ -166,8 +159,13 @@ impl SqliteJournal {
         })?;
         connection.busy_timeout(Duration::from_secs(5))?;
         connection.pragma_update(None, "journal_mode", "WAL")?;
-        // FULL: a committed transaction survives power loss, not only a process crash.
-        connection.pragma_update(None, "synchronous", "FULL")?;
+        // FULL: a committed transaction survives power loss. NORMAL (WAL): it survives a process
+        // crash, and reaches the disk at the next checkpoint.
+        let synchronous = match sync {
+            SyncMode::Full => "FULL",
+            SyncMode::Normal => "NORMAL",
+        };
+        connection.pragma_update(None, "synchronous", synchronous)?;
         connection.execute_batch(SCHEMA)?;
         migrate(&mut connection)?;
         let pending = count_pending(&connection)?;
@@ -305,25 +303,6 @@ impl SqliteJournal {
         self.call(request).await
     }
 
-    /// Whether the embedded dedupe store remembers `key` as done.
-    pub async fn dedupe_is_done(&self, key: &str) -> Result<bool, JournalError> {
-        let key = key.to_string();
-        let now_ms = Utc::now().timestamp_millis();
-        self.call(|reply| Request::DedupeIsDone { key, now_ms, reply })
-            .await
-    }
-
-    pub async fn dedupe_mark_done(&self, key: &str, ttl: Duration) -> Result<(), JournalError> {
-        let key = key.to_string();
-        let expires_ms = Utc::now().timestamp_millis() + duration_ms(ttl);
-        self.call(|reply| Request::DedupeMarkDone {
-            key,
-            expires_ms,
-            reply,
-        })
-        .await
-    }
-
     pub fn backlog(&self) -> u64 {
         self.backlog.load(Ordering::Relaxed)
     }
@@ -348,7 +327,6 @@ impl SqliteJournal {
         let deliveries_before_ms = now_ms - duration_ms(keep);
         self.call(|reply| Request::Purge {
             deliveries_before_ms,
-            now_ms,
             reply,
         })
         .await
@@ -434,7 +412,6 @@ enum Held {
         Reply<Vec<DeadDelivery>>,
         Result<Vec<DeadDelivery>, JournalError>,
     ),
-    Bool(Reply<bool>, Result<bool, JournalError>),
     Text(Reply<Option<String>>, Result<Option<String>, JournalError>),
     Count(Reply<u64>, Result<u64, JournalError>),
     /// Any other reply: called with the commit's error, if any; the backlog change is applied
@@ -497,9 +474,6 @@ impl Held {
                 let _ = reply.send(committed.clone().map_err(|m| failed(&m)).and(result));
             }
             Held::Dead(reply, result) => {
-                let _ = reply.send(committed.clone().map_err(|m| failed(&m)).and(result));
-            }
-            Held::Bool(reply, result) => {
                 let _ = reply.send(committed.clone().map_err(|m| failed(&m)).and(result));
             }
             Held::Count(reply, result) => {
@@ -607,12 +581,10 @@ fn refuse(request: Request) -> Held {
         | Request::Complete(_, reply)
         | Request::Reschedule { reply, .. }
         | Request::DeadLetter { reply, .. }
-        | Request::DedupeMarkDone { reply, .. }
         | Request::Probe(reply) => Held::Unit(reply, Err(error()), 0),
         Request::Due { reply, .. } => Held::Due(reply, Err(error())),
         Request::DeadLetters(_, reply) => Held::Letters(reply, Err(error())),
         Request::DeadDeliveries(_, reply) => Held::Dead(reply, Err(error())),
-        Request::DedupeIsDone { reply, .. } => Held::Bool(reply, Err(error())),
         Request::Purge { reply, .. } => Held::Count(reply, Err(error())),
         Request::RecordSinks { reply, .. } => Held::Unit(reply, Err(error()), 0),
         Request::ListDeadLetters(_, reply) => Held::other(reply, Err(error()), |_| 0),
@@ -635,20 +607,20 @@ fn apply(tx: &Transaction<'_>, request: Request) -> Held {
             Held::Append(reply, result, added)
         }
         Request::AppendMalformed(delivery, reply) => {
-            let result = tx
-                .execute(
-                    "INSERT INTO dead_deliveries (key, received_at, request_id, reason, body)
+            let result = exec(
+                tx,
+                "INSERT INTO dead_deliveries (key, received_at, request_id, reason, body)
                      VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![
-                        delivery.key,
-                        rfc3339(delivery.received_at),
-                        delivery.request_id,
-                        delivery.reason,
-                        delivery.body
-                    ],
-                )
-                .map(|_| ())
-                .map_err(JournalError::from);
+                params![
+                    delivery.key,
+                    rfc3339(delivery.received_at),
+                    delivery.request_id,
+                    delivery.reason,
+                    delivery.body
+                ],
+            )
+            .map(|_| ())
+            .map_err(JournalError::from);
             Held::Unit(reply, result, 0)
         }
         Request::Due {
@@ -657,12 +629,12 @@ fn apply(tx: &Transaction<'_>, request: Request) -> Held {
             reply,
         } => Held::Due(reply, due(tx, now_ms, limit)),
         Request::Complete(id, reply) => {
-            let result = tx
-                .execute(
-                    "DELETE FROM events WHERE id = ?1 AND state = 'pending'",
-                    params![id],
-                )
-                .map_err(JournalError::from);
+            let result = exec(
+                tx,
+                "DELETE FROM events WHERE id = ?1 AND state = 'pending'",
+                params![id],
+            )
+            .map_err(JournalError::from);
             let change = match result {
                 Ok(n) => -(n as i64),
                 Err(_) => 0,
@@ -677,15 +649,15 @@ fn apply(tx: &Transaction<'_>, request: Request) -> Held {
             sinks_done,
             reply,
         } => {
-            let result = tx
-                .execute(
-                    "UPDATE events SET attempts = ?2, next_attempt_unix_ms = ?3,
+            let result = exec(
+                tx,
+                "UPDATE events SET attempts = ?2, next_attempt_unix_ms = ?3,
                         last_error = COALESCE(?4, last_error), sinks_done = ?5
                      WHERE id = ?1 AND state = 'pending'",
-                    params![id, attempts, next_ms, error, sinks_done],
-                )
-                .map(|_| ())
-                .map_err(JournalError::from);
+                params![id, attempts, next_ms, error, sinks_done],
+            )
+            .map(|_| ())
+            .map_err(JournalError::from);
             Held::Unit(reply, result, 0)
         }
         Request::DeadLetter {
@@ -696,21 +668,21 @@ fn apply(tx: &Transaction<'_>, request: Request) -> Held {
             sinks_done,
             reply,
         } => {
-            let result = tx
-                .execute(
-                    "UPDATE events SET state = 'dead', attempts = ?2, last_error = ?3,
+            let result = exec(
+                tx,
+                "UPDATE events SET state = 'dead', attempts = ?2, last_error = ?3,
                         failed_sinks = ?4, sinks_done = ?5, dead_at = ?6
                      WHERE id = ?1 AND state = 'pending'",
-                    params![
-                        id,
-                        attempts,
-                        error,
-                        failed_sinks,
-                        sinks_done,
-                        rfc3339(Utc::now())
-                    ],
-                )
-                .map_err(JournalError::from);
+                params![
+                    id,
+                    attempts,
+                    error,
+                    failed_sinks,
+                    sinks_done,
+                    rfc3339(Utc::now())
+                ],
+            )
+            .map_err(JournalError::from);
             let change = match result {
                 Ok(n) => -(n as i64),
                 Err(_) => 0,
@@ -744,42 +716,15 @@ fn apply(tx: &Transaction<'_>, request: Request) -> Held {
             report.replayed.len() as i64
         }),
         Request::DeadDeliveries(limit, reply) => Held::Dead(reply, dead_deliveries(tx, limit)),
-        Request::DedupeIsDone { key, now_ms, reply } => {
-            let result = tx
-                .query_row(
-                    "SELECT 1 FROM dedupe_done WHERE key = ?1 AND expires_unix_ms > ?2",
-                    params![key, now_ms],
-                    |_| Ok(()),
-                )
-                .optional()
-                .map(|found| found.is_some())
-                .map_err(JournalError::from);
-            Held::Bool(reply, result)
-        }
-        Request::DedupeMarkDone {
-            key,
-            expires_ms,
-            reply,
-        } => {
-            let result = tx
-                .execute(
-                    "INSERT INTO dedupe_done (key, expires_unix_ms) VALUES (?1, ?2)
-                     ON CONFLICT(key) DO UPDATE SET expires_unix_ms = excluded.expires_unix_ms",
-                    params![key, expires_ms],
-                )
-                .map(|_| ())
-                .map_err(JournalError::from);
-            Held::Unit(reply, result, 0)
-        }
         Request::Probe(reply) => {
-            let result = tx
-                .execute(
-                    "INSERT INTO meta (key, value) VALUES ('probe', ?1)
+            let result = exec(
+                tx,
+                "INSERT INTO meta (key, value) VALUES ('probe', ?1)
                      ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                    params![rfc3339(Utc::now())],
-                )
-                .map(|_| ())
-                .map_err(JournalError::from);
+                params![rfc3339(Utc::now())],
+            )
+            .map(|_| ())
+            .map_err(JournalError::from);
             Held::Unit(reply, result, 0)
         }
         Request::OldestPending(reply) => {
@@ -795,19 +740,15 @@ fn apply(tx: &Transaction<'_>, request: Request) -> Held {
         }
         Request::Purge {
             deliveries_before_ms,
-            now_ms,
             reply,
         } => {
             let result = (|| {
-                let deliveries = tx.execute(
+                let deliveries = exec(
+                    tx,
                     "DELETE FROM deliveries WHERE received_unix_ms < ?1",
                     params![deliveries_before_ms],
                 )?;
-                let marks = tx.execute(
-                    "DELETE FROM dedupe_done WHERE expires_unix_ms <= ?1",
-                    params![now_ms],
-                )?;
-                Ok::<_, rusqlite::Error>((deliveries + marks) as u64)
+                Ok::<_, rusqlite::Error>(deliveries as u64)
             })()
             .map_err(JournalError::from);
             Held::Count(reply, result)
@@ -816,9 +757,16 @@ fn apply(tx: &Transaction<'_>, request: Request) -> Held {
     }
 }
 
+/// Runs one statement through the connection's statement cache: the hot statements run for
+/// every delivery and event, and re-parsing them each time shows up in profiles.
+fn exec(tx: &Transaction<'_>, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    tx.prepare_cached(sql)?.execute(params)
+}
+
 fn append(tx: &Transaction<'_>, delivery: NewDelivery) -> Result<AppendOutcome, JournalError> {
     let received_at = rfc3339(delivery.received_at);
-    let inserted = tx.execute(
+    let inserted = exec(
+        tx,
         "INSERT OR IGNORE INTO deliveries
             (key, webhook_id, received_at, received_unix_ms, event_count, key_derived)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -932,7 +880,8 @@ fn record_sinks(
     next_ms: Option<i64>,
 ) -> Result<usize, JournalError> {
     let changed = match next_ms {
-        Some(next_ms) => tx.execute(
+        Some(next_ms) => exec(
+            tx,
             "UPDATE events SET attempts = ?2, next_attempt_unix_ms = ?3, last_error = ?4,
                 sinks_done = ?5, sink_attempts = ?6, failed_sinks = ?7
              WHERE id = ?1 AND state = 'pending'",
@@ -946,7 +895,8 @@ fn record_sinks(
                 json_list(&progress.sinks_failed)
             ],
         )?,
-        None => tx.execute(
+        None => exec(
+            tx,
             "UPDATE events SET state = 'dead', attempts = ?2, last_error = ?3, sinks_done = ?4,
                 sink_attempts = ?5, failed_sinks = ?6, dead_at = ?7
              WHERE id = ?1 AND state = 'pending'",

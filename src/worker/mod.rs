@@ -9,6 +9,11 @@
 //! Before delivery the event is enriched (re-fetched from Attio) as much as its routes want;
 //! while Attio is down (its circuit breaker open) such events wait in the journal without using
 //! up attempts. Nothing here holds the only copy of an event: the journal does.
+//!
+//! The loop is the same for both journals. With the embedded one, ingress hands events over on
+//! the channel and `due()` finds leftovers and retries. With the Redis one, ingress only wakes the
+//! worker, and `due()` is where events come from: new stream entries, entries a crashed replica
+//! left behind, and retries whose time has come.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -76,12 +81,21 @@ pub struct Handoff {
     sender: mpsc::Sender<JournaledEvent>,
     in_flight: InFlight,
     overflow: Arc<Notify>,
+    /// False when events must come through the journal (the Redis queue, where reading is what
+    /// makes an event this replica's): ingress then only wakes the worker up.
+    direct: bool,
 }
 
 impl Handoff {
     /// Offers freshly journaled events to the worker without waiting. Those that do not fit stay
     /// in the journal and the worker is told to look there.
     pub fn offer(&self, events: Vec<JournaledEvent>) {
+        if !self.direct {
+            if !events.is_empty() {
+                self.overflow.notify_one();
+            }
+            return;
+        }
         for event in events {
             let id = event.id.clone();
             if !self.in_flight.insert(&id) {
@@ -117,11 +131,13 @@ pub fn channel(pipeline: Pipeline, capacity: usize) -> (Handoff, Worker) {
     let (sender, receiver) = mpsc::channel(capacity);
     let in_flight = InFlight::default();
     let overflow = Arc::new(Notify::new());
+    let direct = pipeline.journal.hands_off_directly();
     (
         Handoff {
             sender,
             in_flight: in_flight.clone(),
             overflow: overflow.clone(),
+            direct,
         },
         Worker {
             pipeline: Arc::new(pipeline),

@@ -1,0 +1,1322 @@
+//! The Redis journal (`queue.backend = "redis"`): the durable queue shared by every replica.
+//!
+//! In: verified deliveries from ingress, outcomes from the worker, replays, exactly as for the
+//! embedded journal. Out: events for this replica's worker, dead letters, the backlog. Layout
+//! (every key starts with the hash tag `{prefix}`, so all of them live in one Redis Cluster slot):
+//!
+//! ```text
+//! {prefix}:events              stream; one entry {id} per queued event; consumer group "workers"
+//! {prefix}:event:{id}          hash; the event and its state (pending/dead, attempts, sinks)
+//! {prefix}:pending             sorted set; every pending event by time received (ZCARD = backlog)
+//! {prefix}:retry               sorted set; event id by time of the next attempt
+//! {prefix}:dead                sorted set; dead-lettered event ids by time of death
+//! {prefix}:delivery:{key}      delivery marker (TTL dedupe.done_ttl): a redelivery is refused
+//! {prefix}:dead-delivery:{n}   hash; a signed body that was not a delivery
+//! {prefix}:dead-deliveries     sorted set of those by sequence; {prefix}:dead-delivery-seq
+//! ```
+//!
+//! An event's life: ingress stores the hash, adds a stream entry and sets the delivery marker in
+//! one script, and answers 200 only after Redis answered. A worker reads the entry through the
+//! consumer group (XREADGROUP), so it stays pending on that replica until the outcome is
+//! recorded: done (XACK + XDEL, hash deleted), retry (XACK + XDEL, id into the retry schedule)
+//! or dead (XACK + XDEL, id into the dead letters). Entries a crashed replica left pending longer
+//! than the lease are taken over by another (XAUTOCLAIM). A retry being worked on is hidden for
+//! one lease, so a crash there is recovered the same way.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use redis::aio::ConnectionManager;
+
+use super::redis_scripts as scripts;
+use super::{
+    AppendOutcome, DeadDelivery, DeadLetter, DeadLetterQuery, JournalError, JournaledEvent,
+    MalformedDelivery, NewDelivery, ReplayReport, ReplaySelection, SinkProgress, SkippedReplay,
+    StoredEvent,
+};
+
+/// The one consumer group every replica reads through.
+const GROUP: &str = "workers";
+/// Replicas gone this long with nothing pending are dropped from the consumer group.
+const FORGET_CONSUMERS_AFTER: Duration = Duration::from_secs(3600);
+/// Dead letters read or replayed per call (keeps each script short).
+const PAGE: usize = 500;
+/// Entries handed back per script call on shutdown.
+const HAND_BACK_BATCH: usize = 1000;
+
+impl From<redis::RedisError> for JournalError {
+    fn from(error: redis::RedisError) -> Self {
+        // Transient for the callers: ingress answers 503 and the worker looks again later.
+        JournalError::Storage(format!("redis: {error}"))
+    }
+}
+
+/// The key names, all under the `{prefix}` hash tag.
+#[derive(Debug, Clone)]
+struct Keys {
+    tag: String,
+}
+
+impl Keys {
+    fn new(prefix: &str) -> Keys {
+        Keys {
+            tag: format!("{{{prefix}}}"),
+        }
+    }
+    fn stream(&self) -> String {
+        format!("{}:events", self.tag)
+    }
+    fn event_prefix(&self) -> String {
+        format!("{}:event:", self.tag)
+    }
+    fn event(&self, id: &str) -> String {
+        format!("{}:event:{id}", self.tag)
+    }
+    fn pending(&self) -> String {
+        format!("{}:pending", self.tag)
+    }
+    fn retry(&self) -> String {
+        format!("{}:retry", self.tag)
+    }
+    fn dead(&self) -> String {
+        format!("{}:dead", self.tag)
+    }
+    fn delivery(&self, key: &str) -> String {
+        format!("{}:delivery:{key}", self.tag)
+    }
+    fn dead_delivery_prefix(&self) -> String {
+        format!("{}:dead-delivery:", self.tag)
+    }
+    fn dead_deliveries(&self) -> String {
+        format!("{}:dead-deliveries", self.tag)
+    }
+    fn dead_delivery_seq(&self) -> String {
+        format!("{}:dead-delivery-seq", self.tag)
+    }
+    fn probe(&self) -> String {
+        format!("{}:probe", self.tag)
+    }
+}
+
+struct Scripts {
+    append: redis::Script,
+    due: redis::Script,
+    complete: redis::Script,
+    reschedule: redis::Script,
+    dead_letter: redis::Script,
+    dead_letters: redis::Script,
+    replay: redis::Script,
+    append_malformed: redis::Script,
+    dead_deliveries: redis::Script,
+    forget_consumers: redis::Script,
+    hand_back: redis::Script,
+}
+
+impl Scripts {
+    fn new() -> Scripts {
+        Scripts {
+            append: redis::Script::new(scripts::APPEND),
+            due: redis::Script::new(scripts::DUE),
+            complete: redis::Script::new(&scripts::complete()),
+            reschedule: redis::Script::new(&scripts::reschedule()),
+            dead_letter: redis::Script::new(&scripts::dead_letter()),
+            dead_letters: redis::Script::new(scripts::DEAD_LETTERS),
+            replay: redis::Script::new(scripts::REPLAY),
+            append_malformed: redis::Script::new(scripts::APPEND_MALFORMED),
+            dead_deliveries: redis::Script::new(scripts::DEAD_DELIVERIES),
+            forget_consumers: redis::Script::new(scripts::FORGET_CONSUMERS),
+            hand_back: redis::Script::new(scripts::HAND_BACK),
+        }
+    }
+}
+
+/// Where the reclaim of stale entries stands: XAUTOCLAIM walks the pending entries with a
+/// cursor; a full pass runs at most every `interval`.
+struct Reclaim {
+    cursor: String,
+    next_pass: Instant,
+    interval: Duration,
+}
+
+struct Inner {
+    connection: ConnectionManager,
+    keys: Keys,
+    consumer: String,
+    lease: Duration,
+    delivery_ttl: Duration,
+    backlog: AtomicU64,
+    group_ready: AtomicBool,
+    reclaim: Mutex<Reclaim>,
+    scripts: Scripts,
+}
+
+/// Handle to the Redis journal. Cheap to clone.
+#[derive(Clone)]
+pub struct RedisJournal {
+    inner: Arc<Inner>,
+}
+
+/// A consumer name unique to this process: the host (the pod name on Kubernetes) plus a random
+/// suffix, so a restarted replica never mistakes another's entries for its own.
+fn consumer_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "replica".to_string());
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}-{}", &suffix[..12])
+}
+
+/// What an outcome script does with the event.
+enum Outcome {
+    Complete,
+    Retry { at_ms: i64 },
+    Dead,
+}
+
+impl RedisJournal {
+    /// A journal on `connection` under `prefix`. Nothing is sent to Redis yet: the daemon starts
+    /// while Redis is down (and reports not ready) and the consumer group is created on first use.
+    ///
+    /// `lease`: how long an entry may stay unacknowledged on a replica before another takes it
+    /// over, and how long a retry in progress stays hidden. `delivery_ttl`: how long a delivery
+    /// key is remembered to refuse redeliveries.
+    pub fn new(
+        connection: ConnectionManager,
+        prefix: &str,
+        lease: Duration,
+        delivery_ttl: Duration,
+    ) -> RedisJournal {
+        let interval = (lease / 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
+        RedisJournal {
+            inner: Arc::new(Inner {
+                connection,
+                keys: Keys::new(prefix),
+                consumer: consumer_name(),
+                lease,
+                delivery_ttl,
+                backlog: AtomicU64::new(0),
+                group_ready: AtomicBool::new(false),
+                reclaim: Mutex::new(Reclaim {
+                    cursor: "0-0".to_string(),
+                    next_pass: Instant::now(),
+                    interval,
+                }),
+                scripts: Scripts::new(),
+            }),
+        }
+    }
+
+    /// This replica's name in the consumer group.
+    pub fn consumer(&self) -> &str {
+        &self.inner.consumer
+    }
+
+    fn connection(&self) -> ConnectionManager {
+        self.inner.connection.clone()
+    }
+
+    fn set_backlog(&self, value: i64) {
+        if value >= 0 {
+            self.inner.backlog.store(value as u64, Ordering::Relaxed);
+        }
+    }
+
+    pub async fn append(&self, delivery: NewDelivery) -> Result<AppendOutcome, JournalError> {
+        let keys = &self.inner.keys;
+        let received_at = rfc3339(delivery.received_at);
+        let received_ms = delivery.received_at.timestamp_millis().to_string();
+        let mut shared: Vec<&str> = vec![
+            "delivery_key",
+            &delivery.key,
+            "received_at",
+            &received_at,
+            "received_ms",
+            &received_ms,
+            "key_derived",
+            if delivery.key_derived { "1" } else { "0" },
+        ];
+        if let Some(webhook_id) = &delivery.webhook_id {
+            shared.extend(["webhook_id", webhook_id]);
+        }
+        if let Some(request_id) = &delivery.request_id {
+            shared.extend(["request_id", request_id]);
+        }
+        let mut invocation = self.inner.scripts.append.prepare_invoke();
+        invocation
+            .key(keys.delivery(&delivery.key))
+            .key(keys.stream())
+            .key(keys.pending())
+            .arg(millis(self.inner.delivery_ttl))
+            .arg(&received_ms)
+            .arg(shared.len())
+            .arg(&shared);
+        let mut stored = Vec::with_capacity(delivery.events.len());
+        for (index, event) in delivery.events.into_iter().enumerate() {
+            let id = crate::event::event_id(&delivery.key, index);
+            invocation
+                .key(keys.event(&id))
+                .arg(&id)
+                .arg(index)
+                .arg(&event.event_type)
+                .arg(&event.raw);
+            stored.push(JournaledEvent {
+                id,
+                delivery_key: delivery.key.clone(),
+                index: index as u32,
+                webhook_id: delivery.webhook_id.clone(),
+                event_type: event.event_type,
+                received_at: received_at.clone(),
+                request_id: delivery.request_id.clone(),
+                raw: event.raw,
+                attempts: 0,
+                sinks_done: Vec::new(),
+                sink_attempts: BTreeMap::new(),
+            });
+        }
+        let backlog: i64 = invocation.invoke_async(&mut self.connection()).await?;
+        if backlog < 0 {
+            return Ok(AppendOutcome::Duplicate);
+        }
+        self.set_backlog(backlog);
+        Ok(AppendOutcome::Stored(stored))
+    }
+
+    pub async fn append_malformed(&self, delivery: MalformedDelivery) -> Result<(), JournalError> {
+        let keys = &self.inner.keys;
+        let received_at = rfc3339(delivery.received_at);
+        let mut invocation = self.inner.scripts.append_malformed.prepare_invoke();
+        invocation
+            .key(keys.dead_delivery_seq())
+            .key(keys.dead_deliveries())
+            .arg(keys.dead_delivery_prefix())
+            .arg("received_at")
+            .arg(&received_at)
+            .arg("reason")
+            .arg(&delivery.reason)
+            .arg("body")
+            .arg(&delivery.body[..]);
+        if let Some(key) = &delivery.key {
+            invocation.arg("key").arg(key);
+        }
+        if let Some(request_id) = &delivery.request_id {
+            invocation.arg("request_id").arg(request_id);
+        }
+        let _: i64 = invocation.invoke_async(&mut self.connection()).await?;
+        Ok(())
+    }
+
+    /// Creates the consumer group (and the stream) unless this process already did. Reading from
+    /// "0" on creation: entries added before the group existed are consumed too.
+    async fn ensure_group(&self) -> Result<(), JournalError> {
+        if self.inner.group_ready.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let result: redis::RedisResult<String> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(self.inner.keys.stream())
+            .arg(GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut self.connection())
+            .await;
+        match result {
+            Ok(_) => {}
+            Err(error) if error.code() == Some("BUSYGROUP") => {}
+            Err(error) => return Err(error.into()),
+        }
+        self.inner.group_ready.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Events for this replica: stale entries of crashed replicas, retries now due, new entries.
+    /// Each returned event is held by this replica until its outcome is recorded (or a lease).
+    pub async fn due(&self, limit: usize) -> Result<Vec<JournaledEvent>, JournalError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.ensure_group().await?;
+        match self.due_once(limit).await {
+            // Redis lost its data (no persistence) or someone deleted the stream: make the group
+            // again and carry on with whatever is there.
+            Err(error) if error.to_string().contains("NOGROUP") => {
+                self.inner.group_ready.store(false, Ordering::Relaxed);
+                self.ensure_group().await?;
+                self.due_once(limit).await
+            }
+            other => other,
+        }
+    }
+
+    async fn due_once(&self, limit: usize) -> Result<Vec<JournaledEvent>, JournalError> {
+        let keys = &self.inner.keys;
+        let cursor = {
+            let reclaim = lock(&self.inner.reclaim);
+            if reclaim.cursor != "0-0" || Instant::now() >= reclaim.next_pass {
+                reclaim.cursor.clone()
+            } else {
+                String::new()
+            }
+        };
+        let now = Utc::now().timestamp_millis();
+        let lease = millis(self.inner.lease);
+        let (next_cursor, backlog, events): (String, i64, Vec<Vec<String>>) = self
+            .inner
+            .scripts
+            .due
+            .key(keys.stream())
+            .key(keys.retry())
+            .key(keys.pending())
+            .arg(GROUP)
+            .arg(&self.inner.consumer)
+            .arg(now)
+            .arg(lease)
+            .arg(limit)
+            .arg(&cursor)
+            .arg(keys.event_prefix())
+            .arg(now.saturating_add(i64::try_from(lease).unwrap_or(i64::MAX)))
+            .invoke_async(&mut self.connection())
+            .await?;
+        if !cursor.is_empty() {
+            let mut reclaim = lock(&self.inner.reclaim);
+            if next_cursor == "0-0" {
+                reclaim.next_pass = Instant::now() + reclaim.interval;
+            }
+            reclaim.cursor = next_cursor;
+        }
+        self.set_backlog(backlog);
+        Ok(events
+            .into_iter()
+            .filter_map(|fields| event_from_fields(pairs(fields)))
+            .collect())
+    }
+
+    /// Runs one outcome script on a pending event. `fields` are set on its hash.
+    async fn record(
+        &self,
+        id: &str,
+        outcome: Outcome,
+        fields: &[(&str, String)],
+    ) -> Result<(), JournalError> {
+        let keys = &self.inner.keys;
+        let (script, score) = match outcome {
+            Outcome::Complete => (&self.inner.scripts.complete, 0),
+            Outcome::Retry { at_ms } => (&self.inner.scripts.reschedule, at_ms),
+            Outcome::Dead => (
+                &self.inner.scripts.dead_letter,
+                Utc::now().timestamp_millis(),
+            ),
+        };
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(keys.event(id))
+            .key(keys.stream())
+            .key(keys.retry())
+            .key(keys.pending())
+            .key(keys.dead())
+            .arg(GROUP)
+            .arg(id)
+            .arg(score);
+        for (name, value) in fields {
+            invocation.arg(*name).arg(value);
+        }
+        let backlog: i64 = invocation.invoke_async(&mut self.connection()).await?;
+        self.set_backlog(backlog);
+        Ok(())
+    }
+
+    pub async fn complete(&self, id: &str) -> Result<(), JournalError> {
+        self.record(id, Outcome::Complete, &[]).await
+    }
+
+    pub async fn reschedule(
+        &self,
+        id: &str,
+        attempts: u32,
+        next_attempt_at: DateTime<Utc>,
+        error: Option<&str>,
+        sinks_done: &[String],
+    ) -> Result<(), JournalError> {
+        let mut fields = vec![
+            ("attempts", attempts.to_string()),
+            ("sinks_done", json_list(sinks_done)),
+        ];
+        if let Some(error) = error {
+            fields.push(("last_error", error.to_string()));
+        }
+        let at_ms = next_attempt_at.timestamp_millis();
+        self.record(id, Outcome::Retry { at_ms }, &fields).await
+    }
+
+    pub async fn dead_letter(
+        &self,
+        id: &str,
+        attempts: u32,
+        error: &str,
+        failed_sinks: &[String],
+        sinks_done: &[String],
+    ) -> Result<(), JournalError> {
+        let fields = [
+            ("attempts", attempts.to_string()),
+            ("last_error", error.to_string()),
+            ("failed_sinks", json_list(failed_sinks)),
+            ("sinks_done", json_list(sinks_done)),
+            ("dead_at", rfc3339(Utc::now())),
+        ];
+        self.record(id, Outcome::Dead, &fields).await
+    }
+
+    fn progress_fields(progress: &SinkProgress) -> Vec<(&'static str, String)> {
+        vec![
+            ("attempts", progress.attempts.to_string()),
+            ("last_error", progress.last_error.clone()),
+            ("sinks_done", json_list(&progress.sinks_done)),
+            ("sink_attempts", json_map(&progress.sink_attempts)),
+            ("failed_sinks", json_list(&progress.sinks_failed)),
+        ]
+    }
+
+    /// A failed attempt: due again at `next_attempt_at` for the sinks not yet done.
+    pub async fn retry_sinks(
+        &self,
+        id: &str,
+        progress: &SinkProgress,
+        next_attempt_at: DateTime<Utc>,
+    ) -> Result<(), JournalError> {
+        let at_ms = next_attempt_at.timestamp_millis();
+        let fields = Self::progress_fields(progress);
+        self.record(id, Outcome::Retry { at_ms }, &fields).await
+    }
+
+    /// The event joins the dead letters with the sinks that failed and why.
+    pub async fn dead_letter_sinks(
+        &self,
+        id: &str,
+        progress: &SinkProgress,
+    ) -> Result<(), JournalError> {
+        let mut fields = Self::progress_fields(progress);
+        fields.push(("dead_at", rfc3339(Utc::now())));
+        self.record(id, Outcome::Dead, &fields).await
+    }
+
+    /// Dead letters from rank `start`, oldest first, at most `count`.
+    async fn dead_letter_page(
+        &self,
+        start: usize,
+        count: usize,
+    ) -> Result<Vec<DeadLetter>, JournalError> {
+        let keys = &self.inner.keys;
+        let rows: Vec<Vec<Option<String>>> = self
+            .inner
+            .scripts
+            .dead_letters
+            .key(keys.dead())
+            .arg(start)
+            .arg(start + count - 1)
+            .arg(keys.event_prefix())
+            .invoke_async(&mut self.connection())
+            .await?;
+        Ok(rows.into_iter().filter_map(dead_letter_from_row).collect())
+    }
+
+    /// The oldest `limit` dead letters.
+    pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, JournalError> {
+        let query = DeadLetterQuery {
+            sink: None,
+            event_type: None,
+            limit,
+        };
+        self.list_dead_letters(&query).await
+    }
+
+    /// Dead letters matching `query`, oldest first.
+    pub async fn list_dead_letters(
+        &self,
+        query: &DeadLetterQuery,
+    ) -> Result<Vec<DeadLetter>, JournalError> {
+        let mut found = Vec::new();
+        let mut start = 0;
+        while found.len() < query.limit {
+            let page = self.dead_letter_page(start, PAGE).await?;
+            let done = page.len() < PAGE;
+            start += PAGE;
+            found.extend(page.into_iter().filter(|letter| matches(letter, query)));
+            if done {
+                break;
+            }
+        }
+        found.truncate(query.limit);
+        Ok(found)
+    }
+
+    /// One event still in the journal (pending or dead), with its stored JSON.
+    pub async fn event(&self, id: &str) -> Result<Option<StoredEvent>, JournalError> {
+        let fields: Vec<String> = redis::cmd("HGETALL")
+            .arg(self.inner.keys.event(id))
+            .query_async(&mut self.connection())
+            .await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let mut fields = pairs(fields);
+        let take = |fields: &mut BTreeMap<String, String>, name: &str| fields.remove(name);
+        let raw = take(&mut fields, "raw").unwrap_or_default();
+        let event = serde_json::value::RawValue::from_string(raw)
+            .map_err(|e| JournalError::Storage(format!("stored event {id} is not JSON: {e}")))?;
+        Ok(Some(StoredEvent {
+            id: id.to_string(),
+            state: take(&mut fields, "state").unwrap_or_default(),
+            event_type: take(&mut fields, "event_type").unwrap_or_default(),
+            delivery_key: take(&mut fields, "delivery_key").unwrap_or_default(),
+            webhook_id: take(&mut fields, "webhook_id"),
+            received_at: take(&mut fields, "received_at").unwrap_or_default(),
+            request_id: take(&mut fields, "request_id"),
+            attempts: parse_number(take(&mut fields, "attempts")),
+            last_error: take(&mut fields, "last_error").filter(|e| !e.is_empty()),
+            sinks_done: parse_list(&take(&mut fields, "sinks_done").unwrap_or_default()),
+            sink_attempts: parse_map(&take(&mut fields, "sink_attempts").unwrap_or_default()),
+            failed_sinks: parse_list(&take(&mut fields, "failed_sinks").unwrap_or_default()),
+            dead_at: take(&mut fields, "dead_at"),
+            event,
+        }))
+    }
+
+    /// Puts dead letters back in the queue, due at once, with their attempts reset. With `sink`,
+    /// only events that failed on that sink, and only that sink is tried again (the other sinks
+    /// that failed count as done). Same rules and report as the embedded journal.
+    pub async fn replay(
+        &self,
+        selection: &ReplaySelection,
+        sink: Option<&str>,
+    ) -> Result<ReplayReport, JournalError> {
+        let keys = &self.inner.keys;
+        let (ids, named) = match selection {
+            ReplaySelection::Ids(ids) => (ids.clone(), true),
+            ReplaySelection::All => {
+                let all: Vec<String> = redis::cmd("ZRANGE")
+                    .arg(keys.dead())
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(&mut self.connection())
+                    .await?;
+                (all, false)
+            }
+        };
+        let mut report = ReplayReport::default();
+        for batch in ids.chunks(PAGE) {
+            // Read what each event is now; the script re-checks that it is still dead.
+            let mut pipe = redis::pipe();
+            for id in batch {
+                pipe.cmd("HMGET")
+                    .arg(keys.event(id))
+                    .arg("state")
+                    .arg("failed_sinks")
+                    .arg("sinks_done");
+            }
+            let states: Vec<(Option<String>, Option<String>, Option<String>)> =
+                pipe.query_async(&mut self.connection()).await?;
+            let mut wanted: Vec<(String, String)> = Vec::new();
+            for (id, (state, failed, done)) in batch.iter().zip(states) {
+                let skip = |reason: String| SkippedReplay {
+                    id: id.clone(),
+                    reason,
+                };
+                match state.as_deref() {
+                    Some("dead") => {}
+                    Some(state) => {
+                        report
+                            .skipped
+                            .push(skip(format!("not a dead letter (it is {state})")));
+                        continue;
+                    }
+                    None => {
+                        report.skipped.push(skip(
+                            "not in the journal (done events are not kept)".to_string(),
+                        ));
+                        continue;
+                    }
+                }
+                let failed = parse_list(failed.as_deref().unwrap_or("[]"));
+                let mut done = parse_list(done.as_deref().unwrap_or("[]"));
+                if let Some(sink) = sink {
+                    if !failed.iter().any(|f| f == sink) {
+                        if named {
+                            report.skipped.push(skip(format!(
+                                "did not fail on sink {sink:?} (failed: {})",
+                                failed.join(", ")
+                            )));
+                        }
+                        continue;
+                    }
+                    for other in failed.into_iter().filter(|f| f != sink) {
+                        if !done.contains(&other) {
+                            done.push(other);
+                        }
+                    }
+                }
+                wanted.push((id.clone(), json_list(&done)));
+            }
+            if wanted.is_empty() {
+                continue;
+            }
+            let mut invocation = self.inner.scripts.replay.prepare_invoke();
+            invocation
+                .key(keys.dead())
+                .key(keys.retry())
+                .key(keys.pending())
+                .arg(keys.event_prefix())
+                .arg(Utc::now().timestamp_millis());
+            for (id, done) in &wanted {
+                invocation.arg(id).arg(done);
+            }
+            let replayed: Vec<String> = invocation.invoke_async(&mut self.connection()).await?;
+            self.inner
+                .backlog
+                .fetch_add(replayed.len() as u64, Ordering::Relaxed);
+            report.replayed.extend(replayed);
+        }
+        Ok(report)
+    }
+
+    pub async fn dead_deliveries(&self, limit: usize) -> Result<Vec<DeadDelivery>, JournalError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let keys = &self.inner.keys;
+        let rows: Vec<(i64, Option<String>, String, String, i64)> = self
+            .inner
+            .scripts
+            .dead_deliveries
+            .key(keys.dead_deliveries())
+            .arg(limit)
+            .arg(keys.dead_delivery_prefix())
+            .invoke_async(&mut self.connection())
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(seq, key, received_at, reason, body_len)| DeadDelivery {
+                seq,
+                key,
+                received_at,
+                reason,
+                body_len: body_len.max(0) as usize,
+            })
+            .collect())
+    }
+
+    /// Pending events across every replica, as of this replica's last exchange with Redis (each
+    /// append, outcome, worker poll and probe refreshes it): cheap enough for ingress to read per
+    /// request.
+    pub fn backlog(&self) -> u64 {
+        self.inner.backlog.load(Ordering::Relaxed)
+    }
+
+    /// How long the oldest pending event (on any replica) has waited, if any is pending.
+    pub async fn oldest_pending_age(&self) -> Result<Option<Duration>, JournalError> {
+        let oldest: Vec<(String, f64)> = redis::cmd("ZRANGE")
+            .arg(self.inner.keys.pending())
+            .arg(0)
+            .arg(0)
+            .arg("WITHSCORES")
+            .query_async(&mut self.connection())
+            .await?;
+        Ok(oldest.first().map(|(_, received_ms)| {
+            let age_ms = Utc::now().timestamp_millis() as f64 - received_ms;
+            Duration::from_millis(age_ms.max(0.0) as u64)
+        }))
+    }
+
+    /// A write, so readiness also fails when Redis refuses writes (read-only replica, failed
+    /// persistence, out of memory), not only when it is unreachable.
+    pub async fn probe(&self) -> Result<(), JournalError> {
+        let keys = &self.inner.keys;
+        let (backlog,): (i64,) = redis::pipe()
+            .cmd("SET")
+            .arg(keys.probe())
+            .arg(rfc3339(Utc::now()))
+            .arg("PX")
+            .arg(60_000)
+            .ignore()
+            .cmd("ZCARD")
+            .arg(keys.pending())
+            .query_async(&mut self.connection())
+            .await?;
+        self.set_backlog(backlog);
+        Ok(())
+    }
+
+    /// Delivery markers expire by themselves; this only forgets replicas long gone.
+    pub async fn purge(&self, _keep: Duration) -> Result<u64, JournalError> {
+        let removed: u64 = self
+            .inner
+            .scripts
+            .forget_consumers
+            .key(self.inner.keys.stream())
+            .arg(GROUP)
+            .arg(&self.inner.consumer)
+            .arg(millis(FORGET_CONSUMERS_AFTER))
+            .invoke_async(&mut self.connection())
+            .await?;
+        Ok(removed)
+    }
+
+    /// On shutdown, after the worker stopped: entries this replica read but did not finish go
+    /// back to the end of the stream, so the other replicas take them now rather than after the
+    /// lease. (An event whose processing outlived the shutdown grace may then run twice at the
+    /// same time; the dedupe claim lets only one of them deliver.)
+    pub async fn close(&self) {
+        loop {
+            let given: Result<u64, redis::RedisError> = self
+                .inner
+                .scripts
+                .hand_back
+                .key(self.inner.keys.stream())
+                .arg(GROUP)
+                .arg(&self.inner.consumer)
+                .arg(self.inner.keys.event_prefix())
+                .arg(HAND_BACK_BATCH)
+                .invoke_async(&mut self.connection())
+                .await;
+            match given {
+                Ok(0) => return,
+                Ok(count) => tracing::info!(count, "handed unfinished events back to the queue"),
+                Err(error) => {
+                    tracing::warn!(%error, "could not hand events back; other replicas take them after the lease");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Whether a dead letter passes the `dead-letters list` filters.
+fn matches(letter: &DeadLetter, query: &DeadLetterQuery) -> bool {
+    let sink = query
+        .sink
+        .as_ref()
+        .is_none_or(|sink| letter.failed_sinks.contains(sink));
+    // `record.*` selects a family by prefix; anything else is an exact type.
+    let event_type = match query.event_type.as_deref() {
+        None => true,
+        Some(pattern) => match pattern.strip_suffix('*') {
+            Some(prefix) if prefix.ends_with('.') => letter.event_type.starts_with(prefix),
+            _ => letter.event_type == pattern,
+        },
+    };
+    sink && event_type
+}
+
+/// A field/value list as a map.
+fn pairs(fields: Vec<String>) -> BTreeMap<String, String> {
+    let mut map = BTreeMap::new();
+    let mut items = fields.into_iter();
+    while let (Some(name), Some(value)) = (items.next(), items.next()) {
+        map.insert(name, value);
+    }
+    map
+}
+
+/// Builds an event from its hash. A hash that lost required fields is skipped rather than
+/// failing the whole batch.
+fn event_from_fields(mut fields: BTreeMap<String, String>) -> Option<JournaledEvent> {
+    let mut take = |name: &str| fields.remove(name);
+    Some(JournaledEvent {
+        id: take("id")?,
+        delivery_key: take("delivery_key")?,
+        index: parse_number(take("index")),
+        webhook_id: take("webhook_id"),
+        event_type: take("event_type")?,
+        received_at: take("received_at").unwrap_or_default(),
+        request_id: take("request_id"),
+        raw: take("raw")?,
+        attempts: parse_number(take("attempts")),
+        sinks_done: parse_list(&take("sinks_done").unwrap_or_default()),
+        sink_attempts: parse_map(&take("sink_attempts").unwrap_or_default()),
+    })
+}
+
+/// A dead letter from the DEAD_LETTERS script's row (field/value items, values may be nil).
+fn dead_letter_from_row(row: Vec<Option<String>>) -> Option<DeadLetter> {
+    let mut fields = BTreeMap::new();
+    let mut items = row.into_iter();
+    while let (Some(name), Some(value)) = (items.next(), items.next()) {
+        if let (Some(name), Some(value)) = (name, value) {
+            fields.insert(name, value);
+        }
+    }
+    let mut take = |name: &str| fields.remove(name);
+    Some(DeadLetter {
+        id: take("id")?,
+        event_type: take("event_type").unwrap_or_default(),
+        delivery_key: take("delivery_key").unwrap_or_default(),
+        received_at: take("received_at").unwrap_or_default(),
+        attempts: parse_number(take("attempts")),
+        last_error: take("last_error").filter(|e| !e.is_empty()),
+        failed_sinks: parse_list(&take("failed_sinks").unwrap_or_default()),
+        dead_at: take("dead_at"),
+        sinks_done: parse_list(&take("sinks_done").unwrap_or_default()),
+        sink_attempts: parse_map(&take("sink_attempts").unwrap_or_default()),
+    })
+}
+
+fn parse_number(value: Option<String>) -> u32 {
+    value.and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Held only to copy or replace two small values: a poisoned lock holds no broken state.
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn json_list(items: &[String]) -> String {
+    serde_json::to_string(items).unwrap_or_else(|_| "[]".to_string())
+}
+
+fn json_map(map: &BTreeMap<String, u32>) -> String {
+    serde_json::to_string(map).unwrap_or_else(|_| "{}".to_string())
+}
+
+fn parse_list(text: &str) -> Vec<String> {
+    serde_json::from_str(text).unwrap_or_default()
+}
+
+fn parse_map(text: &str) -> BTreeMap<String, u32> {
+    serde_json::from_str(text).unwrap_or_default()
+}
+
+fn rfc3339(time: DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+#[cfg(test)]
+mod tests {
+    //! These talk to the real Redis on 127.0.0.1:6379, each under its own key prefix.
+
+    use super::*;
+    use crate::event::ParsedEvent;
+    use secrecy::SecretString;
+
+    const LEASE: Duration = Duration::from_millis(300);
+
+    fn journal(prefix: &str) -> RedisJournal {
+        let url = SecretString::from("redis://127.0.0.1:6379");
+        let connection = crate::dedupe::redis::connect(&url).unwrap();
+        RedisJournal::new(connection, prefix, LEASE, Duration::from_secs(3600))
+    }
+
+    fn prefix() -> String {
+        format!("unit-{}", uuid::Uuid::new_v4().simple())
+    }
+
+    fn delivery(key: &str, events: usize) -> NewDelivery {
+        NewDelivery {
+            key: key.to_string(),
+            key_derived: false,
+            webhook_id: Some("w".to_string()),
+            received_at: Utc::now(),
+            request_id: Some("r".to_string()),
+            events: (0..events)
+                .map(|i| ParsedEvent {
+                    event_type: "record.updated".to_string(),
+                    raw: format!("{{\"event_type\":\"record.updated\",\"n\":{i}}}"),
+                })
+                .collect(),
+        }
+    }
+
+    fn ids(events: &[JournaledEvent]) -> Vec<String> {
+        let mut ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+        ids.sort();
+        ids
+    }
+
+    async fn stored(journal: &RedisJournal, key: &str, events: usize) -> Vec<JournaledEvent> {
+        match journal.append(delivery(key, events)).await.unwrap() {
+            AppendOutcome::Stored(events) => events,
+            AppendOutcome::Duplicate => panic!("expected {key} to be stored"),
+        }
+    }
+
+    #[tokio::test]
+    async fn appended_events_are_handed_out_once_exactly_as_stored() {
+        let journal = journal(&prefix());
+        let events = stored(&journal, "k1", 2).await;
+        assert_eq!(events[1].id, "k1:1");
+        assert_eq!(journal.backlog(), 2);
+        let due = journal.due(10).await.unwrap();
+        assert_eq!(due, events);
+        assert!(
+            journal.due(10).await.unwrap().is_empty(),
+            "read entries stay with this consumer until their outcome or the lease"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_delivery_key_is_stored_once_across_replicas() {
+        let prefix = prefix();
+        let first = journal(&prefix);
+        let second = journal(&prefix);
+        stored(&first, "k", 1).await;
+        assert!(matches!(
+            second.append(delivery("k", 1)).await.unwrap(),
+            AppendOutcome::Duplicate
+        ));
+        assert_eq!(ids(&second.due(10).await.unwrap()), vec!["k:0"]);
+        assert!(first.due(10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn replicas_share_the_queue_without_handing_out_an_event_twice() {
+        let prefix = prefix();
+        let first = journal(&prefix);
+        let second = journal(&prefix);
+        for n in 0..20 {
+            stored(&first, &format!("k{n}"), 1).await;
+        }
+        let mut all = first.due(7).await.unwrap();
+        assert_eq!(all.len(), 7);
+        all.extend(second.due(100).await.unwrap());
+        all.extend(first.due(100).await.unwrap());
+        let mut ids = ids(&all);
+        assert_eq!(ids.len(), 20);
+        ids.dedup();
+        assert_eq!(ids.len(), 20);
+        assert_eq!(second.backlog(), 20, "backlog is shared");
+    }
+
+    #[tokio::test]
+    async fn complete_removes_the_event_and_lowers_the_backlog() {
+        let prefix = prefix();
+        let journal = journal(&prefix);
+        stored(&journal, "k", 2).await;
+        journal.due(10).await.unwrap();
+        journal.complete("k:0").await.unwrap();
+        assert_eq!(journal.backlog(), 1);
+        journal.complete("k:0").await.unwrap();
+        assert_eq!(journal.backlog(), 1, "completing twice counts once");
+        let mut redis = journal.connection();
+        let length: u64 = redis::cmd("XLEN")
+            .arg(format!("{{{prefix}}}:events"))
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        assert_eq!(length, 1, "the finished entry is deleted from the stream");
+        tokio::time::sleep(LEASE * 2).await;
+        assert_eq!(
+            ids(&journal.due(10).await.unwrap()),
+            vec!["k:1"],
+            "only the unfinished one comes back after the lease"
+        );
+    }
+
+    #[tokio::test]
+    async fn reschedule_hides_the_event_until_its_time_and_keeps_its_progress() {
+        let journal = journal(&prefix());
+        stored(&journal, "k", 1).await;
+        journal.due(10).await.unwrap();
+        let soon = Utc::now() + chrono::Duration::milliseconds(1200);
+        journal
+            .reschedule("k:0", 1, soon, Some("boom"), &["a".to_string()])
+            .await
+            .unwrap();
+        assert_eq!(journal.backlog(), 1);
+        tokio::time::sleep(LEASE * 2).await;
+        assert!(
+            journal.due(10).await.unwrap().is_empty(),
+            "a retry is not reclaimed before its time"
+        );
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let due = journal.due(10).await.unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].attempts, 1);
+        assert_eq!(due[0].sinks_done, vec!["a"]);
+        assert!(
+            journal.due(10).await.unwrap().is_empty(),
+            "a retry being worked on is hidden"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_retry_taken_by_a_crashed_replica_comes_back_after_the_lease() {
+        let prefix = prefix();
+        let crashed = journal(&prefix);
+        stored(&crashed, "k", 1).await;
+        crashed.due(10).await.unwrap();
+        crashed
+            .reschedule("k:0", 1, Utc::now(), None, &[])
+            .await
+            .unwrap();
+        assert_eq!(crashed.due(10).await.unwrap().len(), 1);
+        drop(crashed);
+        let survivor = journal(&prefix);
+        assert!(survivor.due(10).await.unwrap().is_empty());
+        tokio::time::sleep(LEASE + Duration::from_millis(100)).await;
+        assert_eq!(ids(&survivor.due(10).await.unwrap()), vec!["k:0"]);
+    }
+
+    #[tokio::test]
+    async fn entries_left_by_a_crashed_replica_are_reclaimed_after_the_lease() {
+        let prefix = prefix();
+        let crashed = journal(&prefix);
+        stored(&crashed, "k", 3).await;
+        assert_eq!(crashed.due(10).await.unwrap().len(), 3);
+        drop(crashed);
+        let survivor = journal(&prefix);
+        assert!(
+            survivor.due(10).await.unwrap().is_empty(),
+            "not before the lease"
+        );
+        tokio::time::sleep(LEASE + Duration::from_millis(100)).await;
+        let reclaimed = survivor.due(10).await.unwrap();
+        assert_eq!(ids(&reclaimed), vec!["k:0", "k:1", "k:2"]);
+        for event in &reclaimed {
+            survivor.complete(&event.id).await.unwrap();
+        }
+        assert_eq!(survivor.backlog(), 0);
+    }
+
+    #[tokio::test]
+    async fn closing_hands_unfinished_entries_to_the_other_replicas_at_once() {
+        let prefix = prefix();
+        let leaving = journal(&prefix);
+        stored(&leaving, "k", 2).await;
+        assert_eq!(leaving.due(10).await.unwrap().len(), 2);
+        leaving.complete("k:0").await.unwrap();
+        leaving.close().await;
+        let other = journal(&prefix);
+        assert_eq!(ids(&other.due(10).await.unwrap()), vec!["k:1"]);
+    }
+
+    fn progress(attempts: u32, done: &[&str], failed: &[&str]) -> SinkProgress {
+        SinkProgress {
+            attempts,
+            last_error: failed
+                .iter()
+                .map(|s| format!("{s}: down"))
+                .collect::<Vec<_>>()
+                .join("; "),
+            sinks_done: done.iter().map(|s| s.to_string()).collect(),
+            sink_attempts: failed.iter().map(|s| (s.to_string(), attempts)).collect(),
+            sinks_failed: failed.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn retry_sinks_keeps_per_sink_progress_for_the_next_attempt() {
+        let journal = journal(&prefix());
+        stored(&journal, "k", 1).await;
+        journal.due(10).await.unwrap();
+        journal
+            .retry_sinks("k:0", &progress(1, &["a"], &["b"]), Utc::now())
+            .await
+            .unwrap();
+        let due = journal.due(10).await.unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].attempts, 1);
+        assert_eq!(due[0].sinks_done, vec!["a"]);
+        assert_eq!(due[0].sink_attempts.get("b"), Some(&1));
+        let stored = journal.event("k:0").await.unwrap().unwrap();
+        assert_eq!(stored.state, "pending");
+        assert_eq!(stored.last_error.as_deref(), Some("b: down"));
+        assert_eq!(stored.failed_sinks, vec!["b"]);
+        assert_eq!(
+            stored.event.get(),
+            r#"{"event_type":"record.updated","n":0}"#
+        );
+    }
+
+    #[tokio::test]
+    async fn dead_letters_are_listed_by_sink_and_event_type_and_shown() {
+        let journal = journal(&prefix());
+        stored(&journal, "k", 3).await;
+        journal.due(10).await.unwrap();
+        journal
+            .dead_letter_sinks("k:0", &progress(5, &[], &["a"]))
+            .await
+            .unwrap();
+        journal
+            .dead_letter_sinks("k:1", &progress(5, &["a"], &["b"]))
+            .await
+            .unwrap();
+        assert_eq!(journal.backlog(), 1);
+        let all = journal.dead_letters(10).await.unwrap();
+        assert_eq!(ids_of(&all), vec!["k:0", "k:1"]);
+        assert_eq!(all[1].failed_sinks, vec!["b"]);
+        assert_eq!(all[1].sinks_done, vec!["a"]);
+        assert_eq!(all[1].sink_attempts.get("b"), Some(&5));
+        assert_eq!(all[0].last_error.as_deref(), Some("a: down"));
+        assert_eq!(all[0].attempts, 5);
+        assert!(all[0].dead_at.is_some());
+        assert_eq!(journal.dead_letters(1).await.unwrap().len(), 1);
+        let query = |sink: Option<&str>, event_type: Option<&str>| DeadLetterQuery {
+            sink: sink.map(str::to_string),
+            event_type: event_type.map(str::to_string),
+            limit: 10,
+        };
+        let by_sink = journal.list_dead_letters(&query(Some("b"), None)).await;
+        assert_eq!(ids_of(&by_sink.unwrap()), vec!["k:1"]);
+        let family = journal
+            .list_dead_letters(&query(None, Some("record.*")))
+            .await;
+        assert_eq!(family.unwrap().len(), 2);
+        let other = journal
+            .list_dead_letters(&query(None, Some("note.created")))
+            .await;
+        assert!(other.unwrap().is_empty());
+        let shown = journal.event("k:1").await.unwrap().unwrap();
+        assert_eq!(shown.state, "dead");
+        assert!(journal.event("nope:0").await.unwrap().is_none());
+
+        journal.complete("k:0").await.unwrap();
+        assert_eq!(
+            journal.dead_letters(10).await.unwrap().len(),
+            2,
+            "complete does not touch a dead letter"
+        );
+    }
+
+    fn ids_of(letters: &[DeadLetter]) -> Vec<String> {
+        letters.iter().map(|l| l.id.clone()).collect()
+    }
+
+    #[tokio::test]
+    async fn replay_puts_dead_letters_back_and_reports_what_it_skipped() {
+        let journal = journal(&prefix());
+        stored(&journal, "k", 3).await;
+        journal.due(10).await.unwrap();
+        journal
+            .dead_letter_sinks("k:0", &progress(5, &[], &["a"]))
+            .await
+            .unwrap();
+        journal
+            .dead_letter_sinks("k:1", &progress(5, &["c"], &["a", "b"]))
+            .await
+            .unwrap();
+
+        // Only sink b: k:1 comes back with a counted as done; k:0 did not fail on b.
+        let report = journal
+            .replay(&ReplaySelection::All, Some("b"))
+            .await
+            .unwrap();
+        assert_eq!(report.replayed, vec!["k:1"]);
+        assert!(report.skipped.is_empty(), "--all skips silently");
+        let replayed = journal.due(10).await.unwrap();
+        assert_eq!(ids(&replayed), vec!["k:1"]);
+        assert_eq!(replayed[0].attempts, 0);
+        assert!(replayed[0].sink_attempts.is_empty());
+        let mut done = replayed[0].sinks_done.clone();
+        done.sort();
+        assert_eq!(done, vec!["a", "c"], "only b is tried again");
+
+        let named = ReplaySelection::Ids(vec![
+            "k:0".to_string(),
+            "k:2".to_string(),
+            "gone:0".to_string(),
+        ]);
+        let report = journal.replay(&named, None).await.unwrap();
+        assert_eq!(report.replayed, vec!["k:0"]);
+        let reasons: Vec<(&str, &str)> = report
+            .skipped
+            .iter()
+            .map(|s| (s.id.as_str(), s.reason.as_str()))
+            .collect();
+        assert_eq!(
+            reasons,
+            vec![
+                ("k:2", "not a dead letter (it is pending)"),
+                ("gone:0", "not in the journal (done events are not kept)")
+            ]
+        );
+        assert!(journal.dead_letters(10).await.unwrap().is_empty());
+        assert_eq!(journal.backlog(), 3);
+        assert!(journal.oldest_pending_age().await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn malformed_deliveries_are_kept_and_listed_without_their_bodies() {
+        let journal = journal(&prefix());
+        journal
+            .append_malformed(MalformedDelivery {
+                key: Some("bad".to_string()),
+                received_at: Utc::now(),
+                request_id: None,
+                reason: "no events".to_string(),
+                body: b"{\"x\":1}".to_vec(),
+            })
+            .await
+            .unwrap();
+        journal
+            .append_malformed(MalformedDelivery {
+                key: None,
+                received_at: Utc::now(),
+                request_id: None,
+                reason: "not json".to_string(),
+                body: vec![0xff, 0x00, 0x01],
+            })
+            .await
+            .unwrap();
+        let dead = journal.dead_deliveries(10).await.unwrap();
+        assert_eq!(dead.len(), 2);
+        assert_eq!(dead[0].seq, 1);
+        assert_eq!(dead[0].key.as_deref(), Some("bad"));
+        assert_eq!(dead[0].body_len, 7);
+        assert_eq!(dead[1].key, None);
+        assert_eq!(dead[1].reason, "not json");
+        assert_eq!(dead[1].body_len, 3);
+    }
+
+    #[tokio::test]
+    async fn probe_fails_while_redis_is_unreachable() {
+        let url = SecretString::from("redis://127.0.0.1:1");
+        let connection = crate::dedupe::redis::connect(&url).unwrap();
+        let journal = RedisJournal::new(connection, &prefix(), LEASE, LEASE);
+        assert!(journal.probe().await.is_err());
+        assert!(journal.append(delivery("k", 1)).await.is_err());
+        assert!(journal.due(10).await.is_err());
+        let healthy = self::journal(&prefix());
+        healthy.probe().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_queue_comes_back_after_its_keys_were_lost() {
+        let prefix = prefix();
+        let journal = journal(&prefix);
+        stored(&journal, "a", 1).await;
+        journal.due(10).await.unwrap();
+        // Redis restarted without persistence: the stream and its group are gone.
+        let mut redis = journal.connection();
+        let _: i64 = redis::cmd("DEL")
+            .arg(format!("{{{prefix}}}:events"))
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        stored(&journal, "b", 1).await;
+        assert_eq!(ids(&journal.due(10).await.unwrap()), vec!["b:0"]);
+    }
+
+    #[test]
+    fn every_key_carries_the_prefix_hash_tag() {
+        let keys = Keys::new("p");
+        for key in [
+            keys.stream(),
+            keys.event("d:0"),
+            keys.retry(),
+            keys.dead(),
+            keys.delivery("d"),
+            keys.pending(),
+            keys.dead_deliveries(),
+            keys.dead_delivery_seq(),
+            keys.probe(),
+            format!("{}1", keys.dead_delivery_prefix()),
+        ] {
+            assert!(key.starts_with("{p}:"), "{key}");
+        }
+    }
+}

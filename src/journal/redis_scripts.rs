@@ -1,0 +1,323 @@
+//! The Lua scripts of the Redis journal. Each one is a single atomic step on the queue, so a
+//! replica that dies between two calls never leaves an event half moved.
+//!
+//! Keys the scripts build themselves (event hashes, dead deliveries) start with the same
+//! `{prefix}` hash tag as the declared keys, so on Redis Cluster they live in the same slot (the
+//! pattern queue libraries such as BullMQ use).
+//!
+//! Each script does its reads and checks before its first write: when Redis refuses a write
+//! (out of memory, read-only replica) the first write fails and nothing has changed.
+
+/// Stores one delivery: its events (a hash each plus a stream entry, and a place in the pending
+/// set) and then the delivery marker that refuses a second copy. The marker is written last, so
+/// a failure half-way lets Attio's retry store the delivery again instead of being answered
+/// "duplicate" for a partial write.
+///
+/// KEYS: 1 delivery marker, 2 stream, 3 pending set, 4.. event hashes (one per event).
+/// ARGV: 1 marker TTL in ms, 2 received ms, 3 count of shared field/value items, then those
+/// items, then for each event: id, index, event_type, raw.
+/// Returns -1 for a known delivery, else the backlog after the append.
+pub const APPEND: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+    return -1
+end
+local shared_count = tonumber(ARGV[3])
+local shared = {}
+for i = 4, 3 + shared_count do
+    shared[#shared + 1] = ARGV[i]
+end
+local base = 4 + shared_count
+for e = 0, #KEYS - 4 do
+    local key = KEYS[4 + e]
+    local at = base + e * 4
+    -- An event already stored (a partial earlier attempt, or a key reused after the marker
+    -- expired) keeps its state: it is queued, retrying or dead already.
+    if redis.call('EXISTS', key) == 0 then
+        local id = ARGV[at]
+        redis.call('HSET', key, 'id', id, 'index', ARGV[at + 1], 'event_type', ARGV[at + 2],
+            'raw', ARGV[at + 3], 'attempts', '0', 'sinks_done', '[]', 'sink_attempts', '{}',
+            'state', 'pending', unpack(shared))
+        local entry = redis.call('XADD', KEYS[2], '*', 'id', id)
+        redis.call('HSET', key, 'entry', entry)
+        redis.call('ZADD', KEYS[3], ARGV[2], id)
+    end
+end
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+return redis.call('ZCARD', KEYS[3])
+"#;
+
+/// Hands out events to one consumer: first entries other replicas left unacknowledged for longer
+/// than the lease (XAUTOCLAIM), then retries whose time has come (hidden for a lease while this
+/// consumer works on them), then new entries (XREADGROUP). Entries whose event is gone or no
+/// longer queued in the stream are acknowledged and deleted on the way.
+///
+/// KEYS: 1 stream, 2 retry schedule, 3 pending set.
+/// ARGV: 1 group, 2 consumer, 3 now ms, 4 lease ms, 5 limit, 6 reclaim cursor ('' = skip the
+/// reclaim this time), 7 event key prefix, 8 hidden-until ms for claimed retries.
+/// Returns {next reclaim cursor ('' when skipped), backlog, {event hash as field/value list...}}.
+pub const DUE: &str = r#"
+local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
+local limit = tonumber(ARGV[5])
+local prefix = ARGV[7]
+local out = {}
+
+local function forget(entry)
+    redis.call('XACK', stream, group, entry)
+    redis.call('XDEL', stream, entry)
+end
+
+local function load(id)
+    local fields = redis.call('HGETALL', prefix .. id)
+    for i = 1, #fields, 2 do
+        if fields[i] == 'state' then
+            if fields[i + 1] ~= 'pending' then
+                return false
+            end
+            out[#out + 1] = fields
+            return true
+        end
+    end
+    return false
+end
+
+local function from_stream(message)
+    local entry, body = message[1], message[2]
+    local id = nil
+    if body then
+        for i = 1, #body, 2 do
+            if body[i] == 'id' then
+                id = body[i + 1]
+            end
+        end
+    end
+    -- The event hash names the one entry that queues it; any other entry is stale.
+    if not id or redis.call('HGET', prefix .. id, 'entry') ~= entry or not load(id) then
+        forget(entry)
+    end
+end
+
+local cursor = ''
+if ARGV[6] ~= '' then
+    local claimed = redis.call('XAUTOCLAIM', stream, group, consumer, ARGV[4], ARGV[6],
+        'COUNT', limit)
+    cursor = claimed[1]
+    for _, message in ipairs(claimed[2]) do
+        from_stream(message)
+    end
+end
+
+local remaining = limit - #out
+if remaining > 0 then
+    local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[3], 'LIMIT', 0, remaining)
+    for _, id in ipairs(ids) do
+        if load(id) then
+            redis.call('ZADD', KEYS[2], ARGV[8], id)
+        else
+            redis.call('ZREM', KEYS[2], id)
+        end
+    end
+end
+
+remaining = limit - #out
+if remaining > 0 then
+    local read = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', remaining,
+        'STREAMS', stream, '>')
+    if read then
+        for _, message in ipairs(read[1][2]) do
+            from_stream(message)
+        end
+    end
+end
+
+return {cursor, redis.call('ZCARD', KEYS[3]), out}
+"#;
+
+/// Shared head of the outcome scripts: only a pending event is touched, and its stream entry (if
+/// it is queued there) is acknowledged and deleted.
+///
+/// KEYS: 1 event hash, 2 stream, 3 retry schedule, 4 pending set, 5 dead letters.
+/// ARGV: 1 group, 2 event id, 3 score (next attempt or time of death, ms), 4.. field/value items
+/// to set on the event.
+const TAKE_OUT: &str = r#"
+if redis.call('HGET', KEYS[1], 'state') ~= 'pending' then
+    return -1
+end
+local entry = redis.call('HGET', KEYS[1], 'entry')
+if entry and entry ~= '' then
+    redis.call('XACK', KEYS[2], ARGV[1], entry)
+    redis.call('XDEL', KEYS[2], entry)
+end
+local fields = {'entry', ''}
+for i = 4, #ARGV do
+    fields[#fields + 1] = ARGV[i]
+end
+"#;
+
+/// The event is done: it leaves the queue. Returns -1 when it was not pending, else the backlog.
+pub fn complete() -> String {
+    format!(
+        "{TAKE_OUT}
+redis.call('ZREM', KEYS[3], ARGV[2])
+redis.call('ZREM', KEYS[4], ARGV[2])
+redis.call('DEL', KEYS[1])
+return redis.call('ZCARD', KEYS[4])"
+    )
+}
+
+/// The event waits for a later attempt in the retry schedule (out of the stream, so no other
+/// replica reclaims it before its time). Returns -1 when it was not pending, else the backlog.
+pub fn reschedule() -> String {
+    format!(
+        "{TAKE_OUT}
+redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
+return redis.call('ZCARD', KEYS[4])"
+    )
+}
+
+/// The event leaves the queue and joins the dead letters. Returns -1 when it was not pending,
+/// else the backlog.
+pub fn dead_letter() -> String {
+    format!(
+        "{TAKE_OUT}
+redis.call('ZREM', KEYS[3], ARGV[2])
+redis.call('ZREM', KEYS[4], ARGV[2])
+fields[#fields + 1] = 'state'
+fields[#fields + 1] = 'dead'
+redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('ZADD', KEYS[5], ARGV[3], ARGV[2])
+return redis.call('ZCARD', KEYS[4])"
+    )
+}
+
+/// A page of dead letters, oldest first, each as its event hash (a field/value list) without
+/// the event JSON.
+///
+/// KEYS: 1 dead letters. ARGV: 1 first rank, 2 last rank, 3 event key prefix.
+pub const DEAD_LETTERS: &str = r#"
+local names = {'event_type', 'delivery_key', 'received_at', 'attempts', 'last_error',
+    'failed_sinks', 'dead_at', 'sinks_done', 'sink_attempts'}
+local out = {}
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], ARGV[1], ARGV[2])) do
+    local values = redis.call('HMGET', ARGV[3] .. id, unpack(names))
+    local row = {'id', id}
+    for i, name in ipairs(names) do
+        row[#row + 1] = name
+        row[#row + 1] = values[i]
+    end
+    out[#out + 1] = row
+end
+return out
+"#;
+
+/// Puts dead letters back in the queue, due at once, with attempts reset and the given sinks
+/// done. An event that is no longer a dead letter (replayed meanwhile) is left alone.
+///
+/// KEYS: 1 dead letters, 2 retry schedule, 3 pending set. ARGV: 1 event key prefix, 2 now ms,
+/// then pairs of event id and sinks done (JSON). Returns the ids put back.
+pub const REPLAY: &str = r#"
+local replayed = {}
+for i = 3, #ARGV, 2 do
+    local id = ARGV[i]
+    local key = ARGV[1] .. id
+    if redis.call('HGET', key, 'state') == 'dead' then
+        redis.call('HSET', key, 'state', 'pending', 'attempts', '0', 'sink_attempts', '{}',
+            'failed_sinks', '[]', 'sinks_done', ARGV[i + 1], 'entry', '')
+        redis.call('HDEL', key, 'dead_at')
+        redis.call('ZREM', KEYS[1], id)
+        redis.call('ZADD', KEYS[2], ARGV[2], id)
+        redis.call('ZADD', KEYS[3], redis.call('HGET', key, 'received_ms') or ARGV[2], id)
+        replayed[#replayed + 1] = id
+    end
+end
+return replayed
+"#;
+
+/// Keeps a signed body that is not a delivery.
+///
+/// KEYS: 1 sequence counter, 2 dead deliveries (sorted by sequence). ARGV: 1 hash key prefix,
+/// 2.. field/value items. Returns the sequence number.
+pub const APPEND_MALFORMED: &str = r#"
+local seq = redis.call('INCR', KEYS[1])
+local fields = {}
+for i = 2, #ARGV do
+    fields[#fields + 1] = ARGV[i]
+end
+redis.call('HSET', ARGV[1] .. seq, 'seq', seq, unpack(fields))
+redis.call('ZADD', KEYS[2], seq, seq)
+return seq
+"#;
+
+/// The oldest dead deliveries, without their bodies.
+///
+/// KEYS: 1 dead deliveries. ARGV: 1 limit (at least 1), 2 hash key prefix.
+/// Returns {seq, key or nil, received_at, reason, body length} per delivery.
+pub const DEAD_DELIVERIES: &str = r#"
+local out = {}
+for _, seq in ipairs(redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)) do
+    local key = ARGV[2] .. seq
+    local fields = redis.call('HMGET', key, 'key', 'received_at', 'reason')
+    out[#out + 1] = {tonumber(seq), fields[1], fields[2] or '', fields[3] or '',
+        redis.call('HSTRLEN', key, 'body')}
+end
+return out
+"#;
+
+/// Forgets consumers (replicas that are gone) with nothing pending and no activity for a while.
+/// XAUTOCLAIM already moved their entries; this only keeps XINFO readable.
+///
+/// KEYS: 1 stream. ARGV: 1 group, 2 this consumer, 3 idle ms. Returns how many were removed.
+pub const FORGET_CONSUMERS: &str = r#"
+local consumers = redis.pcall('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
+if type(consumers) ~= 'table' or consumers.err then
+    return 0
+end
+local removed = 0
+for _, consumer in ipairs(consumers) do
+    local name, pending, idle = nil, nil, nil
+    for i = 1, #consumer, 2 do
+        if consumer[i] == 'name' then
+            name = consumer[i + 1]
+        elseif consumer[i] == 'pending' then
+            pending = consumer[i + 1]
+        elseif consumer[i] == 'idle' then
+            idle = consumer[i + 1]
+        end
+    end
+    if name and name ~= ARGV[2] and pending == 0 and idle and idle > tonumber(ARGV[3]) then
+        redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], name)
+        removed = removed + 1
+    end
+end
+return removed
+"#;
+
+/// Gives back the entries this consumer still holds (on shutdown), so other replicas take them
+/// at once instead of after the lease: each is re-queued as a new entry at the end of the stream.
+///
+/// KEYS: 1 stream. ARGV: 1 group, 2 this consumer, 3 event key prefix, 4 most entries.
+/// Returns how many events were given back.
+pub const HAND_BACK: &str = r#"
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', tonumber(ARGV[4]), ARGV[2])
+local given = 0
+for _, item in ipairs(pending) do
+    local entry = item[1]
+    local message = redis.call('XRANGE', KEYS[1], entry, entry)
+    redis.call('XACK', KEYS[1], ARGV[1], entry)
+    redis.call('XDEL', KEYS[1], entry)
+    if message[1] then
+        local body = message[1][2]
+        for i = 1, #body, 2 do
+            if body[i] == 'id' then
+                local key = ARGV[3] .. body[i + 1]
+                if redis.call('HGET', key, 'entry') == entry then
+                    local fresh = redis.call('XADD', KEYS[1], '*', 'id', body[i + 1])
+                    redis.call('HSET', key, 'entry', fresh)
+                    given = given + 1
+                end
+            end
+        end
+    end
+end
+return given
+"#;

@@ -1,0 +1,336 @@
+//! The deployment files under deploy/: every YAML file parses, and the compose file, the
+//! Kubernetes manifests, the Caddyfile and the repository's Dockerfile agree with each other and with the
+//! daemon (probe paths, ports, image, replicas, config that the daemon accepts).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use attio_webhooks::config::{QueueBackend, Settings};
+use serde::Deserialize;
+use serde_yaml_ng::Value;
+
+fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy")
+}
+
+fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files_under(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}
+
+/// Every YAML document under deploy/, by file.
+fn yaml_documents() -> BTreeMap<PathBuf, Vec<Value>> {
+    let mut files = Vec::new();
+    files_under(&deploy_dir(), &mut files);
+    let mut documents = BTreeMap::new();
+    for path in files {
+        let is_yaml = path.extension().is_some_and(|e| e == "yaml" || e == "yml");
+        if !is_yaml {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut docs = Vec::new();
+        for document in serde_yaml_ng::Deserializer::from_str(&text) {
+            let value = Value::deserialize(document)
+                .unwrap_or_else(|e| panic!("{} is not valid YAML: {e}", path.display()));
+            if !value.is_null() {
+                docs.push(value);
+            }
+        }
+        assert!(!docs.is_empty(), "{} holds no document", path.display());
+        documents.insert(path, docs);
+    }
+    documents
+}
+
+/// Kubernetes objects (documents with apiVersion and kind), by kind.
+fn kubernetes_objects() -> BTreeMap<String, Vec<Value>> {
+    let mut objects: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for document in yaml_documents().into_values().flatten() {
+        if let (Some(_), Some(kind)) = (document["apiVersion"].as_str(), document["kind"].as_str())
+        {
+            objects.entry(kind.to_string()).or_default().push(document);
+        }
+    }
+    objects
+}
+
+fn str_of<'a>(value: &'a Value, what: &str) -> &'a str {
+    value
+        .as_str()
+        .unwrap_or_else(|| panic!("{what} should be a string, got {value:?}"))
+}
+
+fn seq<'a>(value: &'a Value, what: &str) -> &'a Vec<Value> {
+    value
+        .as_sequence()
+        .unwrap_or_else(|| panic!("{what} should be a list, got {value:?}"))
+}
+
+/// The port the image (the repository's Dockerfile) exposes: the one every other file must use.
+fn exposed_port() -> u64 {
+    let dockerfile =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Dockerfile")).unwrap();
+    dockerfile
+        .lines()
+        .find_map(|l| l.strip_prefix("EXPOSE "))
+        .and_then(|p| p.trim().parse().ok())
+        .expect("the Dockerfile exposes one port")
+}
+
+/// The port of a `--listen ADDR` argument.
+fn listen_port(args: &[String]) -> u64 {
+    let at = args
+        .iter()
+        .position(|a| a == "--listen")
+        .expect("--listen is passed");
+    args[at + 1]
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("--listen names a port")
+}
+
+fn strings(value: &Value) -> Vec<String> {
+    seq(value, "args")
+        .iter()
+        .map(|v| match v {
+            Value::String(s) => s.clone(),
+            other => serde_yaml_ng::to_string(other).unwrap().trim().to_string(),
+        })
+        .collect()
+}
+
+/// The daemon accepts a deployment's config file (with the secrets the environment supplies).
+fn assert_daemon_accepts(config: &str, origin: &str) {
+    let secrets = "[webhook]\nsecrets = [\"s\"]\n[redis]\nurl = \"redis://redis:6379\"\n";
+    let settings = Settings::from_toml_layers("production", &[config, secrets])
+        .unwrap_or_else(|e| panic!("{origin}: the daemon refuses this config: {e}"));
+    assert_eq!(
+        settings.queue.backend,
+        QueueBackend::Redis,
+        "{origin}: replicas need the Redis queue"
+    );
+}
+
+#[test]
+fn every_yaml_file_under_deploy_parses() {
+    let documents = yaml_documents();
+    assert!(
+        documents.len() >= 6,
+        "compose file and Kubernetes manifests: {:?}",
+        documents.keys().collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn the_kubernetes_deployment_probes_health_and_readiness_with_limits_and_replicas() {
+    let objects = kubernetes_objects();
+    let deployments = &objects["Deployment"];
+    assert_eq!(deployments.len(), 1);
+    let deployment = &deployments[0];
+    assert!(
+        deployment["spec"]["replicas"].as_u64().unwrap() >= 2,
+        "at least two replicas"
+    );
+    let pod = &deployment["spec"]["template"];
+    let selector = deployment["spec"]["selector"]["matchLabels"]
+        .as_mapping()
+        .unwrap();
+    for (key, value) in selector {
+        assert_eq!(
+            &pod["metadata"]["labels"][str_of(key, "label")],
+            value,
+            "the selector matches the pod labels"
+        );
+    }
+    let containers = seq(&pod["spec"]["containers"], "containers");
+    assert_eq!(containers.len(), 1);
+    let container = &containers[0];
+
+    let port = exposed_port();
+    let ports = seq(&container["ports"], "ports");
+    assert_eq!(ports[0]["containerPort"].as_u64(), Some(port));
+    let port_name = str_of(&ports[0]["name"], "port name");
+    assert_eq!(listen_port(&strings(&container["args"])), port);
+    for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+        let get = &container[probe]["httpGet"];
+        assert_eq!(get["path"].as_str(), Some(path), "{probe}");
+        let probe_port = &get["port"];
+        assert!(
+            probe_port.as_str() == Some(port_name) || probe_port.as_u64() == Some(port),
+            "{probe} uses the container port"
+        );
+    }
+    let limits = &container["resources"]["limits"];
+    assert!(limits["cpu"].as_str().is_some() || limits["cpu"].as_u64().is_some());
+    assert!(limits["memory"].as_str().is_some(), "memory limit");
+    assert!(container["resources"]["requests"]["memory"]
+        .as_str()
+        .is_some());
+    assert!(
+        str_of(&container["image"], "image").starts_with("attio-webhooks"),
+        "the image the Dockerfile builds"
+    );
+
+    // Secrets come from the Secret, never inline.
+    let secret = &objects["Secret"][0];
+    let secret_name = str_of(&secret["metadata"]["name"], "secret name");
+    let env = seq(&container["env"], "env");
+    for variable in ["ATTIO_WEBHOOK_SECRET", "REDIS_URL"] {
+        let entry = env
+            .iter()
+            .find(|e| e["name"].as_str() == Some(variable))
+            .unwrap_or_else(|| panic!("{variable} is set"));
+        assert!(entry["value"].is_null(), "{variable} is not inline");
+        let reference = &entry["valueFrom"]["secretKeyRef"];
+        assert_eq!(reference["name"].as_str(), Some(secret_name));
+        let key = str_of(&reference["key"], "secret key");
+        assert!(
+            !secret["stringData"][key].is_null(),
+            "the example Secret has {key}"
+        );
+    }
+
+    // The config file comes from the ConfigMap, and the daemon accepts it.
+    let config_map = &objects["ConfigMap"][0];
+    let volumes = seq(&pod["spec"]["volumes"], "volumes");
+    let config_volume = volumes
+        .iter()
+        .find(|v| !v["configMap"].is_null())
+        .expect("a ConfigMap volume");
+    assert_eq!(
+        config_volume["configMap"]["name"],
+        config_map["metadata"]["name"]
+    );
+    let config_path = {
+        let args = strings(&container["args"]);
+        let at = args.iter().position(|a| a == "--config").unwrap();
+        args[at + 1].clone()
+    };
+    let mount = seq(&container["volumeMounts"], "volumeMounts")
+        .iter()
+        .find(|m| m["name"] == config_volume["name"])
+        .expect("the config volume is mounted");
+    assert_eq!(mount["mountPath"].as_str(), Some(config_path.as_str()));
+    let file = str_of(&mount["subPath"], "subPath");
+    assert_daemon_accepts(
+        str_of(&config_map["data"][file], "config file"),
+        "ConfigMap",
+    );
+}
+
+#[test]
+fn the_service_pdb_and_ingress_point_at_the_deployment() {
+    let objects = kubernetes_objects();
+    let deployment = &objects["Deployment"][0];
+    let pod_labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let port_name = str_of(&container["ports"][0]["name"], "port name");
+
+    let service = &objects["Service"][0];
+    for (key, value) in service["spec"]["selector"].as_mapping().unwrap() {
+        assert_eq!(&pod_labels[str_of(key, "label")], value);
+    }
+    let service_port = &service["spec"]["ports"][0];
+    let target = &service_port["targetPort"];
+    assert!(target.as_str() == Some(port_name) || target.as_u64() == Some(exposed_port()));
+
+    let budget = &objects["PodDisruptionBudget"][0];
+    for (key, value) in budget["spec"]["selector"]["matchLabels"]
+        .as_mapping()
+        .unwrap()
+    {
+        assert_eq!(&pod_labels[str_of(key, "label")], value);
+    }
+    let min_available = budget["spec"]["minAvailable"].as_u64().unwrap();
+    assert!(
+        min_available >= 1 && min_available < deployment["spec"]["replicas"].as_u64().unwrap(),
+        "a drain can proceed and one replica stays"
+    );
+
+    let ingress = &objects["Ingress"][0];
+    assert!(!ingress["spec"]["tls"].is_null(), "TLS at the ingress");
+    let backend = &ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"];
+    assert_eq!(backend["name"], service["metadata"]["name"]);
+    assert_eq!(backend["port"]["name"], service_port["name"]);
+
+    // Everything the kustomization lists exists.
+    let kustomization = &objects["Kustomization"][0];
+    for resource in seq(&kustomization["resources"], "resources") {
+        let path = deploy_dir()
+            .join("kubernetes")
+            .join(str_of(resource, "resource"));
+        assert!(path.is_file(), "{} exists", path.display());
+    }
+}
+
+#[test]
+fn the_compose_file_runs_two_replicas_on_redis_with_aof_behind_a_tls_proxy() {
+    let compose_path = deploy_dir().join("compose/compose.yaml");
+    let documents = yaml_documents();
+    let compose = &documents[&compose_path][0];
+    let services = compose["services"].as_mapping().unwrap();
+    let port = exposed_port();
+
+    let replicas: Vec<(&str, &Value)> = services
+        .iter()
+        .filter(|(_, s)| {
+            s["image"]
+                .as_str()
+                .is_some_and(|i| i.starts_with("attio-webhooks"))
+        })
+        .map(|(name, s)| (str_of(name, "service name"), s))
+        .collect();
+    assert!(replicas.len() >= 2, "two replicas");
+    let caddyfile = std::fs::read_to_string(deploy_dir().join("compose/Caddyfile")).unwrap();
+    for (name, service) in &replicas {
+        assert_eq!(listen_port(&strings(&service["command"])), port, "{name}");
+        let health = strings(&service["healthcheck"]["test"]).join(" ");
+        assert!(
+            health.contains(&format!(":{port}/healthz")) || health.contains("/readyz"),
+            "{name}: {health}"
+        );
+        assert!(
+            caddyfile.contains(&format!("{name}:{port}")),
+            "the proxy sends to {name}:{port}"
+        );
+        let environment = &service["environment"];
+        assert!(environment["ATTIO_WEBHOOK_SECRET"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("${")));
+        assert!(environment["REDIS_URL"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("redis://redis:")));
+        // The mounted config file exists and the daemon accepts it.
+        let config = strings(&service["command"]);
+        let config_path = &config[config.iter().position(|a| a == "--config").unwrap() + 1];
+        let mount = strings(&service["volumes"])
+            .into_iter()
+            .find(|v| v.contains(config_path.as_str()))
+            .expect("the config file is mounted");
+        let local = compose_path
+            .parent()
+            .unwrap()
+            .join(mount.split(':').next().unwrap());
+        assert_daemon_accepts(&std::fs::read_to_string(&local).unwrap(), "compose");
+    }
+    assert!(caddyfile.contains("health_uri /readyz"));
+
+    let redis = strings(&services[&Value::from("redis")]["command"]).join(" ");
+    assert!(redis.contains("--appendonly yes"), "AOF on: {redis}");
+    assert!(redis.contains("--appendfsync"), "{redis}");
+
+    let proxy = &services[&Value::from("caddy")];
+    let published = strings(&proxy["ports"]).join(" ");
+    assert!(published.contains(":443"), "the proxy publishes HTTPS");
+    assert!(strings(&proxy["volumes"])
+        .iter()
+        .any(|v| v.starts_with("./Caddyfile:")));
+}
