@@ -453,6 +453,46 @@ pub struct RouteSettings {
     /// table or a JSON string; checked by [`crate::routing::EventFilter::parse`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<serde_json::Value>,
+    /// Only events about this object (`deals`) or one of these: slugs or UUIDs. For records the
+    /// event's `id.object_id`; for list entries and notes `parent_object_id`; for comments
+    /// `object_id`. Checked by [`crate::routing::RouteTable::compile`].
+    #[serde(
+        default,
+        deserialize_with = "one_or_many",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub object: Option<Vec<String>>,
+    /// Only events about this list (`id.list_id`, or a comment's `list_id`): slugs or UUIDs.
+    #[serde(
+        default,
+        deserialize_with = "one_or_many",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub list: Option<Vec<String>>,
+    /// Only events naming this changed attribute (`id.attribute_id`): slugs or UUIDs.
+    #[serde(
+        default,
+        deserialize_with = "one_or_many",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub attribute: Option<Vec<String>>,
+}
+
+/// `object = "deals"` or `object = ["deals", "companies"]`; `None` when the key is absent.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        One(String),
+        Many(Vec<String>),
+    }
+    match Option::<Raw>::deserialize(deserializer)? {
+        None => Ok(None),
+        Some(Raw::One(one)) => Ok(Some(vec![one])),
+        Some(Raw::Many(many)) => Ok(Some(many)),
+    }
 }
 
 impl Settings {
@@ -577,7 +617,9 @@ impl Settings {
         self.validate_with(true)
     }
 
-    fn validate_with(&self, require_secret: bool) -> Result<(), ConfigError> {
+    /// `for_daemon`: the settings `serve` runs with (a webhook secret is required, and routes
+    /// must be able to match); tools that only share the file skip those two checks.
+    fn validate_with(&self, for_daemon: bool) -> Result<(), ConfigError> {
         self.listen_addr()?;
         if let Some(admin) = self.admin_addr()? {
             if admin.port() != 0 && Some(admin) == self.listen_addr().ok() {
@@ -605,7 +647,7 @@ impl Settings {
                 "must be greater than 0 (bytes)",
             ));
         }
-        if require_secret && self.webhook.secrets.is_empty() {
+        if for_daemon && self.webhook.secrets.is_empty() {
             return Err(ConfigError::NoSecret);
         }
         if self.environment == "production" && self.uses_development_secret() {
@@ -714,7 +756,27 @@ impl Settings {
             }
             validate_sink(name, sink, &self.worker)?;
         }
-        crate::routing::RouteTable::compile(&self.routes, &self.effective_sink_names())?;
+        let routes =
+            crate::routing::RouteTable::compile(&self.routes, &self.effective_sink_names())?;
+        // Slugs in route keys are matched against the names enrichment resolves through Attio's
+        // API: without a key such a route could never match. Only the daemon cares; tools that
+        // read the same file (dead-letters, send) do not route.
+        if for_daemon && self.attio.api_key.is_none() {
+            if let Some((route, key, slug)) = routes.first_slug_key() {
+                let index = self
+                    .routes
+                    .iter()
+                    .position(|r| r.name == route)
+                    .unwrap_or(0);
+                return Err(ConfigError::invalid(
+                    &format!("routes[{index}] ({route:?})"),
+                    format!(
+                        "has `{key}` = {slug:?}, a slug, which the daemon resolves through \
+                         Attio's API: set ATTIO_API_KEY (attio.api_key), or give the {key}'s UUID"
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -857,6 +919,9 @@ impl Settings {
                 sinks: vec!["stdout".to_string()],
                 enrich: RouteEnrich::default(),
                 filter: None,
+                object: None,
+                list: None,
+                attribute: None,
             }]
         } else {
             self.routes.clone()
@@ -1319,6 +1384,86 @@ mod tests {
             error.contains("vip-only") && error.contains("contains"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn route_object_list_and_attribute_take_one_value_or_a_list() {
+        let toml = format!(
+            "{SECRET_ONLY}[attio]\napi_key=\"k\"\n[sinks.a]\nkind=\"stdout\"\n\
+             [[routes]]\nname=\"deals\"\nevents=[\"*\"]\nsinks=[\"a\"]\n\
+             object = \"deals\"\nlist = [\"sales_pipeline\", \"33ebdbe9-e529-47c9-b894-0ba25e9c15c0\"]\n"
+        );
+        let settings = Settings::from_toml("test", &toml).unwrap();
+        let route = &settings.routes[0];
+        assert_eq!(route.object, Some(vec!["deals".to_string()]));
+        assert_eq!(
+            route.list,
+            Some(vec![
+                "sales_pipeline".to_string(),
+                "33ebdbe9-e529-47c9-b894-0ba25e9c15c0".to_string()
+            ])
+        );
+        assert_eq!(route.attribute, None);
+        // They survive check-config's round trip through TOML.
+        let shown = toml::to_string(&settings).unwrap();
+        assert!(shown.contains("object = [\"deals\"]"), "{shown}");
+    }
+
+    #[test]
+    fn bad_route_object_list_or_attribute_stops_the_start_naming_the_route() {
+        let route = |keys: &str, api_key: bool| {
+            let attio = if api_key {
+                "[attio]\napi_key=\"k\"\n"
+            } else {
+                ""
+            };
+            Settings::from_toml(
+                "test",
+                &format!(
+                    "{SECRET_ONLY}{attio}[sinks.a]\nkind=\"stdout\"\n\
+                     [[routes]]\nname=\"narrow\"\nevents=[\"*\"]\nsinks=[\"a\"]\n{keys}\n"
+                ),
+            )
+            .unwrap_err()
+            .to_string()
+        };
+        for (keys, expected) in [
+            ("object = \"\"", "`object` has an empty value"),
+            ("list = []", "`list` is an empty list"),
+            (
+                "attribute = [\"stage\", \"  \"]",
+                "`attribute` has an empty value",
+            ),
+            ("object = \"Deals\"", "neither a UUID nor an api slug"),
+            (
+                "object = \"sales pipeline\"",
+                "neither a UUID nor an api slug",
+            ),
+            ("object = \"deals\"\nenrich = false", "enrich = true"),
+            (
+                "attribute = \"stage\"\nenrich = \"optional\"",
+                "enrich = true",
+            ),
+            ("object = { slug = \"deals\" }", "object"),
+        ] {
+            let error = route(keys, true);
+            assert!(
+                error.contains("narrow") || expected == "object",
+                "{keys}: {error}"
+            );
+            assert!(error.contains(expected), "{keys}: {error}");
+        }
+        // A slug needs the API key that resolves it; a UUID does not.
+        let error = route("object = \"deals\"", false);
+        assert!(
+            error.contains("narrow") && error.contains("ATTIO_API_KEY"),
+            "{error}"
+        );
+        let uuid_only = format!(
+            "{SECRET_ONLY}[sinks.a]\nkind=\"stdout\"\n[[routes]]\nname=\"u\"\nevents=[\"*\"]\n\
+             sinks=[\"a\"]\nenrich=false\nobject=\"97052eb9-e65e-443f-a297-f2d9a4a7f795\"\n"
+        );
+        assert!(Settings::from_toml("test", &uuid_only).is_ok());
     }
 
     #[test]

@@ -151,6 +151,91 @@ impl EventKind {
     pub fn is_known(&self) -> bool {
         !matches!(self, EventKind::Unknown(_))
     }
+
+    /// Where events of this kind carry their object, list or attribute id, as the dot path
+    /// Attio's webhook filters take (FACTS §2, §4); `None` when they have none. The same ids
+    /// enrichment names (`enrich::plan`; a unit test keeps the two in step).
+    pub fn dimension_field(&self, dimension: Dimension) -> Option<&'static str> {
+        use Dimension::{Attribute, List, Object};
+        match self {
+            EventKind::RecordCreated | EventKind::RecordDeleted | EventKind::RecordMerged => {
+                (dimension == Object).then_some("id.object_id")
+            }
+            EventKind::RecordUpdated => match dimension {
+                Object => Some("id.object_id"),
+                Attribute => Some("id.attribute_id"),
+                List => None,
+            },
+            EventKind::ListEntryCreated | EventKind::ListEntryDeleted => match dimension {
+                Object => Some("parent_object_id"),
+                List => Some("id.list_id"),
+                Attribute => None,
+            },
+            EventKind::ListEntryUpdated => Some(match dimension {
+                Object => "parent_object_id",
+                List => "id.list_id",
+                Attribute => "id.attribute_id",
+            }),
+            EventKind::NoteCreated
+            | EventKind::NoteUpdated
+            | EventKind::NoteDeleted
+            | EventKind::NoteContentUpdated => (dimension == Object).then_some("parent_object_id"),
+            EventKind::CommentCreated
+            | EventKind::CommentResolved
+            | EventKind::CommentUnresolved
+            | EventKind::CommentDeleted => match dimension {
+                Object => Some("object_id"),
+                List => Some("list_id"),
+                Attribute => None,
+            },
+            EventKind::ListCreated | EventKind::ListUpdated | EventKind::ListDeleted => {
+                (dimension == List).then_some("id.list_id")
+            }
+            EventKind::ListAttributeCreated | EventKind::ListAttributeUpdated => match dimension {
+                List => Some("id.list_id"),
+                Attribute => Some("id.attribute_id"),
+                Object => None,
+            },
+            EventKind::ObjectAttributeCreated | EventKind::ObjectAttributeUpdated => {
+                match dimension {
+                    Object => Some("id.object_id"),
+                    Attribute => Some("id.attribute_id"),
+                    List => None,
+                }
+            }
+            EventKind::TaskCreated
+            | EventKind::TaskUpdated
+            | EventKind::TaskDeleted
+            | EventKind::WorkspaceMemberCreated
+            | EventKind::CallRecordingCreated
+            // Not subscribable, and enrichment cannot read them either.
+            | EventKind::ActivityAttributeCreated
+            | EventKind::ActivityAttributeUpdated
+            | EventKind::Unknown(_) => None,
+        }
+    }
+}
+
+/// What an event can be about besides its own id: an object, a list, an attribute. Route keys
+/// (`object = "deals"`) and the `webhooks` commands' flags (`--object deals`) narrow by them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dimension {
+    Object,
+    List,
+    Attribute,
+}
+
+impl Dimension {
+    pub const ALL: [Dimension; 3] = [Dimension::Object, Dimension::List, Dimension::Attribute];
+
+    /// The route key and flag name.
+    pub fn key(self) -> &'static str {
+        match self {
+            Dimension::Object => "object",
+            Dimension::List => "list",
+            Dimension::Attribute => "attribute",
+        }
+    }
 }
 
 impl std::fmt::Display for EventKind {

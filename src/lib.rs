@@ -17,12 +17,14 @@
 //! - `config`: layered settings (embedded defaults < files < environment), validated at start.
 //! - `ingress`: the HTTP edge: webhook endpoint, health and readiness, errors → status codes.
 //! - `signature`: Attio's HMAC-SHA256 over the raw body; the only maker of a `VerifiedBody`.
-//! - `event`: the delivery envelope, event kinds (with `Unknown`), event identity.
+//! - `event`: the delivery envelope, event kinds (with `Unknown`), event identity, where each
+//!   kind carries its object / list / attribute.
 //! - `journal`: durable store of accepted deliveries (SQLite with group commit, or a Redis
 //!   stream shared by replicas), dead letters.
 //! - `worker`: takes events from the channel and the journal, drives them to the sinks.
 //! - `dedupe`: two-phase claim → done, on Redis or embedded.
-//! - `routing`: rules that match events to sinks (event-type patterns, Attio-style filters).
+//! - `routing`: rules that match events to sinks (event-type patterns, `object` / `list` /
+//!   `attribute` keys, Attio-style filters).
 //! - `enrich`: re-fetch what each event is about; resolve object/list/attribute slugs.
 //! - `attio`: the only module that speaks Attio's REST API (client, retry, rate limit, breaker,
 //!   models, schema cache).
@@ -30,8 +32,9 @@
 //! - `app`: builds the daemon from settings; graceful shutdown.
 //! - `telemetry`: logging.
 //! - `metrics`: Prometheus registry and metric names.
-//! - `cli`: the command line: `serve`, `dead-letters list|show|replay`, and the developer
-//!   tools `send`, `sign`, `verify`, `check-config`.
+//! - `cli`: the command line: `serve`, `dead-letters list|show|replay`,
+//!   `webhooks list|get|create|update|delete` (Attio subscriptions), and the developer tools
+//!   `send`, `sign`, `verify`, `check-config`.
 
 pub mod app;
 pub mod attio;

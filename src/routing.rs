@@ -1,13 +1,16 @@
 //! Routing: which sinks an event goes to.
 //!
-//! In: the configured `[[routes]]` (compiled and checked once at start) and an event (its type
-//! and its JSON). Out: the names of the sinks the event goes to: the union of the sinks of every
-//! matching route. A route matches when one of its event patterns matches the type and its
+//! In: the configured `[[routes]]` (compiled and checked once at start) and an event (its type,
+//! its JSON, and its [`EventDimensions`]: the object, list and attribute it is about, as ids and
+//! as the slugs enrichment resolved). Out: the names of the sinks the event goes to: the union
+//! of the sinks of every matching route. A route matches when one of its event patterns matches
+//! the type, each of its `object` / `list` / `attribute` keys (if any) names the event's, and its
 //! optional `filter` (Attio's own filter shape) matches the event.
 
 use serde_json::Value;
 
 use crate::config::{ConfigError, RouteEnrich, RouteSettings};
+pub use crate::event::Dimension;
 use crate::event::{EventKind, SUBSCRIBABLE_EVENT_TYPES};
 
 /// An event-type pattern: `*`, `record.*`, or one exact type.
@@ -49,6 +52,142 @@ impl EventPattern {
             EventPattern::Exact(exact) => exact == event_type,
         }
     }
+}
+
+/// One dimension of one event: the event's own id (a UUID; `None` when the event has no such
+/// dimension) and the slug enrichment resolved for it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DimensionValue {
+    pub id: Option<String>,
+    pub slug: Option<String>,
+}
+
+/// How far the slugs of an event's dimensions are known.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Names {
+    /// Enrichment looked them up; a missing slug means Attio has no such thing.
+    Resolved,
+    /// Enrichment failed: a slug a route names may or may not be the event's.
+    Failed,
+    /// Not looked up (no route wanted enrichment, or it is disabled).
+    #[default]
+    Unavailable,
+}
+
+/// The object, list and attribute an event is about, for route keys.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventDimensions {
+    pub object: DimensionValue,
+    pub list: DimensionValue,
+    pub attribute: DimensionValue,
+    pub names: Names,
+}
+
+impl EventDimensions {
+    fn get(&self, dimension: Dimension) -> &DimensionValue {
+        match dimension {
+            Dimension::Object => &self.object,
+            Dimension::List => &self.list,
+            Dimension::Attribute => &self.attribute,
+        }
+    }
+}
+
+/// One `object` / `list` / `attribute` key of a route: the UUIDs and the slugs it accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct DimensionRule {
+    dimension: Dimension,
+    /// Lower case, compared with the event's id.
+    ids: Vec<String>,
+    /// Compared with the slug enrichment resolved.
+    slugs: Vec<String>,
+}
+
+/// Whether a route's key holds for an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Holds {
+    Yes,
+    No,
+    /// The key names a slug, and the event's could not be resolved this time.
+    Unknown,
+}
+
+impl DimensionRule {
+    /// Parses the values of one key; the error says what is wrong, for the route's message.
+    fn parse(dimension: Dimension, values: &[String]) -> Result<DimensionRule, String> {
+        let key = dimension.key();
+        if values.is_empty() {
+            return Err(format!(
+                "`{key}` is an empty list; leave the key out to match every {key}"
+            ));
+        }
+        let mut rule = DimensionRule {
+            dimension,
+            ids: Vec::new(),
+            slugs: Vec::new(),
+        };
+        for value in values {
+            if value.trim().is_empty() {
+                return Err(format!(
+                    "`{key}` has an empty value; give a slug such as {:?} or a UUID",
+                    example_slug(dimension)
+                ));
+            }
+            if is_uuid(value) {
+                rule.ids.push(value.to_ascii_lowercase());
+            } else if is_slug(value) {
+                rule.slugs.push(value.clone());
+            } else {
+                return Err(format!(
+                    "`{key}` value {value:?} is neither a UUID nor an api slug (lower-case \
+                     snake_case as Attio shows it, such as {:?})",
+                    example_slug(dimension)
+                ));
+            }
+        }
+        Ok(rule)
+    }
+
+    fn holds(&self, event: &EventDimensions) -> Holds {
+        let value = event.get(self.dimension);
+        let Some(id) = &value.id else {
+            // The event has no such dimension: a route narrowed to one never takes it.
+            return Holds::No;
+        };
+        if self
+            .ids
+            .iter()
+            .any(|wanted| wanted.eq_ignore_ascii_case(id))
+        {
+            return Holds::Yes;
+        }
+        match &value.slug {
+            Some(slug) if self.slugs.contains(slug) => Holds::Yes,
+            None if !self.slugs.is_empty() && event.names == Names::Failed => Holds::Unknown,
+            _ => Holds::No,
+        }
+    }
+}
+
+fn example_slug(dimension: Dimension) -> &'static str {
+    match dimension {
+        Dimension::Object => "deals",
+        Dimension::List => "sales_pipeline",
+        Dimension::Attribute => "stage",
+    }
+}
+
+/// A UUID in its usual hyphenated form, as Attio writes ids.
+pub fn is_uuid(value: &str) -> bool {
+    value.len() == 36 && uuid::Uuid::try_parse(value).is_ok()
+}
+
+/// An `api_slug`: Attio formats them in snake case (`deals`, `sales_pipeline`).
+pub fn is_slug(value: &str) -> bool {
+    !value.is_empty()
+        && value
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
 }
 
 /// Attio's webhook filter: `{"$and": [...]}` (every condition) or `{"$or": [...]}` (any), each
@@ -220,6 +359,18 @@ struct CompiledRoute {
     filter: Option<EventFilter>,
     sinks: Vec<String>,
     enrich: RouteEnrich,
+    dimensions: Vec<DimensionRule>,
+}
+
+impl CompiledRoute {
+    /// Whether the route's `object` / `list` / `attribute` keys hold. `Unknown` (a slug that
+    /// could not be resolved) counts as a match: its sinks then share the enrichment failure and
+    /// the event is retried, instead of silently skipping a route that may have wanted it.
+    fn dimensions_hold(&self, event: &EventDimensions) -> bool {
+        self.dimensions
+            .iter()
+            .all(|rule| rule.holds(event) != Holds::No)
+    }
 }
 
 /// The compiled routes.
@@ -276,12 +427,34 @@ impl RouteTable {
                 Some(filter) => EventFilter::parse(filter).map_err(&invalid)?,
                 None => None,
             };
+            let mut dimensions = Vec::new();
+            for (dimension, values) in [
+                (Dimension::Object, &route.object),
+                (Dimension::List, &route.list),
+                (Dimension::Attribute, &route.attribute),
+            ] {
+                let Some(values) = values else { continue };
+                let rule = DimensionRule::parse(dimension, values).map_err(&invalid)?;
+                if let Some(slug) = rule.slugs.first() {
+                    if route.enrich != RouteEnrich::Required {
+                        return Err(invalid(format!(
+                            "`{}` = {slug:?} is a slug, matched against the name enrichment \
+                             resolves, so the route needs `enrich = true` (the default); or give \
+                             the {}'s UUID",
+                            dimension.key(),
+                            dimension.key()
+                        )));
+                    }
+                }
+                dimensions.push(rule);
+            }
             compiled.push(CompiledRoute {
                 name: route.name.clone(),
                 patterns,
                 filter,
                 sinks: route.sinks.clone(),
                 enrich: route.enrich,
+                dimensions,
             });
         }
         Ok(RouteTable { routes: compiled })
@@ -302,13 +475,40 @@ impl RouteTable {
         unknown
     }
 
+    /// Whether any route has an `object`, `list` or `attribute` key (only then are an event's
+    /// [`EventDimensions`] worth working out).
+    pub fn has_dimension_keys(&self) -> bool {
+        self.routes.iter().any(|route| !route.dimensions.is_empty())
+    }
+
+    /// The first route key that names a slug, as `(route name, key, slug)`: such routes need
+    /// enrichment (an Attio API key) to ever match.
+    pub fn first_slug_key(&self) -> Option<(&str, &'static str, &str)> {
+        self.routes.iter().find_map(|route| {
+            route.dimensions.iter().find_map(|rule| {
+                rule.slugs
+                    .first()
+                    .map(|slug| (route.name.as_str(), rule.dimension.key(), slug.as_str()))
+            })
+        })
+    }
+
     /// The sinks an event goes to, each once, in configuration order. `event` is the event's
-    /// JSON, parsed only when a route with a filter matches the type.
-    pub fn sinks_for(&self, event_type: &str, event: &str) -> Vec<&str> {
+    /// JSON (as filters see it), parsed only when a route with a filter matches the type;
+    /// `dimensions` is what the routes' `object` / `list` / `attribute` keys compare with.
+    pub fn sinks_for(
+        &self,
+        event_type: &str,
+        event: &str,
+        dimensions: &EventDimensions,
+    ) -> Vec<&str> {
         let mut parsed: Option<Option<Value>> = None;
         let mut sinks: Vec<&str> = Vec::new();
         for route in &self.routes {
             if !route.patterns.iter().any(|p| p.matches(event_type)) {
+                continue;
+            }
+            if !route.dimensions_hold(dimensions) {
                 continue;
             }
             if let Some(filter) = &route.filter {
@@ -363,6 +563,9 @@ mod tests {
             sinks: sinks.iter().map(|s| s.to_string()).collect(),
             enrich: RouteEnrich::default(),
             filter: None,
+            object: None,
+            list: None,
+            attribute: None,
         }
     }
 
@@ -371,6 +574,10 @@ mod tests {
             filter: Some(filter),
             ..route(name, &["*"], sinks)
         }
+    }
+
+    fn none() -> EventDimensions {
+        EventDimensions::default()
     }
 
     fn names(list: &[&str]) -> Vec<String> {
@@ -417,10 +624,19 @@ mod tests {
             &names(&["a", "b", "c", "d"]),
         )
         .unwrap();
-        assert_eq!(table.sinks_for("record.updated", "{}"), vec!["a", "b", "c"]);
-        assert_eq!(table.sinks_for("record.created", "{}"), vec!["a", "b"]);
-        assert_eq!(table.sinks_for("list-entry.updated", "{}"), vec!["b", "c"]);
-        assert!(table.sinks_for("note.created", "{}").is_empty());
+        assert_eq!(
+            table.sinks_for("record.updated", "{}", &none()),
+            vec!["a", "b", "c"]
+        );
+        assert_eq!(
+            table.sinks_for("record.created", "{}", &none()),
+            vec!["a", "b"]
+        );
+        assert_eq!(
+            table.sinks_for("list-entry.updated", "{}", &none()),
+            vec!["b", "c"]
+        );
+        assert!(table.sinks_for("note.created", "{}", &none()).is_empty());
     }
 
     #[test]
@@ -430,7 +646,10 @@ mod tests {
             &names(&["a"]),
         )
         .unwrap();
-        assert_eq!(table.sinks_for("spaceship.launched", "{}"), vec!["a"]);
+        assert_eq!(
+            table.sinks_for("spaceship.launched", "{}", &none()),
+            vec!["a"]
+        );
         assert_eq!(
             table.unknown_event_types(),
             vec![("new".to_string(), "spaceship.launched".to_string())]
@@ -503,11 +722,18 @@ mod tests {
         )
         .unwrap();
         let event = record_updated();
-        assert_eq!(table.sinks_for("record.updated", &event), vec!["a"]);
+        assert_eq!(
+            table.sinks_for("record.updated", &event, &none()),
+            vec!["a"]
+        );
         let by_api = event.replace("workspace-member", "api-token");
-        assert!(table.sinks_for("record.updated", &by_api).is_empty());
+        assert!(table
+            .sinks_for("record.updated", &by_api, &none())
+            .is_empty());
         let other_object = event.replace(PEOPLE, "11111111-1111-4111-8111-111111111111");
-        assert!(table.sinks_for("record.updated", &other_object).is_empty());
+        assert!(table
+            .sinks_for("record.updated", &other_object, &none())
+            .is_empty());
     }
 
     #[test]
@@ -525,9 +751,14 @@ mod tests {
         )
         .unwrap();
         let event = record_updated();
-        assert_eq!(table.sinks_for("record.updated", &event), vec!["a"]);
+        assert_eq!(
+            table.sinks_for("record.updated", &event, &none()),
+            vec!["a"]
+        );
         let neither = event.replace(PEOPLE, "11111111-1111-4111-8111-111111111111");
-        assert!(table.sinks_for("record.updated", &neither).is_empty());
+        assert!(table
+            .sinks_for("record.updated", &neither, &none())
+            .is_empty());
     }
 
     #[test]
@@ -544,11 +775,20 @@ mod tests {
         )
         .unwrap();
         let event = record_updated();
-        assert_eq!(table.sinks_for("record.updated", &event), vec!["a"]);
-        let by_system = event.replace("workspace-member", "system");
-        assert!(table.sinks_for("record.updated", &by_system).is_empty());
         assert_eq!(
-            table.sinks_for("record.updated", r#"{"event_type":"record.updated"}"#),
+            table.sinks_for("record.updated", &event, &none()),
+            vec!["a"]
+        );
+        let by_system = event.replace("workspace-member", "system");
+        assert!(table
+            .sinks_for("record.updated", &by_system, &none())
+            .is_empty());
+        assert_eq!(
+            table.sinks_for(
+                "record.updated",
+                r#"{"event_type":"record.updated"}"#,
+                &none()
+            ),
             vec!["a"]
         );
     }
@@ -564,11 +804,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            table.sinks_for("record.updated", &record_updated()),
+            table.sinks_for("record.updated", &record_updated(), &none()),
             vec!["a"]
         );
         assert!(table
-            .sinks_for("record.updated", r#"{"id":{"object_id":"x"}}"#)
+            .sinks_for("record.updated", r#"{"id":{"object_id":"x"}}"#, &none())
             .is_empty());
     }
 
@@ -589,7 +829,7 @@ mod tests {
         .unwrap();
         // The filter would match, but the event type is not a list-entry one.
         assert_eq!(
-            table.sinks_for("record.updated", &record_updated()),
+            table.sinks_for("record.updated", &record_updated(), &none()),
             vec!["b"]
         );
     }
@@ -639,5 +879,220 @@ mod tests {
                 "{filter}: {error}"
             );
         }
+    }
+
+    const DEALS: &str = "97052eb9-e65e-443f-a297-f2d9a4a7f795";
+    const STAGE: &str = "41252299-f8c7-4b5e-99c9-4ff8321d2f96";
+    const PIPELINE: &str = "33ebdbe9-e529-47c9-b894-0ba25e9c15c0";
+
+    fn narrowed(
+        name: &str,
+        sinks: &[&str],
+        object: Option<&[&str]>,
+        list: Option<&[&str]>,
+        attribute: Option<&[&str]>,
+    ) -> RouteSettings {
+        let values = |v: Option<&[&str]>| v.map(|v| v.iter().map(|s| s.to_string()).collect());
+        RouteSettings {
+            object: values(object),
+            list: values(list),
+            attribute: values(attribute),
+            ..route(name, &["*"], sinks)
+        }
+    }
+
+    fn value(id: Option<&str>, slug: Option<&str>) -> DimensionValue {
+        DimensionValue {
+            id: id.map(str::to_string),
+            slug: slug.map(str::to_string),
+        }
+    }
+
+    /// A record.updated of `deals` changing `stage`, names resolved.
+    fn deal_stage_change() -> EventDimensions {
+        EventDimensions {
+            object: value(Some(DEALS), Some("deals")),
+            list: value(None, None),
+            attribute: value(Some(STAGE), Some("stage")),
+            names: Names::Resolved,
+        }
+    }
+
+    #[test]
+    fn object_and_attribute_slugs_both_have_to_match() {
+        let table = RouteTable::compile(
+            &[narrowed(
+                "deal-stage",
+                &["a"],
+                Some(&["deals"]),
+                None,
+                Some(&["stage"]),
+            )],
+            &names(&["a"]),
+        )
+        .unwrap();
+        let sinks =
+            |dimensions: &EventDimensions| table.sinks_for("record.updated", "{}", dimensions);
+        assert_eq!(sinks(&deal_stage_change()), vec!["a"]);
+        let other_attribute = EventDimensions {
+            attribute: value(Some("11111111-1111-4111-8111-111111111111"), Some("amount")),
+            ..deal_stage_change()
+        };
+        assert!(sinks(&other_attribute).is_empty());
+        let other_object = EventDimensions {
+            object: value(Some("22222222-2222-4222-8222-222222222222"), Some("people")),
+            ..deal_stage_change()
+        };
+        assert!(sinks(&other_object).is_empty());
+        // record.created names no attribute: a route narrowed to one never takes it.
+        let created = EventDimensions {
+            attribute: value(None, None),
+            ..deal_stage_change()
+        };
+        assert!(sinks(&created).is_empty());
+        // A task is about no object at all.
+        assert!(table
+            .sinks_for("task.created", "{}", &EventDimensions::default())
+            .is_empty());
+    }
+
+    #[test]
+    fn uuids_match_the_events_own_ids_without_enrichment() {
+        let upper = DEALS.to_ascii_uppercase();
+        let table = RouteTable::compile(
+            &[RouteSettings {
+                enrich: RouteEnrich::Off,
+                ..narrowed("by-id", &["a"], Some(&[upper.as_str()]), None, None)
+            }],
+            &names(&["a"]),
+        )
+        .unwrap();
+        let unresolved = EventDimensions {
+            object: value(Some(DEALS), None),
+            ..EventDimensions::default()
+        };
+        assert_eq!(
+            table.sinks_for("record.created", "{}", &unresolved),
+            vec!["a"]
+        );
+        let other = EventDimensions {
+            object: value(Some("22222222-2222-4222-8222-222222222222"), Some("deals")),
+            ..EventDimensions::default()
+        };
+        assert!(table.sinks_for("record.created", "{}", &other).is_empty());
+        assert!(table.has_dimension_keys());
+        assert_eq!(table.first_slug_key(), None, "UUIDs need no enrichment");
+    }
+
+    #[test]
+    fn any_of_several_values_matches_and_slugs_and_uuids_mix() {
+        let table = RouteTable::compile(
+            &[narrowed(
+                "lists",
+                &["a"],
+                None,
+                Some(&["sales_pipeline", PIPELINE]),
+                None,
+            )],
+            &names(&["a"]),
+        )
+        .unwrap();
+        let entry = |id: &str, slug: &str| EventDimensions {
+            list: value(Some(id), Some(slug)),
+            names: Names::Resolved,
+            ..EventDimensions::default()
+        };
+        assert_eq!(
+            table.sinks_for("list-entry.created", "{}", &entry(PIPELINE, "renamed")),
+            vec!["a"]
+        );
+        assert_eq!(
+            table.sinks_for(
+                "list-entry.created",
+                "{}",
+                &entry("44444444-4444-4444-8444-444444444444", "sales_pipeline")
+            ),
+            vec!["a"]
+        );
+        assert!(table
+            .sinks_for(
+                "list-entry.created",
+                "{}",
+                &entry("44444444-4444-4444-8444-444444444444", "hiring")
+            )
+            .is_empty());
+        // A record event has no list.
+        assert!(table
+            .sinks_for("record.updated", "{}", &deal_stage_change())
+            .is_empty());
+        assert_eq!(
+            table.first_slug_key(),
+            Some(("lists", "list", "sales_pipeline"))
+        );
+    }
+
+    #[test]
+    fn an_unresolved_slug_counts_as_a_match_only_when_enrichment_failed() {
+        let table = RouteTable::compile(
+            &[
+                narrowed("deals", &["a"], Some(&["deals"]), None, None),
+                route("all", &["*"], &["b"]),
+            ],
+            &names(&["a", "b"]),
+        )
+        .unwrap();
+        let names_state = |names| EventDimensions {
+            object: value(Some(DEALS), None),
+            names,
+            ..EventDimensions::default()
+        };
+        // Failed: its sinks take part, share the failure and the event is retried.
+        assert_eq!(
+            table.sinks_for("record.updated", "{}", &names_state(Names::Failed)),
+            vec!["a", "b"]
+        );
+        // Resolved without a slug (Attio has no such object) or never looked up: no match.
+        assert_eq!(
+            table.sinks_for("record.updated", "{}", &names_state(Names::Resolved)),
+            vec!["b"]
+        );
+        assert_eq!(
+            table.sinks_for("record.updated", "{}", &names_state(Names::Unavailable)),
+            vec!["b"]
+        );
+        // Failed, but the event has no object at all: still no match.
+        let task = EventDimensions {
+            names: Names::Failed,
+            ..EventDimensions::default()
+        };
+        assert_eq!(table.sinks_for("task.created", "{}", &task), vec!["b"]);
+    }
+
+    #[test]
+    fn route_keys_filters_and_event_patterns_must_all_match() {
+        let table = RouteTable::compile(
+            &[RouteSettings {
+                events: vec!["record.updated".to_string()],
+                filter: Some(serde_json::json!({"$and": [
+                    {"field": "actor.type", "operator": "equals", "value": "workspace-member"}
+                ]})),
+                ..narrowed("humans-on-deals", &["a"], Some(&["deals"]), None, None)
+            }],
+            &names(&["a"]),
+        )
+        .unwrap();
+        let event = record_updated();
+        let dimensions = deal_stage_change();
+        assert_eq!(
+            table.sinks_for("record.updated", &event, &dimensions),
+            vec!["a"]
+        );
+        assert!(table
+            .sinks_for("record.created", &event, &dimensions)
+            .is_empty());
+        let by_api = event.replace("workspace-member", "api-token");
+        assert!(table
+            .sinks_for("record.updated", &by_api, &dimensions)
+            .is_empty());
     }
 }

@@ -188,15 +188,26 @@ fn summary(report: &Report) -> String {
         lines.push(format!("sink {name}: {}", describe_sink(sink)));
     }
     for route in &settings.routes {
+        let mut narrowed: Vec<String> = [
+            ("object", &route.object),
+            ("list", &route.list),
+            ("attribute", &route.attribute),
+        ]
+        .into_iter()
+        .filter_map(|(key, values)| values.as_ref().map(|v| format!("{key} {}", v.join("|"))))
+        .collect();
+        if route.filter.is_some() {
+            narrowed.push("a filter".to_string());
+        }
         lines.push(format!(
             "route {}: {} -> {}{}",
             route.name,
             route.events.join(", "),
             route.sinks.join(", "),
-            if route.filter.is_some() {
-                " (with a filter)"
+            if narrowed.is_empty() {
+                String::new()
             } else {
-                ""
+                format!(" (with {})", narrowed.join(", "))
             }
         ));
     }

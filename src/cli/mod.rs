@@ -2,7 +2,8 @@
 //!
 //! `serve` runs the daemon. The developer tools around it: `send` (signed test deliveries, and
 //! the benchmark's load generator), `sign` / `verify` (Attio's signature on standard input) and
-//! `check-config` (the settings `serve` would run with, secrets redacted).
+//! `check-config` (the settings `serve` would run with, secrets redacted). `dead-letters` and
+//! `webhooks` (Attio webhook subscriptions) manage what the daemon works with.
 
 mod check_config;
 mod dead_letters;
@@ -11,6 +12,7 @@ mod send;
 mod serve;
 mod sign;
 pub mod templates;
+mod webhooks;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,6 +55,8 @@ pub enum Command {
     CheckConfig(check_config::CheckConfigArgs),
     /// Inspect events that used up their attempts and replay them.
     DeadLetters(dead_letters::DeadLettersArgs),
+    /// Manage the workspace's Attio webhooks: list, get, create, update, delete.
+    Webhooks(webhooks::WebhooksArgs),
 }
 
 pub fn run(cli: Cli) -> ExitCode {
@@ -67,5 +71,6 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Verify(args) => sign::verify(args),
         Command::CheckConfig(args) => check_config::run(args, options),
         Command::DeadLetters(args) => dead_letters::run(args, options),
+        Command::Webhooks(args) => webhooks::run(args, options),
     }
 }

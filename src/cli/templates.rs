@@ -111,7 +111,7 @@ pub const TEMPLATES: [(&str, &str); 29] = [
 ];
 
 /// Event types that popular guides mention but Attio does not have (FACTS §7).
-const MYTHICAL_EVENT_TYPES: [&str; 3] = [
+pub const MYTHICAL_EVENT_TYPES: [&str; 3] = [
     "workspace-member.updated",
     "call-recording.updated",
     "comment.updated",

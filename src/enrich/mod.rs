@@ -20,6 +20,7 @@ use crate::attio::single_flight::{Closes, SingleFlight};
 use crate::attio::{AttioClient, AttioError, AttributeParent, SchemaCache, SchemaKey};
 use crate::config::{EnrichmentSettings, RouteEnrich};
 use crate::event::EventKind;
+use crate::routing::{DimensionValue, EventDimensions, Names};
 
 /// How enrichment of one event ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -300,6 +301,38 @@ pub fn plan(kind: &EventKind, ids: &EventIds) -> Result<Plan, MissingId> {
         EventKind::Unknown(_) => Plan::default(),
     };
     Ok(plan)
+}
+
+/// The object, list and attribute an event is about, for the routes' `object` / `list` /
+/// `attribute` keys: the ids [`plan`] names (so they are exactly the ones whose slugs
+/// enrichment resolved: `id.object_id` for records, `parent_object_id` for list entries and
+/// notes, a comment's `object_id` and `list_id`, ...) with the slugs `enrichment` found.
+pub fn dimensions(kind: &EventKind, raw: &str, enrichment: &Enrichment) -> EventDimensions {
+    // An event lacking an id its type promises has no dimensions: routes narrowed by them skip it.
+    let plan = plan(kind, &EventIds::parse(raw)).unwrap_or_default();
+    let attribute_id = match plan.attribute {
+        Some(SchemaKey::Attribute { attribute_id, .. }) => Some(attribute_id),
+        _ => None,
+    };
+    EventDimensions {
+        object: DimensionValue {
+            id: plan.object_id,
+            slug: enrichment.object.clone(),
+        },
+        list: DimensionValue {
+            id: plan.list_id,
+            slug: enrichment.list.clone(),
+        },
+        attribute: DimensionValue {
+            id: attribute_id,
+            slug: enrichment.attribute.clone(),
+        },
+        names: match enrichment.status {
+            EnrichmentStatus::Ok | EnrichmentStatus::NotFound => Names::Resolved,
+            EnrichmentStatus::Failed => Names::Failed,
+            EnrichmentStatus::Disabled | EnrichmentStatus::Skipped => Names::Unavailable,
+        },
+    }
 }
 
 /// The enrichment stage. Without an API key every event passes with `disabled`.
@@ -656,5 +689,84 @@ mod tests {
             .enrich(&EventKind::RecordCreated, &raw, RouteEnrich::Off)
             .await;
         assert_eq!(skipped.status, EnrichmentStatus::Skipped);
+    }
+
+    fn resolved(object: Option<&str>, list: Option<&str>, attribute: Option<&str>) -> Enrichment {
+        Enrichment {
+            object: object.map(str::to_string),
+            list: list.map(str::to_string),
+            attribute: attribute.map(str::to_string),
+            ..Enrichment::bare(EnrichmentStatus::Ok)
+        }
+    }
+
+    fn dimensions_of(raw: &str, enrichment: &Enrichment) -> EventDimensions {
+        let kind_name = serde_json::from_str::<Value>(raw).unwrap()["event_type"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        dimensions(&EventKind::parse(&kind_name), raw, enrichment)
+    }
+
+    #[test]
+    fn dimensions_take_each_kinds_own_ids_and_the_resolved_slugs() {
+        let entry = dimensions_of(
+            &fixture_event("attio_docs__list-entry.updated_delivery.json"),
+            &resolved(Some("deals"), Some("sales_pipeline"), Some("stage")),
+        );
+        assert_eq!(
+            entry.object,
+            DimensionValue {
+                id: Some("97052eb9-e65e-443f-a297-f2d9a4a7f795".into()),
+                slug: Some("deals".into())
+            }
+        );
+        assert_eq!(
+            entry.list.id.as_deref(),
+            Some("33ebdbe9-e529-47c9-b894-0ba25e9c15c0")
+        );
+        assert_eq!(
+            entry.attribute.id.as_deref(),
+            Some("41252299-f8c7-4b5e-99c9-4ff8321d2f96")
+        );
+        assert_eq!(entry.names, Names::Resolved);
+
+        let note = dimensions_of(
+            &fixture_event("pipedream__note.created_event.json"),
+            &resolved(Some("people"), None, None),
+        );
+        assert_eq!(
+            note.object.id.as_deref(),
+            Some("6a3d5e81-0de0-4e96-a535-957b28ba8211")
+        );
+        assert_eq!(note.list.id, None);
+        assert_eq!(note.attribute.id, None);
+
+        let comment = r#"{"event_type":"comment.created","id":{"workspace_id":"w","comment_id":"c"},
+            "thread_id":"t","object_id":"o-1","record_id":"r","list_id":"l-1","entry_id":"e","actor":{"type":"system","id":null}}"#;
+        let comment = dimensions_of(comment, &Enrichment::bare(EnrichmentStatus::Failed));
+        assert_eq!(comment.object.id.as_deref(), Some("o-1"));
+        assert_eq!(comment.list.id.as_deref(), Some("l-1"));
+        assert_eq!(comment.names, Names::Failed);
+
+        let created = dimensions_of(
+            &fixture_event("pipedream__record.created_event.json"),
+            &Enrichment::bare(EnrichmentStatus::Disabled),
+        );
+        assert!(created.object.id.is_some());
+        assert_eq!(
+            created.attribute.id, None,
+            "record.created names no attribute"
+        );
+        assert_eq!(created.names, Names::Unavailable);
+
+        let member = dimensions_of(
+            &fixture_event("attio_docs__workspace-member.created_event.json"),
+            &resolved(None, None, None),
+        );
+        assert_eq!(
+            (member.object.id, member.list.id, member.attribute.id),
+            (None, None, None)
+        );
     }
 }

@@ -31,7 +31,7 @@ use crate::dedupe::{ClaimOutcome, DedupeStore};
 use crate::enrich::{Enricher, Enrichment, EnrichmentStatus};
 use crate::event::EventKind;
 use crate::journal::{Journal, JournaledEvent, SinkProgress};
-use crate::routing::RouteTable;
+use crate::routing::{EventDimensions, RouteTable};
 use crate::sinks::{SinkError, SinkLine, Sinks};
 
 /// How soon an event is looked at again when the dedupe store could not be reached. Such
@@ -355,12 +355,21 @@ async fn attempt(pipeline: &Pipeline, event: &JournaledEvent) -> Outcome {
             "enrichment failed; delivering without it (enrich = \"optional\")"
         );
     }
-    let targets = if wanted == RouteEnrich::Off {
-        pipeline.routes.sinks_for(kind.as_str(), &event.raw)
+    let dimensions = if pipeline.routes.has_dimension_keys() {
+        crate::enrich::dimensions(&kind, &event.raw, &enrichment)
     } else {
+        EventDimensions::default()
+    };
+    let targets = if wanted == RouteEnrich::Off {
         pipeline
             .routes
-            .sinks_for(kind.as_str(), &with_enrichment(&event.raw, &enrichment))
+            .sinks_for(kind.as_str(), &event.raw, &dimensions)
+    } else {
+        pipeline.routes.sinks_for(
+            kind.as_str(),
+            &with_enrichment(&event.raw, &enrichment),
+            &dimensions,
+        )
     };
     let mut progress = SinkProgress {
         attempts: event.attempts,

@@ -131,7 +131,7 @@ fn match_path(path: &str) -> Option<(String, PathParams)> {
 }
 
 /// Checks one recorded request against the spec. Returns the `METHOD template` it matched.
-fn check_request(request: &Seen) -> Result<String, String> {
+pub(crate) fn check_request(request: &Seen) -> Result<String, String> {
     let (template, path_params) =
         match_path(&request.path).ok_or(format!("{} is not a documented path", request.path))?;
     let item = &spec()["paths"][&template];

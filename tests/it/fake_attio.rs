@@ -52,6 +52,9 @@ struct FakeState {
     gone: Mutex<HashSet<String>>,
     slugs: Mutex<HashMap<String, String>>,
     webhooks: Mutex<Vec<Value>>,
+    objects: Mutex<Vec<(String, String)>>,
+    lists: Mutex<Vec<(String, String)>>,
+    attributes: Mutex<HashMap<String, Vec<(String, String)>>>,
 }
 
 pub struct FakeAttio {
@@ -146,6 +149,41 @@ impl FakeAttio {
             .insert(id.to_string(), slug.to_string());
     }
 
+    /// The workspace's objects as `(id, api_slug)`, answered by `GET /v2/objects` (and their
+    /// slugs by `GET /v2/objects/{id}`).
+    pub fn set_objects(&self, objects: &[(&str, &str)]) {
+        for (id, slug) in objects {
+            self.set_slug(id, slug);
+        }
+        *self.state.objects.lock().unwrap() = pairs(objects);
+    }
+
+    /// The workspace's lists as `(id, api_slug)`, answered by `GET /v2/lists`.
+    pub fn set_lists(&self, lists: &[(&str, &str)]) {
+        for (id, slug) in lists {
+            self.set_slug(id, slug);
+        }
+        *self.state.lists.lock().unwrap() = pairs(lists);
+    }
+
+    /// The attributes of the object or list `parent_id` as `(id, api_slug)`, answered by
+    /// `GET /v2/{objects|lists}/{parent_id}/attributes`.
+    pub fn set_attributes(&self, parent_id: &str, attributes: &[(&str, &str)]) {
+        for (id, slug) in attributes {
+            self.set_slug(id, slug);
+        }
+        self.state
+            .attributes
+            .lock()
+            .unwrap()
+            .insert(parent_id.to_string(), pairs(attributes));
+    }
+
+    /// The webhooks the fake holds now.
+    pub fn webhooks(&self) -> Vec<Value> {
+        self.state.webhooks.lock().unwrap().clone()
+    }
+
     /// Adds `count` webhooks to the fake's list.
     pub fn add_webhooks(&self, count: usize) {
         let mut webhooks = self.state.webhooks.lock().unwrap();
@@ -160,6 +198,13 @@ impl FakeAttio {
             ));
         }
     }
+}
+
+fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
+    items
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
 }
 
 fn webhook_json(id: &str, target_url: &str, subscriptions: Value) -> Value {
@@ -268,8 +313,26 @@ async fn answer(State(state): State<Arc<FakeState>>, request: Request<Body>) -> 
                 .to_string(),
         )
             .into_response(),
-        ("GET", ["v2", "objects"]) => data(json!([object_json("o-1", &slug("o-1", "people"))])),
-        ("GET", ["v2", "lists"]) => data(json!([list_json("l-1", &slug("l-1", "pipeline"))])),
+        ("GET", ["v2", "objects"]) => {
+            let objects = state.objects.lock().unwrap().clone();
+            if objects.is_empty() {
+                data(json!([object_json("o-1", &slug("o-1", "people"))]))
+            } else {
+                data(Value::Array(
+                    objects.iter().map(|(id, s)| object_json(id, s)).collect(),
+                ))
+            }
+        }
+        ("GET", ["v2", "lists"]) => {
+            let lists = state.lists.lock().unwrap().clone();
+            if lists.is_empty() {
+                data(json!([list_json("l-1", &slug("l-1", "pipeline"))]))
+            } else {
+                data(Value::Array(
+                    lists.iter().map(|(id, s)| list_json(id, s)).collect(),
+                ))
+            }
+        }
         ("GET", ["v2", "objects", object]) => data(object_json(object, &slug(object, "deals"))),
         ("GET", ["v2", "objects", object, "records", record]) => data(json!({
             "id": {"workspace_id": WORKSPACE_ID, "object_id": object, "record_id": record},
@@ -277,13 +340,21 @@ async fn answer(State(state): State<Arc<FakeState>>, request: Request<Body>) -> 
             "web_url": format!("https://app.attio.com/fake/{record}"),
             "values": {"name": [{"value": format!("Record {record}"), "attribute_type": "text"}]}
         })),
-        ("GET", ["v2", target @ ("objects" | "lists"), parent, "attributes"]) => {
-            let _ = target;
-            data(json!([attribute_json(
-                parent,
-                "a-1",
-                &slug("a-1", "stage")
-            )]))
+        ("GET", ["v2", "objects" | "lists", parent, "attributes"]) => {
+            let configured = state.attributes.lock().unwrap().get(*parent).cloned();
+            match configured {
+                Some(attributes) => data(Value::Array(
+                    attributes
+                        .iter()
+                        .map(|(id, s)| attribute_json(parent, id, s))
+                        .collect(),
+                )),
+                None => data(json!([attribute_json(
+                    parent,
+                    "a-1",
+                    &slug("a-1", "stage")
+                )])),
+            }
         }
         ("GET", ["v2", "objects" | "lists", parent, "attributes", attribute]) => {
             data(attribute_json(parent, attribute, &slug(attribute, "stage")))
@@ -341,6 +412,26 @@ async fn answer(State(state): State<Arc<FakeState>>, request: Request<Body>) -> 
         }
         ("POST", ["v2", "webhooks"]) => {
             let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+            // Attio refuses a (target_url, event_type, filter) it already has.
+            let target = &body["data"]["target_url"];
+            let wanted = body["data"]["subscriptions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let taken = state.webhooks.lock().unwrap().iter().any(|existing| {
+                existing["target_url"] == *target
+                    && existing["subscriptions"]
+                        .as_array()
+                        .is_some_and(|have| have.iter().any(|s| wanted.contains(s)))
+            });
+            if taken {
+                return error(
+                    409,
+                    "invalid_request_error",
+                    "uniqueness_conflict",
+                    "A webhook subscription with the same target URL, event type and filter already exists.",
+                );
+            }
             let id = uuid::Uuid::new_v4().to_string();
             let mut webhook = webhook_json(
                 &id,

@@ -14,5 +14,7 @@ mod ingress;
 mod lifecycle;
 mod observability;
 mod pipeline;
+mod routing;
 mod scale_out;
 mod sinks;
+mod webhooks_cli;
