@@ -296,6 +296,13 @@ pub fn parse_delivery(body: &[u8]) -> Result<ParsedDelivery, MalformedBody> {
         }
         Err(error) => return Err(MalformedBody::NotJson(error.to_string())),
     };
+    // serde's derived structs also read a JSON array as their fields in order, so
+    // `[null, [{...}]]` would pass as an envelope: only an object is one.
+    if !is_object(text) {
+        return Err(MalformedBody::NotAnEnvelope(
+            "expected an object with an `events` array, not an array".to_string(),
+        ));
+    }
     let webhook_id = match probe.webhook_id {
         Some(serde_json::Value::String(id)) => Some(id),
         _ => None,
@@ -325,8 +332,12 @@ pub fn parse_delivery(body: &[u8]) -> Result<ParsedDelivery, MalformedBody> {
 }
 
 fn parse_event(raw: &str) -> Result<ParsedEvent, String> {
-    let probe: EventProbe = serde_json::from_str(raw)
-        .map_err(|_| "an event must be an object with an `event_type`".to_string())?;
+    const NOT_AN_EVENT: &str = "an event must be an object with an `event_type`";
+    let probe: EventProbe = serde_json::from_str(raw).map_err(|_| NOT_AN_EVENT.to_string())?;
+    // As for the envelope: `["task.created"]` reads as an `EventProbe` but is no event.
+    if !is_object(raw) {
+        return Err(NOT_AN_EVENT.to_string());
+    }
     match probe.event_type {
         serde_json::Value::String(event_type) if !event_type.is_empty() => Ok(ParsedEvent {
             event_type,
@@ -336,22 +347,33 @@ fn parse_event(raw: &str) -> Result<ParsedEvent, String> {
     }
 }
 
+/// Whether a JSON text that parsed is an object (rather than an array).
+fn is_object(text: &str) -> bool {
+    text.trim_start_matches(JSON_WHITE_SPACE).starts_with('{')
+}
+
+/// Insignificant white space in JSON (RFC 8259 §2).
+const JSON_WHITE_SPACE: [char; 4] = [' ', '\t', '\n', '\r'];
+
 /// The event's JSON without insignificant white space, keys and values in their original order,
 /// so that it fits on one line of a JSON-lines sink.
+///
+/// Every event is read through in full here, even one with no white space to remove: the probes
+/// above skip the values they do not need without looking into them, so an event could otherwise
+/// be stored that the worker, route filters and enrichment cannot parse (nesting deeper than
+/// serde_json's limit of 128, a number beyond `f64` such as `1e400`, a lone surrogate `"\ud800"`).
 fn compact(raw: &str) -> Result<String, String> {
-    if !raw
-        .bytes()
-        .any(|b| matches!(b, b' ' | b'\n' | b'\r' | b'\t'))
-    {
+    let transcode = |out: &mut dyn std::io::Write| {
+        let mut deserializer = serde_json::Deserializer::from_str(raw);
+        serde_transcode::transcode(&mut deserializer, &mut serde_json::Serializer::new(out))
+            .map_err(|e| format!("event is not valid JSON: {e}"))
+    };
+    if !raw.contains(JSON_WHITE_SPACE) {
+        transcode(&mut std::io::sink())?;
         return Ok(raw.to_string());
     }
     let mut out = Vec::with_capacity(raw.len());
-    let mut deserializer = serde_json::Deserializer::from_str(raw);
-    serde_transcode::transcode(
-        &mut deserializer,
-        &mut serde_json::Serializer::new(&mut out),
-    )
-    .map_err(|e| format!("event is not valid JSON: {e}"))?;
+    transcode(&mut out)?;
     String::from_utf8(out).map_err(|_| "event is not valid UTF-8".to_string())
 }
 
@@ -366,23 +388,48 @@ pub fn derived_delivery_key(webhook_id: Option<&str>, body: &[u8]) -> String {
     )
 }
 
-/// Longest `Idempotency-Key` kept as is; longer ones are replaced by their hash.
+/// Longest `Idempotency-Key` kept as sent; longer ones are replaced by their hash.
 pub const MAX_KEY_LEN: usize = 200;
 
-/// Normalises an `Idempotency-Key` header into a delivery key.
-pub fn delivery_key_from_header(value: &[u8]) -> Option<String> {
-    let text = String::from_utf8_lossy(value);
-    let text = text.trim();
-    if text.is_empty() {
-        return None;
+/// A delivery key read from the `Idempotency-Key` header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderKey {
+    /// At most [`MAX_KEY_LEN`] bytes of visible ASCII (`0x21..=0x7E`): used as sent.
+    AsSent(String),
+    /// Anything else (longer, white space or control characters inside, non-ASCII, bytes that
+    /// are not UTF-8, or a value starting like one of the keys made here: `sha256:`, `derived:`):
+    /// `sha256:` and the hex SHA-256 of the header's bytes. Stable, so a redelivery with the same
+    /// odd header is still recognised; and two different headers never share a key.
+    Hashed(String),
+}
+
+impl HeaderKey {
+    pub fn into_string(self) -> String {
+        match self {
+            HeaderKey::AsSent(key) | HeaderKey::Hashed(key) => key,
+        }
     }
-    if text.len() > MAX_KEY_LEN || text.chars().any(|c| c.is_control()) {
-        return Some(format!(
+}
+
+/// Normalises an `Idempotency-Key` header into a delivery key; `None` when it is empty.
+pub fn delivery_key_from_header(value: &[u8]) -> Option<HeaderKey> {
+    // Surrounding spaces and tabs are not part of an HTTP field value (RFC 9110 §5.5).
+    let is_space = |b: &u8| matches!(b, b' ' | b'\t');
+    let start = value.iter().position(|b| !is_space(b))?;
+    let end = value.iter().rposition(|b| !is_space(b))? + 1;
+    let value = &value[start..end];
+    let visible_ascii = value.iter().all(|b| (0x21..=0x7e).contains(b));
+    let reserved = value.starts_with(b"sha256:") || value.starts_with(b"derived:");
+    if value.len() <= MAX_KEY_LEN && visible_ascii && !reserved {
+        Some(HeaderKey::AsSent(
+            value.iter().copied().map(char::from).collect(),
+        ))
+    } else {
+        Some(HeaderKey::Hashed(format!(
             "sha256:{}",
-            hex::encode(Sha256::digest(text.as_bytes()))
-        ));
+            hex::encode(Sha256::digest(value))
+        )))
     }
-    Some(text.to_string())
 }
 
 /// The identity of one event: its delivery key plus its index in the delivery.
@@ -469,12 +516,96 @@ mod tests {
     }
 
     #[test]
+    fn json_arrays_are_neither_envelopes_nor_events() {
+        let accepted: Vec<String> = [
+            &br#"[]"#[..],
+            br#"[{"event_type":"task.created"}]"#,
+            br#"[null,[{"event_type":"task.created"}]]"#,
+            br#"["task.created",null,"task.created"]"#,
+            br#"{"events":[["task.created"]]}"#,
+            br#"{"webhook_id":"w","events":[["task.created",{"task_id":"t"}]]}"#,
+        ]
+        .into_iter()
+        .filter(|body| !matches!(parse_delivery(body), Err(MalformedBody::NotAnEnvelope(_))))
+        .map(|body| String::from_utf8_lossy(body).into_owned())
+        .collect();
+        assert!(accepted.is_empty(), "accepted: {accepted:?}");
+    }
+
+    #[test]
+    fn an_accepted_event_reads_back_as_json_with_or_without_white_space() {
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let mut accepted = Vec::new();
+        for tail in ["1e400", "\"\\ud800\"", &deep] {
+            for space in ["", " "] {
+                let body =
+                    format!(r#"{{"events":[{{"event_type":"task.created",{space}"x":{tail}}}]}}"#);
+                if !matches!(
+                    parse_delivery(body.as_bytes()),
+                    Err(MalformedBody::NotAnEnvelope(_))
+                ) {
+                    accepted.push(body.chars().take(60).collect::<String>());
+                }
+            }
+        }
+        assert!(accepted.is_empty(), "accepted: {accepted:?}");
+    }
+
+    #[test]
+    fn keys_differing_only_in_bytes_that_are_not_utf8_stay_different() {
+        assert_ne!(
+            delivery_key_from_header(b"k\xff"),
+            delivery_key_from_header(b"k\xfe")
+        );
+    }
+
+    #[test]
+    fn only_visible_ascii_keys_up_to_200_bytes_are_kept_as_sent() {
+        let kept = |raw: &[u8]| {
+            delivery_key_from_header(raw)
+                == Some(HeaderKey::AsSent(String::from_utf8_lossy(raw).into_owned()))
+        };
+        assert!(kept(b"9f1c-KEY_~!"));
+        assert!(kept(&[b'k'; 200]));
+        assert!(!kept(&[b'k'; 201]));
+        assert!(!kept("caf\u{e9}".as_bytes()));
+        assert!(!kept(b"a b"));
+        assert!(!kept(b"a\tb"));
+        assert!(!kept(b"a\x7fb"));
+        assert!(!kept(b"sha256:0123"));
+        assert!(!kept(b"derived:w:0123"));
+    }
+
+    #[test]
+    fn an_odd_key_hashes_to_the_same_key_every_time() {
+        let odd = b"caf\xc3\xa9 \x01 key";
+        let Some(HeaderKey::Hashed(key)) = delivery_key_from_header(odd) else {
+            panic!("not hashed");
+        };
+        assert_eq!(key.len(), "sha256:".len() + 64);
+        assert_eq!(
+            delivery_key_from_header(odd),
+            Some(HeaderKey::Hashed(key.clone()))
+        );
+        // Surrounding spaces are not part of the value.
+        assert_eq!(
+            delivery_key_from_header(b" \tcaf\xc3\xa9 \x01 key\t "),
+            Some(HeaderKey::Hashed(key))
+        );
+    }
+
+    #[test]
     fn long_or_odd_keys_are_hashed() {
-        assert_eq!(delivery_key_from_header(b"  abc "), Some("abc".into()));
+        assert_eq!(
+            delivery_key_from_header(b"  abc "),
+            Some(HeaderKey::AsSent("abc".into()))
+        );
         assert_eq!(delivery_key_from_header(b""), None);
+        assert_eq!(delivery_key_from_header(b" \t "), None);
         let long = vec![b'k'; 500];
-        assert!(delivery_key_from_header(&long)
-            .unwrap()
-            .starts_with("sha256:"));
+        assert!(matches!(
+            delivery_key_from_header(&long),
+            Some(HeaderKey::Hashed(key)) if key.starts_with("sha256:")
+        ));
     }
 }

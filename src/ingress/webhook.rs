@@ -13,7 +13,7 @@ use chrono::Utc;
 use serde_json::json;
 
 use super::{IngressError, IngressState, REQUEST_ID_HEADER};
-use crate::event::{delivery_key_from_header, derived_delivery_key, parse_delivery};
+use crate::event::{delivery_key_from_header, derived_delivery_key, parse_delivery, HeaderKey};
 use crate::journal::{AppendOutcome, MalformedDelivery, NewDelivery};
 use crate::signature::{self, LEGACY_SIGNATURE_HEADER, SIGNATURE_HEADER};
 
@@ -94,7 +94,16 @@ async fn handle(
 
     let header_key = headers
         .get("idempotency-key")
-        .and_then(|v| delivery_key_from_header(v.as_bytes()));
+        .and_then(|v| delivery_key_from_header(v.as_bytes()))
+        .map(|key| {
+            if let HeaderKey::Hashed(_) = key {
+                // The value itself stays out of the log: it may be anything at all.
+                span.in_scope(|| {
+                    tracing::warn!("Idempotency-Key header is not at most 200 bytes of visible ASCII; using its SHA-256 as the delivery key")
+                });
+            }
+            key.into_string()
+        });
     let received_at = Utc::now();
 
     let delivery = match parse_delivery(verified.bytes()) {

@@ -237,6 +237,74 @@ async fn signed_non_json_and_non_envelope_bodies_are_kept_not_lost() {
 }
 
 #[tokio::test]
+async fn signed_json_arrays_are_kept_as_dead_deliveries_not_accepted() {
+    let app = TestApp::spawn().await;
+    // serde reads an array as a struct's fields in order: these once passed as deliveries.
+    for (index, body) in [
+        &br#"[null,[{"event_type":"task.created","id":{"task_id":"t"}}]]"#[..],
+        br#"{"webhook_id":"w","events":[["task.created"]]}"#,
+    ]
+    .iter()
+    .enumerate()
+    {
+        let response = app.post_signed(body, Some(&format!("array-{index}"))).await;
+        assert_eq!(response.status(), 202, "body {index}");
+        assert_eq!(
+            response.json::<Value>().await.unwrap()["status"],
+            "stored_unparsed"
+        );
+    }
+    assert_nothing_delivered(&app).await;
+    let stopped = app.stop().await;
+    let journal =
+        attio_webhooks::journal::SqliteJournal::open(&stopped.storage.join("journal.sqlite3"))
+            .unwrap();
+    assert_eq!(journal.dead_deliveries(10).await.unwrap().len(), 2);
+}
+
+/// Posts a signed body with an `Idempotency-Key` of arbitrary bytes (HTTP allows 0x80..=0xFF).
+async fn post_with_raw_key(app: &TestApp, body: &[u8], key: &[u8]) -> reqwest::Response {
+    app.client
+        .post(app.url("/webhooks/attio"))
+        .header("content-type", "application/json")
+        .header("attio-signature", sign(SECRET, body))
+        .header(
+            "idempotency-key",
+            reqwest::header::HeaderValue::from_bytes(key).unwrap(),
+        )
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn idempotency_keys_differing_only_in_bytes_that_are_not_utf8_are_two_deliveries() {
+    let app = TestApp::spawn().await;
+    let first = post_with_raw_key(&app, &record_updated_body(1), b"key-\xff").await;
+    assert_eq!(first.json::<Value>().await.unwrap()["status"], "accepted");
+    let second = post_with_raw_key(&app, &record_updated_body(2), b"key-\xfe").await;
+    assert_eq!(second.json::<Value>().await.unwrap()["status"], "accepted");
+    let lines = app.wait_for_lines(2, WAIT).await;
+    assert_ne!(lines[0]["id"], lines[1]["id"]);
+}
+
+#[tokio::test]
+async fn an_odd_idempotency_key_is_hashed_and_still_recognises_the_redelivery() {
+    let app = TestApp::spawn().await;
+    let body = record_updated_body(3);
+    let key = "caf\u{e9} with spaces".as_bytes();
+    let first = post_with_raw_key(&app, &body, key).await;
+    assert_eq!(first.json::<Value>().await.unwrap()["status"], "accepted");
+    let again = post_with_raw_key(&app, &body, key).await;
+    assert_eq!(again.json::<Value>().await.unwrap()["status"], "duplicate");
+    let lines = app.wait_for_lines(1, WAIT).await;
+    let id = lines[0]["id"].as_str().unwrap();
+    assert!(id.starts_with("sha256:") && id.ends_with(":0"), "{id}");
+    assert!(id.is_ascii());
+}
+
+#[tokio::test]
 async fn unknown_event_type_is_accepted_and_routed_by_name() {
     let app = TestApp::spawn().await;
     let body = br#"{"webhook_id":"w","events":[{"event_type":"spaceship.launched","id":{"workspace_id":"x"},"actor":{"type":"system","id":null},"new_key":{"nested":[1,2]}}]}"#;

@@ -128,6 +128,36 @@ async fn secrets_come_from_the_environment_comma_separated() {
     );
 }
 
+#[tokio::test]
+async fn an_odd_idempotency_key_is_warned_about_without_its_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let mut daemon = Daemon::start(dir.path(), &config, &[("ATTIO_WEBHOOK_SECRET", SECRET)]);
+    daemon.wait_healthy(Duration::from_secs(20)).await;
+    let body = record_updated_body(1);
+    let odd_key = format!("odd-key-marker {}", "x".repeat(300));
+    let response = post_signed_to(
+        &reqwest::Client::new(),
+        &daemon.url("/webhooks/attio"),
+        &body,
+        Some(&odd_key),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 200);
+    let lines = wait_for_jsonl(&dir.path().join("events.jsonl"), 1, Duration::from_secs(10)).await;
+    assert!(lines[0]["id"].as_str().unwrap().starts_with("sha256:"));
+    let log = daemon.stderr();
+    assert!(
+        log.contains("Idempotency-Key header is not at most 200 bytes of visible ASCII"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("odd-key-marker"),
+        "the header value stays out of the log"
+    );
+}
+
 #[cfg(unix)]
 #[tokio::test]
 async fn sigterm_stops_the_daemon_cleanly_with_exit_code_zero() {
