@@ -379,13 +379,15 @@ fn compact(raw: &str) -> Result<String, String> {
 
 /// The delivery key used when Attio sent no `Idempotency-Key`: the webhook id and the body's
 /// SHA-256. Two identical bodies then count as one delivery, which is why the header is preferred.
+/// The webhook id comes from the body, so it is shown only when it is at most [`MAX_KEY_LEN`]
+/// bytes of visible ASCII (Attio's are UUIDs), else `-`: the body's hash, which covers it, is
+/// what identifies the delivery.
 pub fn derived_delivery_key(webhook_id: Option<&str>, body: &[u8]) -> String {
     let digest = Sha256::digest(body);
-    format!(
-        "derived:{}:{}",
-        webhook_id.unwrap_or("-"),
-        hex::encode(&digest[..16])
-    )
+    let webhook_id = webhook_id
+        .filter(|id| !id.is_empty() && id.len() <= MAX_KEY_LEN && is_visible_ascii(id.as_bytes()))
+        .unwrap_or("-");
+    format!("derived:{webhook_id}:{}", hex::encode(&digest[..16]))
 }
 
 /// Longest `Idempotency-Key` kept as sent; longer ones are replaced by their hash.
@@ -413,12 +415,11 @@ impl HeaderKey {
 
 /// Normalises an `Idempotency-Key` header into a delivery key; `None` when it is empty.
 pub fn delivery_key_from_header(value: &[u8]) -> Option<HeaderKey> {
-    // Surrounding spaces and tabs are not part of an HTTP field value (RFC 9110 §5.5).
-    let is_space = |b: &u8| matches!(b, b' ' | b'\t');
-    let start = value.iter().position(|b| !is_space(b))?;
-    let end = value.iter().rposition(|b| !is_space(b))? + 1;
-    let value = &value[start..end];
-    let visible_ascii = value.iter().all(|b| (0x21..=0x7e).contains(b));
+    let value = trim_field_value(value);
+    if value.is_empty() {
+        return None;
+    }
+    let visible_ascii = is_visible_ascii(value);
     let reserved = value.starts_with(b"sha256:") || value.starts_with(b"derived:");
     if value.len() <= MAX_KEY_LEN && visible_ascii && !reserved {
         Some(HeaderKey::AsSent(
@@ -432,9 +433,153 @@ pub fn delivery_key_from_header(value: &[u8]) -> Option<HeaderKey> {
     }
 }
 
+/// Surrounding spaces and tabs are not part of an HTTP field value (RFC 9110 §5.5).
+fn trim_field_value(value: &[u8]) -> &[u8] {
+    let is_content = |b: &u8| !matches!(b, b' ' | b'\t');
+    match (
+        value.iter().position(is_content),
+        value.iter().rposition(is_content),
+    ) {
+        (Some(start), Some(end)) => &value[start..=end],
+        _ => &[],
+    }
+}
+
+/// `0x21..=0x7E`: what a key may hold to be logged, stored and used in ids as it is.
+fn is_visible_ascii(value: &[u8]) -> bool {
+    value.iter().all(|b| (0x21..=0x7e).contains(b))
+}
+
 /// The identity of one event: its delivery key plus its index in the delivery.
 pub fn event_id(delivery_key: &str, index: usize) -> String {
     format!("{delivery_key}:{index}")
+}
+
+/// Parsing and identity promises as executable checks, shared by the property tests below and
+/// the `parse_delivery` fuzz target (`fuzz/`, feature `fuzzing`). Each check panics, naming the
+/// promise, when it is broken: that is how both harnesses report a failure.
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod properties {
+    use super::*;
+    use serde_json::Value;
+
+    /// What ingress does with a verified body, and what must hold of whatever it accepts.
+    pub fn check_delivery(body: &[u8]) {
+        let delivery = match parse_delivery(body) {
+            Ok(delivery) => delivery,
+            Err(malformed) => {
+                assert_eq!(
+                    malformed == MalformedBody::NotUtf8,
+                    std::str::from_utf8(body).is_err(),
+                    "NotUtf8 exactly when the body is not UTF-8"
+                );
+                return;
+            }
+        };
+        let text = std::str::from_utf8(body).expect("an accepted body is UTF-8");
+        assert!(is_object(text), "an accepted body is a JSON object");
+
+        // The events as a JSON reader sees them in the body (when the whole body reads: keys
+        // the envelope ignores may hold what a reader refuses).
+        let source: Option<Vec<Value>> =
+            serde_json::from_str::<Value>(text)
+                .ok()
+                .map(|value| match value.get("events") {
+                    Some(Value::Array(events)) => events.clone(),
+                    _ => vec![value],
+                });
+        if let Some(source) = &source {
+            assert_eq!(source.len(), delivery.events.len(), "one event per element");
+        }
+        if let Ok(source) = serde_json::from_str::<Value>(text) {
+            assert_eq!(
+                delivery.webhook_id.as_deref(),
+                source.get("webhook_id").and_then(Value::as_str),
+                "webhook_id is the body's, when it is a string"
+            );
+        }
+        for (index, event) in delivery.events.iter().enumerate() {
+            let value: Value =
+                serde_json::from_str(&event.raw).expect("an accepted event reads back as JSON");
+            assert!(value.is_object(), "an event is an object");
+            assert!(!event.event_type.is_empty());
+            assert_eq!(
+                value.get("event_type").and_then(Value::as_str),
+                Some(event.event_type.as_str()),
+                "event_type is the event's own"
+            );
+            assert!(
+                !event.raw.contains(['\n', '\r']) && event.raw.starts_with('{'),
+                "an event fits on one line, without surrounding white space"
+            );
+            if let Some(source) = &source {
+                assert_eq!(value, source[index], "compaction changes no value");
+            }
+        }
+
+        // Re-serialised, the delivery parses to itself.
+        let events: Vec<&str> = delivery.events.iter().map(|e| e.raw.as_str()).collect();
+        let again = format!(
+            r#"{{"webhook_id":{},"events":[{}]}}"#,
+            serde_json::to_string(&delivery.webhook_id).expect("a string serialises"),
+            events.join(",")
+        );
+        assert_eq!(
+            parse_delivery(again.as_bytes()).as_ref(),
+            Ok(&delivery),
+            "a re-serialised delivery parses to itself"
+        );
+
+        let derived = derived_delivery_key(delivery.webhook_id.as_deref(), body);
+        check_key(&derived);
+        assert_eq!(
+            derived,
+            derived_delivery_key(delivery.webhook_id.as_deref(), body)
+        );
+        for index in [0, delivery.events.len()] {
+            check_key(&event_id(&derived, index));
+        }
+    }
+
+    /// Every delivery key, and so every event id, can be logged, stored and compared as it is.
+    fn check_key(key: &str) {
+        assert!(
+            is_visible_ascii(key.as_bytes()) && key.len() <= 2 * MAX_KEY_LEN,
+            "keys are short visible ASCII: {key:?}"
+        );
+    }
+
+    /// The `Idempotency-Key` rules, for two header values at once (they must not share a key
+    /// unless they are the same value).
+    pub fn check_header_keys(a: &[u8], b: &[u8]) {
+        for raw in [a, b] {
+            let key = delivery_key_from_header(raw);
+            assert_eq!(key, delivery_key_from_header(raw), "stable");
+            let value = trim_field_value(raw);
+            match key {
+                None => assert!(value.is_empty(), "only an empty header is no key"),
+                Some(HeaderKey::AsSent(key)) => {
+                    assert_eq!(key.as_bytes(), value, "kept as sent");
+                    assert!(key.len() <= MAX_KEY_LEN);
+                    check_key(&key);
+                }
+                Some(HeaderKey::Hashed(key)) => {
+                    assert!(
+                        key.len() == "sha256:".len() + 64 && key.starts_with("sha256:"),
+                        "a hash: {key}"
+                    );
+                    check_key(&key);
+                }
+            }
+        }
+        if trim_field_value(a) != trim_field_value(b) && !trim_field_value(a).is_empty() {
+            assert_ne!(
+                delivery_key_from_header(a),
+                delivery_key_from_header(b),
+                "different headers, different keys"
+            );
+        }
+    }
 }
 
 #[cfg(test)]
@@ -595,6 +740,20 @@ mod tests {
     }
 
     #[test]
+    fn a_derived_key_shows_the_webhook_id_only_when_it_is_short_visible_ascii() {
+        let key = |id: &str| derived_delivery_key(Some(id), b"{}");
+        let hash = "derived:-:44136fa355b3678a1146ad16f7e8649e";
+        assert_eq!(derived_delivery_key(None, b"{}"), hash);
+        assert_eq!(
+            key("23e42eaf-323a-41da-b5bb-fd67eebda553"),
+            "derived:23e42eaf-323a-41da-b5bb-fd67eebda553:44136fa355b3678a1146ad16f7e8649e"
+        );
+        for odd in ["", "a b", "line\nbreak", "\u{a1}", &"w".repeat(201)] {
+            assert_eq!(key(odd), hash, "{odd:?}");
+        }
+    }
+
+    #[test]
     fn long_or_odd_keys_are_hashed() {
         assert_eq!(
             delivery_key_from_header(b"  abc "),
@@ -607,5 +766,205 @@ mod tests {
             delivery_key_from_header(&long),
             Some(HeaderKey::Hashed(key)) if key.starts_with("sha256:")
         ));
+    }
+
+    mod properties {
+        use super::super::properties::{check_delivery, check_header_keys};
+        use super::super::{parse_delivery, SUBSCRIBABLE_EVENT_TYPES};
+        use proptest::prelude::*;
+        use serde_json::{Map, Value};
+
+        /// The real deliveries and bare events in `tests/fixtures`.
+        const FIXTURES: [&[u8]; 13] = [
+            include_bytes!(
+                "../tests/fixtures/attio_docs__activity-attribute.updated_delivery.json"
+            ),
+            include_bytes!("../tests/fixtures/attio_docs__list-attribute.created_delivery.json"),
+            include_bytes!("../tests/fixtures/attio_docs__list-entry.deleted_delivery.json"),
+            include_bytes!("../tests/fixtures/attio_docs__list-entry.updated_delivery.json"),
+            include_bytes!("../tests/fixtures/attio_docs__note-content.updated_delivery.json"),
+            include_bytes!("../tests/fixtures/attio_docs__object-attribute.updated_delivery.json"),
+            include_bytes!("../tests/fixtures/attio_docs__record.updated_delivery.json"),
+            include_bytes!("../tests/fixtures/attio_docs__workspace-member.created_event.json"),
+            include_bytes!("../tests/fixtures/pipedream__list-entry.created_event.json"),
+            include_bytes!("../tests/fixtures/pipedream__note.created_event.json"),
+            include_bytes!("../tests/fixtures/pipedream__object-attribute.created_event.json"),
+            include_bytes!("../tests/fixtures/pipedream__record.created_event.json"),
+            include_bytes!("../tests/fixtures/pipedream__record.updated_event.json"),
+        ];
+
+        /// Values that a probe skips without reading and a reader may refuse.
+        const AWKWARD_VALUES: [&str; 12] = [
+            "1e400",
+            "-1e400",
+            "1e-400",
+            "-0",
+            "18446744073709551616",
+            "0.1000000000000000000000000001",
+            r#""\ud800""#,
+            r#""\udc00\ud800""#,
+            r#""\u0000\n\u2028""#,
+            r#"{"a":[],"a":{}}"#,
+            "[[],{}]",
+            "null",
+        ];
+
+        fn json() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                any::<f64>()
+                    .prop_filter("finite", |f| f.is_finite())
+                    .prop_map(Value::from),
+                ".{0,12}".prop_map(Value::from),
+            ];
+            leaf.prop_recursive(4, 24, 4, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                    prop::collection::btree_map(".{0,6}", inner, 0..4)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn event_type() -> impl Strategy<Value = String> {
+            prop_oneof![
+                prop::sample::select(&SUBSCRIBABLE_EVENT_TYPES[..]).prop_map(str::to_string),
+                ".{0,16}",
+            ]
+        }
+
+        /// Mostly events, sometimes anything else where an event should be.
+        fn event() -> impl Strategy<Value = Value> {
+            let event = (
+                prop_oneof![4 => event_type().prop_map(Value::from), 1 => json()],
+                prop::collection::btree_map("[a-z_]{1,8}", json(), 0..4),
+            )
+                .prop_map(|(event_type, extra)| {
+                    let mut event: Map<String, Value> = extra.into_iter().collect();
+                    event.insert("event_type".into(), event_type);
+                    Value::Object(event)
+                });
+            prop_oneof![6 => event, 1 => json()]
+        }
+
+        fn body_value() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                4 => (
+                    prop_oneof![".{0,40}".prop_map(Value::from), json()],
+                    prop::collection::vec(event(), 0..4),
+                )
+                    .prop_map(|(webhook_id, events)| {
+                        serde_json::json!({ "webhook_id": webhook_id, "events": events })
+                    }),
+                2 => event(),
+                1 => prop::collection::vec(event(), 0..3).prop_map(Value::from),
+                1 => json(),
+            ]
+        }
+
+        /// Generated JSON, compact or pretty.
+        fn json_body() -> impl Strategy<Value = Vec<u8>> {
+            (body_value(), any::<bool>()).prop_map(|(value, pretty)| {
+                if pretty {
+                    serde_json::to_vec_pretty(&value).unwrap()
+                } else {
+                    serde_json::to_vec(&value).unwrap()
+                }
+            })
+        }
+
+        /// An event carrying an awkward value, or nesting around the reader's limit of 128.
+        fn awkward_body() -> impl Strategy<Value = Vec<u8>> {
+            let nested = (120usize..140, any::<bool>()).prop_map(|(depth, objects)| {
+                if objects {
+                    format!("{}1{}", r#"{"a":"#.repeat(depth), "}".repeat(depth))
+                } else {
+                    format!("{}{}", "[".repeat(depth), "]".repeat(depth))
+                }
+            });
+            let value = prop_oneof![
+                prop::sample::select(&AWKWARD_VALUES[..]).prop_map(str::to_string),
+                nested,
+            ];
+            (event_type(), value, any::<bool>(), any::<bool>()).prop_map(
+                |(event_type, value, space, bare)| {
+                    let space = if space { " " } else { "" };
+                    let event = format!(r#"{{"event_type":{event_type:?},{space}"x":{value}}}"#);
+                    if bare {
+                        event.into_bytes()
+                    } else {
+                        format!(r#"{{"webhook_id":"w","events":[{event}]}}"#).into_bytes()
+                    }
+                },
+            )
+        }
+
+        /// A real delivery with a few bytes replaced, inserted or removed.
+        fn mutated_fixture() -> impl Strategy<Value = Vec<u8>> {
+            (
+                prop::sample::select(&FIXTURES[..]),
+                prop::collection::vec((any::<usize>(), any::<u8>(), 0..3u8), 1..4),
+            )
+                .prop_map(|(fixture, edits)| {
+                    let mut body = fixture.to_vec();
+                    for (at, byte, edit) in edits {
+                        let at = at % (body.len() + 1);
+                        match edit {
+                            0 if at < body.len() => body[at] = byte,
+                            1 => body.insert(at, byte),
+                            _ if at < body.len() => {
+                                body.remove(at);
+                            }
+                            _ => {}
+                        }
+                    }
+                    body
+                })
+        }
+
+        fn body() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                3 => json_body(),
+                2 => awkward_body(),
+                2 => mutated_fixture(),
+                1 => prop::collection::vec(any::<u8>(), 0..64),
+            ]
+        }
+
+        fn header() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                "[!-~]{0,40}".prop_map(String::into_bytes),
+                "[!-~]{195,205}".prop_map(String::into_bytes),
+                "[ \t]{0,2}(sha256|derived):[0-9a-f]{0,64}[ \t]{0,2}".prop_map(String::into_bytes),
+                ".{0,20}".prop_map(String::into_bytes),
+                prop::collection::vec(any::<u8>(), 0..40),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn whatever_ingress_accepts_reads_back_as_the_same_json(body in body()) {
+                check_delivery(&body);
+            }
+
+            #[test]
+            fn header_keys_are_short_visible_ascii_stable_and_distinct(
+                a in header(),
+                b in header(),
+            ) {
+                check_header_keys(&a, &b);
+                check_header_keys(&a, &a);
+            }
+        }
+
+        #[test]
+        fn every_fixture_is_a_delivery_that_passes_the_checks() {
+            for fixture in FIXTURES {
+                assert!(parse_delivery(fixture).is_ok());
+                check_delivery(fixture);
+            }
+        }
     }
 }

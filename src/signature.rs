@@ -111,6 +111,188 @@ pub fn verify_one(secret: &str, signature: &str, body: &[u8]) -> Result<(), Sign
         .map_err(|_| SignatureError::Mismatch)
 }
 
+/// The verifier's promises as executable checks, shared by the property tests below and the
+/// `verify_signature` fuzz target (`fuzz/`, feature `fuzzing`). Each check panics, naming the
+/// promise, when it is broken: that is how both harnesses report a failure.
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod properties {
+    use super::*;
+    use sha2::Digest;
+
+    /// One generated input.
+    #[derive(Debug, Clone)]
+    pub struct Case {
+        /// The configured secrets (possibly none).
+        pub secrets: Vec<String>,
+        /// The secret that signs `body`; inserted among `secrets` for the positive checks.
+        pub signer: String,
+        pub body: Vec<u8>,
+        pub other_body: Vec<u8>,
+        /// Any header value at all.
+        pub header: Vec<u8>,
+        /// Picks where the signer is inserted, which hex digit is altered, which padding is used.
+        pub position: usize,
+    }
+
+    /// Whether HMAC-SHA256 treats two keys as one: a key longer than its 64-byte block is first
+    /// replaced by its SHA-256, and every key is zero-padded to the block, so `"k"` and `"k\0"`
+    /// sign alike. Only such pairs may verify each other's signatures; that is HMAC, not us.
+    pub fn same_hmac_key(a: &[u8], b: &[u8]) -> bool {
+        fn block(key: &[u8]) -> [u8; 64] {
+            let mut out = [0u8; 64];
+            if key.len() > out.len() {
+                out[..32].copy_from_slice(&Sha256::digest(key));
+            } else {
+                out[..key.len()].copy_from_slice(key);
+            }
+            out
+        }
+        block(a) == block(b)
+    }
+
+    fn configured(list: &[String]) -> Vec<SecretString> {
+        list.iter().map(|s| SecretString::from(s.clone())).collect()
+    }
+
+    pub fn check(case: &Case) {
+        let body = Bytes::from(case.body.clone());
+
+        // Whatever the header holds: no panic, and acceptance means it is exactly the body's
+        // signature under the secret that matched.
+        if let Ok(verified) = verify(&configured(&case.secrets), Some(&case.header), body.clone()) {
+            let secret = &case.secrets[verified.secret_index()];
+            assert_eq!(
+                case.header.trim_ascii(),
+                sign(secret, &case.body).as_bytes(),
+                "accepted a header that is not the body's signature"
+            );
+        }
+        assert_eq!(
+            verify(&configured(&case.secrets), None, body.clone()).err(),
+            Some(SignatureError::Missing)
+        );
+
+        // A body signed with a configured secret verifies, wherever that secret sits.
+        let signature = sign(&case.signer, &case.body);
+        let mut with_signer = case.secrets.clone();
+        let at = case.position % (with_signer.len() + 1);
+        with_signer.insert(at, case.signer.clone());
+        let secrets = configured(&with_signer);
+        match verify(&secrets, Some(signature.as_bytes()), body.clone()) {
+            Ok(verified) => {
+                assert!(verified.secret_index() <= at, "a later secret was named");
+                assert!(same_hmac_key(
+                    with_signer[verified.secret_index()].as_bytes(),
+                    case.signer.as_bytes()
+                ));
+                assert_eq!(verified.bytes(), &body);
+            }
+            Err(error) => panic!("the body's own signature was refused: {error}"),
+        }
+        assert_eq!(verify_one(&case.signer, &signature, &case.body), Ok(()));
+
+        // A different body never verifies: another one, or this one a byte shorter, longer or
+        // changed.
+        let mut others = vec![case.other_body.clone(), [&case.body[..], b"\0"].concat()];
+        if let Some((_, shorter)) = case.body.split_last() {
+            others.push(shorter.to_vec());
+            let mut changed = case.body.clone();
+            changed[case.position % case.body.len()] ^= 1 << (case.position % 8);
+            others.push(changed);
+        }
+        for other in others.into_iter().filter(|other| *other != case.body) {
+            assert_eq!(
+                verify(&secrets, Some(signature.as_bytes()), Bytes::from(other)).err(),
+                Some(SignatureError::Mismatch),
+                "a signature verified a body it was not made for"
+            );
+        }
+
+        // Without the signing secret (or a key HMAC cannot tell from it) it never verifies;
+        // with no secret at all, nothing does.
+        let others: Vec<String> = case
+            .secrets
+            .iter()
+            .filter(|s| !same_hmac_key(s.as_bytes(), case.signer.as_bytes()))
+            .cloned()
+            .collect();
+        assert_eq!(
+            verify(
+                &configured(&others),
+                Some(signature.as_bytes()),
+                body.clone()
+            )
+            .err(),
+            Some(SignatureError::Mismatch),
+            "a signature verified under a secret that did not make it"
+        );
+
+        check_header_variants(&secrets, &signature, &body, case.position);
+    }
+
+    /// Attio sends exactly 64 lower-case hex characters; only surrounding white space is
+    /// forgiven.
+    fn check_header_variants(
+        secrets: &[SecretString],
+        signature: &str,
+        body: &Bytes,
+        position: usize,
+    ) {
+        let outcome = |header: &[u8]| verify(secrets, Some(header), body.clone()).err();
+        let at = position % signature.len();
+        let padding = [" ", "\t", "  ", "\t \t"][position % 4];
+
+        let padded = format!("{padding}{signature}{padding}");
+        assert_eq!(outcome(padded.as_bytes()), None, "surrounding white space");
+
+        let upper = signature.to_uppercase();
+        let expected_upper = if upper == signature {
+            None
+        } else {
+            Some(SignatureError::Malformed)
+        };
+        assert_eq!(outcome(upper.as_bytes()), expected_upper, "upper case");
+
+        for prefixed in [format!("sha256={signature}"), format!("v1,{signature}")] {
+            assert_eq!(
+                outcome(prefixed.as_bytes()),
+                Some(SignatureError::Malformed),
+                "prefix"
+            );
+        }
+        let short = &signature.as_bytes()[..at];
+        assert_eq!(outcome(short), Some(SignatureError::Malformed), "too short");
+        let long = format!("{signature}0");
+        assert_eq!(
+            outcome(long.as_bytes()),
+            Some(SignatureError::Malformed),
+            "too long"
+        );
+        let inner_space = format!("{} {}", &signature[..at], &signature[at + 1..]);
+        assert_eq!(
+            outcome(inner_space.as_bytes()),
+            Some(SignatureError::Malformed),
+            "white space inside"
+        );
+
+        let mut non_hex = signature.as_bytes().to_vec();
+        non_hex[at] = b"gG/:@`\xff"[position % 7];
+        assert_eq!(
+            outcome(&non_hex),
+            Some(SignatureError::Malformed),
+            "non-hex"
+        );
+
+        let mut altered = signature.as_bytes().to_vec();
+        altered[at] = if altered[at] == b'0' { b'1' } else { b'0' };
+        assert_eq!(
+            outcome(&altered),
+            Some(SignatureError::Mismatch),
+            "one hex digit changed"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,5 +387,74 @@ mod tests {
             .unwrap_err(),
             SignatureError::Mismatch
         );
+    }
+
+    mod properties {
+        use super::super::properties::{check, same_hmac_key, Case};
+        use proptest::prelude::*;
+
+        /// Secrets as people configure them, plus the awkward ones: empty, NUL bytes, longer
+        /// than HMAC's 64-byte block, non-ASCII.
+        fn secret() -> impl Strategy<Value = String> {
+            prop_oneof!["[0-9a-f]{64}", "[ -~]{0,80}", ".{0,70}", "[a\\x00]{0,4}",]
+        }
+
+        fn case() -> impl Strategy<Value = Case> {
+            (
+                prop::collection::vec(secret(), 0..4),
+                secret(),
+                prop::collection::vec(any::<u8>(), 0..256),
+                prop::collection::vec(any::<u8>(), 0..256),
+                prop_oneof![
+                    prop::collection::vec(any::<u8>(), 0..80),
+                    "[0-9a-fA-F \\t]{60,68}".prop_map(String::into_bytes),
+                ],
+                any::<usize>(),
+            )
+                .prop_map(|(secrets, signer, body, other_body, header, position)| {
+                    Case {
+                        secrets,
+                        signer,
+                        body,
+                        other_body,
+                        header,
+                        position,
+                    }
+                })
+        }
+
+        proptest! {
+            #[test]
+            fn the_verifier_accepts_exactly_what_its_secrets_signed(case in case()) {
+                check(&case);
+            }
+        }
+
+        #[test]
+        fn keys_differing_only_by_trailing_nul_bytes_are_one_hmac_key() {
+            // Why the property above spares such pairs: HMAC itself cannot tell them apart.
+            assert!(same_hmac_key(b"k", b"k\0\0"));
+            assert_eq!(super::sign("k", b"body"), super::sign("k\0", b"body"));
+            let long = "x".repeat(65);
+            let hashed = sha2::Sha256::digest(long.as_bytes());
+            assert!(same_hmac_key(long.as_bytes(), &hashed));
+            assert!(!same_hmac_key(b"k", b"K"));
+            assert!(!same_hmac_key(b"k", b"\0k"));
+        }
+
+        #[test]
+        fn a_signature_never_verifies_with_an_empty_list_of_secrets() {
+            let body = b"{}".to_vec();
+            check(&Case {
+                secrets: Vec::new(),
+                signer: "s".into(),
+                body,
+                other_body: b"{ }".to_vec(),
+                header: super::sign("s", b"{}").into_bytes(),
+                position: 3,
+            });
+        }
+
+        use sha2::Digest;
     }
 }
