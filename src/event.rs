@@ -355,26 +355,48 @@ fn is_object(text: &str) -> bool {
 /// Insignificant white space in JSON (RFC 8259 §2).
 const JSON_WHITE_SPACE: [char; 4] = [' ', '\t', '\n', '\r'];
 
-/// The event's JSON without insignificant white space, keys and values in their original order,
-/// so that it fits on one line of a JSON-lines sink.
+/// The event's JSON without insignificant white space, every other byte as Attio sent it (keys
+/// in their order, numbers and string escapes untouched), so that it fits on one line of a
+/// JSON-lines sink.
 ///
-/// Every event is read through in full here, even one with no white space to remove: the probes
-/// above skip the values they do not need without looking into them, so an event could otherwise
-/// be stored that the worker, route filters and enrichment cannot parse (nesting deeper than
-/// serde_json's limit of 128, a number beyond `f64` such as `1e400`, a lone surrogate `"\ud800"`).
+/// Every event is first read through in full, as the worker, route filters and enrichment will
+/// read it: the probes above skip the values they do not need without looking into them, so an
+/// event could otherwise be stored that those cannot parse (nesting deeper than serde_json's
+/// limit of 128, a number beyond `f64` such as `1e400`, a lone surrogate `"\ud800"`).
 fn compact(raw: &str) -> Result<String, String> {
-    let transcode = |out: &mut dyn std::io::Write| {
-        let mut deserializer = serde_json::Deserializer::from_str(raw);
-        serde_transcode::transcode(&mut deserializer, &mut serde_json::Serializer::new(out))
-            .map_err(|e| format!("event is not valid JSON: {e}"))
-    };
-    if !raw.contains(JSON_WHITE_SPACE) {
-        transcode(&mut std::io::sink())?;
-        return Ok(raw.to_string());
+    let mut deserializer = serde_json::Deserializer::from_str(raw);
+    serde_transcode::transcode(
+        &mut deserializer,
+        &mut serde_json::Serializer::new(std::io::sink()),
+    )
+    .map_err(|e| format!("event is not valid JSON: {e}"))?;
+    // Not the transcoded text: it goes through `f64`, which would change numbers.
+    Ok(strip_white_space(raw))
+}
+
+/// Drops JSON white space outside strings. `raw` is valid JSON (checked by the caller), so a
+/// string ends at the first `"` not escaped by a `\`.
+fn strip_white_space(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    for c in raw.chars() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if JSON_WHITE_SPACE.contains(&c) {
+            continue;
+        } else if c == '"' {
+            in_string = true;
+        }
+        out.push(c);
     }
-    let mut out = Vec::with_capacity(raw.len());
-    transcode(&mut out)?;
-    String::from_utf8(out).map_err(|_| "event is not valid UTF-8".to_string())
+    out
 }
 
 /// The delivery key used when Attio sent no `Idempotency-Key`: the webhook id and the body's
@@ -498,7 +520,27 @@ pub mod properties {
                 "webhook_id is the body's, when it is a string"
             );
         }
+        // The events' text in the body.
+        #[derive(Deserialize)]
+        struct Events<'a> {
+            #[serde(borrow)]
+            events: Option<Vec<&'a RawValue>>,
+        }
+        let texts: Vec<&str> = match serde_json::from_str::<Events<'_>>(text) {
+            Ok(Events {
+                events: Some(events),
+            }) => events.iter().map(|raw| raw.get()).collect(),
+            _ => vec![text.trim()],
+        };
+        assert_eq!(texts.len(), delivery.events.len(), "one event per element");
+        let without_white_space =
+            |text: &str| -> String { text.chars().filter(|c| !c.is_ascii_whitespace()).collect() };
         for (index, event) in delivery.events.iter().enumerate() {
+            assert_eq!(
+                without_white_space(&event.raw),
+                without_white_space(texts[index]),
+                "compaction only removes white space"
+            );
             let value: Value =
                 serde_json::from_str(&event.raw).expect("an accepted event reads back as JSON");
             assert!(value.is_object(), "an event is an object");
@@ -593,6 +635,19 @@ mod tests {
         assert_eq!(
             delivery.events[0].raw,
             r#"{"event_type":"task.created","z":1,"a":"x y"}"#
+        );
+    }
+
+    #[test]
+    fn compaction_keeps_numbers_and_strings_exactly_as_sent() {
+        // Found by fuzzing: compaction went through f64, so a pretty-printed
+        // 88888888888888888888888888888888888888888888888888888888888 came out as
+        // 8.888888888888891e58, a different number.
+        let body = "{\"events\": [{\n  \"event_type\": \"task.created\",\n  \"n\": 88888888888888888888888888888888888888888888888888888888888,\n  \"f\": 0.10000000000000000001, \"e\": 1E2, \"z\": -0,\n  \"s\": \"caf\\u00e9 \\\"q\\\" \\\\ \\/\"\n}]}";
+        let delivery = parse_delivery(body.as_bytes()).unwrap();
+        assert_eq!(
+            delivery.events[0].raw,
+            r#"{"event_type":"task.created","n":88888888888888888888888888888888888888888888888888888888888,"f":0.10000000000000000001,"e":1E2,"z":-0,"s":"caf\u00e9 \"q\" \\ \/"}"#
         );
     }
 
@@ -794,8 +849,11 @@ mod tests {
         ];
 
         /// Values that a probe skips without reading and a reader may refuse.
-        const AWKWARD_VALUES: [&str; 12] = [
+        const AWKWARD_VALUES: [&str; 15] = [
             "1e400",
+            "88888888888888888888888888888888888888888888888888888888888",
+            "1E2",
+            r#""caf\u00e9 \/ \\ \"""#,
             "-1e400",
             "1e-400",
             "-0",

@@ -19,6 +19,8 @@
 //! - `signature`: Attio's HMAC-SHA256 over the raw body; the only maker of a `VerifiedBody`.
 //! - `event`: the delivery envelope, event kinds (with `Unknown`), event identity, where each
 //!   kind carries its object / list / attribute.
+//! - `signature::properties`, `event::properties` (tests, and feature `fuzzing`): the promises
+//!   of both as checks shared by the property tests and the fuzz targets in `fuzz/`.
 //! - `journal`: durable store of accepted deliveries (SQLite with group commit, or a Redis
 //!   stream shared by replicas), dead letters.
 //! - `worker`: takes events from the channel and the journal, drives them to the sinks.

@@ -262,6 +262,29 @@ async fn signed_json_arrays_are_kept_as_dead_deliveries_not_accepted() {
     assert_eq!(journal.dead_deliveries(10).await.unwrap().len(), 2);
 }
 
+#[tokio::test]
+async fn deep_nesting_neither_crashes_ingress_nor_reaches_the_sink_unreadable() {
+    let app = TestApp::spawn().await;
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    // Inside an event: the worker could not read it, so it is a dead delivery.
+    let in_event = format!(r#"{{"events":[{{"event_type":"task.created","x":{deep}}}]}}"#);
+    let response = app
+        .post_signed(in_event.as_bytes(), Some("deep-event"))
+        .await;
+    assert_eq!(response.status(), 202);
+    assert_nothing_delivered(&app).await;
+    // In a key of the envelope nobody reads: skipped, the event goes through.
+    let beside = format!(
+        r#"{{"unknown":{deep},"events":[{{"event_type":"task.created","id":{{"task_id":"t"}}}}]}}"#
+    );
+    let response = app
+        .post_signed(beside.as_bytes(), Some("deep-beside"))
+        .await;
+    assert_eq!(response.status(), 200);
+    let lines = app.wait_for_lines(1, WAIT).await;
+    assert_eq!(lines[0]["event"]["id"]["task_id"], "t");
+}
+
 /// Posts a signed body with an `Idempotency-Key` of arbitrary bytes (HTTP allows 0x80..=0xFF).
 async fn post_with_raw_key(app: &TestApp, body: &[u8], key: &[u8]) -> reqwest::Response {
     app.client
