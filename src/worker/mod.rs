@@ -66,6 +66,11 @@ impl InFlight {
         self.lock().contains(id)
     }
 
+    /// The events in flight right now.
+    fn snapshot(&self) -> HashSet<String> {
+        self.lock().clone()
+    }
+
     pub fn len(&self) -> usize {
         self.lock().len()
     }
@@ -207,6 +212,13 @@ impl Worker {
         tasks: &TaskTracker,
         shutdown: &CancellationToken,
     ) -> usize {
+        // What is in flight before the read. Such an event may be listed as pending by the read
+        // and then finish (done, or rescheduled) while this scan waits for a permit; it must not
+        // be dispatched again from this stale copy. Checking only at dispatch time would miss it,
+        // as it has left the in-flight set by then. Events that enter the set after this point
+        // come from the channel, which this loop does not read during the scan: they are still
+        // in the set when their turn comes below.
+        let busy = self.in_flight.snapshot();
         let due = match self.pipeline.journal.due(limit).await {
             Ok(due) => due,
             Err(error) => {
@@ -216,7 +228,7 @@ impl Worker {
         };
         let mut dispatched = 0;
         for event in due {
-            if !self.in_flight.insert(&event.id) {
+            if busy.contains(&event.id) || !self.in_flight.insert(&event.id) {
                 continue;
             }
             dispatched += 1;
