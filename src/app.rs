@@ -136,6 +136,7 @@ impl Application {
                 sinks,
                 enricher,
                 settings: settings.worker.clone(),
+                collapser: Default::default(),
             },
             settings.queue.channel_capacity,
         );
