@@ -11,7 +11,9 @@
 #      (a) attio-webhooks (durable SQLite journal), (b) axum-bare, (c) express-seed;
 #   2. end to end: E2E_EVENTS events through Redis dedupe to a jsonl sink, first request to
 #      last line written;
-#   3. memory: idle RSS and peak RSS (VmHWM) of the daemon during (2).
+#   3. memory: idle RSS and peak RSS (VmHWM) of the daemon during (2);
+#   4. scale-out mode (queue.backend = "redis", Redis AOF appendfsync always): 1 and 2 replicas
+#      (examples/scale_out_bench.rs, SCALE_OUT_DELIVERIES deliveries; SCALE_OUT=0 skips it).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
@@ -20,6 +22,8 @@ REQUESTS=${REQUESTS:-20000}
 WARMUP=${WARMUP:-2000}
 E2E_EVENTS=${E2E_EVENTS:-100000}
 CONCURRENCY=${CONCURRENCY:-32}
+SCALE_OUT=${SCALE_OUT:-1}
+SCALE_OUT_DELIVERIES=${SCALE_OUT_DELIVERIES:-20000}
 REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 SECRET=bench-secret-$(date +%s)
 work=$(mktemp -d)
@@ -38,7 +42,7 @@ wait_port() { # port
 }
 
 log "building release binaries"
-cargo build --release --quiet --bin attio-webhooks --example loadgen
+cargo build --release --quiet --bin attio-webhooks --example loadgen --example scale_out_bench
 bin=$repo/target/release/attio-webhooks
 loadgen=$repo/target/release/examples/loadgen
 
@@ -128,8 +132,21 @@ end_ns=$(date +%s%N)
 peak_kb=$(rss_kb "$pid" VmHWM)
 kill "$pid"; wait "$pid" 2>/dev/null || true
 
+# 4. scale-out: N replicas on one Redis stream (the bench starts its own redis-server with AOF)
+scale_rows=""
+if [ "$SCALE_OUT" = 1 ] && command -v redis-server >/dev/null 2>&1; then
+  for n in 1 2; do
+    log "scale-out: $n replica(s)"
+    out=$(target/release/examples/scale_out_bench --replicas "$n" --deliveries "$SCALE_OUT_DELIVERIES" \
+      --concurrency "$CONCURRENCY" --appendfsync always --binary "$bin" 2>>"$work/scale.log") || { log "scale-out bench failed: $(tail -3 "$work/scale.log")"; continue; }
+    ing=$(awk '/^ingress:/ { print $2 }' <<<"$out")
+    e2e=$(awk '/^end-to-end:/ { print $2 }' <<<"$out")
+    scale_rows+="$n:$ing:$e2e;"
+  done
+fi
+
 fsync_ms=$(dd if=/dev/zero of="$work/fsync.test" bs=4k count=200 oflag=dsync 2>&1 | awk '/copied/ { printf "%.2f", $(NF-3) * 1000 / 200 }')
-python3 - "$ours" "$ours_normal" "$fsync_ms" "$bare" "$express" "$e2e_load" "$lines" "$start_ns" "$end_ns" "$idle_kb" "$peak_kb" "$REQUESTS" "$CONCURRENCY" "$E2E_EVENTS" <<'PY'
+python3 - "$ours" "$ours_normal" "$fsync_ms" "$bare" "$express" "$e2e_load" "$lines" "$start_ns" "$end_ns" "$idle_kb" "$peak_kb" "$REQUESTS" "$CONCURRENCY" "$E2E_EVENTS" "$scale_rows" "$SCALE_OUT_DELIVERIES" <<'PY'
 import json, sys, datetime, os, platform
 ours, ours_normal = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 fsync_ms = sys.argv[3]
@@ -152,6 +169,14 @@ out.append(f"- attio-webhooks / express-seed: {ours['rps']/express['rps']:.2f} w
 out.append(f"- one 4 KiB write + fsync on this disk: {fsync_ms} ms (bounds sync = full: {conc} connections / fsync time)")
 out.append(f"- end to end, {lines}/{events} events through Redis dedupe to jsonl: {e2e_rate:.0f} events/s over {seconds:.1f} s (ingress alone {e2e['rps']:.0f} req/s; target >= 20000 events/s)")
 out.append(f"- memory: idle RSS {idle_kb/1024:.1f} MB (target <= 30), peak RSS during end to end {peak_kb/1024:.1f} MB (target <= 150)")
+scale = [r.split(":") for r in sys.argv[15].split(";") if r]
+if scale:
+    out.append("")
+    out.append(f"Scale-out mode (queue.backend = \"redis\", Redis AOF appendfsync always, {sys.argv[16]} deliveries at {conc} connections):\n")
+    out.append("| replicas | acknowledged/s | events/s in the sinks |")
+    out.append("|---|---|---|")
+    for n, ing, e2e in scale:
+        out.append(f"| {n} | {ing} | {e2e} |")
 text = "\n".join(out)
 print(text)
 os.makedirs("bench/results", exist_ok=True)

@@ -16,10 +16,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::attio::AttioClient;
 use crate::config::{QueueBackend, Settings};
-use crate::dedupe::{self, DedupeStore, EmbeddedDedupe, RedisDedupe};
+use crate::dedupe::{self, ClaimOwner, DedupeStore, EmbeddedDedupe, RedisDedupe};
 use crate::enrich::Enricher;
 use crate::ingress::{self, IngressState};
-use crate::journal::{Journal, RedisJournal, SqliteJournal};
+use crate::journal::{Journal, JournalLock, RedisJournal, SqliteJournal};
 use crate::routing::{closest_event_type, RouteTable};
 use crate::sinks::Sinks;
 use crate::worker::{self, Pipeline, Worker};
@@ -52,6 +52,8 @@ pub struct Application {
     admin: Option<(TcpListener, axum::Router)>,
     worker: Option<Worker>,
     journal: Journal,
+    /// With the embedded journal: this process is the only daemon working on it.
+    journal_lock: Option<JournalLock>,
     settings: Settings,
 }
 
@@ -75,6 +77,7 @@ impl Application {
             Some(url) => Some(dedupe::redis::connect(url)?),
             None => None,
         };
+        let mut journal_lock = None;
         let (journal, dedupe) = match (settings.queue.backend, redis) {
             (QueueBackend::Redis, Some(connection)) => {
                 let journal = Journal::Redis(RedisJournal::new(
@@ -83,7 +86,7 @@ impl Application {
                     settings.dedupe.claim_lease,
                     settings.dedupe.done_ttl,
                 ));
-                (journal, redis_dedupe(connection, &settings))
+                (journal, redis_dedupe(connection, &settings, None))
             }
             (QueueBackend::Redis, None) => {
                 // Validation already refuses this; kept exhaustive rather than unreachable.
@@ -94,10 +97,15 @@ impl Application {
                 .into());
             }
             (QueueBackend::Embedded, redis) => {
+                journal_lock = Some(JournalLock::acquire(&settings.journal_path())?);
                 let sqlite =
                     SqliteJournal::open_with(&settings.journal_path(), settings.storage.sync)?;
                 let dedupe = match redis {
-                    Some(connection) => redis_dedupe(connection, &settings),
+                    Some(connection) => redis_dedupe(
+                        connection,
+                        &settings,
+                        Some(ClaimOwner::new_instance(sqlite.id())),
+                    ),
                     None => DedupeStore::Embedded(EmbeddedDedupe::new(settings.dedupe.claim_lease)),
                 };
                 (Journal::Sqlite(sqlite), dedupe)
@@ -128,6 +136,7 @@ impl Application {
                 sinks,
                 enricher,
                 settings: settings.worker.clone(),
+                collapser: Default::default(),
             },
             settings.queue.channel_capacity,
         );
@@ -155,6 +164,7 @@ impl Application {
             admin,
             worker,
             journal,
+            journal_lock,
             settings,
         })
     }
@@ -181,6 +191,7 @@ impl Application {
             admin,
             worker,
             journal,
+            journal_lock,
             settings,
         } = self;
         if settings.uses_development_secret() {
@@ -250,6 +261,7 @@ impl Application {
             task.abort();
         }
         journal.close().await;
+        drop(journal_lock);
         tracing::info!("shutdown complete");
         served
     }
@@ -275,13 +287,23 @@ fn build_enricher(settings: &Settings) -> Result<Enricher, StartError> {
     Ok(Enricher::new(Some(client), &settings.enrichment))
 }
 
-fn redis_dedupe(connection: redis::aio::ConnectionManager, settings: &Settings) -> DedupeStore {
-    DedupeStore::Redis(RedisDedupe::new(
+/// `owner`: with the embedded journal, who this process is, so that its next run can take over
+/// the claims it leaves if it is killed (see `dedupe::redis`).
+fn redis_dedupe(
+    connection: redis::aio::ConnectionManager,
+    settings: &Settings,
+    owner: Option<ClaimOwner>,
+) -> DedupeStore {
+    let store = RedisDedupe::new(
         connection,
         &settings.redis.key_prefix,
         settings.dedupe.claim_lease,
         settings.dedupe.done_ttl,
-    ))
+    );
+    DedupeStore::Redis(match owner {
+        Some(owner) => store.with_owner(owner),
+        None => store,
+    })
 }
 
 /// Forgets delivery keys older than `dedupe.done_ttl` (with the Redis journal:

@@ -476,6 +476,11 @@ pub struct RouteSettings {
         skip_serializing_if = "Option::is_none"
     )]
     pub attribute: Option<Vec<String>>,
+    /// Deliver the `record.updated` / `list-entry.updated` events that shared one coalesced
+    /// fetch as one line to this route's sinks, with `changed_attributes` and
+    /// `collapsed_event_ids`, instead of one line per event.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub collapse: bool,
 }
 
 /// `object = "deals"` or `object = ["deals", "companies"]`; `None` when the key is absent.
@@ -922,6 +927,7 @@ impl Settings {
                 object: None,
                 list: None,
                 attribute: None,
+                collapse: false,
             }]
         } else {
             self.routes.clone()

@@ -360,6 +360,17 @@ struct CompiledRoute {
     sinks: Vec<String>,
     enrich: RouteEnrich,
     dimensions: Vec<DimensionRule>,
+    collapse: bool,
+}
+
+/// One sink an event goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoutedSink<'a> {
+    pub name: &'a str,
+    /// Every matching route that names this sink has `collapse = true`: events that shared one
+    /// fetch reach it as one line. A sink also named by a matching route without `collapse`
+    /// gets every event on its own.
+    pub collapse: bool,
 }
 
 impl CompiledRoute {
@@ -448,6 +459,26 @@ impl RouteTable {
                 }
                 dimensions.push(rule);
             }
+            if route.collapse {
+                if route.enrich == RouteEnrich::Off {
+                    return Err(invalid(
+                        "has `collapse = true` with `enrich = false`: collapse joins the events \
+                         that shared one fetch, so the route needs enrichment"
+                            .to_string(),
+                    ));
+                }
+                let collapsible = [EventKind::RecordUpdated, EventKind::ListEntryUpdated];
+                if !patterns
+                    .iter()
+                    .any(|p| collapsible.iter().any(|k| p.matches(k.as_str())))
+                {
+                    return Err(invalid(
+                        "has `collapse = true` but its `events` match neither record.updated \
+                         nor list-entry.updated, the only events that are collapsed"
+                            .to_string(),
+                    ));
+                }
+            }
             compiled.push(CompiledRoute {
                 name: route.name.clone(),
                 patterns,
@@ -455,6 +486,7 @@ impl RouteTable {
                 sinks: route.sinks.clone(),
                 enrich: route.enrich,
                 dimensions,
+                collapse: route.collapse,
             });
         }
         Ok(RouteTable { routes: compiled })
@@ -502,8 +534,26 @@ impl RouteTable {
         event: &str,
         dimensions: &EventDimensions,
     ) -> Vec<&str> {
+        self.routed(event_type, event, dimensions)
+            .into_iter()
+            .map(|sink| sink.name)
+            .collect()
+    }
+
+    /// Whether any route has `collapse = true`.
+    pub fn has_collapse(&self) -> bool {
+        self.routes.iter().any(|route| route.collapse)
+    }
+
+    /// [`RouteTable::sinks_for`], saying for each sink whether it takes collapsed lines.
+    pub fn routed(
+        &self,
+        event_type: &str,
+        event: &str,
+        dimensions: &EventDimensions,
+    ) -> Vec<RoutedSink<'_>> {
         let mut parsed: Option<Option<Value>> = None;
-        let mut sinks: Vec<&str> = Vec::new();
+        let mut sinks: Vec<RoutedSink<'_>> = Vec::new();
         for route in &self.routes {
             if !route.patterns.iter().any(|p| p.matches(event_type)) {
                 continue;
@@ -520,8 +570,12 @@ impl RouteTable {
                 }
             }
             for sink in &route.sinks {
-                if !sinks.contains(&sink.as_str()) {
-                    sinks.push(sink);
+                match sinks.iter_mut().find(|s| s.name == sink.as_str()) {
+                    Some(seen) => seen.collapse &= route.collapse,
+                    None => sinks.push(RoutedSink {
+                        name: sink,
+                        collapse: route.collapse,
+                    }),
                 }
             }
         }
@@ -566,7 +620,73 @@ mod tests {
             object: None,
             list: None,
             attribute: None,
+            collapse: false,
         }
+    }
+
+    #[test]
+    fn collapse_needs_enrichment_and_an_event_it_can_collapse() {
+        let sinks = names(&["a"]);
+        let without_fetch = RouteSettings {
+            collapse: true,
+            enrich: RouteEnrich::Off,
+            ..route("changes", &["record.updated"], &["a"])
+        };
+        let error = RouteTable::compile(&[without_fetch], &sinks)
+            .map(|_| ())
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            error.contains("\"changes\"") && error.contains("enrich = false"),
+            "{error}"
+        );
+        let nothing_to_collapse = RouteSettings {
+            collapse: true,
+            ..route("tasks", &["task.*"], &["a"])
+        };
+        let error = RouteTable::compile(&[nothing_to_collapse], &sinks)
+            .map(|_| ())
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            error.contains("\"tasks\"") && error.contains("record.updated"),
+            "{error}"
+        );
+        let fine = RouteSettings {
+            collapse: true,
+            ..route("records", &["record.*"], &["a"])
+        };
+        assert!(RouteTable::compile(&[fine], &sinks).is_ok());
+    }
+
+    #[test]
+    fn a_sink_collapses_only_when_every_matching_route_naming_it_collapses() {
+        let table = RouteTable::compile(
+            &[
+                RouteSettings {
+                    collapse: true,
+                    ..route("changes", &["record.updated"], &["a", "b"])
+                },
+                route("audit", &["*"], &["b"]),
+            ],
+            &names(&["a", "b"]),
+        )
+        .unwrap();
+        assert!(table.has_collapse());
+        let routed = table.routed("record.updated", "{}", &none());
+        assert_eq!(
+            routed,
+            vec![
+                RoutedSink {
+                    name: "a",
+                    collapse: true
+                },
+                RoutedSink {
+                    name: "b",
+                    collapse: false
+                },
+            ]
+        );
     }
 
     fn filtered(name: &str, sinks: &[&str], filter: Value) -> RouteSettings {

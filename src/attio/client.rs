@@ -39,8 +39,8 @@ pub const USER_AGENT: &str = concat!(
     " (Attio webhook receiver)"
 );
 
-/// Added to the one-second window of the rate limiter so that requests sent exactly a second
-/// apart do not arrive less than a second apart after network jitter.
+/// Added to the second a rate-limiter slot stays taken after its request's answer, for timer and
+/// clock granularity.
 const WINDOW_MARGIN: Duration = Duration::from_millis(10);
 
 /// Page size used when walking every webhook (Attio allows 10 to 100).
@@ -102,20 +102,52 @@ struct Inner {
 ///   they asked;
 /// - `governor` (GCRA) spaces requests 1/rate apart, with a burst of 2 so that a slot taken a
 ///   little late (timer granularity) is caught up rather than lost;
-/// - the send times of the last `rate` requests: a request waits until the oldest of them is a
-///   second old (plus a small margin). That is the hard guarantee that no one-second window ever holds more than
-///   `rate` requests, which the burst allowance alone would not give.
+/// - a window of `rate` slots: a request holds a slot from before it is sent until a second
+///   (plus a small margin) after its answer came back. That is the hard guarantee that no
+///   one-second window at Attio ever holds more than `rate` requests: a request arrives at the
+///   server some time between its sending and its answer (a new connection's handshakes, queues
+///   on the way), so counting from the send time alone would let a late arrival share a window
+///   with requests sent a second after it.
 struct Limiter {
-    recent: tokio::sync::Mutex<VecDeque<tokio::time::Instant>>,
+    queue: tokio::sync::Mutex<()>,
+    window: Mutex<Window>,
+    /// Signalled when a request in flight is answered (its slot starts its last second).
+    answered: tokio::sync::Notify,
     spacing: DefaultDirectRateLimiter,
     rate: usize,
+}
+
+/// The slots of one [`Limiter`]: requests in flight, and when recent ones were answered.
+struct Window {
+    in_flight: usize,
+    answered: VecDeque<tokio::time::Instant>,
+}
+
+/// A request's place in its limiter's window; dropping it records when the answer came back.
+struct Slot<'a> {
+    limiter: &'a Limiter,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let mut window = self.limiter.window();
+        window.in_flight = window.in_flight.saturating_sub(1);
+        window.answered.push_back(tokio::time::Instant::now());
+        drop(window);
+        self.limiter.answered.notify_one();
+    }
 }
 
 impl Limiter {
     fn per_second(rate: u32) -> Limiter {
         let rate = NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN);
         Limiter {
-            recent: tokio::sync::Mutex::new(VecDeque::with_capacity(rate.get() as usize)),
+            queue: tokio::sync::Mutex::new(()),
+            window: Mutex::new(Window {
+                in_flight: 0,
+                answered: VecDeque::with_capacity(rate.get() as usize),
+            }),
+            answered: tokio::sync::Notify::new(),
             spacing: RateLimiter::direct(
                 Quota::per_second(rate).allow_burst(NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN)),
             ),
@@ -123,15 +155,50 @@ impl Limiter {
         }
     }
 
-    async fn until_ready(&self) {
-        let mut recent = self.recent.lock().await;
+    fn window(&self) -> std::sync::MutexGuard<'_, Window> {
+        // Each update is a counter and a queue change: a poisoned lock holds no broken state.
+        self.window.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits for a slot; hold it until the request's answer came back.
+    async fn acquire(&self) -> Slot<'_> {
+        let _turn = self.queue.lock().await;
         self.spacing.until_ready().await;
-        if recent.len() >= self.rate {
-            if let Some(oldest) = recent.pop_front() {
-                tokio::time::sleep_until(oldest + Duration::from_secs(1) + WINDOW_MARGIN).await;
+        loop {
+            // Registered before looking, so an answer arriving in between is not missed.
+            let answered = self.answered.notified();
+            tokio::pin!(answered);
+            answered.as_mut().enable();
+            let free_at = {
+                let mut window = self.window();
+                let now = tokio::time::Instant::now();
+                while window
+                    .answered
+                    .front()
+                    .is_some_and(|t| *t + Duration::from_secs(1) + WINDOW_MARGIN <= now)
+                {
+                    window.answered.pop_front();
+                }
+                if window.in_flight + window.answered.len() < self.rate {
+                    window.in_flight += 1;
+                    return Slot { limiter: self };
+                }
+                window
+                    .answered
+                    .front()
+                    .map(|t| *t + Duration::from_secs(1) + WINDOW_MARGIN)
+            };
+            match free_at {
+                Some(at) => {
+                    tokio::select! {
+                        _ = &mut answered => {}
+                        _ = tokio::time::sleep_until(at) => {}
+                    }
+                }
+                // Every slot is in flight: wait for an answer.
+                None => answered.await,
             }
         }
-        recent.push_back(tokio::time::Instant::now());
     }
 }
 
@@ -527,7 +594,8 @@ impl AttioClient {
             count(call.endpoint, "circuit_open");
             return Err(AttioError::CircuitOpen { retry_in });
         }
-        self.wait_for_turn(&call.method).await;
+        // Held until the answer is in (or the attempt failed): see `Limiter`.
+        let _slot = self.wait_for_turn(&call.method).await;
         if let Some(hook) = &self.on_send {
             hook();
         }
@@ -600,7 +668,7 @@ impl AttioClient {
     }
 
     /// Waits out a pause Attio asked for, then for a slot of the shared rate limiter.
-    async fn wait_for_turn(&self, method: &Method) {
+    async fn wait_for_turn(&self, method: &Method) -> Slot<'_> {
         let started = tokio::time::Instant::now();
         let paused = *self
             .inner
@@ -617,13 +685,14 @@ impl AttioClient {
         } else {
             &self.inner.writes
         };
-        limiter.until_ready().await;
+        let slot = limiter.acquire().await;
         let waited = started.elapsed();
         if !waited.is_zero() {
             // A float total (the metrics crate's counters are integers).
             metrics::gauge!("attio_webhooks_attio_rate_limit_wait_seconds_total")
                 .increment(waited.as_secs_f64());
         }
+        slot
     }
 }
 

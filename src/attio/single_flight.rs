@@ -16,6 +16,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,8 +28,8 @@ pub enum Closes {
     AtEnd,
 }
 
-/// Open flights: key → (flight number, where its answer will appear).
-type Flights<K, V> = HashMap<K, (u64, watch::Receiver<Option<V>>)>;
+/// Open flights: key → (flight number, where its answer will appear, callers that joined).
+type Flights<K, V> = HashMap<K, (u64, watch::Receiver<Option<V>>, Arc<AtomicUsize>)>;
 type Pending<K, V> = Arc<Mutex<Flights<K, V>>>;
 
 /// Handed to the request of a [`Closes::AtSend`] flight: closes the flight to newcomers.
@@ -41,7 +42,7 @@ impl<K: Hash + Eq, V> Closer<K, V> {
     pub fn close(&self) {
         if let Some((flights, key, number)) = &self.flight {
             let mut pending = flights.lock();
-            if pending.get(key).is_some_and(|(n, _)| n == number) {
+            if pending.get(key).is_some_and(|(n, _, _)| n == number) {
                 pending.remove(key);
             }
         }
@@ -78,6 +79,18 @@ impl<K, V> SingleFlight<K, V> {
     }
 }
 
+/// How one caller took part in a flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Joined {
+    /// This caller opened the flight (its request was made for it).
+    pub leader: bool,
+    /// The flight's number, unique within this [`SingleFlight`].
+    pub flight: u64,
+    /// How many callers shared the answer, this one included. Final once the answer is there:
+    /// a flight closes to newcomers before its answer is published.
+    pub members: usize,
+}
+
 /// The flight's task ended without an answer (the runtime is shutting down).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the shared request was abandoned")]
@@ -89,7 +102,7 @@ where
     V: Clone + Send + Sync + 'static,
 {
     /// Joins the open flight for `key`, or opens one that runs `request` after `window`.
-    /// Returns the answer and whether this caller started the flight. The flight closes to
+    /// Returns the answer and how this caller took part ([`Joined`]). The flight closes to
     /// newcomers when `request` calls its [`Closer`] ([`Closes::AtSend`]) or when the answer
     /// is there, whichever comes first.
     pub async fn run<F, Fut>(
@@ -98,21 +111,24 @@ where
         window: Duration,
         closes: Closes,
         request: F,
-    ) -> Result<(V, bool), Abandoned>
+    ) -> Result<(V, Joined), Abandoned>
     where
         F: FnOnce(Closer<K, V>) -> Fut + Send + 'static,
         Fut: Future<Output = V> + Send + 'static,
     {
-        let (mut receiver, leader) = {
+        let (mut receiver, leader, number, members) = {
             let mut pending = self.lock();
             match pending.get(&key) {
-                Some((_, receiver)) => (receiver.clone(), false),
+                Some((number, receiver, members)) => {
+                    // Counted under the lock that also closes the flight: no join is missed.
+                    members.fetch_add(1, Ordering::Relaxed);
+                    (receiver.clone(), false, *number, members.clone())
+                }
                 None => {
                     let (sender, receiver) = watch::channel(None);
-                    let number = self
-                        .numbers
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    pending.insert(key.clone(), (number, receiver.clone()));
+                    let number = self.numbers.fetch_add(1, Ordering::Relaxed);
+                    let members = Arc::new(AtomicUsize::new(1));
+                    pending.insert(key.clone(), (number, receiver.clone(), members.clone()));
                     let at_end = Closer {
                         flight: Some((self.clone(), key, number)),
                     };
@@ -133,7 +149,7 @@ where
                         // Nobody listening any more is fine: every caller gave up.
                         let _ = sender.send(Some(answer));
                     });
-                    (receiver, true)
+                    (receiver, true, number, members)
                 }
             }
         };
@@ -141,8 +157,13 @@ where
             .wait_for(Option::is_some)
             .await
             .map_err(|_| Abandoned)?;
+        let joined = Joined {
+            leader,
+            flight: number,
+            members: members.load(Ordering::Relaxed),
+        };
         match answer.as_ref() {
-            Some(value) => Ok((value.clone(), leader)),
+            Some(value) => Ok((value.clone(), joined)),
             None => Err(Abandoned),
         }
     }
@@ -151,7 +172,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[tokio::test]
     async fn callers_inside_the_window_share_one_request() {
@@ -173,13 +193,17 @@ mod tests {
             }));
         }
         let mut leaders = 0;
+        let mut flights_seen = std::collections::HashSet::new();
         for task in tasks {
-            let (value, leader) = task.await.unwrap().unwrap();
+            let (value, joined) = task.await.unwrap().unwrap();
             assert_eq!(value, 1);
-            leaders += usize::from(leader);
+            assert_eq!(joined.members, 10, "every caller counts as a member");
+            flights_seen.insert(joined.flight);
+            leaders += usize::from(joined.leader);
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         assert_eq!(leaders, 1);
+        assert_eq!(flights_seen.len(), 1);
     }
 
     #[tokio::test]
@@ -219,22 +243,24 @@ mod tests {
         // After the send: a new flight.
         tokio::time::sleep(Duration::from_millis(150)).await;
         let counter = calls.clone();
-        let (_, leader) = flights
+        let (_, late) = flights
             .run("k", Duration::ZERO, Closes::AtSend, move |_| async move {
                 counter.fetch_add(1, Ordering::SeqCst) + 1
             })
             .await
             .unwrap();
         assert!(
-            leader,
+            late.leader && late.members == 1,
             "the first request had been sent: a new one was made"
         );
-        let (joined, joiner_led) = joiner.await.unwrap().unwrap();
+        let (joined, joiner) = joiner.await.unwrap().unwrap();
         assert!(
-            !joiner_led && joined >= 1,
+            !joiner.leader && joined >= 1,
             "a caller before the send shares the answer"
         );
-        slow.await.unwrap().unwrap();
+        let (_, first) = slow.await.unwrap().unwrap();
+        assert_eq!((first.flight, first.members), (joiner.flight, 2));
+        assert_ne!(first.flight, late.flight);
         assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 }

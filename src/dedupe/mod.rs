@@ -4,14 +4,15 @@
 //! In: an event identity (delivery key + index). Out: a [`ClaimOutcome`]. The protocol has two
 //! phases: `claim` with a short lease before any work, `mark_done` with a long TTL after every
 //! sink succeeded, `release` when the attempt failed. A crash between claim and done lets the
-//! lease expire, so the event is retried, never dropped. Two stores: Redis, shared by replicas
-//! (`SET NX PX`), and the embedded one (in-process claims; the journal's commit is the done mark).
+//! lease expire, so the event is retried, never dropped (sooner with the embedded journal: its
+//! next run takes over the claims its killed predecessor left). Two stores: Redis, shared by
+//! replicas, and the embedded one (in-process claims; the journal's commit is the done mark).
 
 pub mod embedded;
 pub mod redis;
 
 pub use self::embedded::EmbeddedDedupe;
-pub use self::redis::RedisDedupe;
+pub use self::redis::{ClaimOwner, RedisDedupe};
 
 /// Proof of a claim, needed to release it (so a late worker cannot release someone else's).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,8 +1,19 @@
 //! Redis deduplication store, shared by every replica. Keys: `{prefix}:dedupe:{event id}`.
 //!
-//! claim = `SET key claimed:<token> NX PX lease`; done = `SET key done PX ttl`; release deletes the
-//! key only while it still holds our token (a Lua compare-and-delete), so a worker whose lease
-//! already ran out cannot release a claim another worker took since.
+//! claim = set `claimed:<owner>:<token>` with the lease unless the key exists (one Lua script);
+//! done = `SET key done PX ttl`; release deletes the key only while it still holds our token (a
+//! Lua compare-and-delete), so a worker whose lease already ran out cannot release a claim
+//! another worker took since.
+//!
+//! Takeover: with the embedded journal, a daemon killed mid-event leaves its claims behind, and
+//! its next run would wait out the whole lease before retrying those events. So a claim names its
+//! owner, `<journal id>:<instance id>`: the journal's id is stored in the SQLite journal, the
+//! instance id is new in every process. A journal is worked on by one process at a time (the
+//! daemon holds an exclusive lock on it, [`crate::journal::JournalLock`]), so a claim that names
+//! our journal and another instance was made by a process that is gone: it is taken over at once.
+//! A claim by another journal (another replica) still waits for its lease. With the Redis journal
+//! (shared by replicas) claims name no journal and are never taken over: events a dead replica
+//! left come back through the stream after the lease anyway.
 
 use std::time::Duration;
 
@@ -12,6 +23,26 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::{ClaimOutcome, ClaimToken, DedupeError};
 
+/// KEYS[1] the claim; ARGV[1] our claim value; ARGV[2] the lease in ms; ARGV[3] the prefix of
+/// claims made through our journal (empty: none may be taken over); ARGV[4] the prefix of claims
+/// made by this process.
+const CLAIM_SCRIPT: &str = r#"
+local current = redis.call('GET', KEYS[1])
+if not current then
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    return 'fresh'
+end
+if current == 'done' then
+    return 'done'
+end
+if ARGV[3] ~= '' and string.sub(current, 1, #ARGV[3]) == ARGV[3]
+    and string.sub(current, 1, #ARGV[4]) ~= ARGV[4] then
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    return 'taken_over'
+end
+return 'busy'
+"#;
+
 const RELEASE_SCRIPT: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
     return redis.call('DEL', KEYS[1])
@@ -19,12 +50,34 @@ end
 return 0
 "#;
 
+/// Who takes a claim, when claims of a dead predecessor may be taken over (see the module
+/// documentation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimOwner {
+    /// The journal's stable id ([`crate::journal::SqliteJournal::id`]).
+    pub journal: String,
+    /// This process's id, new at every start.
+    pub instance: String,
+}
+
+impl ClaimOwner {
+    /// An owner for this process working on the journal `journal`.
+    pub fn new_instance(journal: &str) -> ClaimOwner {
+        ClaimOwner {
+            journal: journal.to_string(),
+            instance: uuid::Uuid::new_v4().simple().to_string(),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct RedisDedupe {
     connection: ConnectionManager,
     prefix: String,
     lease: Duration,
     done_ttl: Duration,
+    owner: Option<ClaimOwner>,
+    claim: redis::Script,
     release: redis::Script,
 }
 
@@ -58,8 +111,16 @@ impl RedisDedupe {
             prefix: key_prefix.to_string(),
             lease,
             done_ttl,
+            owner: None,
+            claim: redis::Script::new(CLAIM_SCRIPT),
             release: redis::Script::new(RELEASE_SCRIPT),
         }
+    }
+
+    /// Claims name `owner`, and claims a dead run of the same journal left are taken over.
+    pub fn with_owner(mut self, owner: ClaimOwner) -> RedisDedupe {
+        self.owner = Some(owner);
+        self
     }
 
     fn key(&self, id: &str) -> String {
@@ -67,25 +128,34 @@ impl RedisDedupe {
     }
 
     pub async fn claim(&self, id: &str) -> Result<ClaimOutcome, DedupeError> {
-        let key = self.key(id);
-        let token = format!("claimed:{}", uuid::Uuid::new_v4());
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let (value, ours, this_process) = match &self.owner {
+            Some(owner) => {
+                let ours = format!("claimed:{}:", owner.journal);
+                let this_process = format!("{ours}{}:", owner.instance);
+                (format!("{this_process}{token}"), ours, this_process)
+            }
+            None => (format!("claimed:{token}"), String::new(), String::new()),
+        };
         let mut connection = self.connection.clone();
-        let options = redis::SetOptions::default()
-            .conditional_set(redis::ExistenceCheck::NX)
-            .with_expiration(redis::SetExpiry::PX(millis(self.lease)));
-        let set: Option<String> = connection
-            .set_options(&key, &token, options)
+        let outcome: String = self
+            .claim
+            .key(self.key(id))
+            .arg(&value)
+            .arg(millis(self.lease))
+            .arg(&ours)
+            .arg(&this_process)
+            .invoke_async(&mut connection)
             .await
             .map_err(redis_error)?;
-        if set.is_some() {
-            return Ok(ClaimOutcome::Fresh(ClaimToken(token)));
-        }
-        let current: Option<String> = connection.get(&key).await.map_err(redis_error)?;
-        match current.as_deref() {
-            Some("done") => Ok(ClaimOutcome::Duplicate),
-            Some(_) => Ok(ClaimOutcome::InProgress),
-            // The claim expired between the two calls: someone may take it now; let them.
-            None => Ok(ClaimOutcome::InProgress),
+        match outcome.as_str() {
+            "fresh" => Ok(ClaimOutcome::Fresh(ClaimToken(value))),
+            "taken_over" => {
+                tracing::info!("took over the claim a previous run of this journal left");
+                Ok(ClaimOutcome::Fresh(ClaimToken(value)))
+            }
+            "done" => Ok(ClaimOutcome::Duplicate),
+            _ => Ok(ClaimOutcome::InProgress),
         }
     }
 

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::attio::single_flight::{Closes, SingleFlight};
+use crate::attio::single_flight::{Closes, Joined, SingleFlight};
 use crate::attio::{AttioClient, AttioError, AttributeParent, SchemaCache, SchemaKey};
 use crate::config::{EnrichmentSettings, RouteEnrich};
 use crate::event::EventKind;
@@ -57,6 +57,9 @@ pub struct Enrichment {
     pub attribute: Option<String>,
     /// Why it failed, when `status` is `failed`.
     pub error: Option<AttioError>,
+    /// The coalesced fetch this event shared with others of the same record or entry, if any
+    /// (routes with `collapse = true` deliver such events as one line).
+    pub shared: Option<Joined>,
 }
 
 impl Enrichment {
@@ -68,6 +71,7 @@ impl Enrichment {
             list: None,
             attribute: None,
             error: None,
+            shared: None,
         }
     }
 
@@ -421,9 +425,10 @@ impl Active {
             });
             tokio::join!(object, list, attribute)
         };
-        let (fetched, (object, list, attribute)) = tokio::join!(fetch, names);
+        let ((fetched, shared), (object, list, attribute)) = tokio::join!(fetch, names);
 
         let mut enrichment = Enrichment::bare(EnrichmentStatus::Ok);
+        enrichment.shared = shared;
         match fetched {
             Ok(data) => {
                 self.learn(&subject, &data);
@@ -498,10 +503,14 @@ impl Active {
     }
 
     /// Fetches `subject`, sharing the request with other events of the same subject within
-    /// the coalescing window when `coalesce` says so.
-    async fn fetch_shared(&self, subject: Subject, coalesce: bool) -> Result<Value, AttioError> {
+    /// the coalescing window when `coalesce` says so; then also says which flight it shared.
+    async fn fetch_shared(
+        &self,
+        subject: Subject,
+        coalesce: bool,
+    ) -> (Result<Value, AttioError>, Option<Joined>) {
         if !coalesce || self.window.is_zero() {
-            return fetch(&self.client, &subject).await;
+            return (fetch(&self.client, &subject).await, None);
         }
         let client = self.client.clone();
         let key = subject.clone();
@@ -515,13 +524,16 @@ impl Active {
             })
             .await
         {
-            Ok((answer, leader)) => {
-                if !leader {
+            Ok((answer, joined)) => {
+                if !joined.leader {
                     tracing::debug!("re-fetch shared with an earlier event of the same record");
                 }
-                answer
+                (answer, Some(joined))
             }
-            Err(_) => Err(AttioError::Connect("shared fetch abandoned".to_string())),
+            Err(_) => (
+                Err(AttioError::Connect("shared fetch abandoned".to_string())),
+                None,
+            ),
         }
     }
 }

@@ -19,7 +19,7 @@ use serde::Serialize;
 use crate::event::ParsedEvent;
 
 pub use self::redis::RedisJournal;
-pub use sqlite::SqliteJournal;
+pub use sqlite::{JournalLock, SqliteJournal};
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {

@@ -135,6 +135,54 @@ enum Request {
 pub struct SqliteJournal {
     requests: mpsc::Sender<Request>,
     backlog: Arc<AtomicU64>,
+    id: Arc<str>,
+}
+
+/// Proof that this process is the only daemon working on one journal: an exclusive `flock` on
+/// `{journal}.lock`, released when dropped or when the process dies, however it dies.
+#[derive(Debug)]
+pub struct JournalLock {
+    _file: std::fs::File,
+}
+
+impl JournalLock {
+    /// Takes the lock of the journal at `path`, or says which process class holds it. Tools
+    /// that only read or replay dead letters (which SQLite's own locking keeps safe) do not take it.
+    pub fn acquire(path: &Path) -> Result<JournalLock, JournalError> {
+        let mut lock_path = path.as_os_str().to_owned();
+        lock_path.push(".lock");
+        let lock_path = std::path::PathBuf::from(lock_path);
+        if let Some(dir) = lock_path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                JournalError::Storage(format!(
+                    "cannot create storage directory {}: {e}",
+                    dir.display()
+                ))
+            })?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| {
+                JournalError::Storage(format!("cannot open {}: {e}", lock_path.display()))
+            })?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
+            |e| {
+                JournalError::Storage(if e == rustix::io::Errno::WOULDBLOCK {
+                    format!(
+                        "the journal {} is in use by another attio-webhooks daemon (one daemon \
+                         per storage.path; replicas share queue.backend = \"redis\" instead)",
+                        path.display()
+                    )
+                } else {
+                    format!("cannot lock {}: {e}", lock_path.display())
+                })
+            },
+        )?;
+        Ok(JournalLock { _file: file })
+    }
 }
 
 impl SqliteJournal {
@@ -168,6 +216,11 @@ impl SqliteJournal {
         connection.pragma_update(None, "synchronous", synchronous)?;
         connection.execute_batch(SCHEMA)?;
         migrate(&mut connection)?;
+        let id: String = connection.query_row(
+            "SELECT value FROM meta WHERE key = 'journal_id'",
+            [],
+            |row| row.get(0),
+        )?;
         let pending = count_pending(&connection)?;
         let data_version = data_version(&connection)?;
         let backlog = Arc::new(AtomicU64::new(pending));
@@ -177,7 +230,18 @@ impl SqliteJournal {
             .name("journal-writer".to_string())
             .spawn(move || writer_loop(connection, receiver, writer_backlog, data_version))
             .map_err(|e| JournalError::Storage(format!("cannot start journal writer: {e}")))?;
-        Ok(SqliteJournal { requests, backlog })
+        Ok(SqliteJournal {
+            requests,
+            backlog,
+            id: Arc::from(id),
+        })
+    }
+
+    /// This journal's identity: random, made when the database was created, kept in it. Redis
+    /// claims carry it, so that the next run of the same journal recognises claims its killed
+    /// predecessor left (see `dedupe::redis`).
+    pub fn id(&self) -> &str {
+        &self.id
     }
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Request) -> Result<T, JournalError> {
@@ -370,6 +434,10 @@ fn migrate(connection: &mut Connection) -> Result<(), JournalError> {
     if !has_sink_attempts {
         tx.execute_batch("ALTER TABLE events ADD COLUMN sink_attempts TEXT NOT NULL DEFAULT '{}'")?;
     }
+    tx.execute(
+        "INSERT OR IGNORE INTO meta (key, value) VALUES ('journal_id', ?1)",
+        params![uuid::Uuid::new_v4().simple().to_string()],
+    )?;
     tx.commit()?;
     Ok(())
 }

@@ -2,10 +2,12 @@
 //!
 //! Callers queue lines; the thread writes everything queued, flushes once, then answers each
 //! caller. A line is acknowledged only after it reached the operating system (a process crash
-//! cannot lose it).
+//! cannot lose it). A process killed in the middle of a write can leave a torn last line in a
+//! file; on open such a file gets its missing newline, so the fragment stays a line of its own
+//! (that readers can detect and skip) instead of being glued to the next event.
 
-use std::fs::OpenOptions;
-use std::io::Write;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -28,7 +30,19 @@ impl LineWriter {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let mut file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(path)?;
+        if ends_with_partial_line(&mut file)? {
+            tracing::warn!(
+                path = %path.display(),
+                "the sink file ends with a partial line (the daemon was killed in the middle of a \
+                 write?); it is kept, and the next event starts on a new line"
+            );
+            file.write_all(b"\n")?;
+        }
         Self::spawn(Box::new(file), "sink-jsonl")
     }
 
@@ -59,6 +73,19 @@ impl LineWriter {
             .map_err(|_| SinkError::transient("sink writer stopped"))?
             .map_err(SinkError::transient)
     }
+}
+
+/// Whether the file is not empty and its last byte is not a newline.
+fn ends_with_partial_line(file: &mut File) -> std::io::Result<bool> {
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(false);
+    }
+    // Reading moves the position; writes in append mode still go to the end.
+    file.seek(SeekFrom::Start(len - 1))?;
+    let mut last = [0u8; 1];
+    file.read_exact(&mut last)?;
+    Ok(last[0] != b'\n')
 }
 
 fn write_loop(mut output: Box<dyn Write + Send>, mut receiver: mpsc::Receiver<Job>) {

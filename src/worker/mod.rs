@@ -26,6 +26,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+pub mod collapse;
+
 use crate::config::{RetryPolicy, RouteEnrich, WorkerSettings};
 use crate::dedupe::{ClaimOutcome, DedupeStore};
 use crate::enrich::{Enricher, Enrichment, EnrichmentStatus};
@@ -64,6 +66,11 @@ impl InFlight {
 
     pub fn contains(&self, id: &str) -> bool {
         self.lock().contains(id)
+    }
+
+    /// The events in flight right now.
+    fn snapshot(&self) -> HashSet<String> {
+        self.lock().clone()
     }
 
     pub fn len(&self) -> usize {
@@ -117,6 +124,8 @@ pub struct Pipeline {
     pub sinks: Sinks,
     pub enricher: Enricher,
     pub settings: WorkerSettings,
+    /// Groups of events delivered as one line to routes with `collapse = true`.
+    pub collapser: collapse::Collapser,
 }
 
 pub struct Worker {
@@ -207,6 +216,13 @@ impl Worker {
         tasks: &TaskTracker,
         shutdown: &CancellationToken,
     ) -> usize {
+        // What is in flight before the read. Such an event may be listed as pending by the read
+        // and then finish (done, or rescheduled) while this scan waits for a permit; it must not
+        // be dispatched again from this stale copy. Checking only at dispatch time would miss it,
+        // as it has left the in-flight set by then. Events that enter the set after this point
+        // come from the channel, which this loop does not read during the scan: they are still
+        // in the set when their turn comes below.
+        let busy = self.in_flight.snapshot();
         let due = match self.pipeline.journal.due(limit).await {
             Ok(due) => due,
             Err(error) => {
@@ -216,7 +232,7 @@ impl Worker {
         };
         let mut dispatched = 0;
         for event in due {
-            if !self.in_flight.insert(&event.id) {
+            if busy.contains(&event.id) || !self.in_flight.insert(&event.id) {
                 continue;
             }
             dispatched += 1;
@@ -363,14 +379,19 @@ async fn attempt(pipeline: &Pipeline, event: &JournaledEvent) -> Outcome {
     let targets = if wanted == RouteEnrich::Off {
         pipeline
             .routes
-            .sinks_for(kind.as_str(), &event.raw, &dimensions)
+            .routed(kind.as_str(), &event.raw, &dimensions)
     } else {
-        pipeline.routes.sinks_for(
+        pipeline.routes.routed(
             kind.as_str(),
             &with_enrichment(&event.raw, &enrichment),
             &dimensions,
         )
     };
+    // Events that shared one fetch, when some route collapses them: every one of them arrives
+    // at the group (see `collapse`), with the collapsing sinks it still has to reach.
+    let group = enrichment
+        .shared
+        .filter(|shared| shared.members > 1 && pipeline.routes.has_collapse());
     let mut progress = SinkProgress {
         attempts: event.attempts,
         last_error: String::new(),
@@ -378,31 +399,77 @@ async fn attempt(pipeline: &Pipeline, event: &JournaledEvent) -> Outcome {
         sink_attempts: event.sink_attempts.clone(),
         sinks_failed: Vec::new(),
     };
-    let pending: Vec<&str> = targets
+    let pending: Vec<_> = targets
         .iter()
         .copied()
-        .filter(|n| !progress.sinks_done.iter().any(|d| d == n))
+        .filter(|t| !progress.sinks_done.iter().any(|d| d == t.name))
         .collect();
     let mut failures: Vec<(String, SinkError)> = Vec::new();
+    let count_in = |line: Option<&SinkLine>, sinks: Vec<String>| {
+        group.as_ref().map(|shared| {
+            let member = collapse::Member {
+                event_id: event.id.clone(),
+                attribute: changed_attribute(&kind, event, &enrichment),
+                line: line.cloned().unwrap_or_else(|| SinkLine {
+                    id: event.id.as_str().into(),
+                    event_type: event.event_type.as_str().into(),
+                    json: Arc::from(Vec::new()),
+                }),
+                sinks,
+            };
+            pipeline.collapser.arrive(shared, member)
+        })
+    };
     if pending.is_empty() {
+        count_in(None, Vec::new());
         if targets.is_empty() {
             tracing::debug!("no route matches; nothing to deliver");
         }
     } else if let Some(error) = enrichment_failure(&enrichment, wanted) {
+        count_in(None, Vec::new());
         tracing::warn!(error = %error.message, "enrichment failed");
-        for name in pending {
-            *progress.sink_attempts.entry(name.to_string()).or_insert(0) += 1;
-            failures.push((name.to_string(), error.clone()));
+        for sink in pending {
+            *progress
+                .sink_attempts
+                .entry(sink.name.to_string())
+                .or_insert(0) += 1;
+            failures.push((sink.name.to_string(), error.clone()));
         }
     } else {
         match SinkLine::build_enriched(event, &enrichment) {
             Ok(line) => {
-                for name in pending {
+                let (together, alone): (Vec<_>, Vec<_>) = pending
+                    .into_iter()
+                    .partition(|sink| group.is_some() && sink.collapse);
+                let together: Vec<String> =
+                    together.iter().map(|sink| sink.name.to_string()).collect();
+                let role = count_in(Some(&line), together.clone());
+                // A collapsing sink gets the same shape for an event that shared its fetch with
+                // no other (a group of one).
+                let alone_line = if alone.iter().any(|sink| sink.collapse)
+                    && matches!(kind, EventKind::RecordUpdated | EventKind::ListEntryUpdated)
+                {
+                    let member = collapse::Member {
+                        event_id: event.id.clone(),
+                        attribute: changed_attribute(&kind, event, &enrichment),
+                        line: line.clone(),
+                        sinks: Vec::new(),
+                    };
+                    collapse::collapsed_line(&[&member]).ok()
+                } else {
+                    None
+                };
+                for routed in alone {
+                    let name = routed.name;
+                    let line = match &alone_line {
+                        Some(single) if routed.collapse => single,
+                        _ => &line,
+                    };
                     let result = match pipeline.sinks.get(name) {
                         Some(sink) => {
                             let attempt =
                                 progress.sink_attempts.get(name).copied().unwrap_or(0) + 1;
-                            sink.deliver(&line, attempt).await
+                            sink.deliver(line, attempt).await
                         }
                         None => Err(SinkError::permanent("sink is not configured")),
                     };
@@ -421,12 +488,34 @@ async fn attempt(pipeline: &Pipeline, event: &JournaledEvent) -> Outcome {
                         }
                     }
                 }
+                if let Some(role) = role {
+                    let results = deliver_together(pipeline, role, &progress).await;
+                    for name in together {
+                        let result = results.get(&name).cloned().unwrap_or_else(|| {
+                            Err(SinkError::transient(
+                                "the collapsed delivery of this event's group did not finish",
+                            ))
+                        });
+                        match result {
+                            Ok(()) => progress.sinks_done.push(name),
+                            Err(error) => {
+                                tracing::warn!(sink = %name, %error, permanent = error.permanent, "collapsed sink delivery failed");
+                                *progress.sink_attempts.entry(name.clone()).or_insert(0) += 1;
+                                failures.push((name, error));
+                            }
+                        }
+                    }
+                }
             }
             // The event itself cannot be turned into a line: no sink can take it.
             Err(error) => {
-                for name in pending {
-                    *progress.sink_attempts.entry(name.to_string()).or_insert(0) += 1;
-                    failures.push((name.to_string(), error.clone()));
+                count_in(None, Vec::new());
+                for sink in pending {
+                    *progress
+                        .sink_attempts
+                        .entry(sink.name.to_string())
+                        .or_insert(0) += 1;
+                    failures.push((sink.name.to_string(), error.clone()));
                 }
             }
         }
@@ -502,6 +591,71 @@ async fn attempt(pipeline: &Pipeline, event: &JournaledEvent) -> Outcome {
     );
     Outcome::Retrying {
         attempts: progress.attempts,
+    }
+}
+
+/// The attribute an update names: its slug, or its id when the slug is unknown.
+fn changed_attribute(
+    kind: &EventKind,
+    event: &JournaledEvent,
+    enrichment: &Enrichment,
+) -> Option<String> {
+    enrichment.attribute.clone().or_else(|| {
+        crate::enrich::dimensions(kind, &event.raw, enrichment)
+            .attribute
+            .id
+    })
+}
+
+/// This event's part in a collapsed delivery: the leader gathers its group and delivers one line
+/// per sink for the members that want it; a follower waits for the leader's results. Returns what
+/// each of this event's collapsing sinks answered.
+async fn deliver_together(
+    pipeline: &Pipeline,
+    role: collapse::Role,
+    progress: &SinkProgress,
+) -> collapse::Results {
+    match role {
+        collapse::Role::Counted => collapse::Results::new(),
+        // A leader that is gone (shutdown) leaves the result out: a transient failure.
+        collapse::Role::Follower(results) => results.await.unwrap_or_default(),
+        collapse::Role::Leader(leader) => {
+            let gathered = leader.gather().await;
+            let mut sinks: Vec<&str> = Vec::new();
+            for member in &gathered.members {
+                for sink in &member.sinks {
+                    if !sinks.contains(&sink.as_str()) {
+                        sinks.push(sink);
+                    }
+                }
+            }
+            let mut results = collapse::Results::new();
+            for name in sinks {
+                let members: Vec<&collapse::Member> = gathered
+                    .members
+                    .iter()
+                    .filter(|m| m.sinks.iter().any(|s| s == name))
+                    .collect();
+                let result = match (collapse::collapsed_line(&members), pipeline.sinks.get(name)) {
+                    (Ok(line), Some(sink)) => {
+                        let attempt = progress.sink_attempts.get(name).copied().unwrap_or(0) + 1;
+                        tracing::info!(sink = %name, events = members.len(), "delivering collapsed events as one line");
+                        sink.deliver(&line, attempt).await
+                    }
+                    (Err(error), _) => Err(error),
+                    (_, None) => Err(SinkError::permanent("sink is not configured")),
+                };
+                metrics::counter!(
+                    crate::metrics::SINK_DELIVERIES,
+                    "sink" => name.to_string(),
+                    "outcome" => if result.is_ok() { "ok" } else { "error" }
+                )
+                .increment(1);
+                results.insert(name.to_string(), result);
+            }
+            gathered.answer(&results);
+            results
+        }
     }
 }
 

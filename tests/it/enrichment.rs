@@ -356,3 +356,112 @@ async fn route_filters_can_test_the_resolved_slugs() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(crate::helpers::read_jsonl(&people).is_empty());
 }
+
+/// A record.updated delivery for record `n` naming the changed attribute `attribute_id`.
+fn attribute_update(n: usize, attribute_id: &str) -> Vec<u8> {
+    delivery(json!({
+        "event_type": "record.updated",
+        "id": {
+            "workspace_id": "14beef7a-99f7-4534-a87e-70b564330a4c",
+            "object_id": OBJECT,
+            "record_id": record_id(n),
+            "attribute_id": attribute_id
+        },
+        "actor": {"type": "workspace-member", "id": "50cf242c-7fa3-4cad-87d0-75b1af71c57b"}
+    }))
+}
+
+#[tokio::test]
+async fn updates_that_shared_a_fetch_reach_a_collapsing_route_as_one_line() {
+    const AMOUNT: &str = "6f7b1c9e-2a55-4d43-9d0e-3f5b2b1a0c11";
+    const OWNER: &str = "0c0e6a44-5b7d-4f0b-8e63-96e1c1f0d2a7";
+    let fake = FakeAttio::start().await;
+    fake.set_slug(OBJECT, "deals");
+    fake.set_slug(ATTRIBUTE, "stage");
+    fake.set_slug(AMOUNT, "amount");
+    fake.set_slug(OWNER, "owner");
+    let dir = tempfile::tempdir().unwrap();
+    let collapsed = dir.path().join("collapsed.jsonl");
+    let each = dir.path().join("each.jsonl");
+    let app = TestApp::builder()
+        .toml(&fake.attio_toml(""))
+        .toml("[enrichment]\ncoalesce_window = \"1s\"")
+        .routes(&format!(
+            "[sinks.collapsed]\nkind = \"jsonl\"\npath = {:?}\n\
+             [sinks.each]\nkind = \"jsonl\"\npath = {:?}\n\
+             [[routes]]\nname = \"changes\"\nevents = [\"record.updated\"]\nsinks = [\"collapsed\"]\ncollapse = true\n\
+             [[routes]]\nname = \"audit\"\nevents = [\"*\"]\nsinks = [\"each\"]\n",
+            collapsed.display().to_string(),
+            each.display().to_string()
+        ))
+        .spawn()
+        .await;
+    // Three attributes of record 7 change together (stage twice), and record 8 once.
+    let bodies = [
+        ("c-1", attribute_update(7, ATTRIBUTE)),
+        ("c-2", attribute_update(7, AMOUNT)),
+        ("c-3", attribute_update(7, OWNER)),
+        ("c-4", attribute_update(7, ATTRIBUTE)),
+        ("c-5", attribute_update(8, AMOUNT)),
+    ];
+    for (key, body) in &bodies {
+        assert_eq!(app.post_signed(body, Some(key)).await.status(), 200);
+    }
+    let every = crate::helpers::wait_for_jsonl(&each, 5, WAIT).await;
+    assert_eq!(every.len(), 5, "a route without collapse gets every event");
+    crate::helpers::wait_for_jsonl(&collapsed, 2, WAIT).await;
+    // Give a wrongly separate line time to show up.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let lines = crate::helpers::read_jsonl(&collapsed);
+    assert_eq!(lines.len(), 2, "one line per record: {lines:?}");
+    let seven = lines
+        .iter()
+        .find(|l| l["data"]["id"]["record_id"] == record_id(7).as_str())
+        .expect("a line for record 7");
+    let mut attributes: Vec<&str> = seven["changed_attributes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    attributes.sort();
+    assert_eq!(attributes, ["amount", "owner", "stage"], "each slug once");
+    let mut ids: Vec<&str> = seven["collapsed_event_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["c-1:0", "c-2:0", "c-3:0", "c-4:0"]);
+    assert!(ids.contains(&seven["id"].as_str().unwrap()));
+    assert_eq!(seven["enrichment"], "ok");
+    let eight = lines
+        .iter()
+        .find(|l| l["data"]["id"]["record_id"] == record_id(8).as_str())
+        .expect("a line for record 8");
+    assert_eq!(eight["changed_attributes"], json!(["amount"]));
+    assert_eq!(eight["collapsed_event_ids"], json!(["c-5:0"]));
+    assert_eq!(record_fetches(&fake), 2, "one fetch per record");
+    // Every event of the group is done, followers included: the backlog drains to zero.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let ready: Value = app
+            .client
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if ready["checks"]["backlog"] == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "backlog stays: {ready}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

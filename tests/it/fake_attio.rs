@@ -1,7 +1,9 @@
 //! A fake Attio REST API: a real axum server on 127.0.0.1:0 that answers the endpoints the
 //! daemon uses with realistic bodies, records every request it saw (method, path, query, body,
 //! headers, arrival time), and can be told to misbehave: scripted one-off answers, a delay,
-//! "down" (503 for everything), resources that no longer exist.
+//! "down" (503 for everything), resources that no longer exist, flaky (a share of requests
+//! answered 429 with an HTTP-date `Retry-After`, or 500, closing the connection), and slow to
+//! accept connections (as a distant server's TCP and TLS handshakes are).
 
 #![allow(dead_code)]
 
@@ -55,11 +57,39 @@ struct FakeState {
     objects: Mutex<Vec<(String, String)>>,
     lists: Mutex<Vec<(String, String)>>,
     attributes: Mutex<HashMap<String, Vec<(String, String)>>>,
+    flaky_percent: AtomicU64,
+    answered: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// Accepts connections one at a time, each after `delay_ms` (the handshake of a distant server).
+struct SlowAccept {
+    listener: tokio::net::TcpListener,
+    delay_ms: Arc<AtomicU64>,
+}
+
+impl axum::serve::Listener for SlowAccept {
+    type Io = tokio::net::TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let accepted = axum::serve::Listener::accept(&mut self.listener).await;
+        let delay = self.delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        accepted
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.listener.local_addr()
+    }
 }
 
 pub struct FakeAttio {
     pub addr: SocketAddr,
     state: Arc<FakeState>,
+    connect_delay_ms: Arc<AtomicU64>,
     stop: CancellationToken,
 }
 
@@ -77,6 +107,11 @@ impl FakeAttio {
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let connect_delay_ms = Arc::new(AtomicU64::new(0));
+        let listener = SlowAccept {
+            listener,
+            delay_ms: connect_delay_ms.clone(),
+        };
         let stop = CancellationToken::new();
         let until = stop.clone();
         tokio::spawn(async move {
@@ -84,7 +119,30 @@ impl FakeAttio {
                 .with_graceful_shutdown(async move { until.cancelled().await })
                 .await;
         });
-        FakeAttio { addr, state, stop }
+        FakeAttio {
+            addr,
+            state,
+            connect_delay_ms,
+            stop,
+        }
+    }
+
+    /// From now on about `percent`% of requests (a fixed pseudo-random choice) are answered, half
+    /// 429 `rate_limit_exceeded` with `Retry-After` as an HTTP date (the next second, as Attio
+    /// sends it), half 500; both close the connection.
+    pub fn set_flaky(&self, percent: u64) {
+        self.state.flaky_percent.store(percent, Ordering::SeqCst);
+    }
+
+    /// Each new connection is accepted only after `delay`, one at a time.
+    pub fn set_connect_delay(&self, delay: Duration) {
+        self.connect_delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// Requests answered with a flaky failure (429 or 500) so far.
+    pub fn flaky_failures(&self) -> u64 {
+        self.state.failed.load(Ordering::SeqCst)
     }
 
     pub fn base_url(&self) -> String {
@@ -257,6 +315,35 @@ async fn answer(State(state): State<Arc<FakeState>>, request: Request<Body>) -> 
     let delay = state.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let percent = state.flaky_percent.load(Ordering::SeqCst);
+    if percent > 0 {
+        let n = state.answered.fetch_add(1, Ordering::SeqCst);
+        // A fixed pseudo-random sequence (Fibonacci hashing): the same run every time.
+        let draw = (n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) % 100;
+        if draw < percent {
+            let failures = state.failed.fetch_add(1, Ordering::SeqCst);
+            let mut response = if failures % 2 == 0 {
+                let retry_at = SystemTime::now() + Duration::from_secs(1);
+                let mut response = error(
+                    429,
+                    "rate_limit_error",
+                    "rate_limit_exceeded",
+                    "Rate limit exceeded, please try again later",
+                );
+                response.headers_mut().insert(
+                    "retry-after",
+                    httpdate::fmt_http_date(retry_at).parse().unwrap(),
+                );
+                response
+            } else {
+                error(500, "api_error", "internal_server_error", "Flaky (fake)")
+            };
+            response
+                .headers_mut()
+                .insert("connection", "close".parse().unwrap());
+            return response;
+        }
     }
     let scripted = {
         let mut queue = state.scripted.lock().unwrap();

@@ -301,9 +301,18 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `attio-webhooks serve` with `config_file`, in `workdir`, with extra environment.
     pub fn start(workdir: &Path, config_file: &Path, env: &[(&str, &str)]) -> Daemon {
-        let port = free_port();
+        Self::start_on(free_port(), workdir, config_file, env)
+    }
+
+    /// [`Daemon::start`] on a given port (to restart on the same address); the log file is
+    /// appended to, so a restart keeps the earlier lives' logs.
+    pub fn start_on(port: u16, workdir: &Path, config_file: &Path, env: &[(&str, &str)]) -> Daemon {
         let stderr_path = workdir.join(format!("daemon-{port}.log"));
-        let stderr = std::fs::File::create(&stderr_path).unwrap();
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&stderr_path)
+            .unwrap();
         let mut command = Command::new(binary());
         command
             .arg("serve")

@@ -10,6 +10,7 @@ mod cli;
 mod contract;
 mod deploy;
 mod enrichment;
+mod faults;
 mod ingress;
 mod lifecycle;
 mod observability;

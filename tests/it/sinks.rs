@@ -678,3 +678,81 @@ async fn replay_for_one_sink_repeats_only_that_sink() {
     );
     daemon.kill();
 }
+
+#[tokio::test]
+async fn a_collapsed_line_the_sink_refuses_is_retried_until_every_event_of_the_group_got_through() {
+    const OBJECT: &str = "97052eb9-e65e-443f-a297-f2d9a4a7f795";
+    const ATTRIBUTES: [&str; 3] = [
+        "41252299-f8c7-4b5e-99c9-4ff8321d2f96",
+        "6f7b1c9e-2a55-4d43-9d0e-3f5b2b1a0c11",
+        "0c0e6a44-5b7d-4f0b-8e63-96e1c1f0d2a7",
+    ];
+    let fake = crate::fake_attio::FakeAttio::start().await;
+    fake.set_slug(OBJECT, "deals");
+    for (attribute, slug) in ATTRIBUTES.iter().zip(["stage", "amount", "owner"]) {
+        fake.set_slug(attribute, slug);
+    }
+    // The group's one line is refused once; what comes after must still carry every event.
+    let (receiver, addr) = Receiver::spawn(1, 503).await;
+    let routes = format!(
+        "{}[[routes]]\nname = \"changes\"\nevents = [\"record.updated\"]\nsinks = [\"hook\"]\ncollapse = true\n",
+        http_sink("hook", addr, "attempts = 5")
+    );
+    let app = TestApp::builder()
+        .toml(&fake.attio_toml(""))
+        .toml("[enrichment]\ncoalesce_window = \"500ms\"")
+        .routes(&routes)
+        .spawn()
+        .await;
+    for (n, attribute) in ATTRIBUTES.iter().enumerate() {
+        let body = serde_json::to_vec(&serde_json::json!({
+            "webhook_id": "23e42eaf-323a-41da-b5bb-fd67eebda553",
+            "events": [{
+                "event_type": "record.updated",
+                "id": {
+                    "workspace_id": "14beef7a-99f7-4534-a87e-70b564330a4c",
+                    "object_id": OBJECT,
+                    "record_id": "00000000-0000-4000-8000-000000000007",
+                    "attribute_id": attribute
+                },
+                "actor": {"type": "workspace-member", "id": "50cf242c-7fa3-4cad-87d0-75b1af71c57b"}
+            }]
+        }))
+        .unwrap();
+        let response = app.post_signed(&body, Some(&format!("group-{n}"))).await;
+        assert_eq!(response.status(), 200);
+    }
+    let deadline = Instant::now() + WAIT;
+    while backlog(&app).await != 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(backlog(&app).await, 0, "every event finished");
+    let received = receiver.received();
+    assert_eq!(received[0].status, 503);
+    let first: Vec<Value> = received[0].json()["collapsed_event_ids"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        first.len(),
+        3,
+        "the first attempt was one line for the group"
+    );
+    let mut delivered: Vec<String> = received
+        .iter()
+        .filter(|r| r.status == 200)
+        .flat_map(|r| {
+            r.json()["collapsed_event_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|id| id.as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    delivered.sort();
+    assert_eq!(delivered, ["group-0:0", "group-1:0", "group-2:0"]);
+    let stopped = app.stop().await;
+    let journal = SqliteJournal::open(&stopped.storage.join("journal.sqlite3")).unwrap();
+    assert!(journal.dead_letters(10).await.unwrap().is_empty());
+}

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Long fault tests (issue 6): the suite's fault tests (tests/it/faults/) with the issue's
+# numbers, built in release. Prints PASS/FAIL per scenario with its figures; exits non-zero if
+# any failed. Needs Redis on 127.0.0.1:6379 and redis-server installed (as `cargo test` does).
+#
+#   scripts/faults.sh                 # every scenario
+#   scripts/faults.sh sigkill         # some of them
+#
+# The numbers can be changed through the same variables (docs/testing.md).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+export FAULTS_DELIVERIES="${FAULTS_DELIVERIES:-20000}"
+export FAULTS_KILLS="${FAULTS_KILLS:-10}"
+export FAULTS_REDIS_PAUSE="${FAULTS_REDIS_PAUSE:-20s}"
+export FAULTS_ATTIO_EVENTS="${FAULTS_ATTIO_EVENTS:-300}"
+
+scenarios=("$@")
+if [ ${#scenarios[@]} -eq 0 ]; then
+    scenarios=(sigkill redis_outage flaky_attio sink_down journal_scan takeover torn_line)
+fi
+
+echo "building the tests in release..."
+if ! cargo test --release --test it --no-run --quiet; then
+    echo "FAIL build"
+    exit 1
+fi
+
+failed=0
+logs="$(mktemp -d)"
+for scenario in "${scenarios[@]}"; do
+    log="$logs/$scenario.log"
+    started=$(date +%s)
+    if cargo test --release --quiet --test it -- "faults::$scenario" --test-threads=1 --nocapture \
+        >"$log" 2>&1; then
+        result=PASS
+    else
+        result=FAIL
+        failed=1
+    fi
+    seconds=$(($(date +%s) - started))
+    figures=$(grep -o 'FAULTS .*' "$log" | sed 's/^FAULTS //' | paste -sd';' -)
+    echo "$result $scenario (${seconds}s): ${figures:-no figures}"
+    if [ "$result" = FAIL ]; then
+        grep -E "panicked|assert|left:|right:|SKIPPED" "$log" | head -20 | sed 's/^/    /'
+        echo "    full log: $log"
+    fi
+done
+exit "$failed"

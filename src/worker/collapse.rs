@@ -1,0 +1,291 @@
+//! Collapsing: the `record.updated` / `list-entry.updated` events that shared one coalesced
+//! fetch reach the sinks of a route with `collapse = true` as one line.
+//!
+//! In: each event of such a flight, once its line is built, with the collapsing sinks it still
+//! has to reach. Out: for each of those sinks, the result of the one delivery made for the whole
+//! group. The first member with something to deliver leads: it waits until every member of the
+//! flight has arrived (their fetch answered them all at once, so this is quick; [`GATHER`]
+//! bounds it), builds one line per sink from the members that want that sink (the first one's
+//! line plus `changed_attributes` and `collapsed_event_ids`), delivers it, and tells the others
+//! how it went. A member records a sink as done only after the group's line reached it, so a
+//! crash at any point repeats a delivery rather than losing one.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use tokio::sync::{oneshot, Notify};
+
+use crate::attio::single_flight::Joined;
+use crate::sinks::{SinkError, SinkLine};
+
+/// Longest wait of a group's leader for the other members of its flight.
+pub const GATHER: Duration = Duration::from_secs(1);
+
+/// Groups older than this are forgotten (members that never arrived: cancelled by shutdown).
+const STALE: Duration = Duration::from_secs(60);
+
+/// What each collapsing sink answered to the group's line.
+pub type Results = HashMap<String, Result<(), SinkError>>;
+
+/// One event of a flight, with what it wants delivered together.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub event_id: String,
+    /// The changed attribute's slug (its id when the slug is unknown), if the event names one.
+    pub attribute: Option<String>,
+    /// The event's own line.
+    pub line: SinkLine,
+    /// The collapsing sinks this event still has to reach.
+    pub sinks: Vec<String>,
+}
+
+/// This event's part in its group.
+pub enum Role {
+    /// Nothing to deliver together: the event was only counted.
+    Counted,
+    /// Delivers for the group once [`Leader::gather`] returns.
+    Leader(Leader),
+    /// Waits for the leader's results.
+    Follower(oneshot::Receiver<Results>),
+}
+
+pub struct Leader {
+    collapser: Collapser,
+    flight: u64,
+    complete: Arc<Notify>,
+}
+
+struct Group {
+    expected: usize,
+    arrived: usize,
+    has_leader: bool,
+    members: Vec<Member>,
+    followers: Vec<oneshot::Sender<Results>>,
+    complete: Arc<Notify>,
+    opened: tokio::time::Instant,
+}
+
+/// The groups of this process, keyed by flight number.
+#[derive(Clone, Default)]
+pub struct Collapser {
+    groups: Arc<Mutex<HashMap<u64, Group>>>,
+}
+
+/// A group, gathered: every member that arrived (the leader first) and how to answer the others.
+pub struct Gathered {
+    pub members: Vec<Member>,
+    followers: Vec<oneshot::Sender<Results>>,
+}
+
+impl Gathered {
+    /// Tells every follower what the sinks answered.
+    pub fn answer(self, results: &Results) {
+        for follower in self.followers {
+            // A follower that is gone (shutdown) has nothing to record.
+            let _ = follower.send(results.clone());
+        }
+    }
+}
+
+impl Collapser {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Group>> {
+        // Each operation leaves the map consistent before it can panic.
+        self.groups.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers one member of `flight`. Every event of a shared flight must arrive exactly
+    /// once, with empty `sinks` when it has nothing to deliver together, so that the leader
+    /// knows when the group is complete.
+    pub fn arrive(&self, flight: &Joined, member: Member) -> Role {
+        let now = tokio::time::Instant::now();
+        let mut groups = self.lock();
+        groups.retain(|_, group| now.duration_since(group.opened) < STALE);
+        let group = groups.entry(flight.flight).or_insert_with(|| Group {
+            expected: flight.members,
+            arrived: 0,
+            has_leader: false,
+            members: Vec::new(),
+            followers: Vec::new(),
+            complete: Arc::new(Notify::new()),
+            opened: now,
+        });
+        group.arrived += 1;
+        let complete = group.arrived >= group.expected;
+        let role = if member.sinks.is_empty() {
+            Role::Counted
+        } else if !group.has_leader {
+            group.has_leader = true;
+            group.members.insert(0, member);
+            Role::Leader(Leader {
+                collapser: self.clone(),
+                flight: flight.flight,
+                complete: group.complete.clone(),
+            })
+        } else {
+            let (sender, receiver) = oneshot::channel();
+            group.members.push(member);
+            group.followers.push(sender);
+            Role::Follower(receiver)
+        };
+        if complete {
+            // `notify_one` keeps a permit, so a leader that has not started waiting still sees it.
+            group.complete.notify_one();
+            if !group.has_leader {
+                groups.remove(&flight.flight);
+            }
+        }
+        role
+    }
+}
+
+impl Leader {
+    /// Waits until every member arrived (or [`GATHER`] passed), then closes the group: members
+    /// arriving later deliver on their own.
+    pub async fn gather(self) -> Gathered {
+        let _ = tokio::time::timeout(GATHER, self.complete.notified()).await;
+        let group = self.collapser.lock().remove(&self.flight);
+        match group {
+            Some(group) => Gathered {
+                members: group.members,
+                followers: group.followers,
+            },
+            None => Gathered {
+                members: Vec::new(),
+                followers: Vec::new(),
+            },
+        }
+    }
+}
+
+/// The one line `sink` receives for `members` (those of the group that want it, in arrival
+/// order): the first one's line with `changed_attributes` (each slug once) and
+/// `collapsed_event_ids`.
+pub fn collapsed_line(members: &[&Member]) -> Result<SinkLine, SinkError> {
+    let Some(first) = members.first() else {
+        return Err(SinkError::permanent("an empty group has no line"));
+    };
+    let mut line: Map<String, Value> = serde_json::from_slice(&first.line.json)
+        .map_err(|e| SinkError::permanent(format!("cannot read the sink line: {e}")))?;
+    let mut attributes: Vec<Value> = Vec::new();
+    for member in members {
+        if let Some(attribute) = &member.attribute {
+            let attribute = Value::String(attribute.clone());
+            if !attributes.contains(&attribute) {
+                attributes.push(attribute);
+            }
+        }
+    }
+    line.insert("changed_attributes".into(), Value::Array(attributes));
+    line.insert(
+        "collapsed_event_ids".into(),
+        Value::Array(
+            members
+                .iter()
+                .map(|m| Value::String(m.event_id.clone()))
+                .collect(),
+        ),
+    );
+    let json = serde_json::to_vec(&line)
+        .map_err(|e| SinkError::permanent(format!("cannot serialise the sink line: {e}")))?;
+    Ok(SinkLine {
+        id: first.line.id.clone(),
+        event_type: first.line.event_type.clone(),
+        json: Arc::from(json),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: &str, attribute: Option<&str>, sinks: &[&str]) -> Member {
+        let json = serde_json::json!({"id": id, "event_type": "record.updated", "data": {"v": 1}});
+        Member {
+            event_id: id.to_string(),
+            attribute: attribute.map(str::to_string),
+            line: SinkLine {
+                id: Arc::from(id),
+                event_type: Arc::from("record.updated"),
+                json: Arc::from(serde_json::to_vec(&json).unwrap()),
+            },
+            sinks: sinks.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn flight(number: u64, members: usize) -> Joined {
+        Joined {
+            leader: false,
+            flight: number,
+            members,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_first_member_with_sinks_leads_and_gathers_everyone() {
+        let collapser = Collapser::default();
+        let f = flight(7, 3);
+        assert!(matches!(
+            collapser.arrive(&f, member("a", Some("x"), &[])),
+            Role::Counted
+        ));
+        let Role::Leader(leader) = collapser.arrive(&f, member("b", Some("stage"), &["s"])) else {
+            panic!("the first member with sinks leads");
+        };
+        let Role::Follower(follower) = collapser.arrive(&f, member("c", Some("amount"), &["s"]))
+        else {
+            panic!("later members follow");
+        };
+        let started = tokio::time::Instant::now();
+        let gathered = leader.gather().await;
+        assert!(started.elapsed() < GATHER, "a complete group does not wait");
+        let ids: Vec<&str> = gathered
+            .members
+            .iter()
+            .map(|m| m.event_id.as_str())
+            .collect();
+        assert_eq!(ids, ["b", "c"]);
+        let mut results = Results::new();
+        results.insert("s".into(), Ok(()));
+        gathered.answer(&results);
+        assert!(follower.await.unwrap()["s"].is_ok());
+        assert!(collapser.lock().is_empty(), "the group is closed");
+    }
+
+    #[tokio::test]
+    async fn a_member_that_never_arrives_holds_the_leader_only_until_the_gather_limit() {
+        let collapser = Collapser::default();
+        let f = flight(1, 2);
+        let Role::Leader(leader) = collapser.arrive(&f, member("a", None, &["s"])) else {
+            panic!("leads");
+        };
+        let gathered = leader.gather().await;
+        assert_eq!(gathered.members.len(), 1);
+        // A latecomer finds no group: it starts one of its own and leads it.
+        assert!(matches!(
+            collapser.arrive(&f, member("b", None, &["s"])),
+            Role::Leader(_)
+        ));
+    }
+
+    #[test]
+    fn the_collapsed_line_lists_each_attribute_once_and_every_event() {
+        let a = member("k:0", Some("stage"), &["s"]);
+        let b = member("k:1", Some("amount"), &["s"]);
+        let c = member("k:2", Some("stage"), &["s"]);
+        let line = collapsed_line(&[&a, &b, &c]).unwrap();
+        let json: Value = serde_json::from_slice(&line.json).unwrap();
+        assert_eq!(&*line.id, "k:0");
+        assert_eq!(json["id"], "k:0");
+        assert_eq!(
+            json["changed_attributes"],
+            serde_json::json!(["stage", "amount"])
+        );
+        assert_eq!(
+            json["collapsed_event_ids"],
+            serde_json::json!(["k:0", "k:1", "k:2"])
+        );
+        assert_eq!(json["data"], serde_json::json!({"v": 1}));
+    }
+}
