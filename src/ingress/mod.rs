@@ -61,4 +61,27 @@ pub fn router(path: &str, state: Arc<IngressState>) -> Router {
         .with_state(state)
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(axum::middleware::map_request(drop_odd_request_id))
+}
+
+/// Longest `x-request-id` taken from a request; a longer one is replaced by a fresh id.
+pub const MAX_REQUEST_ID: usize = 128;
+
+/// Keeps a caller's `x-request-id` only when it is short visible ASCII, so that what goes into
+/// every log line and the journal stays small and printable; otherwise a fresh id is made.
+async fn drop_odd_request_id(mut request: axum::extract::Request) -> axum::extract::Request {
+    let odd = request
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .is_some_and(|value| !acceptable_request_id(value.as_bytes()));
+    if odd {
+        request.headers_mut().remove(REQUEST_ID_HEADER);
+    }
+    request
+}
+
+fn acceptable_request_id(value: &[u8]) -> bool {
+    !value.is_empty()
+        && value.len() <= MAX_REQUEST_ID
+        && value.iter().all(|b| (0x21..=0x7e).contains(b))
 }

@@ -448,6 +448,29 @@ async fn every_response_carries_a_request_id() {
     assert_eq!(response.headers()["x-request-id"], "req-123");
     let generated = app.post_signed(&record_updated_body(1), Some("rid")).await;
     assert!(!generated.headers()["x-request-id"].is_empty());
+    // An id too long or with spaces in it is not carried into logs: a fresh one replaces it.
+    for odd in ["x".repeat(129), "two words".to_string()] {
+        let response = app
+            .client
+            .post(app.url("/webhooks/attio"))
+            .header("x-request-id", odd.as_str())
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        let answered = response.headers()["x-request-id"].to_str().unwrap();
+        assert!(answered != odd && !answered.is_empty() && answered.len() <= 128);
+    }
+    let longest = "y".repeat(128);
+    let response = app
+        .client
+        .post(app.url("/webhooks/attio"))
+        .header("x-request-id", longest.as_str())
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], longest.as_str());
 }
 
 #[tokio::test]
