@@ -23,7 +23,8 @@
 //!   of both as checks shared by the property tests and the fuzz targets in `fuzz/`.
 //! - `journal`: durable store of accepted deliveries (SQLite with group commit, or a Redis
 //!   stream shared by replicas), dead letters.
-//! - `worker`: takes events from the channel and the journal, drives them to the sinks.
+//! - `worker`: takes events from the channel and the journal, drives them to the sinks
+//!   (`worker::collapse`: one line for the updates that shared a fetch, on `collapse = true` routes).
 //! - `dedupe`: two-phase claim → done, on Redis or embedded.
 //! - `routing`: rules that match events to sinks (event-type patterns, `object` / `list` /
 //!   `attribute` keys, Attio-style filters).
