@@ -444,24 +444,5 @@ async fn updates_that_shared_a_fetch_reach_a_collapsing_route_as_one_line() {
     assert_eq!(eight["collapsed_event_ids"], json!(["c-5:0"]));
     assert_eq!(record_fetches(&fake), 2, "one fetch per record");
     // Every event of the group is done, followers included: the backlog drains to zero.
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let ready: Value = app
-            .client
-            .get(app.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if ready["checks"]["backlog"] == 0 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "backlog stays: {ready}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    assert_eq!(app.wait_until_drained(WAIT).await, 0);
 }

@@ -225,6 +225,32 @@ impl TestApp {
     }
 
     /// Stops the app and waits for it to exit cleanly.
+    /// The journal's pending events, as `/readyz` reports them.
+    pub async fn backlog(&self) -> u64 {
+        let ready: Value = self
+            .client
+            .get(self.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ready["checks"]["backlog"].as_u64().unwrap()
+    }
+
+    /// Waits until no event is pending (or `timeout` passed); returns the last backlog seen.
+    pub async fn wait_until_drained(&self, timeout: Duration) -> u64 {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let backlog = self.backlog().await;
+            if backlog == 0 || std::time::Instant::now() > deadline {
+                return backlog;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn stop(mut self) -> TestStopped {
         self.shutdown.cancel();
         if let Some(handle) = self.handle.take() {
@@ -401,4 +427,99 @@ pub async fn post_signed_to(
         request = request.header("idempotency-key", key);
     }
     request.send().await
+}
+
+/// A private redis-server on a port of its own, in its own directory, that a test stops and
+/// starts again. `None` when `redis-server` is not installed (`.ci/run` installs it).
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    dir: tempfile::TempDir,
+    persistence: &'static [&'static str],
+}
+
+impl RedisServer {
+    /// Without persistence: a restart starts empty, as after losing the machine.
+    pub async fn ephemeral() -> Option<RedisServer> {
+        Self::start(&["--save", "", "--appendonly", "no"]).await
+    }
+
+    /// With AOF fsynced on every write: a restart keeps whatever was acknowledged.
+    pub async fn with_aof() -> Option<RedisServer> {
+        Self::start(&[
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+        ])
+        .await
+    }
+
+    async fn start(persistence: &'static [&'static str]) -> Option<RedisServer> {
+        let installed = Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !installed {
+            return None;
+        }
+        let mut server = RedisServer {
+            child: None,
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            persistence,
+        };
+        server.resume().await;
+        Some(server)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again) on its port and waits until it answers PING.
+    pub async fn resume(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(self.persistence)
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        self.child = Some(child);
+        let client = redis::Client::open(self.url()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut connection) = client.get_multiplexed_async_connection().await {
+                let pong: redis::RedisResult<String> =
+                    redis::cmd("PING").query_async(&mut connection).await;
+                if pong.is_ok() {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops the server with SIGKILL: nothing that was not already on disk survives.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }

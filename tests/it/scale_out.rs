@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,7 +14,7 @@ use secrecy::SecretString;
 use serde_json::Value;
 
 use crate::helpers::{
-    free_port, post_signed_to, read_jsonl, record_updated_body, unique_prefix, Daemon, TestApp,
+    post_signed_to, read_jsonl, record_updated_body, unique_prefix, Daemon, RedisServer, TestApp,
     REDIS_URL, SECRET,
 };
 
@@ -375,77 +375,6 @@ async fn pending_of(prefix: &str, consumer: &str) -> u64 {
         .sum()
 }
 
-/// A private redis-server with AOF fsynced on every write, in its own directory.
-struct OwnRedis {
-    child: Option<Child>,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl OwnRedis {
-    async fn start() -> OwnRedis {
-        let mut redis = OwnRedis {
-            child: None,
-            port: free_port(),
-            dir: tempfile::tempdir().unwrap(),
-        };
-        redis.spawn().await;
-        redis
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    async fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-            ])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed");
-        self.child = Some(child);
-        let client = redis::Client::open(self.url()).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(mut connection) = client.get_multiplexed_async_connection().await {
-                let pong: redis::RedisResult<String> =
-                    redis::cmd("PING").query_async(&mut connection).await;
-                if pong.is_ok() {
-                    return;
-                }
-            }
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// SIGKILL: no chance to write anything that was not already on disk.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 #[derive(Debug, Clone)]
 struct Answer {
     sent: Instant,
@@ -456,7 +385,9 @@ struct Answer {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restart_loses_no_acknowledged_event_and_ingress_answers_503_while_it_is_down() {
-    let mut redis = OwnRedis::start().await;
+    let mut redis = RedisServer::with_aof()
+        .await
+        .expect("redis-server is installed (.ci/run installs it)");
     let prefix = unique_prefix();
     let app = TestApp::builder()
         .toml(&redis_queue(&redis.url(), &prefix))
@@ -501,14 +432,14 @@ async fn a_redis_restart_loses_no_acknowledged_event_and_ingress_answers_503_whi
     }
 
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    redis.kill();
+    redis.stop();
     let down_at = Instant::now();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (status, readiness) = ready(&app.client, &app.url("/readyz")).await;
     assert_eq!(status, 503, "not ready while Redis is down: {readiness}");
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let restart_at = Instant::now();
-    redis.spawn().await;
+    redis.resume().await;
 
     // Readiness recovers by itself, and deliveries are accepted again.
     let deadline = Instant::now() + Duration::from_secs(20);

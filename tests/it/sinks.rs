@@ -178,19 +178,6 @@ async fn wait_for_dead_letter(storage: &Path, id: &str) -> Option<DeadLetter> {
     }
 }
 
-async fn backlog(app: &TestApp) -> u64 {
-    let ready: Value = app
-        .client
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    ready["checks"]["backlog"].as_u64().unwrap()
-}
-
 #[tokio::test]
 async fn http_sink_requests_carry_a_valid_standard_webhooks_signature_and_static_headers() {
     let (receiver, addr) = Receiver::spawn(0, 500).await;
@@ -262,10 +249,10 @@ async fn a_sink_that_fails_twice_then_succeeds_gets_the_event_once_on_the_third_
     assert!(received.iter().all(|r| r.signature_valid));
     // Done: out of the journal, not dead, and the healthy sink was not repeated.
     let deadline = Instant::now() + WAIT;
-    while backlog(&app).await != 0 && Instant::now() < deadline {
+    while app.backlog().await != 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(backlog(&app).await, 0);
+    assert_eq!(app.backlog().await, 0);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(receiver.received().len(), 3, "nothing after the success");
     assert_eq!(read_jsonl(&good).len(), 1, "the healthy sink got it once");
@@ -475,7 +462,7 @@ async fn a_command_exiting_non_zero_is_retried() {
         assert!(Instant::now() < deadline, "attempts so far: {attempts:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    while backlog(&app).await != 0 {
+    while app.backlog().await != 0 {
         assert!(Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -723,10 +710,10 @@ async fn a_collapsed_line_the_sink_refuses_is_retried_until_every_event_of_the_g
         assert_eq!(response.status(), 200);
     }
     let deadline = Instant::now() + WAIT;
-    while backlog(&app).await != 0 && Instant::now() < deadline {
+    while app.backlog().await != 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(backlog(&app).await, 0, "every event finished");
+    assert_eq!(app.backlog().await, 0, "every event finished");
     let received = receiver.received();
     assert_eq!(received[0].status, 503);
     let first: Vec<Value> = received[0].json()["collapsed_event_ids"]

@@ -5,7 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use super::{env_duration, jsonl_sink, read_sink, sink_path, wait_for_all, Load, RedisServer};
+use super::{env_duration, jsonl_sink, read_sink, sink_path, wait_for_all, Load};
+use crate::helpers::RedisServer;
 use crate::helpers::TestApp;
 
 /// How long events claimed just before the stop may still take to reach the sink.
@@ -13,7 +14,7 @@ const SETTLE: Duration = Duration::from_secs(2);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_stopped_mid_load_pauses_processing_while_ingress_keeps_acknowledging() {
-    let Some(mut redis) = RedisServer::start().await else {
+    let Some(mut redis) = RedisServer::ephemeral().await else {
         eprintln!("SKIPPED: redis-server is not installed (.ci/run installs it)");
         return;
     };
