@@ -96,9 +96,9 @@ impl Collapser {
     }
 
     /// Registers one member of `flight`. Every event of a shared flight must arrive exactly
-    /// once, with empty `sinks` when it has nothing to deliver together, so that the leader
-    /// knows when the group is complete.
-    pub fn arrive(&self, flight: &Joined, member: Member) -> Role {
+    /// once, with `None` when it has nothing to deliver together, so that the leader knows when
+    /// the group is complete.
+    pub fn arrive(&self, flight: &Joined, member: Option<Member>) -> Role {
         let now = tokio::time::Instant::now();
         let mut groups = self.lock();
         groups.retain(|_, group| now.duration_since(group.opened) < STALE);
@@ -113,21 +113,24 @@ impl Collapser {
         });
         group.arrived += 1;
         let complete = group.arrived >= group.expected;
-        let role = if member.sinks.is_empty() {
-            Role::Counted
-        } else if !group.has_leader {
-            group.has_leader = true;
-            group.members.insert(0, member);
-            Role::Leader(Leader {
-                collapser: self.clone(),
-                flight: flight.flight,
-                complete: group.complete.clone(),
-            })
-        } else {
-            let (sender, receiver) = oneshot::channel();
-            group.members.push(member);
-            group.followers.push(sender);
-            Role::Follower(receiver)
+        let role = match member.filter(|m| !m.sinks.is_empty()) {
+            None => Role::Counted,
+            Some(member) => {
+                if !group.has_leader {
+                    group.has_leader = true;
+                    group.members.insert(0, member);
+                    Role::Leader(Leader {
+                        collapser: self.clone(),
+                        flight: flight.flight,
+                        complete: group.complete.clone(),
+                    })
+                } else {
+                    let (sender, receiver) = oneshot::channel();
+                    group.members.push(member);
+                    group.followers.push(sender);
+                    Role::Follower(receiver)
+                }
+            }
         };
         if complete {
             // `notify_one` keeps a permit, so a leader that has not started waiting still sees it.
@@ -226,14 +229,13 @@ mod tests {
     async fn the_first_member_with_sinks_leads_and_gathers_everyone() {
         let collapser = Collapser::default();
         let f = flight(7, 3);
-        assert!(matches!(
-            collapser.arrive(&f, member("a", Some("x"), &[])),
-            Role::Counted
-        ));
-        let Role::Leader(leader) = collapser.arrive(&f, member("b", Some("stage"), &["s"])) else {
+        assert!(matches!(collapser.arrive(&f, None), Role::Counted));
+        let Role::Leader(leader) = collapser.arrive(&f, Some(member("b", Some("stage"), &["s"])))
+        else {
             panic!("the first member with sinks leads");
         };
-        let Role::Follower(follower) = collapser.arrive(&f, member("c", Some("amount"), &["s"]))
+        let Role::Follower(follower) =
+            collapser.arrive(&f, Some(member("c", Some("amount"), &["s"])))
         else {
             panic!("later members follow");
         };
@@ -257,14 +259,14 @@ mod tests {
     async fn a_member_that_never_arrives_holds_the_leader_only_until_the_gather_limit() {
         let collapser = Collapser::default();
         let f = flight(1, 2);
-        let Role::Leader(leader) = collapser.arrive(&f, member("a", None, &["s"])) else {
+        let Role::Leader(leader) = collapser.arrive(&f, Some(member("a", None, &["s"]))) else {
             panic!("leads");
         };
         let gathered = leader.gather().await;
         assert_eq!(gathered.members.len(), 1);
         // A latecomer finds no group: it starts one of its own and leads it.
         assert!(matches!(
-            collapser.arrive(&f, member("b", None, &["s"])),
+            collapser.arrive(&f, Some(member("b", None, &["s"]))),
             Role::Leader(_)
         ));
     }

@@ -405,28 +405,25 @@ async fn attempt(pipeline: &Pipeline, event: &JournaledEvent) -> Outcome {
         .filter(|t| !progress.sinks_done.iter().any(|d| d == t.name))
         .collect();
     let mut failures: Vec<(String, SinkError)> = Vec::new();
-    let count_in = |line: Option<&SinkLine>, sinks: Vec<String>| {
+    // `None`: the event has nothing to deliver together and is only counted.
+    let count_in = |together: Option<(&SinkLine, Vec<String>)>| {
         group.as_ref().map(|shared| {
-            let member = collapse::Member {
+            let member = together.map(|(line, sinks)| collapse::Member {
                 event_id: event.id.clone(),
                 attribute: changed_attribute(&kind, event, &enrichment),
-                line: line.cloned().unwrap_or_else(|| SinkLine {
-                    id: event.id.as_str().into(),
-                    event_type: event.event_type.as_str().into(),
-                    json: Arc::from(Vec::new()),
-                }),
+                line: line.clone(),
                 sinks,
-            };
+            });
             pipeline.collapser.arrive(shared, member)
         })
     };
     if pending.is_empty() {
-        count_in(None, Vec::new());
+        count_in(None);
         if targets.is_empty() {
             tracing::debug!("no route matches; nothing to deliver");
         }
     } else if let Some(error) = enrichment_failure(&enrichment, wanted) {
-        count_in(None, Vec::new());
+        count_in(None);
         tracing::warn!(error = %error.message, "enrichment failed");
         for sink in pending {
             *progress
@@ -443,7 +440,9 @@ async fn attempt(pipeline: &Pipeline, event: &JournaledEvent) -> Outcome {
                     .partition(|sink| group.is_some() && sink.collapse);
                 let together: Vec<String> =
                     together.iter().map(|sink| sink.name.to_string()).collect();
-                let role = count_in(Some(&line), together.clone());
+                let role = count_in(
+                    Some((&line, together.clone())).filter(|(_, sinks)| !sinks.is_empty()),
+                );
                 // A collapsing sink gets the same shape for an event that shared its fetch with
                 // no other (a group of one).
                 let alone_line = if alone.iter().any(|sink| sink.collapse)
@@ -509,7 +508,7 @@ async fn attempt(pipeline: &Pipeline, event: &JournaledEvent) -> Outcome {
             }
             // The event itself cannot be turned into a line: no sink can take it.
             Err(error) => {
-                count_in(None, Vec::new());
+                count_in(None);
                 for sink in pending {
                     *progress
                         .sink_attempts
