@@ -229,22 +229,8 @@ async fn a_permanent_enrichment_error_dead_letters_the_event() {
         r#"{"status_code":400,"type":"invalid_request_error","code":"validation_type","message":"bad id"}"#,
     );
     app.post_signed(&record_updated_body(1), Some("bad")).await;
-    let deadline = std::time::Instant::now() + WAIT;
-    let stopped = loop {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let ready: Value = app
-            .client
-            .get(app.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if ready["checks"]["backlog"] == 0 || std::time::Instant::now() > deadline {
-            break app.stop().await;
-        }
-    };
+    assert_eq!(app.wait_until_drained(WAIT).await, 0);
+    let stopped = app.stop().await;
     assert!(crate::helpers::read_jsonl(&stopped.sink_path).is_empty());
     let journal =
         attio_webhooks::journal::SqliteJournal::open(&stopped.storage.join("journal.sqlite3"))

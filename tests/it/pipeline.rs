@@ -157,22 +157,8 @@ async fn a_failing_sink_is_retried_then_dead_lettered_with_its_error() {
         .await;
     assert_eq!(response.status(), 200);
     // Three attempts with 50-200 ms backoff, then the dead letters.
-    let deadline = std::time::Instant::now() + WAIT;
-    let stopped = loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let ready: Value = app
-            .client
-            .get(app.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if ready["checks"]["backlog"] == 0 || std::time::Instant::now() > deadline {
-            break app.stop().await;
-        }
-    };
+    assert_eq!(app.wait_until_drained(WAIT).await, 0);
+    let stopped = app.stop().await;
     // The sink that worked got the event once, not once per attempt.
     assert_eq!(crate::helpers::read_jsonl(&good).len(), 1);
     let journal =
