@@ -294,11 +294,14 @@ pub async fn wait_for_jsonl(path: &Path, count: usize, timeout: Duration) -> Vec
     }
 }
 
-/// A Redis connection for assertions.
+/// A Redis connection for assertions. It waits up to 10 s for an answer (the crate's default is
+/// 500 ms): the Redis the tests share may be busy with a benchmark or another test binary.
 pub async fn redis() -> redis::aio::MultiplexedConnection {
+    let config =
+        redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(10)));
     redis::Client::open(REDIS_URL)
         .unwrap()
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&config)
         .await
         .expect("Redis on 127.0.0.1:6379 (start it with redis-server)")
 }

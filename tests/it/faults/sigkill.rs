@@ -27,7 +27,7 @@ async fn sigkill_during_a_load_loses_no_acknowledged_event_and_repeats_are_bound
         format!(
             "[storage]\npath = {:?}\n\
              [worker]\nconcurrency = {CONCURRENCY}\nretry_initial = \"50ms\"\nretry_max = \"200ms\"\npoll_interval = \"100ms\"\n\
-             [dedupe]\nclaim_lease = \"10m\"\n\
+             [dedupe]\nclaim_lease = \"10m\"\ndone_ttl = \"10m\"\n\
              [redis]\nurl = \"{REDIS_URL}\"\nkey_prefix = \"{}\"\n{}",
             dir.path().join("data").display().to_string(),
             unique_prefix(),
