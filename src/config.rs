@@ -189,6 +189,9 @@ pub enum LogFormat {
 pub struct LogSettings {
     pub format: LogFormat,
     pub level: String,
+    /// Lines `serve` may hold for its log-writing thread before it drops new ones (counted in
+    /// `attio_webhooks_log_lines_dropped_total`), so that a stalled stderr never stalls ingress.
+    pub queue_lines: usize,
 }
 
 /// How the daemon talks to Attio's REST API (the `attio` module).
@@ -650,6 +653,12 @@ impl Settings {
             return Err(ConfigError::invalid(
                 "server.body_limit",
                 "must be greater than 0 (bytes)",
+            ));
+        }
+        if self.log.queue_lines == 0 {
+            return Err(ConfigError::invalid(
+                "log.queue_lines",
+                "must be greater than 0 (lines held for the log writer)",
             ));
         }
         if for_daemon && self.webhook.secrets.is_empty() {
@@ -1223,6 +1232,13 @@ mod tests {
         )
         .unwrap_err();
         assert!(error.to_string().contains("done_ttl"), "{error}");
+    }
+
+    #[test]
+    fn an_empty_log_queue_is_refused_with_its_key() {
+        let error = Settings::from_toml("test", "[webhook]\nsecrets=[\"s\"]\n[log]\nqueue_lines=0")
+            .unwrap_err();
+        assert!(error.to_string().contains("log.queue_lines"), "{error}");
     }
 
     #[test]

@@ -33,7 +33,8 @@
 //!   models, schema cache).
 //! - `sinks`: one file per sink kind (jsonl/stdout, http, redis_stream, command).
 //! - `app`: builds the daemon from settings; graceful shutdown.
-//! - `telemetry`: logging.
+//! - `telemetry`: logging (`serve` writes from a thread of its own, so a stalled stderr drops
+//!   lines instead of stalling the daemon).
 //! - `metrics`: Prometheus registry and metric names.
 //! - `cli`: the command line: `serve`, `dead-letters list|show|replay`,
 //!   `webhooks list|get|create|update|delete` (Attio subscriptions), and the developer tools

@@ -34,6 +34,8 @@ pub const ATTIO_RETRIES: &str = "attio_webhooks_attio_retries_total";
 pub const ATTIO_RATE_LIMIT_WAIT: &str = "attio_webhooks_attio_rate_limit_wait_seconds_total";
 /// Time to enrich one event, seconds.
 pub const ENRICHMENT_DURATION: &str = "attio_webhooks_enrichment_duration_seconds";
+/// Log lines dropped because standard error could not keep up (`log.queue_lines`).
+pub const LOG_LINES_DROPPED: &str = "attio_webhooks_log_lines_dropped_total";
 
 const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -97,5 +99,9 @@ fn describe() {
         ENRICHMENT_DURATION,
         metrics::Unit::Seconds,
         "Time to enrich one event"
+    );
+    metrics::describe_counter!(
+        LOG_LINES_DROPPED,
+        "Log lines dropped because standard error could not keep up"
     );
 }

@@ -30,7 +30,8 @@ pub fn run(args: ServeArgs, options: LoadOptions) -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    crate::telemetry::init(&settings.log);
+    // Held until `run` returns: dropping it writes out the lines still queued for stderr.
+    let _log_writer = crate::telemetry::init(&settings.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

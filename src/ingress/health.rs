@@ -57,6 +57,8 @@ pub async fn metrics(State(state): State<Arc<IngressState>>) -> Response {
         return (StatusCode::NOT_FOUND, "metrics recorder not installed").into_response();
     };
     metrics::gauge!(crate::metrics::JOURNAL_BACKLOG).set(state.journal.backlog() as f64);
+    metrics::counter!(crate::metrics::LOG_LINES_DROPPED)
+        .absolute(crate::telemetry::dropped_lines());
     match state.journal.oldest_pending_age().await {
         Ok(age) => metrics::gauge!(crate::metrics::OLDEST_PENDING_AGE)
             .set(age.map_or(0.0, |a| a.as_secs_f64())),

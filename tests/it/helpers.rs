@@ -342,6 +342,31 @@ impl Daemon {
             .append(true)
             .open(&stderr_path)
             .unwrap();
+        Self::spawn(port, workdir, config_file, env, stderr.into(), stderr_path)
+    }
+
+    /// [`Daemon::start`] with standard error on a pipe that the caller holds, and may never read
+    /// (`Daemon::stderr` is then empty).
+    pub fn start_with_stderr_pipe(
+        workdir: &Path,
+        config_file: &Path,
+        env: &[(&str, &str)],
+    ) -> (Daemon, std::process::ChildStderr) {
+        let port = free_port();
+        let stderr_path = workdir.join(format!("daemon-{port}.piped"));
+        let mut daemon = Self::spawn(port, workdir, config_file, env, Stdio::piped(), stderr_path);
+        let pipe = daemon.child.stderr.take().expect("stderr is piped");
+        (daemon, pipe)
+    }
+
+    fn spawn(
+        port: u16,
+        workdir: &Path,
+        config_file: &Path,
+        env: &[(&str, &str)],
+        stderr: Stdio,
+        stderr_path: PathBuf,
+    ) -> Daemon {
         let mut command = Command::new(binary());
         command
             .arg("serve")

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use crate::helpers::{record_updated_body, TestApp};
+use crate::helpers::{
+    post_signed_to, record_updated_body, wait_for_jsonl, Daemon, TestApp, SECRET,
+};
 
 /// The value of one series in a Prometheus text exposition (0 when absent).
 fn series(text: &str, name_and_labels: &str) -> f64 {
@@ -100,4 +102,59 @@ async fn an_admin_listener_takes_metrics_off_the_public_port() {
         .await
         .unwrap();
     assert_eq!(ready.status(), 200);
+}
+
+#[tokio::test]
+async fn a_stalled_log_pipe_does_not_stall_ingress() {
+    const DELIVERIES: usize = 600;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = dir.path().join("events.jsonl");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\npath = {:?}\n\
+             [log]\nlevel = \"debug\"\nqueue_lines = 50\n\
+             [sinks.file]\nkind = \"jsonl\"\npath = {:?}\n\
+             [[routes]]\nname = \"all\"\nevents = [\"*\"]\nsinks = [\"file\"]\n",
+            dir.path().join("data").display().to_string(),
+            sink.display().to_string(),
+        ),
+    )
+    .unwrap();
+    // Standard error is a pipe that nobody reads: once its buffer (64 KiB on Linux) is full, a
+    // write to it blocks. Debug logs fill it within the first hundred deliveries.
+    let (mut daemon, _unread) =
+        Daemon::start_with_stderr_pipe(dir.path(), &config, &[("ATTIO_WEBHOOK_SECRET", SECRET)]);
+    daemon.wait_healthy(Duration::from_secs(20)).await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    for n in 0..DELIVERIES {
+        let response = post_signed_to(
+            &client,
+            &daemon.url("/webhooks/attio"),
+            &record_updated_body(n),
+            Some(&format!("stalled-log-{n}")),
+        )
+        .await
+        .unwrap_or_else(|error| panic!("delivery {n} was not answered: {error}"));
+        assert_eq!(response.status(), 200, "delivery {n}");
+    }
+    let lines = wait_for_jsonl(&sink, DELIVERIES, Duration::from_secs(30)).await;
+    assert_eq!(lines.len(), DELIVERIES, "every event reaches the sink");
+    let metrics = client
+        .get(daemon.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let dropped = series(&metrics, "attio_webhooks_log_lines_dropped_total");
+    assert!(
+        dropped > 0.0,
+        "the lines that did not fit are counted\n{metrics}"
+    );
 }
