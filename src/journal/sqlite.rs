@@ -215,7 +215,7 @@ impl SqliteJournal {
         };
         connection.pragma_update(None, "synchronous", synchronous)?;
         connection.execute_batch(SCHEMA)?;
-        migrate(&mut connection)?;
+        migrate(&mut connection, &file_identity(path)?)?;
         let id: String = connection.query_row(
             "SELECT value FROM meta WHERE key = 'journal_id'",
             [],
@@ -237,9 +237,10 @@ impl SqliteJournal {
         })
     }
 
-    /// This journal's identity: random, made when the database was created, kept in it. Redis
-    /// claims carry it, so that the next run of the same journal recognises claims its killed
-    /// predecessor left (see `dedupe::redis`).
+    /// This journal's identity: random, made when the database was created, kept in it, and made
+    /// anew when the database turns out to be a copy (see `migrate`). Redis claims carry it, so
+    /// that the next run of the same journal recognises claims its killed predecessor left (see
+    /// `dedupe::redis`).
     pub fn id(&self) -> &str {
         &self.id
     }
@@ -424,8 +425,22 @@ fn parse_map(text: &str) -> BTreeMap<String, u32> {
     serde_json::from_str(text).unwrap_or_default()
 }
 
-/// Brings a database made by an older version up to this schema.
-fn migrate(connection: &mut Connection) -> Result<(), JournalError> {
+/// The database file as the file system knows it: device and inode. A rename or a move within
+/// the file system keeps it; a copy (to another host, or restored from a backup) does not.
+fn file_identity(path: &Path) -> Result<String, JournalError> {
+    use std::os::unix::fs::MetadataExt;
+    let metadata = std::fs::metadata(path).map_err(|e| {
+        JournalError::Storage(format!("cannot read the journal {}: {e}", path.display()))
+    })?;
+    Ok(format!("{}:{}", metadata.dev(), metadata.ino()))
+}
+
+/// Brings a database made by an older version up to this schema, and gives it its journal id:
+/// a fresh one when the database is new, or when it is not the file (`file`, see
+/// [`file_identity`]) the id was made in. A copy that kept its original's id would take over the
+/// original's Redis claims as if it were the original's killed predecessor, and the original
+/// would take over the copy's.
+fn migrate(connection: &mut Connection, file: &str) -> Result<(), JournalError> {
     // IMMEDIATE: two processes opening an old database at once must not both add the column.
     let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let has_sink_attempts = tx
@@ -434,9 +449,27 @@ fn migrate(connection: &mut Connection) -> Result<(), JournalError> {
     if !has_sink_attempts {
         tx.execute_batch("ALTER TABLE events ADD COLUMN sink_attempts TEXT NOT NULL DEFAULT '{}'")?;
     }
+    let made_in: Option<String> = tx
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'journal_file'",
+            [],
+            |row| row.get(0),
+        )
+        .optional()?;
+    if made_in.is_some_and(|made_in| made_in != file) {
+        tracing::warn!(
+            "the journal is a copy of another file (copied or restored); it takes a journal id \
+             of its own, so the original's Redis claims wait out their lease"
+        );
+        tx.execute("DELETE FROM meta WHERE key = 'journal_id'", [])?;
+    }
     tx.execute(
         "INSERT OR IGNORE INTO meta (key, value) VALUES ('journal_id', ?1)",
         params![uuid::Uuid::new_v4().simple().to_string()],
+    )?;
+    tx.execute(
+        "INSERT OR REPLACE INTO meta (key, value) VALUES ('journal_file', ?1)",
+        params![file],
     )?;
     tx.commit()?;
     Ok(())
@@ -617,6 +650,9 @@ fn writer_loop(
             reply.answer(&committed, &backlog);
         }
         if let Some(done) = close {
+            // Closed before answering (SQLite checkpoints the WAL and removes it), so that the
+            // caller finds the database whole in its one file.
+            drop(connection);
             let _ = done.send(());
             return;
         }
@@ -1210,6 +1246,45 @@ mod tests {
         assert_eq!(journal.backlog(), 2);
         let due = journal.due(10).await.unwrap();
         assert_eq!(due, events);
+    }
+
+    #[tokio::test]
+    async fn a_copied_journal_takes_its_own_id_and_a_moved_one_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let original = dir.path().join("j.sqlite3");
+        let journal = SqliteJournal::open(&original).unwrap();
+        let id = journal.id().to_string();
+        journal.close().await;
+
+        let journal = SqliteJournal::open(&original).unwrap();
+        assert_eq!(journal.id(), id, "reopening keeps the id");
+        journal.close().await;
+
+        let moved = dir.path().join("moved.sqlite3");
+        std::fs::rename(&original, &moved).unwrap();
+        let journal = SqliteJournal::open(&moved).unwrap();
+        assert_eq!(
+            journal.id(),
+            id,
+            "a move within the file system keeps the id"
+        );
+        journal.close().await;
+
+        let copy = dir.path().join("copy.sqlite3");
+        std::fs::copy(&moved, &copy).unwrap();
+        let copied = SqliteJournal::open(&copy).unwrap();
+        let copy_id = copied.id().to_string();
+        assert_ne!(copy_id, id, "a copy takes an id of its own");
+        copied.close().await;
+        let journal = SqliteJournal::open(&moved).unwrap();
+        assert_eq!(journal.id(), id, "the original keeps its id");
+        journal.close().await;
+        let copied = SqliteJournal::open(&copy).unwrap();
+        assert_eq!(
+            copied.id(),
+            copy_id,
+            "the copy keeps its new id from then on"
+        );
     }
 
     #[tokio::test]
