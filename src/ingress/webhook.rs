@@ -151,6 +151,12 @@ async fn handle(
         .map(|e| e.event_type.clone())
         .collect();
     let count = delivery.events.len();
+    // Held from before the append, so that the journal scan cannot take these events between
+    // their commit and the hand-off below (see `worker::Reservation`).
+    let reservation = state
+        .handoff
+        .as_ref()
+        .map(|handoff| handoff.reserve(&key, count));
     let outcome = state
         .journal
         .append(NewDelivery {
@@ -171,8 +177,8 @@ async fn handle(
             span.in_scope(
                 || tracing::info!(events = count, event_types = ?event_types, "delivery accepted"),
             );
-            if let Some(handoff) = &state.handoff {
-                handoff.offer(events);
+            if let (Some(handoff), Some(reservation)) = (&state.handoff, reservation) {
+                handoff.offer(reservation, events);
             }
             Ok((
                 "accepted",

@@ -93,10 +93,46 @@ pub struct Handoff {
     direct: bool,
 }
 
+/// The events of one delivery that ingress is about to journal, held in the in-flight set from
+/// before the append until they are handed over. The journal scan skips them meanwhile: were it
+/// to find one the moment it is committed and finish it before the hand-off, the handed-over copy
+/// would be worked on a second time (the embedded dedupe keeps no done mark; the journal is the
+/// record). Dropping a reservation (the append failed, was a duplicate, or the request was
+/// cancelled) releases what it still holds, and the scan finds whatever was committed.
+pub struct Reservation {
+    in_flight: InFlight,
+    held: Vec<String>,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        for id in &self.held {
+            self.in_flight.remove(id);
+        }
+    }
+}
+
 impl Handoff {
+    /// Reserves the events of the delivery `key` (with `events` events) before it is journaled.
+    /// An event already in flight (another copy of the delivery) is not held: its owner keeps it.
+    pub fn reserve(&self, key: &str, events: usize) -> Reservation {
+        let held = if self.direct {
+            (0..events)
+                .map(|index| crate::event::event_id(key, index))
+                .filter(|id| self.in_flight.insert(id))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Reservation {
+            in_flight: self.in_flight.clone(),
+            held,
+        }
+    }
+
     /// Offers freshly journaled events to the worker without waiting. Those that do not fit stay
     /// in the journal and the worker is told to look there.
-    pub fn offer(&self, events: Vec<JournaledEvent>) {
+    pub fn offer(&self, mut reservation: Reservation, events: Vec<JournaledEvent>) {
         if !self.direct {
             if !events.is_empty() {
                 self.overflow.notify_one();
@@ -104,10 +140,11 @@ impl Handoff {
             return;
         }
         for event in events {
-            let id = event.id.clone();
-            if !self.in_flight.insert(&id) {
+            let Some(at) = reservation.held.iter().position(|id| *id == event.id) else {
                 continue;
-            }
+            };
+            // From here the event is the channel's (and then the worker's) to release.
+            let id = reservation.held.swap_remove(at);
             if self.sender.try_send(event).is_err() {
                 self.in_flight.remove(&id);
                 self.overflow.notify_one();
@@ -766,6 +803,91 @@ pub fn backoff_with(policy: &RetryPolicy, attempts: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn handoff(capacity: usize) -> (Handoff, mpsc::Receiver<JournaledEvent>) {
+        let (sender, receiver) = mpsc::channel(capacity);
+        let handoff = Handoff {
+            sender,
+            in_flight: InFlight::default(),
+            overflow: Arc::new(Notify::new()),
+            direct: true,
+        };
+        (handoff, receiver)
+    }
+
+    fn journaled(key: &str, count: usize) -> Vec<JournaledEvent> {
+        (0..count)
+            .map(|index| JournaledEvent {
+                id: crate::event::event_id(key, index),
+                delivery_key: key.to_string(),
+                index: index as u32,
+                webhook_id: None,
+                event_type: "record.updated".to_string(),
+                received_at: "2026-11-29T00:00:00Z".to_string(),
+                request_id: None,
+                raw: "{}".to_string(),
+                attempts: 0,
+                sinks_done: Vec::new(),
+                sink_attempts: Default::default(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_reserved_event_stays_in_flight_from_before_the_append_through_the_hand_off() {
+        let (handoff, mut receiver) = handoff(8);
+        let reservation = handoff.reserve("k", 2);
+        // What a journal scan meanwhile sees: both events busy, so it leaves them alone.
+        assert!(handoff.in_flight.contains("k:0") && handoff.in_flight.contains("k:1"));
+        handoff.offer(reservation, journaled("k", 2));
+        assert_eq!(
+            receiver.try_recv().map(|e| e.id).ok().as_deref(),
+            Some("k:0")
+        );
+        assert_eq!(
+            receiver.try_recv().map(|e| e.id).ok().as_deref(),
+            Some("k:1")
+        );
+        // Handed over: in flight until the worker finishes them, not released by the hand-off.
+        assert_eq!(handoff.in_flight.len(), 2);
+    }
+
+    #[test]
+    fn a_dropped_reservation_releases_its_events_to_the_journal_scan() {
+        let (handoff, mut receiver) = handoff(8);
+        let reservation = handoff.reserve("k", 3);
+        assert_eq!(handoff.in_flight.len(), 3);
+        drop(reservation);
+        assert!(handoff.in_flight.is_empty());
+        assert!(receiver.try_recv().is_err());
+    }
+
+    #[test]
+    fn an_event_already_in_flight_is_neither_handed_over_again_nor_released() {
+        let (handoff, mut receiver) = handoff(8);
+        assert!(handoff.in_flight.insert("k:0"));
+        let reservation = handoff.reserve("k", 1);
+        handoff.offer(reservation, journaled("k", 1));
+        assert!(receiver.try_recv().is_err(), "its owner is working on it");
+        assert!(handoff.in_flight.contains("k:0"), "and still holds it");
+    }
+
+    #[test]
+    fn events_that_do_not_fit_the_channel_are_released_to_the_journal_scan() {
+        let (handoff, mut receiver) = handoff(1);
+        let reservation = handoff.reserve("k", 2);
+        handoff.offer(reservation, journaled("k", 2));
+        assert_eq!(
+            receiver.try_recv().map(|e| e.id).ok().as_deref(),
+            Some("k:0")
+        );
+        assert!(receiver.try_recv().is_err());
+        assert!(handoff.in_flight.contains("k:0"));
+        assert!(
+            !handoff.in_flight.contains("k:1"),
+            "the scan takes k:1 from the journal"
+        );
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

@@ -224,7 +224,6 @@ impl TestApp {
         wait_for_jsonl(&self.sink_path, count, timeout).await
     }
 
-    /// Stops the app and waits for it to exit cleanly.
     /// The journal's pending events, as `/readyz` reports them.
     pub async fn backlog(&self) -> u64 {
         let ready: Value = self
@@ -251,6 +250,7 @@ impl TestApp {
         }
     }
 
+    /// Stops the app and waits for it to exit cleanly.
     pub async fn stop(mut self) -> TestStopped {
         self.shutdown.cancel();
         if let Some(handle) = self.handle.take() {
