@@ -17,18 +17,15 @@ fn series(text: &str, name_and_labels: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The Prometheus text served at `url`.
+async fn metrics_text(client: &reqwest::Client, url: &str) -> String {
+    client.get(url).send().await.unwrap().text().await.unwrap()
+}
+
 #[tokio::test]
 async fn metrics_count_deliveries_by_outcome_and_events_by_kind() {
     let app = TestApp::spawn().await;
-    let before = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let before = metrics_text(&app.client, &app.url("/metrics")).await;
     assert_eq!(
         app.post_signed(&record_updated_body(1), Some("m1"))
             .await
@@ -144,14 +141,7 @@ async fn a_stalled_log_pipe_does_not_stall_ingress() {
     }
     let lines = wait_for_jsonl(&sink, DELIVERIES, Duration::from_secs(30)).await;
     assert_eq!(lines.len(), DELIVERIES, "every event reaches the sink");
-    let metrics = client
-        .get(daemon.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&client, &daemon.url("/metrics")).await;
     let dropped = series(&metrics, "attio_webhooks_log_lines_dropped_total");
     assert!(
         dropped > 0.0,

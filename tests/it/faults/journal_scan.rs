@@ -73,19 +73,7 @@ async fn events_in_flight_during_a_journal_scan_reach_the_sink_once() {
     // Let any late second copy arrive before counting.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let received = received.lock().unwrap().clone();
-    let repeated: Vec<(&String, &usize)> = received.iter().filter(|(_, c)| **c > 1).collect();
-    println!(
-        "FAULTS journal_scan deliveries={DELIVERIES} in_sink={} repeats={}",
-        received.len(),
-        repeated.iter().map(|(_, c)| *c - 1).sum::<usize>()
-    );
-    assert_eq!(received.len(), DELIVERIES, "every event reached the sink");
-    assert!(
-        repeated.is_empty(),
-        "{} events reached the sink more than once, e.g. {:?}",
-        repeated.len(),
-        &repeated[..repeated.len().min(5)]
-    );
+    assert_each_reached_the_sink_once("journal_scan", DELIVERIES, &received);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,13 +99,23 @@ async fn events_the_scan_finds_as_they_are_committed_are_not_handed_over_again()
             .entry(line["id"].as_str().unwrap_or_default().to_string())
             .or_default() += 1;
     }
+    assert_each_reached_the_sink_once("journal_scan_commit", DELIVERIES, &counts);
+}
+
+/// Prints the scenario's figures, then checks that each of `deliveries` events (one per
+/// delivery) reached the sink, none twice. `counts`: copies seen per event id.
+fn assert_each_reached_the_sink_once(
+    scenario: &str,
+    deliveries: usize,
+    counts: &BTreeMap<String, usize>,
+) {
     let repeated: Vec<(&String, &usize)> = counts.iter().filter(|(_, c)| **c > 1).collect();
     println!(
-        "FAULTS journal_scan_commit deliveries={DELIVERIES} in_sink={} repeats={}",
+        "FAULTS {scenario} deliveries={deliveries} in_sink={} repeats={}",
         counts.len(),
         repeated.iter().map(|(_, c)| *c - 1).sum::<usize>()
     );
-    assert_eq!(counts.len(), DELIVERIES, "every event reached the sink");
+    assert_eq!(counts.len(), deliveries, "every event reached the sink");
     assert!(
         repeated.is_empty(),
         "{} events reached the sink more than once, e.g. {:?}",
