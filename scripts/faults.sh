@@ -17,7 +17,7 @@ export FAULTS_ATTIO_EVENTS="${FAULTS_ATTIO_EVENTS:-300}"
 
 scenarios=("$@")
 if [ ${#scenarios[@]} -eq 0 ]; then
-    scenarios=(sigkill redis_outage flaky_attio sink_down journal_scan takeover torn_line)
+    scenarios=(sigkill redis_outage flaky_attio sink_down journal_scan takeover torn_line outage_logs)
 fi
 
 echo "building the tests in release..."

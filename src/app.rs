@@ -137,6 +137,7 @@ impl Application {
                 enricher,
                 settings: settings.worker.clone(),
                 collapser: Default::default(),
+                outages: Default::default(),
             },
             settings.queue.channel_capacity,
         );

@@ -24,7 +24,8 @@
 //! - `journal`: durable store of accepted deliveries (SQLite with group commit, or a Redis
 //!   stream shared by replicas), dead letters.
 //! - `worker`: takes events from the channel and the journal, drives them to the sinks
-//!   (`worker::collapse`: one line for the updates that shared a fetch, on `collapse = true` routes).
+//!   (`worker::collapse`: one line for the updates that shared a fetch, on `collapse = true` routes;
+//!   `worker::outage`: a dependency that is down is logged once per outage, not per event).
 //! - `dedupe`: two-phase claim → done, on Redis or embedded.
 //! - `routing`: rules that match events to sinks (event-type patterns, `object` / `list` /
 //!   `attribute` keys, Attio-style filters).

@@ -17,7 +17,7 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use rand::RngExt;
@@ -27,6 +27,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 pub mod collapse;
+pub mod outage;
 
 use crate::config::{RetryPolicy, RouteEnrich, WorkerSettings};
 use crate::dedupe::{ClaimOutcome, DedupeStore};
@@ -163,6 +164,8 @@ pub struct Pipeline {
     pub settings: WorkerSettings,
     /// Groups of events delivered as one line to routes with `collapse = true`.
     pub collapser: collapse::Collapser,
+    /// Dependencies that are down, logged once per outage rather than once per event.
+    pub outages: outage::Outages,
 }
 
 pub struct Worker {
@@ -358,7 +361,12 @@ pub async fn process(pipeline: &Pipeline, event: &JournaledEvent) -> Outcome {
 }
 
 async fn attempt(pipeline: &Pipeline, event: &JournaledEvent) -> Outcome {
-    let token = match pipeline.dedupe.claim(&event.id).await {
+    let started = Instant::now();
+    let claim = pipeline.dedupe.claim(&event.id).await;
+    if claim.is_ok() {
+        pipeline.outages.dedupe.report_success();
+    }
+    let token = match claim {
         Ok(ClaimOutcome::Fresh(token)) => token,
         Ok(ClaimOutcome::Duplicate) => {
             tracing::info!("already processed; skipping duplicate");
@@ -371,7 +379,8 @@ async fn attempt(pipeline: &Pipeline, event: &JournaledEvent) -> Outcome {
             return Outcome::Deferred;
         }
         Err(error) => {
-            tracing::warn!(%error, "dedupe store unavailable; event waits in the journal");
+            pipeline.outages.dedupe.report_failure(started, &error);
+            tracing::debug!(%error, "dedupe store unavailable; event waits in the journal");
             defer(
                 pipeline,
                 event,
@@ -390,23 +399,31 @@ async fn attempt(pipeline: &Pipeline, event: &JournaledEvent) -> Outcome {
     // Enrich first (as much as the routes matching the type want), so that route filters can
     // also test the resolved names (`object`, `list`, `attribute`) and the fetched `data`.
     let wanted = pipeline.routes.enrichment_for(kind.as_str());
+    let started = Instant::now();
     let enrichment = pipeline.enricher.enrich(&kind, &event.raw, wanted).await;
+    let attio_outage = report_attio(pipeline, &enrichment, started);
     if enrichment.status == EnrichmentStatus::Failed && wanted == RouteEnrich::Required {
         if let Some(retry_in) = attio_down(pipeline, &enrichment) {
             // Attio is down, not this event: wait in the journal without using an attempt.
-            tracing::info!(retry_in = ?retry_in, "Attio unavailable; event waits in the journal");
-            if let Err(error) = pipeline.dedupe.release(&event.id, &token).await {
-                tracing::warn!(%error, "could not release the claim; it expires after its lease");
-            }
+            tracing::debug!(retry_in = ?retry_in, "Attio unavailable; event waits in the journal");
+            release(pipeline, event, &token).await;
             let message = enrichment.error.as_ref().map(|e| e.to_string());
             defer(pipeline, event, jittered(retry_in), message.as_deref()).await;
             return Outcome::Deferred;
         }
     } else if enrichment.status == EnrichmentStatus::Failed {
-        tracing::warn!(
-            error = ?enrichment.error.as_ref().map(|e| e.to_string()),
-            "enrichment failed; delivering without it (enrich = \"optional\")"
-        );
+        let error = enrichment.error.as_ref().map(|e| e.to_string());
+        if attio_outage {
+            tracing::debug!(
+                ?error,
+                "enrichment failed; delivering without it (enrich = \"optional\")"
+            );
+        } else {
+            tracing::warn!(
+                ?error,
+                "enrichment failed; delivering without it (enrich = \"optional\")"
+            );
+        }
     }
     let dimensions = if pipeline.routes.has_dimension_keys() {
         crate::enrich::dimensions(&kind, &event.raw, &enrichment)
@@ -461,7 +478,11 @@ async fn attempt(pipeline: &Pipeline, event: &JournaledEvent) -> Outcome {
         }
     } else if let Some(error) = enrichment_failure(&enrichment, wanted) {
         count_in(None);
-        tracing::warn!(error = %error.message, "enrichment failed");
+        if attio_outage {
+            tracing::debug!(error = %error.message, "enrichment failed");
+        } else {
+            tracing::warn!(error = %error.message, "enrichment failed");
+        }
         for sink in pending {
             *progress
                 .sink_attempts
@@ -501,6 +522,7 @@ async fn attempt(pipeline: &Pipeline, event: &JournaledEvent) -> Outcome {
                         Some(single) if routed.collapse => single,
                         _ => &line,
                     };
+                    let started = Instant::now();
                     let result = match pipeline.sinks.get(name) {
                         Some(sink) => {
                             let attempt =
@@ -515,16 +537,17 @@ async fn attempt(pipeline: &Pipeline, event: &JournaledEvent) -> Outcome {
                         "outcome" => if result.is_ok() { "ok" } else { "error" }
                     )
                     .increment(1);
+                    report_sink(pipeline, name, &result, started, "sink delivery failed");
                     match result {
                         Ok(()) => progress.sinks_done.push(name.to_string()),
                         Err(error) => {
-                            tracing::warn!(sink = %name, %error, permanent = error.permanent, "sink delivery failed");
                             *progress.sink_attempts.entry(name.to_string()).or_insert(0) += 1;
                             failures.push((name.to_string(), error));
                         }
                     }
                 }
                 if let Some(role) = role {
+                    let started = Instant::now();
                     let results = deliver_together(pipeline, role, &progress).await;
                     for name in together {
                         let result = results.get(&name).cloned().unwrap_or_else(|| {
@@ -532,10 +555,16 @@ async fn attempt(pipeline: &Pipeline, event: &JournaledEvent) -> Outcome {
                                 "the collapsed delivery of this event's group did not finish",
                             ))
                         });
+                        report_sink(
+                            pipeline,
+                            &name,
+                            &result,
+                            started,
+                            "collapsed sink delivery failed",
+                        );
                         match result {
                             Ok(()) => progress.sinks_done.push(name),
                             Err(error) => {
-                                tracing::warn!(sink = %name, %error, permanent = error.permanent, "collapsed sink delivery failed");
                                 *progress.sink_attempts.entry(name.clone()).or_insert(0) += 1;
                                 failures.push((name, error));
                             }
@@ -558,10 +587,12 @@ async fn attempt(pipeline: &Pipeline, event: &JournaledEvent) -> Outcome {
     }
 
     if failures.is_empty() {
+        let started = Instant::now();
         if let Err(error) = pipeline.dedupe.mark_done(&event.id).await {
             // The journal still records the event as done below; a redelivery of the same key is
             // also refused at ingress, so the only cost is a weaker guard against a replay.
-            tracing::warn!(%error, "could not record the event as done in the dedupe store");
+            pipeline.outages.dedupe.report_failure(started, &error);
+            tracing::debug!(%error, "could not record the event as done in the dedupe store");
         }
         record(pipeline.journal.complete(&event.id).await);
         tracing::info!(sinks = progress.sinks_done.len(), "event delivered");
@@ -570,9 +601,7 @@ async fn attempt(pipeline: &Pipeline, event: &JournaledEvent) -> Outcome {
         };
     }
 
-    if let Err(error) = pipeline.dedupe.release(&event.id, &token).await {
-        tracing::warn!(%error, "could not release the claim; it expires after its lease");
-    }
+    release(pipeline, event, &token).await;
     progress.attempts = event.attempts + 1;
     progress.last_error = failures
         .iter()
@@ -612,7 +641,9 @@ async fn attempt(pipeline: &Pipeline, event: &JournaledEvent) -> Outcome {
         })
         .min()
         .unwrap_or(pipeline.settings.retry_initial);
-    tracing::warn!(
+    // Only retryable failures come this far, and each was reported to its dependency's outage
+    // (logged once for all the events it holds up): per event this is detail.
+    tracing::debug!(
         attempts = progress.attempts,
         retry_in = ?delay,
         error = %progress.last_error,
@@ -691,6 +722,53 @@ async fn deliver_together(
             }
             gathered.answer(&results);
             results
+        }
+    }
+}
+
+/// Gives up the event's claim so that its retry can take it at once.
+async fn release(pipeline: &Pipeline, event: &JournaledEvent, token: &crate::dedupe::ClaimToken) {
+    let started = Instant::now();
+    if let Err(error) = pipeline.dedupe.release(&event.id, token).await {
+        pipeline.outages.dedupe.report_failure(started, &error);
+        tracing::debug!(%error, "could not release the claim; it expires after its lease");
+    }
+}
+
+/// Tells Attio's outage how this enrichment went. Returns true when it failed for a reason that
+/// is Attio's rather than this event's (down, rate limited, or the API key refused), which the
+/// outage logs, so that the event's own lines can stay at debug level.
+fn report_attio(pipeline: &Pipeline, enrichment: &Enrichment, started: Instant) -> bool {
+    match (&enrichment.status, &enrichment.error) {
+        (EnrichmentStatus::Failed, Some(error)) if error.is_transient() || error.is_auth() => {
+            pipeline.outages.attio.report_failure(started, error);
+            true
+        }
+        (EnrichmentStatus::Ok | EnrichmentStatus::NotFound, _) => {
+            pipeline.outages.attio.report_success();
+            false
+        }
+        _ => false,
+    }
+}
+
+/// Tells the sink's outage how a delivery went. A permanent failure is about the event, not the
+/// sink: it is logged with the event.
+fn report_sink(
+    pipeline: &Pipeline,
+    name: &str,
+    result: &Result<(), SinkError>,
+    started: Instant,
+    message: &str,
+) {
+    match result {
+        Ok(()) => pipeline.outages.sink(name).report_success(),
+        Err(error) if error.permanent => {
+            tracing::warn!(sink = %name, %error, permanent = true, "{message}");
+        }
+        Err(error) => {
+            pipeline.outages.sink(name).report_failure(started, error);
+            tracing::debug!(sink = %name, %error, permanent = false, "{message}");
         }
     }
 }

@@ -13,6 +13,7 @@
 
 mod flaky_attio;
 mod journal_scan;
+mod outage_logs;
 mod redis_outage;
 mod sigkill;
 mod sink_down;

@@ -1,0 +1,259 @@
+//! Outages of what the worker depends on (the dedupe store, Attio, each sink), logged once per
+//! outage instead of once per waiting event.
+//!
+//! In: every failure the worker meets that is about the dependency rather than the event (Redis
+//! unreachable, Attio down, a sink answering 503), and every success after it. Out: three kinds
+//! of log line per outage: `<dependency> unavailable` when it starts (warning, with the error),
+//! `<dependency> still unavailable` every [`SUMMARY_EVERY`] while it lasts, and `<dependency>
+//! available again` when it ends, both with how long it has been down (`down_for`) and how many
+//! attempts at events failed on it meanwhile (`failed_attempts`). The lines belong to no event's
+//! span: they are about the dependency. What each event did meanwhile is logged at debug level
+//! by the worker.
+
+use std::collections::HashMap;
+use std::fmt::Display;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// How often a lasting outage is logged again.
+pub const SUMMARY_EVERY: Duration = Duration::from_secs(30);
+
+/// The outages the worker keeps track of.
+pub struct Outages {
+    pub dedupe: Outage,
+    pub attio: Outage,
+    sinks: Mutex<HashMap<String, Arc<Outage>>>,
+}
+
+impl Default for Outages {
+    fn default() -> Self {
+        Outages {
+            dedupe: Outage::new("dedupe store"),
+            attio: Outage::new("Attio"),
+            sinks: Mutex::default(),
+        }
+    }
+}
+
+impl Outages {
+    /// The outage tracker of the sink `name`.
+    pub fn sink(&self, name: &str) -> Arc<Outage> {
+        let mut sinks = self.sinks.lock().unwrap_or_else(|p| p.into_inner());
+        sinks
+            .entry(name.to_string())
+            .or_insert_with(|| Arc::new(Outage::new(format!("sink {name}"))))
+            .clone()
+    }
+}
+
+/// One dependency's state: up, or down since a moment, with what waited meanwhile.
+pub struct Outage {
+    name: String,
+    /// Mirrors `state.down.is_some()`, so that a success while up takes no lock.
+    is_down: AtomicBool,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    down: Option<Down>,
+    /// When the last outage ended. A failure of an attempt that began before then is a late
+    /// answer from the outage (many events are worked on at once), not a new one.
+    up_since: Option<Instant>,
+}
+
+struct Down {
+    since: Instant,
+    last_logged: Instant,
+    failed_attempts: u64,
+}
+
+/// What one report has to say in the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Line {
+    Started,
+    Ongoing {
+        down_for: Duration,
+        failed_attempts: u64,
+    },
+    Ended {
+        down_for: Duration,
+        failed_attempts: u64,
+    },
+}
+
+impl Outage {
+    pub fn new(name: impl Into<String>) -> Outage {
+        Outage {
+            name: name.into(),
+            is_down: AtomicBool::new(false),
+            state: Mutex::default(),
+        }
+    }
+
+    /// An event could not go on because this dependency failed, on an attempt that began at
+    /// `started`; the event waits for a retry.
+    pub fn report_failure(&self, started: Instant, error: &dyn Display) {
+        let name = &self.name;
+        match self.failure_at(started, Instant::now()) {
+            Some(Line::Started) => tracing::warn!(parent: None, %error, "{name} unavailable"),
+            Some(Line::Ongoing {
+                down_for,
+                failed_attempts,
+            }) => tracing::warn!(
+                parent: None,
+                %error,
+                down_for = ?down_for,
+                failed_attempts,
+                "{name} still unavailable"
+            ),
+            _ => {}
+        }
+    }
+
+    /// The dependency served an event.
+    pub fn report_success(&self) {
+        if !self.is_down.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Some(Line::Ended {
+            down_for,
+            failed_attempts,
+        }) = self.success_at(Instant::now())
+        {
+            let name = &self.name;
+            tracing::info!(
+                parent: None,
+                down_for = ?down_for,
+                failed_attempts,
+                "{name} available again"
+            );
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Each change is one assignment: a poisoned lock holds no broken state.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn failure_at(&self, started: Instant, now: Instant) -> Option<Line> {
+        let mut state = self.lock();
+        let State { down, up_since } = &mut *state;
+        match down.as_mut() {
+            None if up_since.is_some_and(|up| started < up) => None,
+            None => {
+                *down = Some(Down {
+                    since: now,
+                    last_logged: now,
+                    failed_attempts: 1,
+                });
+                self.is_down.store(true, Ordering::Relaxed);
+                Some(Line::Started)
+            }
+            Some(down) => {
+                down.failed_attempts += 1;
+                if now.saturating_duration_since(down.last_logged) < SUMMARY_EVERY {
+                    return None;
+                }
+                down.last_logged = now;
+                Some(Line::Ongoing {
+                    down_for: now.saturating_duration_since(down.since),
+                    failed_attempts: down.failed_attempts,
+                })
+            }
+        }
+    }
+
+    fn success_at(&self, now: Instant) -> Option<Line> {
+        let mut state = self.lock();
+        let ended = state.down.take()?;
+        state.up_since = Some(now);
+        self.is_down.store(false, Ordering::Relaxed);
+        Some(Line::Ended {
+            down_for: now.saturating_duration_since(ended.since),
+            failed_attempts: ended.failed_attempts,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outage_is_logged_when_it_starts_every_summary_period_and_when_it_ends() {
+        let outage = Outage::new("dedupe store");
+        let start = Instant::now();
+        assert_eq!(outage.failure_at(start, start), Some(Line::Started));
+        // Further failures within the period say nothing.
+        for second in 1..30 {
+            assert_eq!(
+                outage.failure_at(start, start + Duration::from_secs(second)),
+                None
+            );
+        }
+        assert_eq!(
+            outage.failure_at(start, start + SUMMARY_EVERY),
+            Some(Line::Ongoing {
+                down_for: SUMMARY_EVERY,
+                failed_attempts: 31
+            })
+        );
+        assert_eq!(
+            outage.failure_at(start, start + SUMMARY_EVERY + Duration::from_secs(1)),
+            None
+        );
+        assert_eq!(
+            outage.success_at(start + Duration::from_secs(45)),
+            Some(Line::Ended {
+                down_for: Duration::from_secs(45),
+                failed_attempts: 32
+            })
+        );
+        // Up again: successes say nothing, and the next failure starts a new outage.
+        assert_eq!(outage.success_at(start + Duration::from_secs(46)), None);
+        assert_eq!(
+            outage.failure_at(
+                start + Duration::from_secs(50),
+                start + Duration::from_secs(50)
+            ),
+            Some(Line::Started)
+        );
+    }
+
+    #[test]
+    fn a_failure_of_an_attempt_begun_before_the_recovery_does_not_start_a_new_outage() {
+        let outage = Outage::new("sink crm");
+        let start = Instant::now();
+        let at = |seconds: u64| start + Duration::from_secs(seconds);
+        assert_eq!(outage.failure_at(at(0), at(1)), Some(Line::Started));
+        assert!(matches!(
+            outage.success_at(at(10)),
+            Some(Line::Ended { .. })
+        ));
+        // Begun at 9 s, while the sink was still down, answered after it came back.
+        assert_eq!(outage.failure_at(at(9), at(11)), None);
+        assert!(!outage.is_down.load(Ordering::Relaxed));
+        // Begun after the recovery: the sink is down again.
+        assert_eq!(outage.failure_at(at(12), at(13)), Some(Line::Started));
+    }
+
+    #[test]
+    fn a_success_while_up_is_not_an_outage_ending() {
+        let outage = Outage::new("Attio");
+        assert_eq!(outage.success_at(Instant::now()), None);
+        assert!(!outage.is_down.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn each_sink_has_one_outage_of_its_own() {
+        let outages = Outages::default();
+        let crm = outages.sink("crm");
+        assert!(Arc::ptr_eq(&crm, &outages.sink("crm")));
+        let now = Instant::now();
+        assert_eq!(crm.failure_at(now, now), Some(Line::Started));
+        assert!(!outages.sink("file").is_down.load(Ordering::Relaxed));
+        assert_eq!(crm.name, "sink crm");
+    }
+}
