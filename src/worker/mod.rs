@@ -744,7 +744,11 @@ fn report_attio(pipeline: &Pipeline, enrichment: &Enrichment, started: Instant) 
             pipeline.outages.attio.report_failure(started, error);
             true
         }
-        (EnrichmentStatus::Ok | EnrichmentStatus::NotFound, _) => {
+        // Attio is back once its circuit breaker has closed: an event enriched from the caches
+        // alone while the breaker is open says nothing about Attio.
+        (EnrichmentStatus::Ok | EnrichmentStatus::NotFound, _)
+            if pipeline.enricher.unavailable_for().is_none() =>
+        {
             pipeline.outages.attio.report_success();
             false
         }
