@@ -263,10 +263,18 @@ impl Worker {
         // come from the channel, which this loop does not read during the scan: they are still
         // in the set when their turn comes below.
         let busy = self.in_flight.snapshot();
+        let started = Instant::now();
         let due = match self.pipeline.journal.due(limit).await {
-            Ok(due) => due,
+            Ok(due) => {
+                self.pipeline.outages.journal.report_success(started);
+                due
+            }
             Err(error) => {
-                tracing::error!(%error, "cannot read due events from the journal");
+                self.pipeline
+                    .outages
+                    .journal
+                    .report_failure(started, &error);
+                tracing::debug!(%error, "cannot read due events from the journal");
                 return 0;
             }
         };
@@ -364,7 +372,7 @@ async fn attempt(pipeline: &Pipeline, event: &JournaledEvent) -> Outcome {
     let started = Instant::now();
     let claim = pipeline.dedupe.claim(&event.id).await;
     if claim.is_ok() {
-        pipeline.outages.dedupe.report_success();
+        pipeline.outages.dedupe.report_success(started);
     }
     let token = match claim {
         Ok(ClaimOutcome::Fresh(token)) => token,
@@ -749,7 +757,7 @@ fn report_attio(pipeline: &Pipeline, enrichment: &Enrichment, started: Instant) 
         (EnrichmentStatus::Ok | EnrichmentStatus::NotFound, _)
             if pipeline.enricher.unavailable_for().is_none() =>
         {
-            pipeline.outages.attio.report_success();
+            pipeline.outages.attio.report_success(started);
             false
         }
         _ => false,
@@ -766,7 +774,7 @@ fn report_sink(
     message: &str,
 ) {
     match result {
-        Ok(()) => pipeline.outages.sink(name).report_success(),
+        Ok(()) => pipeline.outages.sink(name).report_success(started),
         Err(error) if error.permanent => {
             tracing::warn!(sink = %name, %error, permanent = true, "{message}");
         }

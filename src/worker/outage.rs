@@ -4,7 +4,8 @@
 //! In: every failure the worker meets that is about the dependency rather than the event (Redis
 //! unreachable, Attio down, a sink answering 503), and every success after it. Out: three kinds
 //! of log line per outage: `<dependency> unavailable` when it starts (warning, with the error),
-//! `<dependency> still unavailable` every [`SUMMARY_EVERY`] while it lasts, and `<dependency>
+//! `<dependency> still unavailable` while it lasts (with the first failure at least
+//! [`SUMMARY_EVERY`] after the last line: no timer runs for it), and `<dependency>
 //! available again` when it ends, both with how long it has been down (`down_for`) and how many
 //! attempts at events failed on it meanwhile (`failed_attempts`). The lines belong to no event's
 //! span: they are about the dependency. What each event did meanwhile is logged at debug level
@@ -21,6 +22,8 @@ pub const SUMMARY_EVERY: Duration = Duration::from_secs(30);
 
 /// The outages the worker keeps track of.
 pub struct Outages {
+    /// Reading due events (the Redis journal lives in Redis too).
+    pub journal: Outage,
     pub dedupe: Outage,
     pub attio: Outage,
     sinks: Mutex<HashMap<String, Arc<Outage>>>,
@@ -29,6 +32,7 @@ pub struct Outages {
 impl Default for Outages {
     fn default() -> Self {
         Outages {
+            journal: Outage::new("journal"),
             dedupe: Outage::new("dedupe store"),
             attio: Outage::new("Attio"),
             sinks: Mutex::default(),
@@ -112,15 +116,15 @@ impl Outage {
         }
     }
 
-    /// The dependency served an event.
-    pub fn report_success(&self) {
+    /// The dependency served an event, on an attempt that began at `started`.
+    pub fn report_success(&self, started: Instant) {
         if !self.is_down.load(Ordering::Relaxed) {
             return;
         }
         if let Some(Line::Ended {
             down_for,
             failed_attempts,
-        }) = self.success_at(Instant::now())
+        }) = self.success_at(started, Instant::now())
         {
             let name = &self.name;
             tracing::info!(
@@ -165,8 +169,12 @@ impl Outage {
         }
     }
 
-    fn success_at(&self, now: Instant) -> Option<Line> {
+    fn success_at(&self, started: Instant, now: Instant) -> Option<Line> {
         let mut state = self.lock();
+        // An attempt begun before the outage started and answered late says nothing about now.
+        if state.down.as_ref()?.since > started {
+            return None;
+        }
         let ended = state.down.take()?;
         state.up_since = Some(now);
         self.is_down.store(false, Ordering::Relaxed);
@@ -205,14 +213,23 @@ mod tests {
             None
         );
         assert_eq!(
-            outage.success_at(start + Duration::from_secs(45)),
+            outage.success_at(
+                start + Duration::from_secs(45),
+                start + Duration::from_secs(45)
+            ),
             Some(Line::Ended {
                 down_for: Duration::from_secs(45),
                 failed_attempts: 32
             })
         );
         // Up again: successes say nothing, and the next failure starts a new outage.
-        assert_eq!(outage.success_at(start + Duration::from_secs(46)), None);
+        assert_eq!(
+            outage.success_at(
+                start + Duration::from_secs(46),
+                start + Duration::from_secs(46)
+            ),
+            None
+        );
         assert_eq!(
             outage.failure_at(
                 start + Duration::from_secs(50),
@@ -229,7 +246,7 @@ mod tests {
         let at = |seconds: u64| start + Duration::from_secs(seconds);
         assert_eq!(outage.failure_at(at(0), at(1)), Some(Line::Started));
         assert!(matches!(
-            outage.success_at(at(10)),
+            outage.success_at(at(10), at(10)),
             Some(Line::Ended { .. })
         ));
         // Begun at 9 s, while the sink was still down, answered after it came back.
@@ -240,9 +257,25 @@ mod tests {
     }
 
     #[test]
+    fn a_success_of_an_attempt_begun_before_the_outage_does_not_end_it() {
+        let outage = Outage::new("Attio");
+        let start = Instant::now();
+        let at = |seconds: u64| start + Duration::from_secs(seconds);
+        assert_eq!(outage.failure_at(at(5), at(6)), Some(Line::Started));
+        // Begun at 4 s, before the first failure, answered after it.
+        assert_eq!(outage.success_at(at(4), at(7)), None);
+        assert!(outage.is_down.load(Ordering::Relaxed));
+        assert!(matches!(
+            outage.success_at(at(8), at(9)),
+            Some(Line::Ended { .. })
+        ));
+    }
+
+    #[test]
     fn a_success_while_up_is_not_an_outage_ending() {
         let outage = Outage::new("Attio");
-        assert_eq!(outage.success_at(Instant::now()), None);
+        let now = Instant::now();
+        assert_eq!(outage.success_at(now, now), None);
         assert!(!outage.is_down.load(Ordering::Relaxed));
     }
 
