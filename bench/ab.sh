@@ -19,6 +19,8 @@ REQUESTS=${REQUESTS:-20000}
 WARMUP=${WARMUP:-2000}
 CONCURRENCY=${CONCURRENCY:-32}
 SECRET=ab-secret-$(date +%s)
+# shellcheck source=bench/lib.sh
+source "$repo/bench/lib.sh"
 
 (cd "$repo" && cargo build --release --quiet --example loadgen)
 loadgen=$repo/target/release/examples/loadgen
@@ -33,19 +35,7 @@ cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 run() { # label binary
   local dir=$work/$1-$RANDOM port total
   mkdir -p "$dir"
-  cat > "$dir/config.toml" <<TOML
-[storage]
-path = "$dir/data"
-[log]
-level = "warn"
-[sinks.file]
-kind = "jsonl"
-path = "$dir/events.jsonl"
-[[routes]]
-name = "all"
-events = ["*"]
-sinks = ["file"]
-TOML
+  write_config "$dir"
   port=$(free_port)
   (cd "$dir" && exec env ATTIO_WEBHOOK_SECRET="$SECRET" "$2" serve --config "$dir/config.toml" \
     --listen "127.0.0.1:$port" >/dev/null 2>"$dir/daemon.log") &

@@ -70,22 +70,8 @@ run_load() {
   "$loadgen" --url "$2" --secret "$SECRET" --count "$REQUESTS" --concurrency "$CONCURRENCY" --key-prefix "run-$1-$RANDOM"
 }
 
-write_config() { # dir extra
-  cat > "$1/config.toml" <<TOML
-[storage]
-path = "$1/data"
-[log]
-level = "warn"
-[sinks.file]
-kind = "jsonl"
-path = "$1/events.jsonl"
-[[routes]]
-name = "all"
-events = ["*"]
-sinks = ["file"]
-$2
-TOML
-}
+# shellcheck source=bench/lib.sh
+source "$repo/bench/lib.sh"
 
 start_daemon() { # dir port extra-env... ; sets DAEMON_PID
   local dir=$1 port=$2; shift 2

@@ -457,6 +457,22 @@ pub async fn post_signed_to(
     request.send().await
 }
 
+/// Posts the deliveries `record_updated_body(0..count)` to `url` one after another, with the
+/// Idempotency-Keys `{prefix}-{n}`, and checks that each is answered 200.
+pub async fn send_distinct_to(client: &reqwest::Client, url: &str, prefix: &str, count: usize) {
+    for n in 0..count {
+        let response = post_signed_to(
+            client,
+            url,
+            &record_updated_body(n),
+            Some(&format!("{prefix}-{n}")),
+        )
+        .await
+        .unwrap_or_else(|error| panic!("delivery {n} was not answered: {error}"));
+        assert_eq!(response.status(), 200, "delivery {n}");
+    }
+}
+
 /// A private redis-server on a port of its own, in its own directory, that a test stops and
 /// starts again. `None` when `redis-server` is not installed (`.ci/run` installs it).
 pub struct RedisServer {

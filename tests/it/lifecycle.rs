@@ -8,7 +8,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::helpers::{
-    post_signed_to, read_jsonl, record_updated_body, wait_for_jsonl, Daemon, SECRET,
+    post_signed_to, read_jsonl, record_updated_body, send_distinct_to, wait_for_jsonl, Daemon,
+    SECRET,
 };
 
 fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
@@ -165,18 +166,13 @@ async fn sigterm_stops_the_daemon_cleanly_with_exit_code_zero() {
     let config = write_config(dir.path(), "");
     let mut daemon = Daemon::start(dir.path(), &config, &[("ATTIO_WEBHOOK_SECRET", SECRET)]);
     daemon.wait_healthy(Duration::from_secs(20)).await;
-    let client = reqwest::Client::new();
-    for n in 0..5 {
-        let response = post_signed_to(
-            &client,
-            &daemon.url("/webhooks/attio"),
-            &record_updated_body(n),
-            Some(&format!("term-{n}")),
-        )
-        .await
-        .unwrap();
-        assert_eq!(response.status(), 200);
-    }
+    send_distinct_to(
+        &reqwest::Client::new(),
+        &daemon.url("/webhooks/attio"),
+        "term",
+        5,
+    )
+    .await;
     let pid = daemon.child.id().to_string();
     let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(status.success());

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::helpers::{
-    post_signed_to, record_updated_body, wait_for_jsonl, Daemon, TestApp, SECRET,
+    record_updated_body, send_distinct_to, wait_for_jsonl, Daemon, TestApp, SECRET,
 };
 
 /// The value of one series in a Prometheus text exposition (0 when absent).
@@ -128,17 +128,13 @@ async fn a_stalled_log_pipe_does_not_stall_ingress() {
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
-    for n in 0..DELIVERIES {
-        let response = post_signed_to(
-            &client,
-            &daemon.url("/webhooks/attio"),
-            &record_updated_body(n),
-            Some(&format!("stalled-log-{n}")),
-        )
-        .await
-        .unwrap_or_else(|error| panic!("delivery {n} was not answered: {error}"));
-        assert_eq!(response.status(), 200, "delivery {n}");
-    }
+    send_distinct_to(
+        &client,
+        &daemon.url("/webhooks/attio"),
+        "stalled-log",
+        DELIVERIES,
+    )
+    .await;
     let lines = wait_for_jsonl(&sink, DELIVERIES, Duration::from_secs(30)).await;
     assert_eq!(lines.len(), DELIVERIES, "every event reaches the sink");
     let metrics = metrics_text(&client, &daemon.url("/metrics")).await;

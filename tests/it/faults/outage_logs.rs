@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, StatusCode};
 use serde_json::Value;
 
 use super::{jsonl_sink, read_sink, sink_path};
-use crate::helpers::{post_signed_to, record_updated_body, Daemon, RedisServer, SECRET};
+use crate::helpers::{send_distinct_to, Daemon, RedisServer, SECRET};
 
 /// The daemon's log lines (JSON at info level) whose message is `message`.
 fn logged<'a>(lines: &'a [Value], message: &str) -> Vec<&'a Value> {
@@ -46,21 +46,6 @@ fn start(dir: &Path, settings: &str) -> Daemon {
     Daemon::start(dir, &config, &[("ATTIO_WEBHOOK_SECRET", SECRET)])
 }
 
-async fn send(daemon: &Daemon, prefix: &str, count: usize) {
-    let client = reqwest::Client::new();
-    for n in 0..count {
-        let response = post_signed_to(
-            &client,
-            &daemon.url("/webhooks/attio"),
-            &record_updated_body(n),
-            Some(&format!("{prefix}-{n}")),
-        )
-        .await
-        .unwrap();
-        assert_eq!(response.status(), 200, "delivery {n}");
-    }
-}
-
 #[tokio::test]
 async fn a_redis_outage_is_logged_once_when_it_starts_and_once_when_it_ends() {
     const EVENTS: usize = 40;
@@ -82,7 +67,14 @@ async fn a_redis_outage_is_logged_once_when_it_starts_and_once_when_it_ends() {
     redis.stop();
     // The journal is local: deliveries are still acknowledged, and their events wait (each is
     // looked at again every 2 s).
-    send(&daemon, "outage-logs", EVENTS).await;
+    let client = reqwest::Client::new();
+    send_distinct_to(
+        &client,
+        &daemon.url("/webhooks/attio"),
+        "outage-logs",
+        EVENTS,
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(read_sink(&sink).lines.len(), 0, "nothing passes dedupe");
     let lines = log_lines(&daemon);
@@ -147,7 +139,14 @@ async fn a_sink_outage_is_logged_once_and_not_for_every_failed_delivery() {
         ),
     );
     daemon.wait_healthy(Duration::from_secs(20)).await;
-    send(&daemon, "sink-outage", EVENTS).await;
+    let client = reqwest::Client::new();
+    send_distinct_to(
+        &client,
+        &daemon.url("/webhooks/attio"),
+        "sink-outage",
+        EVENTS,
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let refused_while_down = refused.load(Ordering::SeqCst);
     healthy.store(true, Ordering::SeqCst);

@@ -9,9 +9,7 @@ use attio_webhooks::config::Settings;
 use attio_webhooks::dedupe::{ClaimOutcome, ClaimOwner, RedisDedupe};
 
 use super::{jsonl_sink, read_sink, sink_path};
-use crate::helpers::{
-    post_signed_to, record_updated_body, unique_prefix, Daemon, REDIS_URL, SECRET,
-};
+use crate::helpers::{send_distinct_to, unique_prefix, Daemon, REDIS_URL, SECRET};
 
 const EVENTS: usize = 20;
 
@@ -53,18 +51,13 @@ async fn claims_of_a_killed_daemon_are_taken_over_by_its_restart_without_waiting
     );
     let mut daemon = Daemon::start(dir.path(), &config(dir.path(), &prefix, &hanging), &env);
     daemon.wait_healthy(Duration::from_secs(20)).await;
-    let client = reqwest::Client::new();
-    for n in 0..EVENTS {
-        let response = post_signed_to(
-            &client,
-            &daemon.url("/webhooks/attio"),
-            &record_updated_body(n),
-            Some(&format!("take-{n}")),
-        )
-        .await
-        .unwrap();
-        assert_eq!(response.status(), 200);
-    }
+    send_distinct_to(
+        &reqwest::Client::new(),
+        &daemon.url("/webhooks/attio"),
+        "take",
+        EVENTS,
+    )
+    .await;
     // The claims are looked up by name: KEYS or SCAN walk every key of the Redis the tests share,
     // which can hold millions (benchmarks, other test runs) and take longer than a reply may.
     let claim_keys: Vec<String> = (0..EVENTS)
