@@ -10,7 +10,6 @@
 use std::sync::OnceLock;
 
 use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
-use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, LogSettings};
@@ -28,12 +27,24 @@ pub fn init(settings: &LogSettings) -> Option<WorkerGuard> {
         .thread_name("attio-webhooks-log")
         .finish(std::io::stderr());
     let dropped = writer.error_counter();
-    if install(settings, writer) {
-        let _ = DROPPED.set(dropped);
-        Some(guard)
-    } else {
-        None
-    }
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&settings.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    let installed = match settings.format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+        LogFormat::Pretty => builder.with_target(false).try_init(),
+    };
+    installed.ok()?;
+    let _ = DROPPED.set(dropped);
+    Some(guard)
 }
 
 /// Log lines dropped so far because the log thread had fallen `log.queue_lines` behind.
@@ -41,28 +52,6 @@ pub fn dropped_lines() -> u64 {
     DROPPED
         .get()
         .map_or(0, |counter| counter.dropped_lines() as u64)
-}
-
-fn install<W>(settings: &LogSettings, writer: W) -> bool
-where
-    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
-{
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&settings.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer);
-    match settings.format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .try_init()
-            .is_ok(),
-        LogFormat::Pretty => builder.with_target(false).try_init().is_ok(),
-    }
 }
 
 /// Logging for commands before settings are loaded, and for one-shot tools.

@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, StatusCode};
 use serde_json::Value;
 
 use super::{jsonl_sink, read_sink, sink_path};
-use crate::helpers::{send_distinct_to, Daemon, RedisServer, SECRET};
+use crate::helpers::{send_distinct_to, wait_for_jsonl, Daemon, RedisServer, SECRET};
 
 /// The daemon's log lines (JSON at info level) whose message is `message`.
 fn logged<'a>(lines: &'a [Value], message: &str) -> Vec<&'a Value> {
@@ -86,11 +86,8 @@ async fn a_redis_outage_is_logged_once_when_it_starts_and_once_when_it_ends() {
     );
 
     redis.resume().await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while read_sink(&sink).lines.len() < EVENTS && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(read_sink(&sink).lines.len(), EVENTS, "every event went on");
+    let delivered = wait_for_jsonl(&sink, EVENTS, Duration::from_secs(30)).await;
+    assert_eq!(delivered.len(), EVENTS, "every event went on");
     let lines = log_lines(&daemon);
     assert_eq!(logged(&lines, "dedupe store unavailable").len(), 1);
     let ended = logged(&lines, "dedupe store available again");
