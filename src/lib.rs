@@ -22,7 +22,8 @@
 //! - `signature::properties`, `event::properties` (tests, and feature `fuzzing`): the promises
 //!   of both as checks shared by the property tests and the fuzz targets in `fuzz/`.
 //! - `journal`: durable store of accepted deliveries (SQLite with group commit, or a Redis
-//!   stream shared by replicas), dead letters.
+//!   stream shared by replicas), dead letters, and the event history with its one query
+//!   interface (`journal::history`).
 //! - `worker`: takes events from the channel and the journal, drives them to the sinks
 //!   (`worker::collapse`: one line for the updates that shared a fetch, on `collapse = true` routes;
 //!   `worker::outage`: a dependency that is down is logged once per outage, not per event).

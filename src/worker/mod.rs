@@ -33,6 +33,7 @@ use crate::config::{RetryPolicy, RouteEnrich, WorkerSettings};
 use crate::dedupe::{ClaimOutcome, DedupeStore};
 use crate::enrich::{Enricher, Enrichment, EnrichmentStatus};
 use crate::event::EventKind;
+use crate::journal::history::AttemptRecord;
 use crate::journal::{Journal, JournaledEvent, SinkProgress};
 use crate::routing::{EventDimensions, RouteTable};
 use crate::sinks::{SinkError, SinkLine, Sinks};
@@ -378,7 +379,11 @@ async fn attempt(pipeline: &Pipeline, event: &JournaledEvent) -> Outcome {
         Ok(ClaimOutcome::Fresh(token)) => token,
         Ok(ClaimOutcome::Duplicate) => {
             tracing::info!("already processed; skipping duplicate");
-            record(pipeline.journal.complete(&event.id).await);
+            let found = AttemptRecord {
+                sinks_done: event.sinks_done.clone(),
+                ..AttemptRecord::default()
+            };
+            record(pipeline.journal.complete(&event.id, &found).await);
             return Outcome::Duplicate;
         }
         Ok(ClaimOutcome::InProgress) => {
@@ -433,6 +438,15 @@ async fn attempt(pipeline: &Pipeline, event: &JournaledEvent) -> Outcome {
             );
         }
     }
+    let keys = crate::enrich::history_keys(&kind, &event.raw, &enrichment);
+    let mut found = AttemptRecord {
+        enrichment: Some(enrichment.status.as_str().to_string()),
+        object: keys.object,
+        list: keys.list,
+        record_id: keys.record_id,
+        ..AttemptRecord::default()
+    };
+    found.keep_data(enrichment.data.as_ref());
     let dimensions = if pipeline.routes.has_dimension_keys() {
         crate::enrich::dimensions(&kind, &event.raw, &enrichment)
     } else {
@@ -546,6 +560,7 @@ async fn attempt(pipeline: &Pipeline, event: &JournaledEvent) -> Outcome {
                     )
                     .increment(1);
                     report_sink(pipeline, name, &result, started, "sink delivery failed");
+                    note_sink(&mut found, name, &result);
                     match result {
                         Ok(()) => progress.sinks_done.push(name.to_string()),
                         Err(error) => {
@@ -570,6 +585,7 @@ async fn attempt(pipeline: &Pipeline, event: &JournaledEvent) -> Outcome {
                             started,
                             "collapsed sink delivery failed",
                         );
+                        note_sink(&mut found, &name, &result);
                         match result {
                             Ok(()) => progress.sinks_done.push(name),
                             Err(error) => {
@@ -602,7 +618,8 @@ async fn attempt(pipeline: &Pipeline, event: &JournaledEvent) -> Outcome {
             pipeline.outages.dedupe.report_failure(started, &error);
             tracing::debug!(%error, "could not record the event as done in the dedupe store");
         }
-        record(pipeline.journal.complete(&event.id).await);
+        found.sinks_done = progress.sinks_done.clone();
+        record(pipeline.journal.complete(&event.id, &found).await);
         tracing::info!(sinks = progress.sinks_done.len(), "event delivered");
         return Outcome::Delivered {
             sinks: progress.sinks_done.len(),
@@ -617,6 +634,13 @@ async fn attempt(pipeline: &Pipeline, event: &JournaledEvent) -> Outcome {
         .collect::<Vec<_>>()
         .join("; ");
     progress.sinks_failed = failures.iter().map(|(sink, _)| sink.clone()).collect();
+    found.sinks_done = progress.sinks_done.clone();
+    for (sink, error) in &failures {
+        found
+            .sink_errors
+            .entry(sink.clone())
+            .or_insert_with(|| error.message.clone());
+    }
     let policy = |sink: &str| match pipeline.sinks.retry(sink) {
         Some(retry) => RetryPolicy::resolve(retry, &pipeline.settings),
         None => RetryPolicy::resolve(&Default::default(), &pipeline.settings),
@@ -634,7 +658,7 @@ async fn attempt(pipeline: &Pipeline, event: &JournaledEvent) -> Outcome {
         record(
             pipeline
                 .journal
-                .dead_letter_sinks(&event.id, &progress)
+                .dead_letter_sinks(&event.id, &progress, &found)
                 .await,
         );
         return Outcome::DeadLettered;
@@ -661,11 +685,26 @@ async fn attempt(pipeline: &Pipeline, event: &JournaledEvent) -> Outcome {
     record(
         pipeline
             .journal
-            .retry_sinks(&event.id, &progress, next)
+            .retry_sinks(&event.id, &progress, next, &found)
             .await,
     );
     Outcome::Retrying {
         attempts: progress.attempts,
+    }
+}
+
+/// Notes one sink's result in what the history keeps: when it took the event, or its error.
+fn note_sink(found: &mut AttemptRecord, sink: &str, result: &Result<(), SinkError>) {
+    match result {
+        Ok(()) => {
+            let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+            found.sinks_delivered.insert(sink.to_string(), now);
+        }
+        Err(error) => {
+            found
+                .sink_errors
+                .insert(sink.to_string(), error.message.clone());
+        }
     }
 }
 
