@@ -16,6 +16,7 @@ mod ingress;
 mod lifecycle;
 mod observability;
 mod pipeline;
+mod redis_setup;
 mod routing;
 mod scale_out;
 mod sinks;
