@@ -10,6 +10,7 @@
 
 pub mod history;
 pub mod redis;
+pub mod redis_persistence;
 mod redis_scripts;
 pub mod sqlite;
 
