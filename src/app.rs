@@ -280,7 +280,7 @@ fn build_enricher(settings: &Settings) -> Result<Enricher, StartError> {
     };
     if settings.attio.base_url.starts_with("http://") {
         tracing::warn!(
-            base_url = %settings.attio.base_url,
+            base_url = %crate::config::redacted_url(&settings.attio.base_url),
             "attio.base_url is plain http: the API key travels unencrypted"
         );
     }

@@ -199,6 +199,7 @@ pub struct LogSettings {
 #[serde(deny_unknown_fields)]
 pub struct AttioSettings {
     /// `https://api.attio.com`; tests point it at a local fake.
+    #[serde(serialize_with = "redact_url_credentials")]
     pub base_url: String,
     /// Bearer token (`ATTIO_API_KEY`). None: enrichment is disabled, events still flow.
     #[serde(default, serialize_with = "redact_optional_secret")]
@@ -384,7 +385,7 @@ pub enum SinkKind {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSinkSettings {
-    #[serde(serialize_with = "redact_url_password")]
+    #[serde(serialize_with = "redact_url_credentials")]
     pub url: String,
     /// Standard Webhooks secret, `whsec_<base64>`; without it requests are not signed.
     #[serde(
@@ -556,6 +557,7 @@ impl Settings {
         );
         // The well-known variables users expect, applied last.
         if let Ok(secrets) = std::env::var("ATTIO_WEBHOOK_SECRET") {
+            // Entries are trimmed by `normalize`, with those of every other layer.
             let list: Vec<String> = secrets.split(',').map(str::to_string).collect();
             builder = builder
                 .set_override("webhook.secrets", list)
@@ -598,11 +600,18 @@ impl Settings {
         Ok(settings)
     }
 
-    /// Drops empty secrets (`"a,,b"`, a trailing comma) and an empty Redis URL.
+    /// Trims each webhook secret (`"old, new"` during a rotation means `old` and `new`: a
+    /// signing secret never starts or ends with a space), drops empty ones (`"a,,b"`, a trailing
+    /// comma), and drops an empty Redis URL or API key.
     fn normalize(&mut self) {
-        self.webhook
+        self.webhook.secrets = self
+            .webhook
             .secrets
-            .retain(|s| !s.expose_secret().trim().is_empty());
+            .iter()
+            .map(|secret| secret.expose_secret().trim())
+            .filter(|secret| !secret.is_empty())
+            .map(|secret| SecretString::from(secret.to_string()))
+            .collect();
         if self
             .redis
             .url
@@ -803,7 +812,7 @@ impl Settings {
                     "attio.base_url",
                     format!(
                         "must be an http(s) URL such as https://api.attio.com, got {:?}",
-                        attio.base_url
+                        redacted_url(&attio.base_url)
                     ),
                 ))
             }
@@ -998,7 +1007,10 @@ fn validate_sink(
                 _ => {
                     return Err(ConfigError::invalid(
                         &key("url"),
-                        format!("must be an http:// or https:// URL, got {:?}", http.url),
+                        format!(
+                            "must be an http:// or https:// URL, got {:?}",
+                            redacted_url(&http.url)
+                        ),
                     ))
                 }
             }
@@ -1135,24 +1147,48 @@ fn redact_optional_secret<S: Serializer>(
     }
 }
 
-/// A URL with the password of its user info (`https://user:password@host`) replaced, for
-/// showing settings.
+/// A URL as written, with its user info (`user:password@`) and the value of every query
+/// parameter replaced by `redacted`, for error messages and for showing settings. Works on text
+/// that is not a valid URL too (`http//user:pw@host/x?token=T`, a scheme typo): the user still
+/// sees what they wrote, minus anything that may be a credential.
 pub fn redacted_url(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            if parsed.set_password(Some("redacted")).is_ok() {
-                parsed.to_string()
-            } else {
-                "[redacted]".to_string()
-            }
-        }
-        Ok(_) => url.to_string(),
-        // Not a URL: validation refuses it; show nothing that might be a credential.
-        Err(_) => "[redacted: not a URL]".to_string(),
+    // The authority starts after `//` when there is one (also after a mistyped scheme), else at
+    // the start. It ends at the first `/` after that; a password is not supposed to hold `?`, `#`
+    // or `@`, but when it does unescaped, the last `@` before that `/` still ends the user info.
+    let authority_start = url.find("//").map_or(0, |index| index + 2);
+    let (scheme, rest) = url.split_at(authority_start);
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let rest = match rest[..authority_end].rfind('@') {
+        Some(at) => format!("redacted{}", &rest[at..]),
+        None => rest.to_string(),
+    };
+    let (before_fragment, fragment) = match rest.find('#') {
+        Some(index) => rest.split_at(index),
+        None => (rest.as_str(), ""),
+    };
+    let (path, query) = match before_fragment.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (before_fragment, None),
+    };
+    let mut out = format!("{scheme}{path}");
+    if let Some(query) = query {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name, _)) => format!("{name}=redacted"),
+                None if pair.is_empty() => String::new(),
+                // `?TOKEN` alone may be the credential itself.
+                None => "redacted".to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&pairs.join("&"));
     }
+    out.push_str(fragment);
+    out
 }
 
-fn redact_url_password<S: Serializer>(url: &str, serializer: S) -> Result<S::Ok, S::Error> {
+fn redact_url_credentials<S: Serializer>(url: &str, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&redacted_url(url))
 }
 
@@ -1601,10 +1637,7 @@ mod tests {
         ] {
             assert!(!json.contains(secret), "{json}");
         }
-        assert!(
-            json.contains("http://user:redacted@127.0.0.1:9/x"),
-            "{json}"
-        );
+        assert!(json.contains("http://redacted@127.0.0.1:9/x"), "{json}");
         let toml = toml::to_string_pretty(&settings).unwrap();
         assert!(toml.contains("[sinks.out]"), "{toml}");
     }
@@ -1622,6 +1655,64 @@ mod tests {
             .to_string();
         assert!(error.contains("line 2"), "{error}");
         assert!(!error.contains("unclosed-secret"), "{error}");
+    }
+
+    #[test]
+    fn redacted_urls_keep_the_shape_and_drop_user_info_and_query_values() {
+        for (url, shown) in [
+            (
+                "http//user:pw@host/x?token=T",
+                "http//redacted@host/x?token=redacted",
+            ),
+            (
+                "https://user:pw@hooks.test:8443/in?token=T&team=sales#part",
+                "https://redacted@hooks.test:8443/in?token=redacted&team=redacted#part",
+            ),
+            ("https://hooks.test/in", "https://hooks.test/in"),
+            (
+                "https://hooks.test/in?SECRET",
+                "https://hooks.test/in?redacted",
+            ),
+            ("redis://:pa#ss@h:6379/0", "redis://redacted@h:6379/0"),
+            ("user:pw@host", "redacted@host"),
+            ("", ""),
+        ] {
+            assert_eq!(redacted_url(url), shown, "{url}");
+        }
+    }
+
+    #[test]
+    fn a_mistyped_url_is_quoted_in_the_error_without_its_user_info_or_query_values() {
+        for layer in [
+            "[sinks.s]\nkind=\"http\"\nurl=\"http//user:pw-text@host/x?token=token-text\"\n\
+             [[routes]]\nname=\"r\"\nevents=[\"*\"]\nsinks=[\"s\"]",
+            "[attio]\nbase_url=\"ftp://user:pw-text@host/x?token=token-text\"",
+        ] {
+            let error = Settings::from_toml_layers("test", &[SECRET_ONLY, layer])
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("redacted@host/x?token=redacted"), "{error}");
+            assert!(
+                !error.contains("pw-text") && !error.contains("token-text"),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn secrets_are_trimmed_and_empty_ones_dropped() {
+        let settings = Settings::from_toml(
+            "test",
+            "[webhook]\nsecrets=[\"old\", \" new \", \"\", \"  \"]",
+        )
+        .unwrap();
+        let secrets: Vec<&str> = settings
+            .webhook
+            .secrets
+            .iter()
+            .map(|s| s.expose_secret())
+            .collect();
+        assert_eq!(secrets, ["old", "new"]);
     }
 
     #[test]
