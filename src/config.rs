@@ -124,6 +124,10 @@ pub struct QueueSettings {
     pub backend: QueueBackend,
     pub max_backlog: u64,
     pub channel_capacity: usize,
+    /// With `backend = "redis"` and `APP_ENV=production`, start even on a Redis without an
+    /// append-only file (a Redis restart then loses acknowledged deliveries).
+    #[serde(default)]
+    pub allow_volatile_redis: bool,
 }
 
 /// The journal backend (`queue.backend`).
@@ -167,6 +171,10 @@ pub struct RedisSettings {
     #[serde(default, serialize_with = "redact_optional_secret")]
     pub url: Option<SecretString>,
     pub key_prefix: String,
+    /// PEM file of the CA certificates a `rediss://` connection trusts besides the system's
+    /// (a private CA, or a managed Redis whose CA is not in the system store).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -418,6 +426,9 @@ pub struct RedisStreamSinkSettings {
         skip_serializing_if = "Option::is_none"
     )]
     pub url: Option<SecretString>,
+    /// CA certificates for a `rediss://` URL; defaults to `redis.tls_ca_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca_file: Option<PathBuf>,
     /// The stream's key.
     pub key: String,
     /// Approximate cap on the stream's length (`XADD ... MAXLEN ~ n`).
@@ -732,17 +743,12 @@ impl Settings {
             ));
         }
         if let Some(url) = &self.redis.url {
-            let url = url.expose_secret();
-            if !(url.starts_with("redis://")
-                || url.starts_with("rediss://")
-                || url.starts_with("redis+unix://")
-                || url.starts_with("unix://"))
-            {
-                return Err(ConfigError::invalid(
-                    "redis.url",
-                    "must start with redis://, rediss:// or unix:// (REDIS_URL)",
-                ));
-            }
+            check_redis_url("redis.url", url, self.redis.tls_ca_file.as_deref())?;
+        } else if self.redis.tls_ca_file.is_some() {
+            return Err(ConfigError::invalid(
+                "redis.tls_ca_file",
+                "is set but redis.url is not (REDIS_URL)",
+            ));
         }
         if self.redis.key_prefix.is_empty() {
             return Err(ConfigError::invalid(
@@ -919,6 +925,9 @@ impl Settings {
                 if stream.url.is_none() {
                     stream.url = self.redis.url.clone();
                 }
+                if stream.tls_ca_file.is_none() {
+                    stream.tls_ca_file = self.redis.tls_ca_file.clone();
+                }
             }
         }
         sinks
@@ -1043,17 +1052,7 @@ fn validate_sink(
                     "is needed (or set redis.url / REDIS_URL, which it defaults to)",
                 ));
             };
-            let url = url.expose_secret();
-            if !(url.starts_with("redis://")
-                || url.starts_with("rediss://")
-                || url.starts_with("redis+unix://")
-                || url.starts_with("unix://"))
-            {
-                return Err(ConfigError::invalid(
-                    &key("url"),
-                    "must start with redis://, rediss:// or unix://",
-                ));
-            }
+            check_redis_url(&key("url"), url, stream.tls_ca_file.as_deref())?;
             if stream.key.trim().is_empty() {
                 return Err(ConfigError::invalid(&key("key"), "must name the stream"));
             }
@@ -1077,6 +1076,28 @@ fn validate_sink(
         }
     }
     Ok(())
+}
+
+/// Checks a Redis URL the way connecting will use it (scheme, host, database, TLS support, the
+/// CA file), so that `check-config` refuses what `serve` would. Nothing is connected.
+fn check_redis_url(
+    key: &str,
+    url: &SecretString,
+    ca_file: Option<&Path>,
+) -> Result<(), ConfigError> {
+    let text = url.expose_secret();
+    if !["redis://", "rediss://", "redis+unix://", "unix://"]
+        .iter()
+        .any(|scheme| text.starts_with(scheme))
+    {
+        return Err(ConfigError::invalid(
+            key,
+            "must start with redis://, rediss:// (TLS) or unix:// (REDIS_URL)",
+        ));
+    }
+    crate::dedupe::redis::client(url, ca_file)
+        .map(|_| ())
+        .map_err(|problem| ConfigError::invalid(key, problem))
 }
 
 /// A load error without the values it quotes. The `config` crate's messages quote the offending
