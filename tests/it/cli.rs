@@ -1088,3 +1088,72 @@ async fn urls_lose_their_user_info_and_query_values_in_check_config_and_in_error
         }
     }
 }
+
+#[tokio::test]
+async fn unparsed_works_on_the_redis_queue_as_on_the_embedded_journal() {
+    let prefix = crate::helpers::unique_prefix();
+    let queue = format!(
+        "[queue]\nbackend = \"redis\"\n[redis]\nurl = \"{}\"\nkey_prefix = \"{prefix}\"\n",
+        crate::helpers::REDIS_URL
+    );
+    let app = TestApp::builder().toml(&queue).spawn().await;
+    let response = app.post_signed(b"[1,2,3]", Some("array")).await;
+    assert_eq!(response.status(), 202);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, &queue).unwrap();
+    let config = config.to_str().unwrap();
+
+    let listed = run(
+        &["unparsed", "list", "--json", "--config", config],
+        &[],
+        b"",
+    )
+    .await;
+    assert!(listed.status.success(), "{}", stderr(&listed));
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["body"], "[1,2,3]");
+    assert_eq!(listed[0]["idempotency_key"], "array");
+    let id = listed[0]["id"].to_string();
+    let raw = run(
+        &["unparsed", "show", &id, "--body-only", "--config", config],
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(raw.stdout, b"[1,2,3]");
+    let deleted = run(
+        &["unparsed", "delete", "--all", "--config", config],
+        &[],
+        b"",
+    )
+    .await;
+    assert!(
+        stdout(&deleted).contains("1 unparsed body(ies) deleted"),
+        "{}",
+        stdout(&deleted)
+    );
+    let listed = run(&["unparsed", "list", "--config", config], &[], b"").await;
+    assert_eq!(stdout(&listed), "no unparsed bodies\n");
+
+    app.stop().await;
+    let mut redis = crate::helpers::redis().await;
+    let keys: Vec<String> = [
+        "events",
+        "pending",
+        "retry",
+        "dead",
+        "dead-deliveries",
+        "dead-delivery-seq",
+        "probe",
+    ]
+    .iter()
+    .map(|name| format!("{{{prefix}}}:{name}"))
+    .collect();
+    let _: () = redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+}
