@@ -17,6 +17,7 @@ mod lifecycle;
 mod observability;
 mod pipeline;
 mod postgres;
+mod redis_setup;
 mod routing;
 mod scale_out;
 mod sinks;
