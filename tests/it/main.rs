@@ -7,6 +7,7 @@ mod fake_workspace;
 mod helpers;
 
 mod attio_client;
+mod attio_edges;
 mod cli;
 mod contract;
 mod deploy;
