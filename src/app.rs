@@ -14,6 +14,7 @@ use std::future::IntoFuture;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::attio::rate_limit::SharedRateLimit;
 use crate::attio::AttioClient;
 use crate::config::{QueueBackend, Settings};
 use crate::dedupe::{self, ClaimOwner, DedupeStore, EmbeddedDedupe, RedisDedupe};
@@ -85,6 +86,11 @@ impl Application {
             )?),
             None => None,
         };
+        // With Redis, replicas share Attio's rate limits through it too.
+        let shared_rate_limit = redis.clone().map(|connection| SharedRateLimit {
+            connection,
+            key_prefix: settings.redis.key_prefix.clone(),
+        });
         let mut journal_lock = None;
         let (journal, dedupe) = match (settings.queue.backend, redis) {
             (QueueBackend::Redis, Some(connection)) => {
@@ -135,7 +141,7 @@ impl Application {
             }
         }
         let sinks = Sinks::open(&sink_settings)?;
-        let enricher = build_enricher(&settings)?;
+        let enricher = build_enricher(&settings, shared_rate_limit)?;
 
         let (handoff, worker) = worker::channel(
             Pipeline {
@@ -279,7 +285,10 @@ impl Application {
 
 /// The enrichment stage: with an API key, a client shared by every event; without, a warning
 /// and events delivered with `enrichment: "disabled"`.
-fn build_enricher(settings: &Settings) -> Result<Enricher, StartError> {
+fn build_enricher(
+    settings: &Settings,
+    shared_rate_limit: Option<SharedRateLimit>,
+) -> Result<Enricher, StartError> {
     let Some(api_key) = &settings.attio.api_key else {
         tracing::warn!(
             "no Attio API key (set ATTIO_API_KEY): events are delivered without enrichment \
@@ -293,7 +302,7 @@ fn build_enricher(settings: &Settings) -> Result<Enricher, StartError> {
             "attio.base_url is plain http: the API key travels unencrypted"
         );
     }
-    let client = AttioClient::new(&settings.attio, api_key)?;
+    let client = AttioClient::with_rate_limit(&settings.attio, api_key, shared_rate_limit)?;
     Ok(Enricher::new(Some(client), &settings.enrichment))
 }
 
