@@ -140,8 +140,10 @@ impl Application {
                 }
             }
         }
-        let sinks = Sinks::open(&sink_settings)?;
-        let enricher = build_enricher(&settings, shared_rate_limit)?;
+        let attio = build_attio_client(&settings, shared_rate_limit)?;
+        let sinks = Sinks::open_with(&sink_settings, attio.as_ref())?;
+        sinks.prepare().await;
+        let enricher = Enricher::new(attio, &settings.enrichment);
 
         let (handoff, worker) = worker::channel(
             Pipeline {
@@ -283,18 +285,19 @@ impl Application {
     }
 }
 
-/// The enrichment stage: with an API key, a client shared by every event; without, a warning
-/// and events delivered with `enrichment: "disabled"`.
-fn build_enricher(
+/// The Attio client shared by enrichment and the sinks that read Attio: with an API key, one
+/// client for every event (its rate limits shared with the other replicas through Redis when
+/// there is one); without, a warning and events delivered with `enrichment: "disabled"`.
+fn build_attio_client(
     settings: &Settings,
     shared_rate_limit: Option<SharedRateLimit>,
-) -> Result<Enricher, StartError> {
+) -> Result<Option<AttioClient>, StartError> {
     let Some(api_key) = &settings.attio.api_key else {
         tracing::warn!(
             "no Attio API key (set ATTIO_API_KEY): events are delivered without enrichment \
              (enrichment: \"disabled\")"
         );
-        return Ok(Enricher::disabled());
+        return Ok(None);
     };
     if settings.attio.base_url.starts_with("http://") {
         tracing::warn!(
@@ -302,8 +305,11 @@ fn build_enricher(
             "attio.base_url is plain http: the API key travels unencrypted"
         );
     }
-    let client = AttioClient::with_rate_limit(&settings.attio, api_key, shared_rate_limit)?;
-    Ok(Enricher::new(Some(client), &settings.enrichment))
+    Ok(Some(AttioClient::with_rate_limit(
+        &settings.attio,
+        api_key,
+        shared_rate_limit,
+    )?))
 }
 
 /// With the Redis queue, acknowledged deliveries live only in Redis: says what a Redis restart
