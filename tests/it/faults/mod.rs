@@ -12,9 +12,11 @@
 //! script collects.
 
 mod flaky_attio;
+mod full_disk;
 mod journal_scan;
 mod outage_logs;
 mod redis_outage;
+mod rotation;
 mod sigkill;
 mod sink_down;
 mod takeover;
@@ -325,4 +327,70 @@ pub fn jsonl_sink(path: &Path) -> String {
 
 pub fn sink_path(dir: &Path) -> PathBuf {
     dir.join("events.jsonl")
+}
+
+/// A small tmpfs, mounted for a full-disk test and unmounted when dropped, also when the test
+/// fails. Mounting needs root (CI runs as root).
+pub struct Tmpfs {
+    pub path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (`mount -o size=`, such as `2m`), or says why the test is skipped
+    /// and returns `None` when this machine does not allow it.
+    pub fn mount(size: &str, test: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().unwrap();
+        let output = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .output();
+        match output {
+            Ok(output) if output.status.success() => Some(Tmpfs {
+                path: dir.path().to_path_buf(),
+                _dir: dir,
+            }),
+            Ok(output) => {
+                println!(
+                    "SKIPPED {test}: cannot mount a tmpfs (needs root): {}",
+                    String::from_utf8_lossy(&output.stderr).trim()
+                );
+                None
+            }
+            Err(error) => {
+                println!("SKIPPED {test}: cannot run mount: {error}");
+                None
+            }
+        }
+    }
+
+    /// Fills the filesystem to its last byte with a file `filler`, which [`Tmpfs::free`] removes.
+    pub fn fill(&self) {
+        use std::io::Write;
+        let mut filler = std::fs::File::create(self.path.join("filler")).unwrap();
+        let chunk = vec![0u8; 4096];
+        while filler.write_all(&chunk).is_ok() {}
+        while filler.write_all(&chunk[..1]).is_ok() {}
+    }
+
+    /// Gives back what [`Tmpfs::fill`] took.
+    pub fn free(&self) {
+        std::fs::remove_file(self.path.join("filler")).unwrap();
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazy: a daemon still holding a file open there must not keep the mount behind.
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
 }
