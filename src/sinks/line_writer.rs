@@ -33,8 +33,11 @@ const MAX_BATCH: usize = 4096;
 /// How often, at most, a file sink checks that its path still names the file it has open.
 pub const IDENTITY_CHECK_EVERY: Duration = Duration::from_secs(1);
 
+/// Where a line's outcome goes.
+type Answer = oneshot::Sender<Result<(), String>>;
+
 enum Job {
-    Line(Arc<[u8]>, oneshot::Sender<Result<(), String>>),
+    Line(Arc<[u8]>, Answer),
     /// Wakes the thread up to reopen its file (the request itself is the shared flag).
     Reopen,
 }
@@ -280,8 +283,7 @@ fn ends_with_partial_line(file: &mut File) -> std::io::Result<bool> {
 }
 
 fn write_loop(mut output: Output, mut receiver: mpsc::Receiver<Job>, reopen: &AtomicBool) {
-    let mut batch: Vec<(Arc<[u8]>, oneshot::Sender<Result<(), String>>)> =
-        Vec::with_capacity(MAX_BATCH);
+    let mut batch: Vec<(Arc<[u8]>, Answer)> = Vec::with_capacity(MAX_BATCH);
     let mut buffer: Vec<u8> = Vec::with_capacity(64 * 1024);
     while let Some(first) = receiver.blocking_recv() {
         let mut next = Some(first);
