@@ -15,6 +15,7 @@ mod ingress;
 mod lifecycle;
 mod observability;
 mod pipeline;
+mod redis_setup;
 mod routing;
 mod scale_out;
 mod sinks;
