@@ -6,6 +6,7 @@ mod fake_attio;
 mod helpers;
 
 mod attio_client;
+mod attio_edges;
 mod cli;
 mod contract;
 mod deploy;
