@@ -155,12 +155,14 @@ impl Request {
             | Request::RecordSinks { .. }
             | Request::Replay { .. }
             | Request::Probe(_)
-            | Request::Purge { .. } => true,
+            | Request::Purge { .. }
+            | Request::DeleteDeadDeliveries(..) => true,
             Request::Due { .. }
             | Request::DeadLetters(..)
             | Request::ListDeadLetters(..)
             | Request::Event(..)
             | Request::DeadDeliveries(..)
+            | Request::DeadDelivery(..)
             | Request::OldestPending(_)
             | Request::Close(_) => false,
         }
