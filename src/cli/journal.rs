@@ -25,7 +25,8 @@ pub enum Action {
     /// Run SQLite's integrity check on the journal, read-only: exit 0 if sound, 1 if damaged.
     Check,
     /// With the daemon stopped: move a damaged journal aside (kept as it is) and build a new one
-    /// from every row that can still be read; the next start processes its pending events.
+    /// from every row that can still be read; the next start processes its pending events. A
+    /// sound journal is left alone.
     Recover,
 }
 
@@ -100,6 +101,22 @@ fn recover(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // A sound journal is left as it is: rebuilding it would only move it.
+    match repair::check(path) {
+        Ok(check) if check.is_sound() => {
+            println!(
+                "{}: sound (SQLite's integrity check found nothing wrong); nothing to recover, \
+                 nothing was changed",
+                path.display()
+            );
+            return ExitCode::SUCCESS;
+        }
+        Ok(_) => {}
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    }
     let report = match repair::recover(path) {
         Ok(report) => report,
         Err(error) => {

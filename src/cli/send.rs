@@ -822,7 +822,13 @@ impl Summary {
             println!("rate:    n/a (no answers)");
             println!("latency: n/a (no answers)");
         } else {
-            println!("rate:    {:.0} answers/s", self.per_second);
+            // Every answer was a delivery accepted only when nothing failed.
+            let unit = if self.failed == 0 {
+                "deliveries/s"
+            } else {
+                "answers/s"
+            };
+            println!("rate:    {:.0} {unit}", self.per_second);
             println!(
                 "latency: p50 {:.2}ms  p90 {:.2}ms  p99 {:.2}ms  max {:.2}ms",
                 self.latency_ms.p50, self.latency_ms.p90, self.latency_ms.p99, self.latency_ms.max
