@@ -1,12 +1,16 @@
-//! Fault tests (issue 6): the daemon under SIGKILL, a Redis outage, a flaky Attio and a sink that
-//! is down, plus the regression tests of the bugs these faults uncovered.
+//! Fault tests (issues 6 and 12): the daemon under SIGKILL, a Redis outage, a flaky Attio, a sink
+//! that is down, full disks and rotated sink files, plus the regression tests of the bugs these
+//! faults uncovered.
 //!
 //! The suite runs quick versions. `scripts/faults.sh` runs the same tests with the issue's
 //! numbers, through these environment variables (docs/testing.md):
 //! - `FAULTS_DELIVERIES` (default 2000): deliveries sent during the SIGKILL test;
 //! - `FAULTS_KILLS` (default 3): SIGKILLs during that load;
 //! - `FAULTS_REDIS_PAUSE` (default `4s`): how long Redis stays stopped;
-//! - `FAULTS_ATTIO_EVENTS` (default 60): events enriched through the flaky fake Attio.
+//! - `FAULTS_ATTIO_EVENTS` (default 60): events enriched through the flaky fake Attio;
+//! - `FAULTS_FULL_DISK_EVENTS` (default 20), `FAULTS_FULL_SINK_EVENTS` (default 10): events
+//!   waiting while the journal's or the sink's disk is full;
+//! - `FAULTS_FULL_DISK_FOR` (default `3s`): how long the disk stays full.
 //!
 //! Each scenario prints one line `FAULTS <scenario> key=value ...` with its figures, which the
 //! script collects.
