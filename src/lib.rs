@@ -34,7 +34,9 @@
 //! - `enrich`: re-fetch what each event is about; resolve object/list/attribute slugs.
 //! - `attio`: the only module that speaks Attio's REST API (client, retry, rate limit, breaker,
 //!   models, schema cache).
-//! - `sinks`: one file per sink kind (jsonl/stdout, http, redis_stream, command).
+//! - `sinks`: one file per sink kind (jsonl/stdout, http, redis_stream, command, postgres).
+//! - `mirror`: what the `postgres` sink and `sync` keep in PostgreSQL: tables and typed views
+//!   equal to Attio (settings, SQL store with embedded migrations, view mapping, sync).
 //! - `app`: builds the daemon from settings; graceful shutdown.
 //! - `telemetry`: logging (`serve` writes from a thread of its own, so a stalled stderr drops
 //!   lines instead of stalling the daemon).
@@ -54,6 +56,7 @@ pub mod event;
 pub mod ingress;
 pub mod journal;
 pub mod metrics;
+pub mod mirror;
 pub mod routing;
 pub mod signature;
 pub mod sinks;
