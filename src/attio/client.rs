@@ -4,9 +4,9 @@
 //! In: typed calls (`get_record`, `list_webhooks`, ...). Out: typed models or an [`AttioError`].
 //! Every request, whoever makes it, passes the same gates in this order: the circuit breaker
 //! (refuse at once while Attio is down), a pause Attio asked for with `Retry-After`, and the
-//! shared rate limiter (reads and writes separately, FACTS §6). Transient failures are retried
-//! with full-jitter exponential backoff until `attio.retry_total` runs out. The API key lives
-//! only inside a sensitive header value; it is never logged nor part of an error.
+//! shared rate limiter (reads and writes separately, docs/attio.md §6). Transient failures are
+//! retried with full-jitter exponential backoff until `attio.retry_total` runs out. The API key
+//! lives only inside a sensitive header value; it is never logged nor part of an error.
 
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
@@ -314,7 +314,7 @@ impl AttioClient {
         self.inner.breaker.open_for()
     }
 
-    // ---- reads used by enrichment (FACTS §2) ----
+    // ---- reads used by enrichment (docs/attio.md §2) ----
 
     pub async fn get_record(&self, object: &str, record_id: &str) -> Result<Record, AttioError> {
         self.get(
@@ -442,7 +442,7 @@ impl AttioClient {
         decode(&body)
     }
 
-    // ---- webhook management (FACTS §4) ----
+    // ---- webhook management (docs/attio.md §4) ----
 
     /// One page of webhooks. `limit` is clamped to Attio's 10..=100.
     pub async fn list_webhooks(&self, limit: u32, offset: u32) -> Result<Vec<Webhook>, AttioError> {

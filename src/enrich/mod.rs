@@ -1,7 +1,7 @@
 //! Enrichment: re-fetch what an event is about, and name its object, list and attribute.
 //!
-//! In: an event's kind and JSON (ids only, FACTS §2) and how much the matching routes want it
-//! enriched. Out: an [`Enrichment`]: the fetched resource (the `data` member of Attio's answer),
+//! In: an event's kind and JSON (ids only, docs/attio.md §2) and how much the matching routes
+//! want it enriched. Out: an [`Enrichment`]: the fetched resource (the `data` member of Attio's answer),
 //! the resolved `object` / `list` / `attribute` slugs, and a status: `ok`, `not_found`
 //! (expected for `*.deleted`), `disabled` (no API key), `skipped` (nothing to fetch, or no
 //! route wants it) or `failed` (with the error, after the client's retries ran out).
@@ -164,7 +164,7 @@ impl EventIds {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MissingId(pub &'static str);
 
-/// Decides, for each kind of event, what to fetch and which names to resolve (FACTS §2).
+/// Decides, for each kind of event, what to fetch and which names to resolve (docs/attio.md §2).
 pub fn plan(kind: &EventKind, ids: &EventIds) -> Result<Plan, MissingId> {
     let need = |key: &'static str| ids.get(key).ok_or(MissingId(key));
     let attribute_of = |parent: AttributeParent, parent_id: &str| {
