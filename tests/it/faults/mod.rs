@@ -17,6 +17,7 @@ mod outage_logs;
 mod redis_outage;
 mod sigkill;
 mod sink_down;
+mod slow_clients;
 mod takeover;
 mod torn_line;
 
