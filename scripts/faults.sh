@@ -14,10 +14,13 @@ export FAULTS_DELIVERIES="${FAULTS_DELIVERIES:-20000}"
 export FAULTS_KILLS="${FAULTS_KILLS:-10}"
 export FAULTS_REDIS_PAUSE="${FAULTS_REDIS_PAUSE:-20s}"
 export FAULTS_ATTIO_EVENTS="${FAULTS_ATTIO_EVENTS:-300}"
+export FAULTS_SLOW_CLIENTS="${FAULTS_SLOW_CLIENTS:-1100}"
+export FAULTS_OPEN_FILES="${FAULTS_OPEN_FILES:-1024}"
+export FAULTS_SLOW_HOLD="${FAULTS_SLOW_HOLD:-30s}"
 
 scenarios=("$@")
 if [ ${#scenarios[@]} -eq 0 ]; then
-    scenarios=(sigkill redis_outage flaky_attio sink_down journal_scan takeover torn_line outage_logs)
+    scenarios=(sigkill redis_outage flaky_attio sink_down journal_scan takeover torn_line outage_logs slow_clients)
 fi
 
 echo "building the tests in release..."

@@ -502,11 +502,13 @@ mod tests {
             None,
             "a success right after ends nothing"
         );
-        assert!(!episode.occurred_at(at(200)));
-        assert!(!episode.occurred_at(at(2_000)));
-        assert_eq!(episode.end_at(at(2_100)), None);
-        assert!(episode.occurred_at(at(32_000)), "a reminder after 30 s");
-        assert_eq!(episode.end_at(at(37_000)), Some(4), "quiet for 5 s: over");
+        for second in 1..30 {
+            assert!(!episode.occurred_at(at(second * 1_000)), "{second} s");
+            assert_eq!(episode.end_at(at(second * 1_000 + 100)), None);
+        }
+        assert!(episode.occurred_at(at(30_000)), "a reminder after 30 s");
+        assert_eq!(episode.end_at(at(34_000)), None, "quiet for 4 s only");
+        assert_eq!(episode.end_at(at(35_000)), Some(31), "quiet for 5 s: over");
         assert_eq!(episode.end_at(at(38_000)), None, "ended once");
         assert!(
             episode.occurred_at(at(40_000)),

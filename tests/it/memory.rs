@@ -5,10 +5,13 @@
 //!
 //! The suite runs a quick version; `scripts/soak.sh` runs it in release with a few hundred
 //! thousand deliveries through these variables (docs/testing.md):
-//! - `SOAK_DELIVERIES` (default 40000): deliveries sent;
-//! - `SOAK_CHECKPOINTS` (default 8): how many times the memory is read along the way;
+//! - `SOAK_DELIVERIES` (default 30000): deliveries sent;
+//! - `SOAK_CHECKPOINTS` (default 6): how many times the memory is read along the way;
 //! - `SOAK_WORKER` (default `false`): whether the worker processes the events (to a jsonl sink);
-//! - `SOAK_GROWTH_KIB` (default 1536): the growth allowed after the first checkpoint.
+//! - `SOAK_GROWTH_KIB` (default 160): the growth allowed over the second half of the run.
+//!
+//! Before the recorder's upkeep ran on a timer, every delivery kept about 20 bytes (its
+//! ingress-duration sample) until the next scrape: 300 KiB over the quick run's second half.
 //!
 //! It prints one line `SOAK deliveries=N rss_anon_kib=K` per checkpoint.
 
@@ -65,9 +68,9 @@ async fn send_range(url: &str, prefix: &str, from: usize, to: usize, senders: us
 
 #[tokio::test]
 async fn anonymous_memory_stays_flat_under_load_when_nobody_scrapes_metrics() {
-    let deliveries = env_usize("SOAK_DELIVERIES", 40_000);
-    let checkpoints = env_usize("SOAK_CHECKPOINTS", 8).max(2);
-    let allowed_growth = env_usize("SOAK_GROWTH_KIB", 1536) as u64;
+    let deliveries = env_usize("SOAK_DELIVERIES", 30_000);
+    let checkpoints = env_usize("SOAK_CHECKPOINTS", 6).max(2);
+    let allowed_growth = env_usize("SOAK_GROWTH_KIB", 160) as u64;
     let worker = std::env::var("SOAK_WORKER").is_ok_and(|v| v == "true" || v == "1");
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.toml");
@@ -96,14 +99,18 @@ async fn anonymous_memory_stays_flat_under_load_when_nobody_scrapes_metrics() {
         println!("SOAK deliveries={sent} rss_anon_kib={rss}");
         curve.push((sent, rss));
     }
-    // The first checkpoint is the warmed-up daemon: connection pools, SQLite's page cache and
-    // the allocator's arenas have reached their size by then.
-    let (_, warm) = curve[0];
-    let (_, highest) = curve.iter().copied().max_by_key(|(_, rss)| *rss).unwrap();
+    // The first half warms the daemon up: connection pools, SQLite's page cache and the
+    // allocator's arenas reach their size. From then on memory must stay flat.
+    let (warm_at, warm) = curve[(curve.len() - 1) / 2];
+    let highest = curve[(curve.len() - 1) / 2..]
+        .iter()
+        .map(|(_, rss)| *rss)
+        .max()
+        .unwrap_or(warm);
     assert!(
         highest <= warm + allowed_growth,
-        "anonymous memory grew by {} KiB after the first {} deliveries (allowed {allowed_growth} KiB): {curve:?}",
+        "anonymous memory grew by {} KiB after the first {warm_at} deliveries (allowed \
+         {allowed_growth} KiB): {curve:?}",
         highest - warm,
-        curve[0].0
     );
 }
