@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use axum::Router;
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::Service as _;
@@ -229,9 +230,15 @@ async fn serve_connection(
             let busy = Busy::start(activity.clone());
             let response = tower.call(request);
             async move {
-                let response = response.await;
-                drop(busy);
-                response
+                // The request stays in progress until its answer's body has been read out to
+                // the end (or dropped), so a streamed answer is not cut off as idle.
+                let response = response.await?;
+                Ok::<_, std::convert::Infallible>(response.map(|body| {
+                    axum::body::Body::new(body.map_frame(move |frame| {
+                        let _in_progress = &busy;
+                        frame
+                    }))
+                }))
             }
         })
     };
@@ -370,8 +377,8 @@ impl Activity {
     }
 }
 
-/// A request in progress on a connection, from the router's call until its answer is ready
-/// (or the request is dropped).
+/// A request in progress on a connection, from the router's call until its answer's body has
+/// been read to the end (or the request is dropped).
 struct Busy(Arc<Activity>);
 
 impl Busy {
