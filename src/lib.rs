@@ -22,9 +22,11 @@
 //! - `signature::properties`, `event::properties` (tests, and feature `fuzzing`): the promises
 //!   of both as checks shared by the property tests and the fuzz targets in `fuzz/`.
 //! - `journal`: durable store of accepted deliveries (SQLite with group commit, or a Redis
-//!   stream shared by replicas), dead letters.
+//!   stream shared by replicas), dead letters, signed bodies that were not deliveries
+//!   (`journal::repair`: check and recover a damaged SQLite journal).
 //! - `worker`: takes events from the channel and the journal, drives them to the sinks
 //!   (`worker::collapse`: one line for the updates that shared a fetch, on `collapse = true` routes;
+//!   `worker::order`: the events of one delivery about one record reach the sinks in their order;
 //!   `worker::outage`: a dependency that is down is logged once per outage, not per event).
 //! - `dedupe`: two-phase claim → done, on Redis or embedded.
 //! - `routing`: rules that match events to sinks (event-type patterns, `object` / `list` /
@@ -32,12 +34,15 @@
 //! - `enrich`: re-fetch what each event is about; resolve object/list/attribute slugs.
 //! - `attio`: the only module that speaks Attio's REST API (client, retry, rate limit, breaker,
 //!   models, schema cache).
-//! - `sinks`: one file per sink kind (jsonl/stdout, http, redis_stream, command).
+//! - `sinks`: one file per sink kind (jsonl/stdout, http, redis_stream, command, postgres).
+//! - `mirror`: what the `postgres` sink and `sync` keep in PostgreSQL: tables and typed views
+//!   equal to Attio (settings, SQL store with embedded migrations, view mapping, sync).
 //! - `app`: builds the daemon from settings; graceful shutdown.
 //! - `telemetry`: logging (`serve` writes from a thread of its own, so a stalled stderr drops
 //!   lines instead of stalling the daemon).
 //! - `metrics`: Prometheus registry and metric names.
-//! - `cli`: the command line: `serve`, `dead-letters list|show|replay`,
+//! - `cli`: the command line: `serve`, `dead-letters list|show|replay`, `unparsed list|show|delete`,
+//!   `journal check|recover`,
 //!   `webhooks list|get|create|update|delete` (Attio subscriptions), and the developer tools
 //!   `send`, `sign`, `verify`, `check-config`.
 
@@ -51,6 +56,7 @@ pub mod event;
 pub mod ingress;
 pub mod journal;
 pub mod metrics;
+pub mod mirror;
 pub mod routing;
 pub mod signature;
 pub mod sinks;
