@@ -7,7 +7,7 @@
 //! - `FAULTS_KILLS` (default 3): SIGKILLs during that load;
 //! - `FAULTS_REDIS_PAUSE` (default `4s`): how long Redis stays stopped;
 //! - `FAULTS_ATTIO_EVENTS` (default 60): events enriched through the flaky fake Attio;
-//! - `FAULTS_SLOW_CLIENTS` (default 300), `FAULTS_OPEN_FILES` (default 128), `FAULTS_SLOW_HOLD`
+//! - `FAULTS_SLOW_CLIENTS` (default 200), `FAULTS_OPEN_FILES` (default 128), `FAULTS_SLOW_HOLD`
 //!   (default `8s`): slow clients held open against a daemon with that open-files limit, and for
 //!   how long.
 //!
