@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::attio::rate_limit::SharedRateLimit;
 use crate::attio::AttioClient;
 use crate::config::{QueueBackend, Settings};
 use crate::dedupe::{self, ClaimOwner, DedupeStore, EmbeddedDedupe, RedisDedupe};
@@ -20,7 +21,7 @@ use crate::ingress::connections::{self, ConnectionLimits};
 use crate::ingress::{self, IngressState};
 use crate::journal::{Journal, JournalLock, RedisJournal, SqliteJournal};
 use crate::routing::{closest_event_type, RouteTable};
-use crate::sinks::Sinks;
+use crate::sinks::{FileReopener, Sinks};
 use crate::worker::{self, Pipeline, Worker};
 
 /// Connections open at once on the admin listener (probes, metrics): enough for every scraper
@@ -66,6 +67,8 @@ pub struct Application {
     journal: Journal,
     /// With the embedded journal: this process is the only daemon working on it.
     journal_lock: Option<JournalLock>,
+    /// Reopens the `jsonl` sinks' files on SIGHUP.
+    file_sinks: FileReopener,
     settings: Settings,
 }
 
@@ -92,6 +95,11 @@ impl Application {
             )?),
             None => None,
         };
+        // With Redis, replicas share Attio's rate limits through it too.
+        let shared_rate_limit = redis.clone().map(|connection| SharedRateLimit {
+            connection,
+            key_prefix: settings.redis.key_prefix.clone(),
+        });
         let mut journal_lock = None;
         let (journal, dedupe) = match (settings.queue.backend, redis) {
             (QueueBackend::Redis, Some(connection)) => {
@@ -141,9 +149,10 @@ impl Application {
                 }
             }
         }
-        let attio = build_attio_client(&settings)?;
+        let attio = build_attio_client(&settings, shared_rate_limit)?;
         let sinks = Sinks::open_with(&sink_settings, attio.as_ref())?;
         sinks.prepare().await;
+        let file_sinks = sinks.file_reopener();
         let enricher = Enricher::new(attio, &settings.enrichment);
 
         let (handoff, worker) = worker::channel(
@@ -156,6 +165,7 @@ impl Application {
                 settings: settings.worker.clone(),
                 collapser: Default::default(),
                 outages: Default::default(),
+                unrecorded: Default::default(),
             },
             settings.queue.channel_capacity,
         );
@@ -185,6 +195,7 @@ impl Application {
             worker,
             journal,
             journal_lock,
+            file_sinks,
             settings,
         })
     }
@@ -212,6 +223,7 @@ impl Application {
             worker,
             journal,
             journal_lock,
+            file_sinks,
             settings,
         } = self;
         if settings.uses_development_secret() {
@@ -241,6 +253,7 @@ impl Application {
         log_metrics_location(&settings, listener.local_addr()?, admin_addr);
         check_open_files_limit(&settings, admin_addr.is_some());
 
+        let reopen_on_hangup = tokio::spawn(reopen_on_hangup(file_sinks));
         let worker_stop = CancellationToken::new();
         let worker_task = worker.map(|worker| tokio::spawn(worker.run(worker_stop.clone())));
         let upkeep_stop = CancellationToken::new();
@@ -293,6 +306,7 @@ impl Application {
         if let Some(task) = admin_task {
             task.abort();
         }
+        reopen_on_hangup.abort();
         journal.close().await;
         drop(journal_lock);
         tracing::info!("shutdown complete");
@@ -341,9 +355,12 @@ fn check_open_files_limit(settings: &Settings, admin: bool) {
 }
 
 /// The Attio client shared by enrichment and the sinks that read Attio: with an API key, one
-/// client for every event; without, a warning and events delivered with
-/// `enrichment: "disabled"`.
-fn build_attio_client(settings: &Settings) -> Result<Option<AttioClient>, StartError> {
+/// client for every event (its rate limits shared with the other replicas through Redis when
+/// there is one); without, a warning and events delivered with `enrichment: "disabled"`.
+fn build_attio_client(
+    settings: &Settings,
+    shared_rate_limit: Option<SharedRateLimit>,
+) -> Result<Option<AttioClient>, StartError> {
     let Some(api_key) = &settings.attio.api_key else {
         tracing::warn!(
             "no Attio API key (set ATTIO_API_KEY): events are delivered without enrichment \
@@ -357,7 +374,11 @@ fn build_attio_client(settings: &Settings) -> Result<Option<AttioClient>, StartE
             "attio.base_url is plain http: the API key travels unencrypted"
         );
     }
-    Ok(Some(AttioClient::new(&settings.attio, api_key)?))
+    Ok(Some(AttioClient::with_rate_limit(
+        &settings.attio,
+        api_key,
+        shared_rate_limit,
+    )?))
 }
 
 /// With the Redis queue, acknowledged deliveries live only in Redis: says what a Redis restart
@@ -451,6 +472,25 @@ async fn metrics_upkeep(stop: CancellationToken) {
             _ = interval.tick() => crate::metrics::run_upkeep(),
         }
     }
+}
+
+/// Reopens the file sinks on every SIGHUP (the log-rotation convention), until aborted. Without
+/// it SIGHUP would end the process, as it does by default.
+async fn reopen_on_hangup(file_sinks: FileReopener) {
+    #[cfg(unix)]
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut hangup) => {
+            while hangup.recv().await.is_some() {
+                let files = file_sinks.reopen();
+                tracing::info!(files, "SIGHUP received; reopening the file sinks");
+            }
+        }
+        Err(error) => {
+            tracing::error!(%error, "cannot listen for SIGHUP; file sinks are not reopened on it")
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = file_sinks;
 }
 
 /// Resolves on SIGINT or SIGTERM.
