@@ -377,7 +377,7 @@ fn development_secret(
     settings: Option<&Result<Settings, crate::config::ConfigError>>,
 ) -> Result<(SecretString, SecretSource), SendError> {
     let environment = std::env::var("APP_ENV").unwrap_or_else(|_| "development".to_string());
-    if environment == "production" {
+    if crate::config::production_environment() {
         return Err(SendError::NoSecret);
     }
     match settings {
