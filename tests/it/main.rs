@@ -7,6 +7,7 @@ mod helpers;
 
 mod attio_client;
 mod cli;
+mod configuration;
 mod contract;
 mod deploy;
 mod enrichment;
