@@ -46,6 +46,11 @@ pub enum StartError {
     Sink(#[from] crate::sinks::SinkError),
     #[error("{0}")]
     Attio(#[from] crate::attio::AttioError),
+    #[error(
+        "refusing to start with APP_ENV=production: {0}; or set queue.allow_volatile_redis = true \
+         to accept that loss"
+    )]
+    VolatileRedis(String),
 }
 
 pub struct Application {
@@ -86,12 +91,16 @@ impl Application {
         };
 
         let redis = match &settings.redis.url {
-            Some(url) => Some(dedupe::redis::connect(url)?),
+            Some(url) => Some(dedupe::redis::connect_with(
+                url,
+                settings.redis.tls_ca_file.as_deref(),
+            )?),
             None => None,
         };
         let mut journal_lock = None;
         let (journal, dedupe) = match (settings.queue.backend, redis) {
             (QueueBackend::Redis, Some(connection)) => {
+                check_redis_persistence(connection.clone(), &settings).await?;
                 let journal = Journal::Redis(RedisJournal::new(
                     connection.clone(),
                     &settings.redis.key_prefix,
@@ -295,12 +304,54 @@ fn build_enricher(settings: &Settings) -> Result<Enricher, StartError> {
     };
     if settings.attio.base_url.starts_with("http://") {
         tracing::warn!(
-            base_url = %settings.attio.base_url,
+            base_url = %crate::config::redacted_url(&settings.attio.base_url),
             "attio.base_url is plain http: the API key travels unencrypted"
         );
     }
     let client = AttioClient::new(&settings.attio, api_key)?;
     Ok(Enricher::new(Some(client), &settings.enrichment))
+}
+
+/// With the Redis queue, acknowledged deliveries live only in Redis: says what a Redis restart
+/// would lose, and refuses a Redis without AOF in production unless that is explicitly allowed.
+/// A Redis that does not answer is not checked (the daemon starts and reports not ready).
+async fn check_redis_persistence(
+    mut connection: redis::aio::ConnectionManager,
+    settings: &Settings,
+) -> Result<(), StartError> {
+    use crate::journal::redis_persistence::{Persistence, Risk, CHECK_TIMEOUT};
+    let persistence =
+        match tokio::time::timeout(CHECK_TIMEOUT, Persistence::read(&mut connection)).await {
+            Ok(Ok(persistence)) => persistence,
+            Ok(Err(problem)) => {
+                tracing::warn!(
+                    %problem,
+                    "cannot read Redis's persistence settings: check that it runs with \
+                     appendonly yes and appendfsync always (docs/scale-out.md)"
+                );
+                return Ok(());
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "Redis did not answer within {}: its persistence settings were not checked \
+                     (docs/scale-out.md)",
+                    humantime::format_duration(CHECK_TIMEOUT)
+                );
+                return Ok(());
+            }
+        };
+    match persistence.risk() {
+        None => tracing::info!(
+            "Redis keeps every acknowledged delivery (appendonly yes, appendfsync always)"
+        ),
+        Some(Risk::Volatile(message))
+            if settings.environment == "production" && !settings.queue.allow_volatile_redis =>
+        {
+            return Err(StartError::VolatileRedis(message));
+        }
+        Some(risk) => tracing::warn!("{}", risk.message()),
+    }
+    Ok(())
 }
 
 /// `owner`: with the embedded journal, who this process is, so that its next run can take over

@@ -126,6 +126,10 @@ pub struct QueueSettings {
     pub backend: QueueBackend,
     pub max_backlog: u64,
     pub channel_capacity: usize,
+    /// With `backend = "redis"` and `APP_ENV=production`, start even on a Redis without an
+    /// append-only file (a Redis restart then loses acknowledged deliveries).
+    #[serde(default)]
+    pub allow_volatile_redis: bool,
 }
 
 /// The journal backend (`queue.backend`).
@@ -169,6 +173,10 @@ pub struct RedisSettings {
     #[serde(default, serialize_with = "redact_optional_secret")]
     pub url: Option<SecretString>,
     pub key_prefix: String,
+    /// PEM file of the CA certificates a `rediss://` connection trusts besides the system's
+    /// (a private CA, or a managed Redis whose CA is not in the system store).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -202,6 +210,7 @@ pub struct LogSettings {
 #[serde(deny_unknown_fields)]
 pub struct AttioSettings {
     /// `https://api.attio.com`; tests point it at a local fake.
+    #[serde(serialize_with = "redact_url_credentials")]
     pub base_url: String,
     /// Bearer token (`ATTIO_API_KEY`). None: enrichment is disabled, events still flow.
     #[serde(default, serialize_with = "redact_optional_secret")]
@@ -400,7 +409,7 @@ pub enum SinkKind {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSinkSettings {
-    #[serde(serialize_with = "redact_url_password")]
+    #[serde(serialize_with = "redact_url_credentials")]
     pub url: String,
     /// Standard Webhooks secret, `whsec_<base64>`; without it requests are not signed.
     #[serde(
@@ -433,6 +442,9 @@ pub struct RedisStreamSinkSettings {
         skip_serializing_if = "Option::is_none"
     )]
     pub url: Option<SecretString>,
+    /// CA certificates for a `rediss://` URL; defaults to `redis.tls_ca_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca_file: Option<PathBuf>,
     /// The stream's key.
     pub key: String,
     /// Approximate cap on the stream's length (`XADD ... MAXLEN ~ n`).
@@ -576,6 +588,7 @@ impl Settings {
                 continue;
             };
             builder = if key == "webhook.secrets" {
+                // Entries are trimmed by `normalize`, with those of every other layer.
                 let list: Vec<String> = value.split(',').map(str::to_string).collect();
                 builder.set_override(key, list)
             } else {
@@ -622,11 +635,18 @@ impl Settings {
         Ok(settings)
     }
 
-    /// Drops empty secrets (`"a,,b"`, a trailing comma) and an empty Redis URL.
+    /// Trims each webhook secret (`"old, new"` during a rotation means `old` and `new`: a
+    /// signing secret never starts or ends with a space), drops empty ones (`"a,,b"`, a trailing
+    /// comma), and drops an empty Redis URL or API key.
     fn normalize(&mut self) {
-        self.webhook
+        self.webhook.secrets = self
+            .webhook
             .secrets
-            .retain(|s| !s.expose_secret().trim().is_empty());
+            .iter()
+            .map(|secret| secret.expose_secret().trim())
+            .filter(|secret| !secret.is_empty())
+            .map(|secret| SecretString::from(secret.to_string()))
+            .collect();
         if self
             .redis
             .url
@@ -759,17 +779,12 @@ impl Settings {
             ));
         }
         if let Some(url) = &self.redis.url {
-            let url = url.expose_secret();
-            if !(url.starts_with("redis://")
-                || url.starts_with("rediss://")
-                || url.starts_with("redis+unix://")
-                || url.starts_with("unix://"))
-            {
-                return Err(ConfigError::invalid(
-                    "redis.url",
-                    "must start with redis://, rediss:// or unix:// (REDIS_URL)",
-                ));
-            }
+            check_redis_url("redis.url", url, self.redis.tls_ca_file.as_deref())?;
+        } else if self.redis.tls_ca_file.is_some() {
+            return Err(ConfigError::invalid(
+                "redis.tls_ca_file",
+                "is set but redis.url is not (REDIS_URL)",
+            ));
         }
         if self.redis.key_prefix.is_empty() {
             return Err(ConfigError::invalid(
@@ -835,7 +850,7 @@ impl Settings {
                     "attio.base_url",
                     format!(
                         "must be an http(s) URL such as https://api.attio.com, got {:?}",
-                        attio.base_url
+                        redacted_url(&attio.base_url)
                     ),
                 ))
             }
@@ -960,6 +975,9 @@ impl Settings {
                 if stream.url.is_none() {
                     stream.url = self.redis.url.clone();
                 }
+                if stream.tls_ca_file.is_none() {
+                    stream.tls_ca_file = self.redis.tls_ca_file.clone();
+                }
             }
         }
         sinks
@@ -1077,7 +1095,10 @@ fn validate_sink(
                 _ => {
                     return Err(ConfigError::invalid(
                         &key("url"),
-                        format!("must be an http:// or https:// URL, got {:?}", http.url),
+                        format!(
+                            "must be an http:// or https:// URL, got {:?}",
+                            redacted_url(&http.url)
+                        ),
                     ))
                 }
             }
@@ -1110,17 +1131,7 @@ fn validate_sink(
                     "is needed (or set redis.url / REDIS_URL, which it defaults to)",
                 ));
             };
-            let url = url.expose_secret();
-            if !(url.starts_with("redis://")
-                || url.starts_with("rediss://")
-                || url.starts_with("redis+unix://")
-                || url.starts_with("unix://"))
-            {
-                return Err(ConfigError::invalid(
-                    &key("url"),
-                    "must start with redis://, rediss:// or unix://",
-                ));
-            }
+            check_redis_url(&key("url"), url, stream.tls_ca_file.as_deref())?;
             if stream.key.trim().is_empty() {
                 return Err(ConfigError::invalid(&key("key"), "must name the stream"));
             }
@@ -1144,6 +1155,28 @@ fn validate_sink(
         }
     }
     Ok(())
+}
+
+/// Checks a Redis URL the way connecting will use it (scheme, host, database, TLS support, the
+/// CA file), so that `check-config` refuses what `serve` would. Nothing is connected.
+fn check_redis_url(
+    key: &str,
+    url: &SecretString,
+    ca_file: Option<&Path>,
+) -> Result<(), ConfigError> {
+    let text = url.expose_secret();
+    if !["redis://", "rediss://", "redis+unix://", "unix://"]
+        .iter()
+        .any(|scheme| text.starts_with(scheme))
+    {
+        return Err(ConfigError::invalid(
+            key,
+            "must start with redis://, rediss:// (TLS) or unix:// (REDIS_URL)",
+        ));
+    }
+    crate::dedupe::redis::client(url, ca_file)
+        .map(|_| ())
+        .map_err(|problem| ConfigError::invalid(key, problem))
 }
 
 /// A load error without the values it quotes. The `config` crate's messages quote the offending
@@ -1519,24 +1552,48 @@ fn redact_optional_secret<S: Serializer>(
     }
 }
 
-/// A URL with the password of its user info (`https://user:password@host`) replaced, for
-/// showing settings.
+/// A URL as written, with its user info (`user:password@`) and the value of every query
+/// parameter replaced by `redacted`, for error messages and for showing settings. Works on text
+/// that is not a valid URL too (`http//user:pw@host/x?token=T`, a scheme typo): the user still
+/// sees what they wrote, minus anything that may be a credential.
 pub fn redacted_url(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            if parsed.set_password(Some("redacted")).is_ok() {
-                parsed.to_string()
-            } else {
-                "[redacted]".to_string()
-            }
-        }
-        Ok(_) => url.to_string(),
-        // Not a URL: validation refuses it; show nothing that might be a credential.
-        Err(_) => "[redacted: not a URL]".to_string(),
+    // The authority starts after `//` when there is one (also after a mistyped scheme), else at
+    // the start. It ends at the first `/` after that; a password is not supposed to hold `?`, `#`
+    // or `@`, but when it does unescaped, the last `@` before that `/` still ends the user info.
+    let authority_start = url.find("//").map_or(0, |index| index + 2);
+    let (scheme, rest) = url.split_at(authority_start);
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let rest = match rest[..authority_end].rfind('@') {
+        Some(at) => format!("redacted{}", &rest[at..]),
+        None => rest.to_string(),
+    };
+    let (before_fragment, fragment) = match rest.find('#') {
+        Some(index) => rest.split_at(index),
+        None => (rest.as_str(), ""),
+    };
+    let (path, query) = match before_fragment.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (before_fragment, None),
+    };
+    let mut out = format!("{scheme}{path}");
+    if let Some(query) = query {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name, _)) => format!("{name}=redacted"),
+                None if pair.is_empty() => String::new(),
+                // `?TOKEN` alone may be the credential itself.
+                None => "redacted".to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&pairs.join("&"));
     }
+    out.push_str(fragment);
+    out
 }
 
-fn redact_url_password<S: Serializer>(url: &str, serializer: S) -> Result<S::Ok, S::Error> {
+fn redact_url_credentials<S: Serializer>(url: &str, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&redacted_url(url))
 }
 
@@ -2114,10 +2171,7 @@ mod tests {
         ] {
             assert!(!json.contains(secret), "{json}");
         }
-        assert!(
-            json.contains("http://user:redacted@127.0.0.1:9/x"),
-            "{json}"
-        );
+        assert!(json.contains("http://redacted@127.0.0.1:9/x"), "{json}");
         let toml = toml::to_string_pretty(&settings).unwrap();
         assert!(toml.contains("[sinks.out]"), "{toml}");
     }
@@ -2320,6 +2374,64 @@ mod tests {
             .unwrap()
             .unused_sinks()
             .is_empty());
+    }
+
+    #[test]
+    fn redacted_urls_keep_the_shape_and_drop_user_info_and_query_values() {
+        for (url, shown) in [
+            (
+                "http//user:pw@host/x?token=T",
+                "http//redacted@host/x?token=redacted",
+            ),
+            (
+                "https://user:pw@hooks.test:8443/in?token=T&team=sales#part",
+                "https://redacted@hooks.test:8443/in?token=redacted&team=redacted#part",
+            ),
+            ("https://hooks.test/in", "https://hooks.test/in"),
+            (
+                "https://hooks.test/in?SECRET",
+                "https://hooks.test/in?redacted",
+            ),
+            ("redis://:pa#ss@h:6379/0", "redis://redacted@h:6379/0"),
+            ("user:pw@host", "redacted@host"),
+            ("", ""),
+        ] {
+            assert_eq!(redacted_url(url), shown, "{url}");
+        }
+    }
+
+    #[test]
+    fn a_mistyped_url_is_quoted_in_the_error_without_its_user_info_or_query_values() {
+        for layer in [
+            "[sinks.s]\nkind=\"http\"\nurl=\"http//user:pw-text@host/x?token=token-text\"\n\
+             [[routes]]\nname=\"r\"\nevents=[\"*\"]\nsinks=[\"s\"]",
+            "[attio]\nbase_url=\"ftp://user:pw-text@host/x?token=token-text\"",
+        ] {
+            let error = Settings::from_toml_layers("test", &[SECRET_ONLY, layer])
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("redacted@host/x?token=redacted"), "{error}");
+            assert!(
+                !error.contains("pw-text") && !error.contains("token-text"),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn secrets_are_trimmed_and_empty_ones_dropped() {
+        let settings = Settings::from_toml(
+            "test",
+            "[webhook]\nsecrets=[\"old\", \" new \", \"\", \"  \"]",
+        )
+        .unwrap();
+        let secrets: Vec<&str> = settings
+            .webhook
+            .secrets
+            .iter()
+            .map(|s| s.expose_secret())
+            .collect();
+        assert_eq!(secrets, ["old", "new"]);
     }
 
     #[test]

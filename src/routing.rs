@@ -513,6 +513,16 @@ impl RouteTable {
         self.routes.iter().any(|route| !route.dimensions.is_empty())
     }
 
+    /// Whether some route selects events by the slug of a `dimension` (`list = "sales"`).
+    pub fn selects_by_slug(&self, dimension: Dimension) -> bool {
+        self.routes.iter().any(|route| {
+            route
+                .dimensions
+                .iter()
+                .any(|rule| rule.dimension == dimension && !rule.slugs.is_empty())
+        })
+    }
+
     /// The first route key that names a slug, as `(route name, key, slug)`: such routes need
     /// enrichment (an Attio API key) to ever match.
     pub fn first_slug_key(&self) -> Option<(&str, &'static str, &str)> {

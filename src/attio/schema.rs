@@ -4,6 +4,9 @@
 //! `object-attribute.*`, `list-attribute.*` and `list.*` events. Out: the slug (`deals`, `stage`),
 //! `None` when Attio says the thing does not exist, or the [`AttioError`] of the look-up.
 //! Entries live for `enrichment.schema_ttl`; concurrent misses for one key share one request.
+//! Apart from them the cache remembers the last slug it saw for each key, past the TTL and past
+//! invalidations: a deleted list answers 404 from then on, but its `list.deleted` event must
+//! still be named (routes select lists by slug).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,9 +29,15 @@ pub enum SchemaKey {
 
 type Slug = Option<String>;
 
+/// How many last-known slugs are kept. A workspace has far fewer objects, lists and attributes;
+/// the bound only keeps a flood of made-up ids from growing the map without end.
+const KNOWN_LIMIT: usize = 100_000;
+
 #[derive(Default)]
 struct Entries {
     slugs: HashMap<SchemaKey, (Instant, Slug)>,
+    /// The last slug seen for each key, kept past the TTL and past invalidations.
+    known: HashMap<SchemaKey, String>,
     /// Bumped by every invalidation, so that an answer read before it is not stored after it.
     generation: u64,
 }
@@ -107,27 +116,31 @@ impl SchemaCache {
     fn store(&self, key: SchemaKey, slug: Slug, generation: u64) {
         let mut entries = self.lock();
         if entries.generation == generation {
-            entries.slugs.insert(key, (Instant::now(), slug));
+            entries.insert(key, slug);
         }
     }
 
-    /// Stores a slug learnt another way (the event's own fetch returned the list or attribute).
+    /// Stores a slug learnt another way (the event's own fetch returned the list or attribute,
+    /// or the workspace's lists were read at start).
     pub fn remember(&self, key: SchemaKey, slug: Slug) {
-        self.lock().slugs.insert(key, (Instant::now(), slug));
+        self.lock().insert(key, slug);
     }
 
-    /// Forgets one entry and, for an object or a list, the attributes under it.
-    pub fn invalidate(&self, key: &SchemaKey) {
+    /// Forgets one entry and, for an object or a list, the attributes under it. Returns the last
+    /// slug seen for `key`, however old: what the thing was called before this change.
+    pub fn invalidate(&self, key: &SchemaKey) -> Slug {
         let mut entries = self.lock();
         entries.generation += 1;
         entries.slugs.remove(key);
+        let before = entries.known.get(key).cloned();
         let parent_id = match key {
             SchemaKey::Object(id) | SchemaKey::List(id) => id,
-            SchemaKey::Attribute { .. } => return,
+            SchemaKey::Attribute { .. } => return before,
         };
         entries.slugs.retain(
             |k, _| !matches!(k, SchemaKey::Attribute { parent_id: p, .. } if p == parent_id),
         );
+        before
     }
 
     /// Number of cached entries (for tests and diagnostics).
@@ -137,5 +150,17 @@ impl SchemaCache {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+impl Entries {
+    fn insert(&mut self, key: SchemaKey, slug: Slug) {
+        if let Some(slug) = &slug {
+            if self.known.len() >= KNOWN_LIMIT && !self.known.contains_key(&key) {
+                self.known.clear();
+            }
+            self.known.insert(key.clone(), slug.clone());
+        }
+        self.slugs.insert(key, (Instant::now(), slug));
     }
 }

@@ -13,7 +13,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::send::daemon_url;
-use crate::config::{ConfigError, LoadOptions, Settings, ENV_PREFIX};
+use crate::config::{ConfigError, LoadOptions, QueueBackend, Settings, ENV_PREFIX};
 use crate::routing::{closest_event_type, RouteTable};
 
 #[derive(Debug, Args)]
@@ -49,7 +49,7 @@ pub fn run(args: CheckConfigArgs, options: LoadOptions) -> ExitCode {
         }
     };
     // What `serve` would fail on next: the journal directory it creates and writes.
-    if settings.queue.backend == crate::config::QueueBackend::Embedded {
+    if settings.queue.backend == QueueBackend::Embedded {
         if let Err(error) = check_storage_path(&settings) {
             if args.json {
                 println!(
@@ -61,7 +61,21 @@ pub fn run(args: CheckConfigArgs, options: LoadOptions) -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let report = report(settings, &options);
+    let redis_warnings = match check_redis(&settings) {
+        Ok(warnings) => warnings,
+        Err(refusal) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "valid": false, "error": refusal })
+                );
+            }
+            eprintln!("error: {refusal}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut report = report(settings, &options);
+    report.warnings.extend(redis_warnings);
     if args.json {
         match serde_json::to_string_pretty(&report) {
             Ok(text) => println!("{text}"),
@@ -219,6 +233,58 @@ fn warnings(settings: &Settings) -> Vec<String> {
         }
     }
     warnings
+}
+
+/// With the Redis queue: what `serve` would say about Redis's persistence at start, as
+/// warnings, or its refusal to start (`APP_ENV=production` on a Redis without AOF). A Redis that
+/// cannot be reached is a warning: `serve` starts without it too.
+fn check_redis(settings: &Settings) -> Result<Vec<String>, String> {
+    use crate::journal::redis_persistence::{Persistence, Risk, CHECK_TIMEOUT};
+    let (QueueBackend::Redis, Some(url)) = (settings.queue.backend, &settings.redis.url) else {
+        return Ok(Vec::new());
+    };
+    let not_checked = |why: String| {
+        Ok(vec![format!(
+            "Redis's persistence was not checked ({why}): the daemon checks it when it starts"
+        )])
+    };
+    let client = match crate::dedupe::redis::client(url, settings.redis.tls_ca_file.as_deref()) {
+        Ok(client) => client,
+        Err(problem) => return not_checked(format!("redis.url {problem}")),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => return not_checked(format!("no async runtime: {error}")),
+    };
+    let read = runtime.block_on(async {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CHECK_TIMEOUT))
+            .set_response_timeout(Some(CHECK_TIMEOUT));
+        let mut connection = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|e| format!("cannot connect to Redis: {e}"))?;
+        Persistence::read(&mut connection).await
+    });
+    let persistence = match read {
+        Ok(persistence) => persistence,
+        Err(problem) => return not_checked(problem),
+    };
+    match persistence.risk() {
+        None => Ok(Vec::new()),
+        Some(Risk::Volatile(message))
+            if settings.environment == "production" && !settings.queue.allow_volatile_redis =>
+        {
+            Err(format!(
+                "serve would refuse to start with APP_ENV=production: {message}; or set \
+                 queue.allow_volatile_redis = true to accept that loss"
+            ))
+        }
+        Some(risk) => Ok(vec![risk.message().to_string()]),
+    }
 }
 
 fn summary(report: &Report) -> String {

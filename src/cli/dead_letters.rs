@@ -130,7 +130,9 @@ pub fn run(args: DeadLettersArgs, options: LoadOptions) -> ExitCode {
 fn open_journal(settings: &Settings) -> Result<Journal, String> {
     match (settings.queue.backend, &settings.redis.url) {
         (QueueBackend::Redis, Some(url)) => {
-            let connection = crate::dedupe::redis::connect(url).map_err(|e| e.to_string())?;
+            let connection =
+                crate::dedupe::redis::connect_with(url, settings.redis.tls_ca_file.as_deref())
+                    .map_err(|e| e.to_string())?;
             Ok(Journal::Redis(RedisJournal::new(
                 connection,
                 &settings.redis.key_prefix,

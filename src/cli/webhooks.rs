@@ -404,7 +404,8 @@ fn check_base_url(base_url: &str) -> Result<(), WebhooksError> {
     match reqwest::Url::parse(base_url) {
         Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => Ok(()),
         _ => Err(usage(format!(
-            "--base-url must be an http(s) URL such as https://api.attio.com, got {base_url:?}"
+            "--base-url must be an http(s) URL such as https://api.attio.com, got {:?}",
+            crate::config::redacted_url(base_url)
         ))),
     }
 }
@@ -496,6 +497,24 @@ struct Resolved {
     dimension: Dimension,
     given: String,
     id: String,
+    /// For an attribute: whether it is the object's or the list's (the events of a type name
+    /// one or the other).
+    parent: Option<AttributeParent>,
+}
+
+/// Whose attribute the `id.attribute_id` of an event type is: a record's changes name the
+/// object's attributes, a list entry's changes name the list's own attributes (a list keeps
+/// attributes of its own, apart from its parent object's).
+fn attribute_parent(event_type: &str) -> Option<AttributeParent> {
+    match EventKind::parse(event_type) {
+        EventKind::RecordUpdated
+        | EventKind::ObjectAttributeCreated
+        | EventKind::ObjectAttributeUpdated => Some(AttributeParent::Object),
+        EventKind::ListEntryUpdated
+        | EventKind::ListAttributeCreated
+        | EventKind::ListAttributeUpdated => Some(AttributeParent::List),
+        _ => None,
+    }
 }
 
 impl SubscriptionPlan {
@@ -511,14 +530,6 @@ impl SubscriptionPlan {
                     )));
                 }
                 dimensions.push((dimension, value.to_string()));
-            }
-        }
-        if let Some(attribute) = &args.attribute {
-            if !is_uuid(attribute) && args.object.is_none() && args.list.is_none() {
-                return Err(usage(format!(
-                    "--attribute {attribute} is a slug, and attributes belong to an object or a \
-                     list: add --object or --list (or give the attribute's UUID)"
-                )));
             }
         }
         let filter = match &args.filter {
@@ -540,6 +551,29 @@ impl SubscriptionPlan {
                 }
             }
         }
+        if let Some(attribute) = &args.attribute {
+            let naming = |parent: AttributeParent| {
+                event_types
+                    .iter()
+                    .copied()
+                    .filter(|t| attribute_parent(t) == Some(parent))
+                    .collect::<Vec<_>>()
+            };
+            let list_typed = naming(AttributeParent::List);
+            if !list_typed.is_empty() && args.list.is_none() {
+                return Err(usage(format!(
+                    "--attribute {attribute} with {}: a list entry's attributes are the list's                      own, not its parent object's, so the attribute must be looked up in the                      list: add --list (and subscribe to record events in a webhook of their own)",
+                    list_typed.join(", ")
+                )));
+            }
+            let object_typed = naming(AttributeParent::Object);
+            if !object_typed.is_empty() && !is_uuid(attribute) && args.object.is_none() {
+                return Err(usage(format!(
+                    "--attribute {attribute} is a slug, and {} name the object's attributes:                      add --object (or give the attribute's UUID)",
+                    object_typed.join(", ")
+                )));
+            }
+        }
         Ok(SubscriptionPlan {
             event_types,
             dimensions,
@@ -547,10 +581,35 @@ impl SubscriptionPlan {
         })
     }
 
-    /// Turns slugs into UUIDs through Attio (a UUID is taken as it is).
+    /// Turns slugs into UUIDs through Attio (a UUID is taken as it is). An attribute slug is
+    /// looked up where the subscribed event types name attributes: the list's attributes for
+    /// list entries and list attributes, the object's for records and object attributes.
     async fn resolve(&self, client: &AttioClient) -> Result<Vec<Resolved>, WebhooksError> {
         let mut resolved: Vec<Resolved> = Vec::new();
         for (dimension, value) in &self.dimensions {
+            if *dimension == Dimension::Attribute {
+                for parent in [AttributeParent::Object, AttributeParent::List] {
+                    if !self
+                        .event_types
+                        .iter()
+                        .any(|t| attribute_parent(t) == Some(parent))
+                    {
+                        continue;
+                    }
+                    let id = if is_uuid(value) {
+                        value.to_ascii_lowercase()
+                    } else {
+                        self.attribute_id(client, parent, value, &resolved).await?
+                    };
+                    resolved.push(Resolved {
+                        dimension: *dimension,
+                        given: value.clone(),
+                        id,
+                        parent: Some(parent),
+                    });
+                }
+                continue;
+            }
             let id = if is_uuid(value) {
                 value.to_ascii_lowercase()
             } else {
@@ -577,46 +636,46 @@ impl SubscriptionPlan {
                             "this workspace",
                         )?
                     }
-                    Dimension::Attribute => {
-                        // A list's attributes for list entries, else the object's.
-                        let parent = resolved
-                            .iter()
-                            .find(|r| r.dimension == Dimension::List)
-                            .map(|r| (AttributeParent::List, r))
-                            .or_else(|| {
-                                resolved
-                                    .iter()
-                                    .find(|r| r.dimension == Dimension::Object)
-                                    .map(|r| (AttributeParent::Object, r))
-                            });
-                        let Some((kind, parent)) = parent else {
-                            return Err(usage(format!(
-                                "--attribute {value} is a slug: add --object or --list"
-                            )));
-                        };
-                        let attributes = client.list_attributes(kind, &parent.id).await?;
-                        let noun = match kind {
-                            AttributeParent::Object => "object",
-                            AttributeParent::List => "list",
-                        };
-                        find_slug(
-                            value,
-                            attributes
-                                .iter()
-                                .map(|a| (a.api_slug.as_deref(), a.id.attribute_id.as_str())),
-                            "attribute",
-                            &format!("{noun} {}", parent.given),
-                        )?
-                    }
+                    // Resolved above, once per kind of parent.
+                    Dimension::Attribute => continue,
                 }
             };
             resolved.push(Resolved {
                 dimension: *dimension,
                 given: value.clone(),
                 id,
+                parent: None,
             });
         }
         Ok(resolved)
+    }
+
+    /// The UUID of the attribute `slug` of the object or list already resolved.
+    async fn attribute_id(
+        &self,
+        client: &AttioClient,
+        parent: AttributeParent,
+        slug: &str,
+        resolved: &[Resolved],
+    ) -> Result<String, WebhooksError> {
+        let (dimension, noun, flag) = match parent {
+            AttributeParent::Object => (Dimension::Object, "object", "--object"),
+            AttributeParent::List => (Dimension::List, "list", "--list"),
+        };
+        // `new` refused an attribute slug without the flag its events need; --object and
+        // --list come before --attribute in `dimensions`.
+        let Some(owner) = resolved.iter().find(|r| r.dimension == dimension) else {
+            return Err(usage(format!("--attribute {slug} is a slug: add {flag}")));
+        };
+        let attributes = client.list_attributes(parent, &owner.id).await?;
+        find_slug(
+            slug,
+            attributes
+                .iter()
+                .map(|a| (a.api_slug.as_deref(), a.id.attribute_id.as_str())),
+            "attribute",
+            &format!("{noun} {}", owner.given),
+        )
     }
 
     /// One subscription per event type, each filtered on the resolved ids where its events
@@ -627,7 +686,12 @@ impl SubscriptionPlan {
             .map(|event_type| {
                 let kind = EventKind::parse(event_type);
                 let mut conditions = Vec::new();
+                let parent = attribute_parent(event_type);
                 for resolved in resolved {
+                    if resolved.dimension == Dimension::Attribute && resolved.parent != parent {
+                        // The attribute as the other kind of event names it.
+                        continue;
+                    }
                     let field = kind.dimension_field(resolved.dimension).ok_or_else(|| {
                         usage(format!(
                             "{event_type} events carry no {}",
@@ -1120,12 +1184,30 @@ mod tests {
         let plan = SubscriptionPlan::new(&SubscriptionArgs {
             object: Some("deals".into()),
             attribute: Some("stage".into()),
-            ..args(&["record.*", "list-entry.*"])
+            ..args(&["record.*", "object-attribute.*"])
         })
         .unwrap();
         assert_eq!(
             plan.event_types,
-            vec!["record.updated", "list-entry.updated"]
+            vec![
+                "record.updated",
+                "object-attribute.created",
+                "object-attribute.updated"
+            ]
+        );
+        let plan = SubscriptionPlan::new(&SubscriptionArgs {
+            list: Some("sales_pipeline".into()),
+            attribute: Some("stage".into()),
+            ..args(&["list-entry.*", "list-attribute.*"])
+        })
+        .unwrap();
+        assert_eq!(
+            plan.event_types,
+            vec![
+                "list-entry.updated",
+                "list-attribute.created",
+                "list-attribute.updated"
+            ]
         );
         let error = error_of(SubscriptionPlan::new(&SubscriptionArgs {
             attribute: Some("41252299-f8c7-4b5e-99c9-4ff8321d2f96".into()),
@@ -1144,12 +1226,38 @@ mod tests {
     }
 
     #[test]
-    fn an_attribute_slug_needs_an_object_or_a_list_to_be_resolved_in() {
+    fn an_attribute_slug_of_record_events_needs_the_object_to_be_resolved_in() {
         let error = error_of(SubscriptionPlan::new(&SubscriptionArgs {
             attribute: Some("stage".into()),
             ..args(&["record.updated"])
         }));
-        assert!(error.contains("--object or --list"), "{error}");
+        assert!(error.contains("add --object"), "{error}");
+    }
+
+    #[test]
+    fn an_attribute_of_list_entry_events_needs_the_list_even_beside_record_events() {
+        let stage_uuid = "9e0f6a2b-8c1d-4e3f-a5b7-c9d1e3f5a7b9";
+        for (object, attribute, events) in [
+            (Some("people"), "company", &["list-entry.updated"][..]),
+            (
+                Some("people"),
+                "company",
+                &["record.updated", "list-entry.updated"][..],
+            ),
+            (Some("people"), "company", &["record.*", "list-entry.*"][..]),
+            (None, stage_uuid, &["list-entry.updated"][..]),
+            (None, "stage", &["list-entry.*"][..]),
+        ] {
+            let error = error_of(SubscriptionPlan::new(&SubscriptionArgs {
+                object: object.map(str::to_string),
+                attribute: Some(attribute.into()),
+                ..args(events)
+            }));
+            assert!(
+                error.contains("add --list") && error.contains("list-entry.updated"),
+                "{events:?}: {error}"
+            );
+        }
     }
 
     #[test]
@@ -1164,6 +1272,7 @@ mod tests {
         })
         .unwrap();
         let resolved = [Resolved {
+            parent: None,
             dimension: Dimension::Object,
             given: "deals".into(),
             id: "97052eb9-e65e-443f-a297-f2d9a4a7f795".into(),

@@ -15,6 +15,7 @@
 //! (shared by replicas) claims name no journal and are never taken over: events a dead replica
 //! left come back through the stream after the lease anyway.
 
+use std::path::Path;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -85,12 +86,73 @@ fn redis_error(error: redis::RedisError) -> DedupeError {
     DedupeError::Redis(error.to_string())
 }
 
+/// A Redis client for `url` (not connected yet). With `ca_file`, a `rediss://` connection also
+/// trusts the PEM certificates in that file (a private CA), besides the system's. The error says
+/// what is wrong in words and never repeats the URL, which may hold a password.
+pub fn client(url: &SecretString, ca_file: Option<&Path>) -> Result<redis::Client, String> {
+    let expected = "expected redis://[user:password@]host[:port][/db], rediss://… for TLS, or \
+                    unix:///path/to/socket";
+    let info = redis::IntoConnectionInfo::into_connection_info(url.expose_secret())
+        .map_err(|e| format!("is not a Redis URL: {} ({expected})", words(&e)))?;
+    let tls = matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. });
+    let Some(ca_file) = ca_file else {
+        return redis::Client::open(info)
+            .map_err(|e| format!("cannot be used: {} ({expected})", words(&e)));
+    };
+    if !tls {
+        return Err(format!(
+            "does not start with rediss://, yet a CA file ({}) is configured for TLS: use a \
+             rediss:// URL or remove redis.tls_ca_file",
+            ca_file.display()
+        ));
+    }
+    let pem = std::fs::read(ca_file).map_err(|e| {
+        format!(
+            "needs the CA file {}, which cannot be read: {e}",
+            ca_file.display()
+        )
+    })?;
+    if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+        return Err(format!(
+            "needs the CA file {}, which holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            ca_file.display()
+        ));
+    }
+    redis::Client::build_with_tls(
+        info,
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem),
+        },
+    )
+    .map_err(|e| {
+        format!(
+            "cannot use the certificates in {}: {}",
+            ca_file.display(),
+            words(&e)
+        )
+    })
+}
+
+/// A Redis client configuration error in the crate's own words (static texts such as "Missing
+/// hostname"; they never quote the URL).
+fn words(error: &redis::RedisError) -> String {
+    error.to_string()
+}
+
 /// Opens a connection manager that connects lazily and reconnects by itself, so the daemon
 /// starts (and reports not-ready) while Redis is down, and recovers when it is back.
 pub fn connect(url: &SecretString) -> Result<ConnectionManager, DedupeError> {
-    let client = redis::Client::open(url.expose_secret())
-        // The URL may hold a password: say what is wrong without repeating it.
-        .map_err(|e| DedupeError::Redis(format!("invalid redis.url: {:?}", e.kind())))?;
+    connect_with(url, None)
+}
+
+/// [`connect`], trusting the CA certificates in `ca_file` for a `rediss://` URL (see [`client`]).
+pub fn connect_with(
+    url: &SecretString,
+    ca_file: Option<&Path>,
+) -> Result<ConnectionManager, DedupeError> {
+    let client = client(url, ca_file)
+        .map_err(|problem| DedupeError::Redis(format!("redis URL {problem}")))?;
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
         .set_response_timeout(Some(Duration::from_secs(5)))

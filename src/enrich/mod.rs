@@ -379,6 +379,27 @@ impl Enricher {
         self.active.as_ref()?.client.unavailable_for()
     }
 
+    /// Reads the workspace's lists once and remembers their slugs, so that the `list.deleted`
+    /// of a list no event named since the start still carries its slug. Best effort: without
+    /// it only such a list goes unnamed.
+    pub async fn learn_lists(&self) {
+        let Some(active) = &self.active else { return };
+        match active.client.list_lists().await {
+            Ok(lists) => {
+                for list in lists {
+                    active
+                        .schema
+                        .remember(SchemaKey::List(list.id.list_id), list.api_slug);
+                }
+            }
+            Err(error) => tracing::warn!(
+                %error,
+                "cannot read the workspace's lists; a list deleted before any event named it \
+                 will reach routes that select it by UUID only"
+            ),
+        }
+    }
+
     /// Enriches one event, as much as `wanted` asks.
     pub async fn enrich(&self, kind: &EventKind, raw: &str, wanted: RouteEnrich) -> Enrichment {
         if wanted == RouteEnrich::Off {
@@ -411,14 +432,22 @@ impl Enricher {
 
 impl Active {
     async fn run(&self, subject: Subject, plan: Plan) -> Enrichment {
-        for key in &plan.invalidate {
-            self.schema.invalidate(key);
-        }
+        // What the things this event changes were called before it: a deleted list answers 404
+        // from now on, yet routes that select it by slug must still take its `list.deleted`.
+        let before: Vec<(SchemaKey, String)> = plan
+            .invalidate
+            .iter()
+            .filter_map(|key| Some((key.clone(), self.schema.invalidate(key)?)))
+            .collect();
         let fetch = self.fetch_shared(subject.clone(), plan.coalesce);
         let names = async {
             let object = self.name(plan.object_id.clone().map(SchemaKey::Object));
-            let list = self.name(plan.list_id.clone().map(SchemaKey::List));
-            // Attribute events fetch the attribute itself: its slug comes with it below.
+            // List and attribute events fetch the list or attribute itself: its slug comes with
+            // it below.
+            let list = self.name(match subject {
+                Subject::List { .. } => None,
+                _ => plan.list_id.clone().map(SchemaKey::List),
+            });
             let attribute = self.name(match subject {
                 Subject::Attribute { .. } => None,
                 _ => plan.attribute.clone(),
@@ -441,13 +470,40 @@ impl Active {
             }
         }
         let mut names = [object, list, attribute];
-        if let Subject::Attribute { .. } = subject {
-            names[2] = Ok(enrichment
+        // The fetched list or attribute names itself (its new slug, after an update); once it is
+        // gone, the name it had before this event.
+        let own_name = |key: SchemaKey| {
+            let fetched = enrichment
                 .data
                 .as_ref()
                 .and_then(|d| d.get("api_slug"))
                 .and_then(Value::as_str)
-                .map(str::to_string));
+                .map(str::to_string);
+            Ok(fetched.or_else(|| {
+                (enrichment.status == EnrichmentStatus::NotFound)
+                    .then(|| {
+                        before
+                            .iter()
+                            .find(|(k, _)| *k == key)
+                            .map(|(_, s)| s.clone())
+                    })
+                    .flatten()
+            }))
+        };
+        match &subject {
+            Subject::List { list_id } => names[1] = own_name(SchemaKey::List(list_id.clone())),
+            Subject::Attribute {
+                parent,
+                parent_id,
+                attribute_id,
+            } => {
+                names[2] = own_name(SchemaKey::Attribute {
+                    parent: *parent,
+                    parent_id: parent_id.clone(),
+                    attribute_id: attribute_id.clone(),
+                })
+            }
+            _ => {}
         }
         let [object, list, attribute] = names;
         for (slot, name) in [

@@ -8,6 +8,7 @@
 //! through one consumer group by every replica ([`redis`]).
 
 pub mod redis;
+pub mod redis_persistence;
 mod redis_scripts;
 pub mod sqlite;
 

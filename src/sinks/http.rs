@@ -6,6 +6,10 @@
 //! `webhook-id` (the stable event id), `webhook-timestamp` (unix seconds), and with a `secret`
 //! `webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">`, so receivers verify
 //! with any Standard Webhooks library. One `reqwest::Client` (one connection pool) per sink.
+//!
+//! A refusing receiver's answer is quoted in the error (logged, and stored as a dead letter's
+//! `last_error`), so it is scrubbed first: receivers that echo the request back would otherwise
+//! put the configured header values, the signing secret or the URL's credentials there.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +19,7 @@ use base64::Engine;
 use bytes::Bytes;
 use hmac::{Hmac, KeyInit, Mac};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
-use secrecy::{ExposeSecret, SecretSlice};
+use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use sha2::Sha256;
 use tokio::sync::Semaphore;
 
@@ -91,6 +95,100 @@ pub struct HttpSink {
     headers: HeaderMap,
     timeout: Duration,
     limit: Option<Arc<Semaphore>>,
+    /// What must never be quoted back from the receiver's answer.
+    scrubber: Scrubber,
+}
+
+/// Replaces configured credentials in text a remote server sent back, so that an answer that
+/// echoes the request cannot carry them into a log line or a stored failure.
+pub struct Scrubber {
+    /// Longest first, so that a whole value is replaced before any part of it.
+    secrets: Vec<SecretString>,
+}
+
+/// What a scrubbed credential is shown as.
+const SCRUBBED: &str = "[redacted]";
+
+impl Scrubber {
+    /// Scrubs the sink's header values (whole, and each word of 8 characters or more, such as
+    /// the token after `Bearer`), its signing secret (with and without `whsec_`), and its URL's
+    /// password and query values. Each also in its JSON-escaped form, the way an echo in a JSON
+    /// body shows it.
+    pub fn for_sink(settings: &HttpSinkSettings) -> Scrubber {
+        let mut texts: Vec<String> = Vec::new();
+        for value in settings.headers.values() {
+            let value = value.expose_secret();
+            texts.push(value.to_string());
+            texts.extend(
+                value
+                    .split_whitespace()
+                    .filter(|word| word.chars().count() >= 8)
+                    .map(str::to_string),
+            );
+        }
+        if let Some(secret) = &settings.secret {
+            let secret = secret.expose_secret().trim();
+            texts.push(secret.to_string());
+            if let Some(key) = secret.strip_prefix(SECRET_PREFIX) {
+                texts.push(key.to_string());
+            }
+        }
+        if let Ok(url) = reqwest::Url::parse(&settings.url) {
+            texts.extend(url.password().map(str::to_string));
+            texts.extend(url.query_pairs().map(|(_, value)| value.into_owned()));
+        }
+        let escaped: Vec<String> = texts
+            .iter()
+            .filter_map(|text| {
+                let json = serde_json::to_string(text).ok()?;
+                let inner = json.get(1..json.len().saturating_sub(1))?;
+                (inner != text).then(|| inner.to_string())
+            })
+            .collect();
+        texts.extend(escaped);
+        texts.retain(|text| !text.is_empty());
+        texts.sort_by_key(|text| std::cmp::Reverse(text.len()));
+        texts.dedup();
+        Scrubber {
+            secrets: texts.into_iter().map(SecretString::from).collect(),
+        }
+    }
+
+    /// The length in bytes of the longest credential.
+    fn longest(&self) -> usize {
+        self.secrets
+            .first()
+            .map_or(0, |secret| secret.expose_secret().len())
+    }
+
+    /// `text` with every credential replaced. When `cut` says the text was cut off, a tail
+    /// that may be the start of a credential is dropped too.
+    pub fn scrub(&self, text: &str, cut: bool) -> String {
+        let mut text = text.to_string();
+        for secret in &self.secrets {
+            let secret = secret.expose_secret();
+            if text.contains(secret) {
+                text = text.replace(secret, SCRUBBED);
+            }
+        }
+        if cut {
+            for secret in &self.secrets {
+                let secret = secret.expose_secret();
+                // The longest start of the credential that the text ends with.
+                let partial = secret
+                    .char_indices()
+                    .map(|(index, _)| index)
+                    .skip(1)
+                    .filter(|&index| text.ends_with(&secret[..index]))
+                    .last();
+                if let Some(length) = partial {
+                    text.truncate(text.len() - length);
+                    text.push_str(SCRUBBED);
+                }
+            }
+        }
+        text
+    }
 }
 
 impl HttpSink {
@@ -131,6 +229,7 @@ impl HttpSink {
             url,
             key,
             headers,
+            scrubber: Scrubber::for_sink(settings),
             timeout: settings.timeout,
             limit: settings
                 .max_concurrency
@@ -174,7 +273,7 @@ impl HttpSink {
             return Ok(());
         }
         let retry_after = retry_after(response.headers());
-        let excerpt = error_excerpt(response).await;
+        let excerpt = error_excerpt(response, &self.scrubber).await;
         let message = format!("receiver answered {status}{excerpt}");
         if status.as_u16() == 429 || status.is_server_error() {
             let error = SinkError::transient(message);
@@ -232,16 +331,30 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     (delay <= MAX_RETRY_AFTER).then_some(delay)
 }
 
-/// The start of a refusing receiver's answer, on one line, for the error message.
-async fn error_excerpt(mut response: reqwest::Response) -> String {
+/// The start of a refusing receiver's answer, scrubbed of credentials, on one line, for the
+/// error message.
+async fn error_excerpt(mut response: reqwest::Response, scrubber: &Scrubber) -> String {
+    // Read past the limit by the longest credential, so that one starting before the limit is
+    // whole when it is scrubbed.
+    let wanted = ERROR_BODY_LIMIT * 4 + scrubber.longest();
     let mut body = Vec::new();
-    while body.len() < ERROR_BODY_LIMIT {
+    let mut cut = false;
+    loop {
+        if body.len() >= wanted {
+            cut = true;
+            break;
+        }
         match response.chunk().await {
             Ok(Some(chunk)) => body.extend_from_slice(&chunk),
-            _ => break,
+            Ok(None) => break,
+            Err(_) => {
+                cut = true;
+                break;
+            }
         }
     }
-    let text: String = String::from_utf8_lossy(&body)
+    let text = scrubber.scrub(&String::from_utf8_lossy(&body), cut);
+    let text: String = text
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .take(ERROR_BODY_LIMIT)
@@ -282,6 +395,56 @@ mod tests {
         )
         .unwrap();
         assert_eq!(signature, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+    }
+
+    fn sink_with_credentials() -> HttpSinkSettings {
+        HttpSinkSettings {
+            url: "https://user:url-password@hooks.test/in?token=query-token".to_string(),
+            secret: Some(SecretString::from(
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_string(),
+            )),
+            headers: [
+                ("Authorization", "Bearer header-token-1"),
+                ("X-Api-Key", "key\"with-quote"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), SecretString::from(v.to_string())))
+            .collect(),
+            timeout: Duration::from_secs(1),
+            max_concurrency: None,
+        }
+    }
+
+    #[test]
+    fn echoed_credentials_are_scrubbed_whole_in_part_and_json_escaped() {
+        let scrubber = Scrubber::for_sink(&sink_with_credentials());
+        let echoed = r#"{"authorization":"Bearer header-token-1","token":"header-token-1",
+            "x-api-key":"key\"with-quote","secret":"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "key":"MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw","url":"/in?token=query-token",
+            "password":"url-password"}"#;
+        let scrubbed = scrubber.scrub(echoed, false);
+        for secret in [
+            "header-token-1",
+            "with-quote",
+            "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "query-token",
+            "url-password",
+        ] {
+            assert!(!scrubbed.contains(secret), "{secret}: {scrubbed}");
+        }
+        assert!(
+            scrubbed.contains("\"authorization\":\"[redacted]\""),
+            "{scrubbed}"
+        );
+    }
+
+    #[test]
+    fn a_credential_cut_off_at_the_end_of_what_was_read_is_scrubbed_too() {
+        let scrubber = Scrubber::for_sink(&sink_with_credentials());
+        let scrubbed = scrubber.scrub("refused: Bearer header-tok", true);
+        assert_eq!(scrubbed, "refused: [redacted]");
+        // Text that was read to its end keeps its last word.
+        assert_eq!(scrubber.scrub("refused: Bear", false), "refused: Bear");
     }
 
     #[test]

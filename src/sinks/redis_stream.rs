@@ -34,7 +34,7 @@ impl RedisStreamSink {
                 "sinks.{name}.url: needed (or set redis.url, which it defaults to)"
             ))
         })?;
-        let connection = crate::dedupe::redis::connect(url)
+        let connection = crate::dedupe::redis::connect_with(url, settings.tls_ca_file.as_deref())
             .map_err(|e| SinkError::permanent(format!("sinks.{name}: {e}")))?;
         Ok(RedisStreamSink {
             connection,

@@ -205,6 +205,23 @@ impl Worker {
         let permits = Arc::new(Semaphore::new(settings.concurrency));
         let tasks = TaskTracker::new();
         let scan_limit = (settings.concurrency * 4).max(64);
+        if self
+            .pipeline
+            .routes
+            .selects_by_slug(crate::routing::Dimension::List)
+            && self.pipeline.enricher.is_enabled()
+        {
+            // A list deleted before any event named it would otherwise be nameless: read the
+            // lists' slugs now, while they exist.
+            let pipeline = self.pipeline.clone();
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = pipeline.enricher.learn_lists() => {}
+                }
+            });
+        }
         // Look at the journal at once: a restart may have left events behind.
         let mut next_scan = tokio::time::Instant::now();
         loop {

@@ -537,3 +537,69 @@ async fn check_config_names_the_bad_key_and_exits_2() {
     assert!(message.contains("webhook.secrets"), "{message}");
     assert!(!message.contains("leaky-secret-value"), "{message}");
 }
+
+#[tokio::test]
+async fn urls_lose_their_user_info_and_query_values_in_check_config_and_in_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.toml");
+    let credentials = ["url-password-text", "query-token-text", "base-token-text"];
+    let routes = "[[routes]]\nname = \"r\"\nevents = [\"*\"]\nsinks = [\"hook\"]\n";
+
+    // A valid URL: check-config shows it, without what may be a credential.
+    std::fs::write(
+        &file,
+        format!(
+            "[attio]\nbase_url = \"https://api.attio.com/?key=base-token-text\"\n\
+             [sinks.hook]\nkind = \"http\"\n\
+             url = \"https://user:url-password-text@hooks.test/in?token=query-token-text&team=sales\"\n{routes}"
+        ),
+    )
+    .unwrap();
+    for json in [false, true] {
+        let mut args = vec!["check-config", "--config", file.to_str().unwrap()];
+        if json {
+            args.insert(1, "--json");
+        }
+        let output = run(&args, &[("ATTIO_WEBHOOK_SECRET", "s")], b"").await;
+        assert!(output.status.success(), "{}", stderr(&output));
+        let text = stdout(&output) + &stderr(&output);
+        assert!(
+            text.contains("https://redacted@hooks.test/in?token=redacted&team=redacted"),
+            "{text}"
+        );
+        for credential in credentials {
+            assert!(!text.contains(credential), "{credential} leaked: {text}");
+        }
+    }
+
+    // A mistyped scheme: both check-config and serve refuse it, quoting it redacted.
+    std::fs::write(
+        &file,
+        format!(
+            "[sinks.hook]\nkind = \"http\"\n\
+             url = \"http//user:url-password-text@hooks.test/in?token=query-token-text\"\n{routes}"
+        ),
+    )
+    .unwrap();
+    for command in ["check-config", "serve"] {
+        let output = run(
+            &[command, "--config", file.to_str().unwrap()],
+            &[("ATTIO_WEBHOOK_SECRET", "s")],
+            b"",
+        )
+        .await;
+        assert_eq!(output.status.code(), Some(2), "{command}");
+        let text = stdout(&output) + &stderr(&output);
+        assert!(
+            text.contains("sinks.hook.url")
+                && text.contains("http//redacted@hooks.test/in?token=redacted"),
+            "{command}: {text}"
+        );
+        for credential in credentials {
+            assert!(
+                !text.contains(credential),
+                "{command}: {credential} leaked: {text}"
+            );
+        }
+    }
+}

@@ -130,6 +130,53 @@ async fn secrets_come_from_the_environment_comma_separated() {
 }
 
 #[tokio::test]
+async fn secrets_listed_with_spaces_after_the_commas_are_trimmed_during_a_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    // As an operator types it while rotating: the old secret, a comma, a space, the new one.
+    let mut daemon = Daemon::start(
+        dir.path(),
+        &config,
+        &[("ATTIO_WEBHOOK_SECRET", &format!("old-secret, {SECRET} "))],
+    );
+    daemon.wait_healthy(Duration::from_secs(20)).await;
+    let client = reqwest::Client::new();
+    let response = post_signed_to(
+        &client,
+        &daemon.url("/webhooks/attio"),
+        &record_updated_body(1),
+        Some("rotation-new"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        response.status(),
+        200,
+        "a delivery signed with the new secret is accepted"
+    );
+    let old_signed = record_updated_body(2);
+    let response = client
+        .post(daemon.url("/webhooks/attio"))
+        .header("content-type", "application/json")
+        .header(
+            "attio-signature",
+            attio_webhooks::signature::sign("old-secret", &old_signed),
+        )
+        .header("idempotency-key", "rotation-old")
+        .body(old_signed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        200,
+        "a delivery signed with the old secret is accepted"
+    );
+    let lines = wait_for_jsonl(&dir.path().join("events.jsonl"), 2, Duration::from_secs(10)).await;
+    assert_eq!(lines.len(), 2);
+}
+
+#[tokio::test]
 async fn an_odd_idempotency_key_is_warned_about_without_its_value() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "");

@@ -6,6 +6,7 @@ mod fake_attio;
 mod helpers;
 
 mod attio_client;
+mod attio_edges;
 mod cli;
 mod configuration;
 mod contract;
@@ -16,6 +17,7 @@ mod ingress;
 mod lifecycle;
 mod observability;
 mod pipeline;
+mod redis_setup;
 mod routing;
 mod scale_out;
 mod sinks;

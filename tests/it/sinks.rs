@@ -743,3 +743,70 @@ async fn a_collapsed_line_the_sink_refuses_is_retried_until_every_event_of_the_g
     let journal = SqliteJournal::open(&stopped.storage.join("journal.sqlite3")).unwrap();
     assert!(journal.dead_letters(10).await.unwrap().is_empty());
 }
+
+/// Answers 400 with every request header echoed back as JSON, as some receivers do.
+async fn echo_headers(headers: HeaderMap) -> (StatusCode, String) {
+    let echoed: HashMap<String, String> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    (
+        StatusCode::BAD_REQUEST,
+        serde_json::json!({ "error": "refused", "you_sent": echoed }).to_string(),
+    )
+}
+
+#[tokio::test]
+async fn credentials_a_receiver_echoes_back_reach_neither_the_log_nor_the_dead_letter() {
+    let app = axum::Router::new().route("/hook", axum::routing::post(echo_headers));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[webhook]\nsecrets = [\"{SECRET}\"]\n[storage]\npath = {:?}\n\
+         [sinks.hook]\nkind = \"http\"\nurl = \"http://{addr}/hook\"\nsecret = \"{SINK_SECRET}\"\n\
+         attempts = 1\nheaders = {{ Authorization = \"Bearer authorization-token-text\", X-Api-Key = \"api-key-text\" }}\n{}",
+        dir.path().join("data").display().to_string(),
+        route(&["hook"]),
+    );
+    let config_path = dir.path().join("config.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let mut daemon = Daemon::start(dir.path(), &config_path, &[]);
+    daemon.wait_healthy(WAIT).await;
+    let response = post_signed_to(
+        &reqwest::Client::new(),
+        &daemon.url("/webhooks/attio"),
+        &record_updated_body(3),
+        Some("echoed"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 200);
+
+    let deadline = Instant::now() + WAIT;
+    let shown = loop {
+        let (code, shown, stderr) = dead_letters(&config_path, dir.path(), &["show", "echoed:0"]);
+        let shown: Value = serde_json::from_str(&shown).unwrap_or_default();
+        if code == 0 && shown["state"] == "dead" {
+            break shown;
+        }
+        assert!(Instant::now() < deadline, "no dead letter: {stderr}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let last_error = shown["last_error"].as_str().unwrap().to_string();
+    // The answer is still quoted, so the operator sees why it was refused.
+    assert!(
+        last_error.contains("400") && last_error.contains("refused"),
+        "{last_error}"
+    );
+    let log = daemon.stderr();
+    daemon.kill();
+    assert!(log.contains("400"), "the refusal is logged: {log}");
+    let sink_key = SINK_SECRET.trim_start_matches("whsec_");
+    for secret in ["authorization-token-text", "api-key-text", sink_key] {
+        assert!(!last_error.contains(secret), "{secret}: {last_error}");
+        assert!(!log.contains(secret), "{secret}: {log}");
+    }
+}

@@ -524,3 +524,68 @@ async fn invented_event_types_are_refused_before_asking_attio() {
     );
     assert!(fake.seen().is_empty(), "no request reached Attio");
 }
+
+#[tokio::test]
+async fn a_list_entry_attribute_is_looked_up_in_the_list_not_in_the_parent_object() {
+    let fake = workspace().await;
+    // People have a `stage` of their own: the wrong one for list entries.
+    fake.set_attributes(PEOPLE, &[(STAGE, "stage")]);
+    let output = webhooks(
+        &fake,
+        API_KEY,
+        &[
+            "create",
+            "--url",
+            TARGET,
+            "--event",
+            "list-entry.updated",
+            "--object",
+            "people",
+            "--list",
+            "sales_pipeline",
+            "--attribute",
+            "stage",
+        ],
+    )
+    .await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        requests(&fake, "GET", &format!("/v2/lists/{PIPELINE}/attributes")).len(),
+        1
+    );
+    assert!(requests(&fake, "GET", &format!("/v2/objects/{PEOPLE}/attributes")).is_empty());
+    let body = requests(&fake, "POST", "/v2/webhooks")[0]
+        .body
+        .clone()
+        .unwrap();
+    assert_eq!(
+        body["data"]["subscriptions"],
+        json!([{"event_type": "list-entry.updated", "filter": {"$and": [
+            {"field": "parent_object_id", "operator": "equals", "value": PEOPLE},
+            {"field": "id.list_id", "operator": "equals", "value": PIPELINE},
+            {"field": "id.attribute_id", "operator": "equals", "value": PIPELINE_STAGE}
+        ]}}])
+    );
+    assert_valid_for_attio(&fake);
+}
+
+#[tokio::test]
+async fn an_attribute_on_list_entry_events_without_a_list_is_refused_before_asking_attio() {
+    let fake = workspace().await;
+    for events in [
+        &["--event", "list-entry.updated"][..],
+        &["--event", "record.updated", "--event", "list-entry.updated"][..],
+    ] {
+        let mut args = vec!["create", "--url", TARGET];
+        args.extend_from_slice(events);
+        args.extend_from_slice(&["--object", "people", "--attribute", "company"]);
+        let output = webhooks(&fake, API_KEY, &args).await;
+        assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+        let message = stderr(&output);
+        assert!(
+            message.contains("add --list") && message.contains("list-entry.updated"),
+            "{message}"
+        );
+    }
+    assert!(fake.seen().is_empty(), "nothing was asked of Attio");
+}
