@@ -1361,12 +1361,6 @@ pub fn resolve_environment(
     ))
 }
 
-/// Whether `APP_ENV` names production, for tools that decide before (or without) loading the
-/// settings.
-pub fn production_environment() -> bool {
-    std::env::var("APP_ENV").is_ok_and(|name| name.trim().eq_ignore_ascii_case("production"))
-}
-
 /// Checks a `log.level` / `RUST_LOG` filter. `EnvFilter` takes any bare word as a target name,
 /// so a misspelt level (`warning`, `debugg`) would silently turn every line off; here each
 /// directive must be a level, or `target=level`.

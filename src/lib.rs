@@ -22,7 +22,8 @@
 //! - `signature::properties`, `event::properties` (tests, and feature `fuzzing`): the promises
 //!   of both as checks shared by the property tests and the fuzz targets in `fuzz/`.
 //! - `journal`: durable store of accepted deliveries (SQLite with group commit, or a Redis
-//!   stream shared by replicas), dead letters.
+//!   stream shared by replicas), dead letters, signed bodies that were not deliveries
+//!   (`journal::repair`: check and recover a damaged SQLite journal).
 //! - `worker`: takes events from the channel and the journal, drives them to the sinks
 //!   (`worker::collapse`: one line for the updates that shared a fetch, on `collapse = true` routes;
 //!   `worker::outage`: a dependency that is down is logged once per outage, not per event).
@@ -37,7 +38,8 @@
 //! - `telemetry`: logging (`serve` writes from a thread of its own, so a stalled stderr drops
 //!   lines instead of stalling the daemon).
 //! - `metrics`: Prometheus registry and metric names.
-//! - `cli`: the command line: `serve`, `dead-letters list|show|replay`,
+//! - `cli`: the command line: `serve`, `dead-letters list|show|replay`, `unparsed list|show|delete`,
+//!   `journal check|recover`,
 //!   `webhooks list|get|create|update|delete` (Attio subscriptions), and the developer tools
 //!   `send`, `sign`, `verify`, `check-config`.
 

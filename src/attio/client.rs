@@ -92,6 +92,8 @@ struct Inner {
     retry_initial: Duration,
     retry_max_delay: Duration,
     retry_total: Duration,
+    /// A command that makes a few calls and exits: see [`AttioClient::for_command`].
+    one_shot: bool,
 }
 
 /// The process-wide limiter of one kind of request (reads or writes).
@@ -212,11 +214,30 @@ struct Call {
 }
 
 impl AttioClient {
-    /// Builds the client. Fails only on an API key that cannot be an HTTP header value or a
-    /// TLS backend that cannot start; the message never contains the key.
+    /// Builds the daemon's client. Fails only on an API key that cannot be an HTTP header value
+    /// or a TLS backend that cannot start; the message never contains the key.
     pub fn new(
         settings: &AttioSettings,
         api_key: &SecretString,
+    ) -> Result<AttioClient, AttioError> {
+        Self::build(settings, api_key, false)
+    }
+
+    /// Builds the client of a command that exits when its calls are done (`webhooks list`).
+    /// It retries and stops on the breaker like the daemon's, but when it gives up on an
+    /// unreachable Attio its error is the last real failure (a refused connection, a DNS or TLS
+    /// error), not the breaker's "next try in ...", which means nothing to a process that exits.
+    pub fn for_command(
+        settings: &AttioSettings,
+        api_key: &SecretString,
+    ) -> Result<AttioClient, AttioError> {
+        Self::build(settings, api_key, true)
+    }
+
+    fn build(
+        settings: &AttioSettings,
+        api_key: &SecretString,
+        one_shot: bool,
     ) -> Result<AttioClient, AttioError> {
         let base = Url::parse(&settings.base_url).map_err(|e| {
             AttioError::InvalidRequest(format!(
@@ -272,6 +293,7 @@ impl AttioClient {
                 retry_initial: settings.retry_initial,
                 retry_max_delay: settings.retry_max_delay,
                 retry_total: settings.retry_total,
+                one_shot,
             }),
             on_send: None,
         })
@@ -571,7 +593,10 @@ impl AttioClient {
         let endpoint = call.endpoint;
         let call = &call;
         let attempt = || self.attempt(call);
-        attempt
+        // The last failure that was retried: what a one-shot command reports when the breaker
+        // ends its retries.
+        let last_failure: Mutex<Option<AttioError>> = Mutex::new(None);
+        let result = attempt
             .retry(FullJitter::new(inner.retry_initial, inner.retry_max_delay))
             .sleep(tokio::time::sleep)
             .when(|error: &AttioError| {
@@ -586,8 +611,18 @@ impl AttioClient {
                 metrics::counter!("attio_webhooks_attio_retries_total", "endpoint" => endpoint)
                     .increment(1);
                 tracing::debug!(endpoint, %error, retry_in = ?delay, "Attio request failed; retrying");
+                if inner.one_shot {
+                    *last_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.clone());
+                }
             })
-            .await
+            .await;
+        match result {
+            Err(AttioError::CircuitOpen { retry_in }) if inner.one_shot => Err(last_failure
+                .into_inner()
+                .unwrap_or_else(|p| p.into_inner())
+                .unwrap_or(AttioError::CircuitOpen { retry_in })),
+            other => other,
+        }
     }
 
     /// One HTTP attempt through the breaker, the pause and the rate limiter.

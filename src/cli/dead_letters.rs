@@ -47,10 +47,12 @@ pub enum Action {
         /// The event id, as `list` shows it.
         id: String,
     },
-    /// Put dead letters back through the pipeline with their attempts reset.
+    /// Put dead letters back through the pipeline with their attempts reset: the ids named, or
+    /// --all.
+    #[command(group = clap::ArgGroup::new("which").required(true).args(["ids", "all"]))]
     Replay {
-        /// Event ids to replay.
-        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        /// Event ids to replay, as `list` shows them.
+        #[arg(conflicts_with = "all")]
         ids: Vec<String>,
         /// Replay every dead letter (with --sink: every one that failed on that sink).
         #[arg(long)]
@@ -64,12 +66,14 @@ pub enum Action {
     },
 }
 
-pub fn run(args: DeadLettersArgs, options: LoadOptions) -> ExitCode {
-    let settings = match Settings::load_without_secret(&options) {
+/// The daemon's settings, for a tool that works on its journal; the exit code (the error
+/// printed) when they do not load or name a journal the daemon never wrote.
+pub(super) fn journal_settings(options: &LoadOptions) -> Result<Settings, ExitCode> {
+    let settings = match Settings::load_without_secret(options) {
         Ok(settings) => settings,
         Err(error) => {
             eprintln!("error: {error}");
-            return ExitCode::from(2);
+            return Err(ExitCode::from(2));
         }
     };
     let path = settings.journal_path();
@@ -80,8 +84,16 @@ pub fn run(args: DeadLettersArgs, options: LoadOptions) -> ExitCode {
             path.display(),
             settings.storage.path.display()
         );
-        return ExitCode::from(2);
+        return Err(ExitCode::from(2));
     }
+    Ok(settings)
+}
+
+pub fn run(args: DeadLettersArgs, options: LoadOptions) -> ExitCode {
+    let settings = match journal_settings(&options) {
+        Ok(settings) => settings,
+        Err(code) => return code,
+    };
     if let Action::Replay {
         sink: Some(sink), ..
     } = &args.action
@@ -127,7 +139,7 @@ pub fn run(args: DeadLettersArgs, options: LoadOptions) -> ExitCode {
 }
 
 /// The journal the daemon uses with these settings.
-fn open_journal(settings: &Settings) -> Result<Journal, String> {
+pub(super) fn open_journal(settings: &Settings) -> Result<Journal, String> {
     match (settings.queue.backend, &settings.redis.url) {
         (QueueBackend::Redis, Some(url)) => {
             let connection =

@@ -1,10 +1,13 @@
 //! Where the developer tools (`send`, `sign`, `verify`) get the webhook secret.
 //!
-//! In: the `--secret` flag and the `ATTIO_WEBHOOK_SECRET` variable (comma-separated, as for the
-//! daemon). Out: the secrets and where they came from, so that messages can name the source
-//! without ever printing a secret.
+//! In: the `--secret` flag, the `ATTIO_WEBHOOK_SECRET` variable (comma-separated, as for the
+//! daemon) and, outside production, the settings the daemon would run with. Out: the secrets and
+//! where they came from, so that messages can name the source without ever printing a secret.
+//! The three tools share this, so that they agree on which secret is used when none is given.
 
 use secrecy::{ExposeSecret, SecretString};
+
+use crate::config::{ConfigError, Settings, DEVELOPMENT_SECRET};
 
 /// The variable the daemon reads its secrets from.
 pub const SECRET_VARIABLE: &str = "ATTIO_WEBHOOK_SECRET";
@@ -52,5 +55,60 @@ pub fn from_flag_or_environment(
         None
     } else {
         Some((secrets, SecretSource::Environment))
+    }
+}
+
+/// Neither `--secret` nor the variable was given, and `APP_ENV=production` never falls back.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "no secret: pass --secret or set ATTIO_WEBHOOK_SECRET (APP_ENV=production never falls back \
+     to a configured secret)"
+)]
+pub struct NoSecret;
+
+/// The secrets given on the command line or in the environment; else, outside production, what
+/// the daemon would be configured with (in development, the development secret from
+/// `config/development.toml`), so that `serve`, `send`, `sign` and `verify` work together out of
+/// the box. Says on standard error when it falls back. `settings` are those `serve` would load
+/// (without requiring a secret); when they do not load, the built-in development secret is used.
+pub fn given_or_configured(
+    flag: Option<SecretString>,
+    settings: impl FnOnce() -> Result<Settings, ConfigError>,
+) -> Result<(Vec<SecretString>, SecretSource), NoSecret> {
+    if let Some(given) = from_flag_or_environment(flag) {
+        return Ok(given);
+    }
+    let environment = std::env::var("APP_ENV").unwrap_or_else(|_| "development".to_string());
+    if environment.trim().eq_ignore_ascii_case("production") {
+        return Err(NoSecret);
+    }
+    match settings() {
+        Ok(settings) => {
+            let Some(first) = settings.webhook.secrets.first() else {
+                return Err(NoSecret);
+            };
+            if first.expose_secret() == DEVELOPMENT_SECRET {
+                eprintln!(
+                    "note: no --secret or {SECRET_VARIABLE} given; using the development secret \
+                     from the configuration (APP_ENV={environment})"
+                );
+            } else {
+                eprintln!(
+                    "note: no --secret or {SECRET_VARIABLE} given; using the configured \
+                     webhook.secrets (APP_ENV={environment})"
+                );
+            }
+            Ok((settings.webhook.secrets, SecretSource::Configuration))
+        }
+        Err(_) => {
+            eprintln!(
+                "note: no --secret or {SECRET_VARIABLE} given and no configured secret; using the \
+                 built-in development secret (APP_ENV={environment})"
+            );
+            Ok((
+                vec![SecretString::from(DEVELOPMENT_SECRET.to_string())],
+                SecretSource::BuiltInDevelopmentSecret,
+            ))
+        }
     }
 }

@@ -25,7 +25,7 @@ use serde::Serialize;
 
 use super::secret::{self, SecretSource};
 use super::templates::{event_types_for, Fixed, FixedIds, Template, TemplateError};
-use crate::config::{LoadOptions, Settings, DEVELOPMENT_SECRET};
+use crate::config::{LoadOptions, Settings};
 use crate::signature::sign;
 
 /// The User-Agent Attio's deliveries carry (FACTS §1).
@@ -81,6 +81,16 @@ pub struct SendArgs {
     #[arg(long)]
     pub json: bool,
 
+    /// Also trust the certificates in this PEM file for an https:// target (a staging proxy
+    /// with a self-signed certificate or a private CA).
+    #[arg(long, value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+
+    /// Do not check the https:// target's certificate at all (prints a warning). For throwaway
+    /// test setups only: prefer --cacert.
+    #[arg(long)]
+    pub insecure: bool,
+
     #[command(flatten)]
     pub ids: IdArgs,
 }
@@ -90,8 +100,10 @@ pub struct SendArgs {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Ids (default: fresh UUIDs)")]
 pub struct IdArgs {
+    /// The envelope's webhook_id (one value for the whole run).
     #[arg(long, value_name = "ID")]
     pub webhook_id: Option<String>,
+    /// id.workspace_id (one value for the whole run).
     #[arg(long, value_name = "ID")]
     pub workspace_id: Option<String>,
     /// Object id (also the parent object of list entries and notes, and a comment's object).
@@ -100,6 +112,7 @@ pub struct IdArgs {
     /// Record id (also the parent record of list entries and notes, and a comment's record).
     #[arg(long, value_name = "ID")]
     pub record_id: Option<String>,
+    /// id.attribute_id (record.updated, list-entry.updated, *-attribute.* events).
     #[arg(long, value_name = "ID")]
     pub attribute_id: Option<String>,
     /// The record merged away by record.merged.
@@ -111,20 +124,28 @@ pub struct IdArgs {
     /// Entry id (comments: null unless given).
     #[arg(long, value_name = "ID")]
     pub entry_id: Option<String>,
+    /// id.note_id (note.* and note-content.* events).
     #[arg(long, value_name = "ID")]
     pub note_id: Option<String>,
+    /// id.task_id (task.* events).
     #[arg(long, value_name = "ID")]
     pub task_id: Option<String>,
+    /// id.comment_id (comment.* events).
     #[arg(long, value_name = "ID")]
     pub comment_id: Option<String>,
+    /// A comment's thread_id (comment.* events).
     #[arg(long, value_name = "ID")]
     pub thread_id: Option<String>,
+    /// id.workspace_member_id (workspace-member.created).
     #[arg(long, value_name = "ID")]
     pub workspace_member_id: Option<String>,
+    /// id.meeting_id (call-recording.created).
     #[arg(long, value_name = "ID")]
     pub meeting_id: Option<String>,
+    /// id.call_recording_id (call-recording.created).
     #[arg(long, value_name = "ID")]
     pub call_recording_id: Option<String>,
+    /// id.activity_id (activity-attribute.* events).
     #[arg(long, value_name = "ID")]
     pub activity_id: Option<String>,
     /// actor.type: workspace-member, api-token, system, app, ...
@@ -197,6 +218,11 @@ pub enum SendError {
     NoSecret,
     #[error("--idempotency-key names one delivery, so it needs one event type, not a pattern")]
     KeyWithPattern,
+    #[error(
+        "--cacert {path}: no PEM certificate could be read from it ({reason}); give the \
+         receiver's certificate (or its CA's) as a PEM file (-----BEGIN CERTIFICATE-----)"
+    )]
+    BadCertificate { path: String, reason: String },
     #[error("cannot build the HTTP client: {0}")]
     Client(String),
     #[error("cannot start the async runtime: {0}")]
@@ -247,6 +273,10 @@ struct Plan {
     count: u64,
     concurrency: u64,
     timeout: Duration,
+    /// Extra trusted certificates (`--cacert`).
+    certificates: Vec<reqwest::Certificate>,
+    /// `--insecure`: the target's certificate is not checked.
+    insecure: bool,
 }
 
 pub fn run(args: SendArgs, options: LoadOptions) -> ExitCode {
@@ -345,18 +375,29 @@ fn plan(args: &SendArgs, options: &LoadOptions) -> Result<Plan, SendError> {
         },
     };
 
-    let (secret, secret_source) = match secret::from_flag_or_environment(args.secret.clone()) {
-        Some((mut secrets, source)) => {
-            if secrets.len() > 1 {
-                eprintln!(
-                    "note: {} lists {} secrets; signing with the first",
-                    source.describe(),
-                    secrets.len()
-                );
-            }
-            (secrets.swap_remove(0), source)
-        }
-        None => development_secret(settings.as_ref())?,
+    let (mut secrets, secret_source) =
+        secret::given_or_configured(args.secret.clone(), || match settings {
+            Some(Ok(settings)) => Ok(settings),
+            Some(Err(error)) => Err(error),
+            None => Settings::load_without_secret(options),
+        })
+        .map_err(|_| SendError::NoSecret)?;
+    if secrets.len() > 1 {
+        eprintln!(
+            "note: {} lists {} secrets; signing with the first",
+            secret_source.describe(),
+            secrets.len()
+        );
+    }
+    // `given_or_configured` never returns an empty list.
+    if secrets.is_empty() {
+        return Err(SendError::NoSecret);
+    }
+    let secret = secrets.swap_remove(0);
+
+    let certificates = match &args.cacert {
+        Some(path) => certificates(path)?,
+        None => Vec::new(),
     };
 
     Ok(Plan {
@@ -368,50 +409,27 @@ fn plan(args: &SendArgs, options: &LoadOptions) -> Result<Plan, SendError> {
         count,
         concurrency: args.concurrency.min(count),
         timeout: args.timeout,
+        certificates,
+        insecure: args.insecure,
     })
 }
 
-/// Outside production, with no secret given, sign with what the daemon would be configured
-/// with, so that `serve` and `send` work together out of the box. Never in production.
-fn development_secret(
-    settings: Option<&Result<Settings, crate::config::ConfigError>>,
-) -> Result<(SecretString, SecretSource), SendError> {
-    let environment = std::env::var("APP_ENV").unwrap_or_else(|_| "development".to_string());
-    if crate::config::production_environment() {
-        return Err(SendError::NoSecret);
+/// The certificates of a `--cacert` PEM file (one, or a bundle).
+fn certificates(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, SendError> {
+    let bytes = std::fs::read(path).map_err(|source| SendError::ReadFile {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let bad = |reason: String| SendError::BadCertificate {
+        path: path.display().to_string(),
+        reason,
+    };
+    let certificates =
+        reqwest::Certificate::from_pem_bundle(&bytes).map_err(|error| bad(error_chain(&error)))?;
+    if certificates.is_empty() {
+        return Err(bad("it holds no certificate".to_string()));
     }
-    match settings {
-        Some(Ok(settings)) => {
-            let Some(first) = settings.webhook.secrets.first() else {
-                return Err(SendError::NoSecret);
-            };
-            if first.expose_secret() == DEVELOPMENT_SECRET {
-                eprintln!(
-                    "note: no --secret or {} given; signing with the development secret from the \
-                     configuration (APP_ENV={environment})",
-                    secret::SECRET_VARIABLE
-                );
-            } else {
-                eprintln!(
-                    "note: no --secret or {} given; signing with the first configured \
-                     webhook.secrets entry (APP_ENV={environment})",
-                    secret::SECRET_VARIABLE
-                );
-            }
-            Ok((first.clone(), SecretSource::Configuration))
-        }
-        _ => {
-            eprintln!(
-                "note: no --secret or {} given and no configured secret; signing with the \
-                 built-in development secret (APP_ENV={environment})",
-                secret::SECRET_VARIABLE
-            );
-            Ok((
-                SecretString::from(DEVELOPMENT_SECRET.to_string()),
-                SecretSource::BuiltInDevelopmentSecret,
-            ))
-        }
-    }
+    Ok(certificates)
 }
 
 /// The daemon's webhook URL from its settings. A wildcard listen address (0.0.0.0) is reached
@@ -432,15 +450,28 @@ pub fn daemon_url(settings: &Settings) -> String {
 }
 
 fn client(plan: &Plan) -> Result<reqwest::Client, SendError> {
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .http1_only()
         .no_gzip()
         .user_agent(ATTIO_USER_AGENT)
         .timeout(plan.timeout)
         .pool_max_idle_per_host(plan.concurrency as usize)
         .tcp_nodelay(true)
+        .tls_certs_merge(plan.certificates.iter().cloned());
+    if plan.insecure {
+        eprintln!(
+            "warning: --insecure: the receiver's certificate is not checked, so anyone between \
+             here and {} can read and change these deliveries; use --cacert FILE outside a \
+             throwaway test setup",
+            plan.url
+        );
+        builder = builder
+            .tls_danger_accept_invalid_certs(true)
+            .tls_danger_accept_invalid_hostnames(true);
+    }
+    builder
         .build()
-        .map_err(|e| SendError::Client(e.to_string()))
+        .map_err(|e| SendError::Client(error_chain(&e)))
 }
 
 /// The headers of one delivery, as Attio sends them.
@@ -646,7 +677,7 @@ async fn send_many(client: reqwest::Client, plan: Plan, json: bool) -> ExitCode 
     } else {
         summary.print();
     }
-    let failed = summary.failed();
+    let failed = summary.failed;
     for (status, body) in &tally.first_failure_body {
         if let Ok(status) = StatusCode::from_u16(*status) {
             eprintln!(
@@ -670,11 +701,19 @@ struct Summary {
     url: String,
     events: String,
     requested: u64,
+    /// Requests that went out (answered or not).
     sent: u64,
+    /// Deliveries answered 2xx.
+    succeeded: u64,
+    /// Deliveries answered otherwise, or not at all, or never sent.
+    failed: u64,
+    /// Deliveries not attempted because the target refused connections.
+    not_sent: u64,
     concurrency: u64,
     statuses: BTreeMap<u16, u64>,
     transport_errors: u64,
     seconds: f64,
+    /// Answers (of any status) per second; 0 when nothing answered.
     per_second: f64,
     latency_ms: Percentiles,
 }
@@ -698,19 +737,31 @@ impl Summary {
             let rank = ((q * n as f64).ceil() as usize).clamp(1, n);
             tally.latencies[rank - 1].as_secs_f64() * 1000.0
         };
-        let sent = tally.statuses.values().sum::<u64>() + tally.transport_errors;
+        let answered = tally.statuses.values().sum::<u64>();
+        let sent = answered + tally.transport_errors;
+        let succeeded = tally
+            .statuses
+            .iter()
+            .filter(|(status, _)| (200..300).contains(*status))
+            .map(|(_, count)| count)
+            .sum::<u64>();
         let seconds = elapsed.as_secs_f64();
         Summary {
             url: plan.url.clone(),
             events: plan.bodies.label(),
             requested: plan.count,
             sent,
+            succeeded,
+            failed: plan.count.saturating_sub(succeeded),
+            not_sent: plan.count.saturating_sub(sent),
             concurrency: plan.concurrency,
             statuses: tally.statuses.clone(),
             transport_errors: tally.transport_errors,
             seconds,
+            // A request that got no answer is not throughput: counting it made a run against a
+            // dead target look fast.
             per_second: if seconds > 0.0 {
-                sent as f64 / seconds
+                answered as f64 / seconds
             } else {
                 0.0
             },
@@ -723,22 +774,29 @@ impl Summary {
         }
     }
 
-    fn failed(&self) -> u64 {
-        (self.requested - self.sent)
-            + self.transport_errors
-            + self
-                .statuses
-                .iter()
-                .filter(|(status, _)| !(200..300).contains(*status))
-                .map(|(_, count)| count)
-                .sum::<u64>()
-    }
-
     fn print(&self) {
-        println!(
-            "sent {} deliveries ({}) to {} over {} connections in {:.2}s",
-            self.sent, self.events, self.url, self.concurrency, self.seconds
-        );
+        if self.failed == 0 {
+            println!(
+                "sent {} deliveries ({}) to {} over {} connections in {:.2}s",
+                self.sent, self.events, self.url, self.concurrency, self.seconds
+            );
+        } else {
+            println!(
+                "FAILED: {} of {} deliveries ({}) to {} were not accepted ({} accepted, {} \
+                 answered otherwise, {} got no answer, {} not sent) over {} connections in \
+                 {:.2}s",
+                self.failed,
+                self.requested,
+                self.events,
+                self.url,
+                self.succeeded,
+                self.sent - self.transport_errors - self.succeeded,
+                self.transport_errors,
+                self.not_sent,
+                self.concurrency,
+                self.seconds
+            );
+        }
         let mut statuses: Vec<String> = self
             .statuses
             .iter()
@@ -754,17 +812,23 @@ impl Summary {
             statuses.push(format!("no answer: {}", self.transport_errors));
         }
         println!("status:  {}", statuses.join(", "));
-        if self.sent < self.requested {
+        if self.not_sent > 0 {
             println!(
                 "stopped: {} of {} not sent (the target refused connections)",
-                self.requested - self.sent,
-                self.requested
+                self.not_sent, self.requested
             );
         }
-        println!("rate:    {:.0} deliveries/s", self.per_second);
         if self.statuses.is_empty() {
+            println!("rate:    n/a (no answers)");
             println!("latency: n/a (no answers)");
         } else {
+            // Every answer was a delivery accepted only when nothing failed.
+            let unit = if self.failed == 0 {
+                "deliveries/s"
+            } else {
+                "answers/s"
+            };
+            println!("rate:    {:.0} {unit}", self.per_second);
             println!(
                 "latency: p50 {:.2}ms  p90 {:.2}ms  p99 {:.2}ms  max {:.2}ms",
                 self.latency_ms.p50, self.latency_ms.p90, self.latency_ms.p99, self.latency_ms.max
@@ -798,18 +862,60 @@ fn status_problem(status: StatusCode, secret_source: SecretSource) -> String {
     }
 }
 
-/// A request that got no answer, explained.
+/// A request that got no answer, explained, with the underlying cause (refused, DNS, TLS).
 fn transport_problem(url: &str, error: &reqwest::Error) -> String {
-    if error.is_connect() {
+    let cause = error_chain(error);
+    if error.is_timeout() {
+        format!("no answer from {url} within --timeout ({cause})")
+    } else if is_tls_failure(error) {
         format!(
-            "cannot connect to {url}: is the daemon running? Start it with `attio-webhooks serve`, \
-             or pass --to URL"
+            "the TLS handshake with {url} failed: {cause}; if the receiver's certificate is \
+             self-signed or from a private CA, pass --cacert FILE with it (PEM), or --insecure \
+             for a throwaway test setup"
         )
-    } else if error.is_timeout() {
-        format!("no answer from {url} within --timeout")
+    } else if error.is_connect() {
+        format!(
+            "cannot connect to {url}: {cause}; is the daemon running? Start it with \
+             `attio-webhooks serve`, or pass --to URL"
+        )
     } else {
-        format!("request to {url} failed: {error}")
+        format!("request to {url} failed: {cause}")
     }
+}
+
+/// Whether a transport error was the TLS library's: its errors are reached only as boxed
+/// sources of reqwest's, so their words are what tells them apart. Only the causes are read,
+/// not reqwest's own text, which quotes the URL.
+fn is_tls_failure(error: &reqwest::Error) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let text = cause.to_string().to_ascii_lowercase();
+        if ["certificate", "ssl routines", "tls", "handshake"]
+            .iter()
+            .any(|word| text.contains(word))
+        {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
+/// An error and its causes on one line: reqwest's own text ("error sending request") hides
+/// the part that explains it (connection refused, DNS, a certificate that is not trusted).
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let part = cause.to_string();
+        // hyper and reqwest sometimes repeat their cause's text in their own.
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 #[cfg(test)]

@@ -2,8 +2,8 @@
 //! debugging a receiver.
 //!
 //! In: the raw bytes of standard input (nothing is trimmed or re-encoded: the signature covers
-//! the exact bytes), a secret from `--secret` or `ATTIO_WEBHOOK_SECRET`, and for `verify` a
-//! signature. Out: `sign` prints the lower-case hex signature; `verify` says valid (exit 0) or
+//! the exact bytes), a secret from `--secret` or `ATTIO_WEBHOOK_SECRET` (outside production, with
+//! neither, the configured one, as `send` does), and for `verify` a signature. Out: `sign` prints the lower-case hex signature; `verify` says valid (exit 0) or
 //! invalid (exit 1). Secrets are never printed.
 
 use std::io::Read;
@@ -13,19 +13,21 @@ use clap::Args;
 use secrecy::{ExposeSecret, SecretString};
 
 use super::secret::{self, SecretSource};
+use crate::config::{LoadOptions, Settings};
 use crate::signature::{self, SignatureError};
 
 #[derive(Debug, Args)]
 pub struct SignArgs {
-    /// Signing secret (default: ATTIO_WEBHOOK_SECRET; the first, if it lists several).
+    /// Signing secret (default: ATTIO_WEBHOOK_SECRET, the first if it lists several; outside
+    /// production, the configured secret, as for `send`).
     #[arg(long, value_name = "SECRET")]
     pub secret: Option<SecretString>,
 }
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// Secret to check against (default: ATTIO_WEBHOOK_SECRET; valid if any listed secret
-    /// matches, as in the daemon).
+    /// Secret to check against (default: ATTIO_WEBHOOK_SECRET, valid if any listed secret
+    /// matches, as in the daemon; outside production, the configured secrets).
     #[arg(long, value_name = "SECRET")]
     pub secret: Option<SecretString>,
 
@@ -34,9 +36,9 @@ pub struct VerifyArgs {
     pub signature: String,
 }
 
-pub fn sign(args: SignArgs) -> ExitCode {
-    let Some((secrets, source)) = secret::from_flag_or_environment(args.secret) else {
-        return no_secret();
+pub fn sign(args: SignArgs, options: LoadOptions) -> ExitCode {
+    let Some((secrets, source)) = secrets(args.secret, &options) else {
+        return ExitCode::from(2);
     };
     let Some(body) = read_stdin() else {
         return ExitCode::from(2);
@@ -48,17 +50,18 @@ pub fn sign(args: SignArgs) -> ExitCode {
             secrets.len()
         );
     }
-    // `from_flag_or_environment` never returns an empty list.
+    // `given_or_configured` never returns an empty list.
     let Some(first) = secrets.first() else {
-        return no_secret();
+        eprintln!("error: {}", secret::NoSecret);
+        return ExitCode::from(2);
     };
     println!("{}", signature::sign(first.expose_secret(), &body));
     ExitCode::SUCCESS
 }
 
-pub fn verify(args: VerifyArgs) -> ExitCode {
-    let Some((secrets, source)) = secret::from_flag_or_environment(args.secret) else {
-        return no_secret();
+pub fn verify(args: VerifyArgs, options: LoadOptions) -> ExitCode {
+    let Some((secrets, source)) = secrets(args.secret, &options) else {
+        return ExitCode::from(2);
     };
     let Some(body) = read_stdin() else {
         return ExitCode::from(2);
@@ -103,12 +106,18 @@ fn explain(error: SignatureError, source: SecretSource, count: usize) -> String 
     }
 }
 
-fn no_secret() -> ExitCode {
-    eprintln!(
-        "error: no secret: pass --secret or set {}",
-        secret::SECRET_VARIABLE
-    );
-    ExitCode::from(2)
+/// The secrets to use, as `send` chooses them; `None` after saying why there are none.
+fn secrets(
+    flag: Option<SecretString>,
+    options: &LoadOptions,
+) -> Option<(Vec<SecretString>, SecretSource)> {
+    match secret::given_or_configured(flag, || Settings::load_without_secret(options)) {
+        Ok(found) => Some(found),
+        Err(error) => {
+            eprintln!("error: {error}");
+            None
+        }
+    }
 }
 
 fn read_stdin() -> Option<Vec<u8>> {

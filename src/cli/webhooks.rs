@@ -305,7 +305,8 @@ async fn execute(args: WebhooksArgs, options: LoadOptions) -> Result<(), Webhook
         ));
     };
     warn_if_unencrypted(&settings.attio.base_url);
-    let client = AttioClient::new(&settings.attio, &api_key).map_err(|e| usage(e.to_string()))?;
+    let client =
+        AttioClient::for_command(&settings.attio, &api_key).map_err(|e| usage(e.to_string()))?;
 
     match args.action {
         Action::List => {

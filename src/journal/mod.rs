@@ -10,6 +10,7 @@
 pub mod redis;
 pub mod redis_persistence;
 mod redis_scripts;
+pub mod repair;
 pub mod sqlite;
 
 use std::collections::BTreeMap;
@@ -26,6 +27,15 @@ pub use sqlite::{JournalLock, SqliteJournal};
 pub enum JournalError {
     #[error("journal storage error: {0}")]
     Storage(String),
+    /// SQLite says the embedded journal's file is damaged (corrupt or not a database).
+    #[error(
+        "the journal {path} is damaged (SQLite: {cause}); nothing was changed. \
+         `attio-webhooks journal check` shows what SQLite finds wrong; `attio-webhooks journal \
+         recover` moves the damaged file aside (kept as it is) and keeps every event that can \
+         still be read in a new journal, which the next start processes (see docs/cli.md, \
+         \"Damaged journal\")"
+    )]
+    Damaged { path: String, cause: String },
     #[error("journal is closed")]
     Closed,
     #[error("backlog is full ({backlog} pending events, limit {limit})")]
@@ -178,6 +188,25 @@ pub struct DeadDelivery {
     pub received_at: String,
     pub reason: String,
     pub body_len: usize,
+}
+
+/// A stored body that was signed but not a delivery, with the body itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadDeliveryBody {
+    pub seq: i64,
+    pub key: Option<String>,
+    pub received_at: String,
+    pub request_id: Option<String>,
+    pub reason: String,
+    /// The bytes exactly as they were received (not necessarily UTF-8, nor JSON).
+    pub body: Vec<u8>,
+}
+
+/// Which dead deliveries to delete.
+#[derive(Debug, Clone)]
+pub enum DeadDeliverySelection {
+    All,
+    Seqs(Vec<i64>),
 }
 
 /// The journal backends (`queue.backend`).
@@ -346,6 +375,27 @@ impl Journal {
         match self {
             Journal::Sqlite(j) => j.dead_deliveries(limit).await,
             Journal::Redis(j) => j.dead_deliveries(limit).await,
+        }
+    }
+
+    /// One dead delivery (a signed body that was not a delivery) with its body, for
+    /// inspection (`unparsed show`, the console).
+    pub async fn dead_delivery(&self, seq: i64) -> Result<Option<DeadDeliveryBody>, JournalError> {
+        match self {
+            Journal::Sqlite(j) => j.dead_delivery(seq).await,
+            Journal::Redis(j) => j.dead_delivery(seq).await,
+        }
+    }
+
+    /// Deletes dead deliveries once they have been looked at; returns the ones deleted (a seq
+    /// that is not there is left out).
+    pub async fn delete_dead_deliveries(
+        &self,
+        selection: &DeadDeliverySelection,
+    ) -> Result<Vec<i64>, JournalError> {
+        match self {
+            Journal::Sqlite(j) => j.delete_dead_deliveries(selection).await,
+            Journal::Redis(j) => j.delete_dead_deliveries(selection).await,
         }
     }
 

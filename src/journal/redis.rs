@@ -33,9 +33,9 @@ use redis::aio::ConnectionManager;
 
 use super::redis_scripts as scripts;
 use super::{
-    AppendOutcome, DeadDelivery, DeadLetter, DeadLetterQuery, JournalError, JournaledEvent,
-    MalformedDelivery, NewDelivery, ReplayReport, ReplaySelection, SinkProgress, SkippedReplay,
-    StoredEvent,
+    AppendOutcome, DeadDelivery, DeadDeliveryBody, DeadDeliverySelection, DeadLetter,
+    DeadLetterQuery, JournalError, JournaledEvent, MalformedDelivery, NewDelivery, ReplayReport,
+    ReplaySelection, SinkProgress, SkippedReplay, StoredEvent,
 };
 
 /// The one consumer group every replica reads through.
@@ -684,6 +684,66 @@ impl RedisJournal {
             .collect())
     }
 
+    pub async fn dead_delivery(&self, seq: i64) -> Result<Option<DeadDeliveryBody>, JournalError> {
+        let key = format!("{}{seq}", self.inner.keys.dead_delivery_prefix());
+        let mut fields: std::collections::HashMap<String, Vec<u8>> = redis::cmd("HGETALL")
+            .arg(&key)
+            .query_async(&mut self.connection())
+            .await?;
+        let Some(body) = fields.remove("body") else {
+            return Ok(None);
+        };
+        let mut text = |name: &str| {
+            fields
+                .remove(name)
+                .map(|value| String::from_utf8_lossy(&value).into_owned())
+        };
+        Ok(Some(DeadDeliveryBody {
+            seq,
+            key: text("key"),
+            received_at: text("received_at").unwrap_or_default(),
+            request_id: text("request_id"),
+            reason: text("reason").unwrap_or_default(),
+            body,
+        }))
+    }
+
+    pub async fn delete_dead_deliveries(
+        &self,
+        selection: &DeadDeliverySelection,
+    ) -> Result<Vec<i64>, JournalError> {
+        let keys = &self.inner.keys;
+        let seqs = match selection {
+            DeadDeliverySelection::Seqs(seqs) => seqs.clone(),
+            DeadDeliverySelection::All => {
+                let all: Vec<i64> = redis::cmd("ZRANGE")
+                    .arg(keys.dead_deliveries())
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(&mut self.connection())
+                    .await?;
+                all
+            }
+        };
+        let mut deleted = Vec::new();
+        for seq in seqs {
+            // Index and hash go together, so no reader sees one without the other.
+            let (removed, _): (i64, i64) = redis::pipe()
+                .atomic()
+                .cmd("ZREM")
+                .arg(keys.dead_deliveries())
+                .arg(seq)
+                .cmd("DEL")
+                .arg(format!("{}{seq}", keys.dead_delivery_prefix()))
+                .query_async(&mut self.connection())
+                .await?;
+            if removed == 1 {
+                deleted.push(seq);
+            }
+        }
+        Ok(deleted)
+    }
+
     /// Pending events across every replica, as of this replica's last exchange with Redis (each
     /// append, outcome, worker poll and probe refreshes it): cheap enough for ingress to read per
     /// request.
@@ -1247,6 +1307,25 @@ mod tests {
         assert_eq!(dead[1].key, None);
         assert_eq!(dead[1].reason, "not json");
         assert_eq!(dead[1].body_len, 3);
+        // One body whole, bytes intact; deleting named ones, then all.
+        let kept = journal.dead_delivery(2).await.unwrap().unwrap();
+        assert_eq!(kept.body, vec![0xff, 0x00, 0x01]);
+        assert_eq!(kept.reason, "not json");
+        assert_eq!(kept.key, None);
+        assert_eq!(journal.dead_delivery(3).await.unwrap(), None);
+        let deleted = journal
+            .delete_dead_deliveries(&DeadDeliverySelection::Seqs(vec![2, 9]))
+            .await
+            .unwrap();
+        assert_eq!(deleted, vec![2], "a seq that is not there is left out");
+        assert_eq!(journal.dead_delivery(2).await.unwrap(), None);
+        assert_eq!(journal.dead_deliveries(10).await.unwrap().len(), 1);
+        let deleted = journal
+            .delete_dead_deliveries(&DeadDeliverySelection::All)
+            .await
+            .unwrap();
+        assert_eq!(deleted, vec![1]);
+        assert!(journal.dead_deliveries(10).await.unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -24,9 +24,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::SyncMode;
 
 use super::{
-    AppendOutcome, DeadDelivery, DeadLetter, DeadLetterQuery, JournalError, JournaledEvent,
-    MalformedDelivery, NewDelivery, ReplayReport, ReplaySelection, SinkProgress, SkippedReplay,
-    StoredEvent,
+    AppendOutcome, DeadDelivery, DeadDeliveryBody, DeadDeliverySelection, DeadLetter,
+    DeadLetterQuery, JournalError, JournaledEvent, MalformedDelivery, NewDelivery, ReplayReport,
+    ReplaySelection, SinkProgress, SkippedReplay, StoredEvent,
 };
 
 /// Most requests applied in one transaction.
@@ -34,7 +34,7 @@ const MAX_BATCH: usize = 2048;
 /// Requests that may wait for the writer before callers wait to enqueue.
 const QUEUE_DEPTH: usize = 16 * 1024;
 
-const SCHEMA: &str = r#"
+pub(super) const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS deliveries (
     key TEXT PRIMARY KEY,
     webhook_id TEXT,
@@ -121,6 +121,8 @@ enum Request {
         reply: Reply<ReplayReport>,
     },
     DeadDeliveries(usize, Reply<Vec<DeadDelivery>>),
+    DeadDelivery(i64, Reply<Option<DeadDeliveryBody>>),
+    DeleteDeadDeliveries(DeadDeliverySelection, Reply<Vec<i64>>),
     Probe(Reply<()>),
     OldestPending(Reply<Option<String>>),
     Purge {
@@ -206,6 +208,8 @@ impl SqliteJournal {
             JournalError::Storage(format!("cannot open journal {}: {e}", path.display()))
         })?;
         connection.busy_timeout(Duration::from_secs(5))?;
+        // Read before anything is written, so that a damaged file is reported unchanged.
+        read_existing(&connection).map_err(|e| damaged_or_storage(e, path))?;
         connection.pragma_update(None, "journal_mode", "WAL")?;
         // FULL: a committed transaction survives power loss. NORMAL (WAL): it survives a process
         // crash, and reaches the disk at the next checkpoint.
@@ -214,7 +218,9 @@ impl SqliteJournal {
             SyncMode::Normal => "NORMAL",
         };
         connection.pragma_update(None, "synchronous", synchronous)?;
-        connection.execute_batch(SCHEMA)?;
+        connection
+            .execute_batch(SCHEMA)
+            .map_err(|e| damaged_or_storage(e, path))?;
         migrate(&mut connection, &file_identity(path)?)?;
         let id: String = connection.query_row(
             "SELECT value FROM meta WHERE key = 'journal_id'",
@@ -322,6 +328,19 @@ impl SqliteJournal {
 
     pub async fn dead_deliveries(&self, limit: usize) -> Result<Vec<DeadDelivery>, JournalError> {
         self.call(|reply| Request::DeadDeliveries(limit, reply))
+            .await
+    }
+
+    pub async fn dead_delivery(&self, seq: i64) -> Result<Option<DeadDeliveryBody>, JournalError> {
+        self.call(|reply| Request::DeadDelivery(seq, reply)).await
+    }
+
+    pub async fn delete_dead_deliveries(
+        &self,
+        selection: &DeadDeliverySelection,
+    ) -> Result<Vec<i64>, JournalError> {
+        let selection = selection.clone();
+        self.call(|reply| Request::DeleteDeadDeliveries(selection, reply))
             .await
     }
 
@@ -433,6 +452,34 @@ fn file_identity(path: &Path) -> Result<String, JournalError> {
         JournalError::Storage(format!("cannot read the journal {}: {e}", path.display()))
     })?;
     Ok(format!("{}:{}", metadata.dev(), metadata.ino()))
+}
+
+/// Reads what an existing journal holds (the schema, the pending events through their index),
+/// so that damage there is found before the first write.
+fn read_existing(connection: &Connection) -> Result<(), rusqlite::Error> {
+    let has_events = connection
+        .prepare("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'events'")?
+        .exists([])?;
+    if has_events {
+        connection.query_row(
+            "SELECT COUNT(*), MAX(seq) FROM events WHERE state = 'pending'",
+            [],
+            |_| Ok(()),
+        )?;
+    }
+    Ok(())
+}
+
+/// SQLite's corruption errors become [`JournalError::Damaged`], naming the file.
+fn damaged_or_storage(error: rusqlite::Error, path: &Path) -> JournalError {
+    use rusqlite::ErrorCode::{DatabaseCorrupt, NotADatabase};
+    match error.sqlite_error_code() {
+        Some(DatabaseCorrupt | NotADatabase) => JournalError::Damaged {
+            path: path.display().to_string(),
+            cause: error.to_string(),
+        },
+        _ => JournalError::Storage(format!("journal {}: {error}", path.display())),
+    }
 }
 
 /// Brings a database made by an older version up to this schema, and gives it its journal id:
@@ -689,6 +736,8 @@ fn refuse(request: Request) -> Held {
         Request::Due { reply, .. } => Held::Due(reply, Err(error())),
         Request::DeadLetters(_, reply) => Held::Letters(reply, Err(error())),
         Request::DeadDeliveries(_, reply) => Held::Dead(reply, Err(error())),
+        Request::DeadDelivery(_, reply) => Held::other(reply, Err(error()), |_| 0),
+        Request::DeleteDeadDeliveries(_, reply) => Held::other(reply, Err(error()), |_| 0),
         Request::Purge { reply, .. } => Held::Count(reply, Err(error())),
         Request::RecordSinks { reply, .. } => Held::Unit(reply, Err(error()), 0),
         Request::ListDeadLetters(_, reply) => Held::other(reply, Err(error()), |_| 0),
@@ -820,6 +869,10 @@ fn apply(tx: &Transaction<'_>, request: Request) -> Held {
             report.replayed.len() as i64
         }),
         Request::DeadDeliveries(limit, reply) => Held::Dead(reply, dead_deliveries(tx, limit)),
+        Request::DeadDelivery(seq, reply) => Held::other(reply, dead_delivery(tx, seq), |_| 0),
+        Request::DeleteDeadDeliveries(selection, reply) => {
+            Held::other(reply, delete_dead_deliveries(tx, &selection), |_| 0)
+        }
         Request::Probe(reply) => {
             let result = exec(
                 tx,
@@ -1209,6 +1262,53 @@ fn dead_deliveries(tx: &Transaction<'_>, limit: usize) -> Result<Vec<DeadDeliver
         })
     })?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+fn dead_delivery(tx: &Transaction<'_>, seq: i64) -> Result<Option<DeadDeliveryBody>, JournalError> {
+    let found = tx
+        .query_row(
+            "SELECT seq, key, received_at, request_id, reason, body
+             FROM dead_deliveries WHERE seq = ?1",
+            params![seq],
+            |row| {
+                Ok(DeadDeliveryBody {
+                    seq: row.get(0)?,
+                    key: row.get(1)?,
+                    received_at: row.get(2)?,
+                    request_id: row.get(3)?,
+                    reason: row.get(4)?,
+                    body: row.get(5)?,
+                })
+            },
+        )
+        .optional()?;
+    Ok(found)
+}
+
+fn delete_dead_deliveries(
+    tx: &Transaction<'_>,
+    selection: &DeadDeliverySelection,
+) -> Result<Vec<i64>, JournalError> {
+    match selection {
+        DeadDeliverySelection::All => {
+            let mut statement = tx.prepare("DELETE FROM dead_deliveries RETURNING seq")?;
+            let mut deleted = statement
+                .query_map([], |row| row.get::<_, i64>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            deleted.sort_unstable();
+            Ok(deleted)
+        }
+        DeadDeliverySelection::Seqs(seqs) => {
+            let mut statement = tx.prepare_cached("DELETE FROM dead_deliveries WHERE seq = ?1")?;
+            let mut deleted = Vec::new();
+            for seq in seqs {
+                if statement.execute(params![seq])? == 1 {
+                    deleted.push(*seq);
+                }
+            }
+            Ok(deleted)
+        }
+    }
 }
 
 #[cfg(test)]

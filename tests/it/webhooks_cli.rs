@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use crate::contract::check_request;
 use crate::fake_attio::{FakeAttio, Seen, API_KEY};
-use crate::helpers::binary;
+use crate::helpers::{binary, free_port};
 
 const DEALS: &str = "97052eb9-e65e-443f-a297-f2d9a4a7f795";
 const PEOPLE: &str = "6a3d5e81-0de0-4e96-a535-957b28ba8211";
@@ -36,13 +36,17 @@ async fn workspace() -> FakeAttio {
 /// Runs `attio-webhooks webhooks ARGS --base-url FAKE` with a clean environment holding
 /// `ATTIO_API_KEY=api_key`, standard input a pipe (not a terminal).
 async fn webhooks(fake: &FakeAttio, api_key: &str, args: &[&str]) -> Output {
+    webhooks_at(&fake.base_url(), api_key, args).await
+}
+
+/// As [`webhooks`], against any `--base-url`.
+async fn webhooks_at(base_url: &str, api_key: &str, args: &[&str]) -> Output {
     let workdir = tempfile::tempdir().unwrap();
-    let base_url = fake.base_url();
     let mut command = tokio::process::Command::new(binary());
     command
         .arg("webhooks")
         .args(args)
-        .args(["--base-url", &base_url])
+        .args(["--base-url", base_url])
         .current_dir(workdir.path())
         .env_clear()
         .env("APP_ENV", "test")
@@ -523,6 +527,30 @@ async fn invented_event_types_are_refused_before_asking_attio() {
         stderr(&output)
     );
     assert!(fake.seen().is_empty(), "no request reached Attio");
+}
+
+#[tokio::test]
+async fn an_unreachable_attio_is_reported_with_the_cause_and_no_breaker_words() {
+    let refused = format!("http://127.0.0.1:{}", free_port());
+    let output = webhooks_at(&refused, API_KEY, &["list"]).await;
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let message = stderr(&output);
+    assert!(message.contains("Connection refused"), "{message}");
+    assert!(message.contains("cannot reach Attio"), "{message}");
+    // The breaker's "next try in ..." means nothing to a command that exits.
+    assert!(!message.contains("circuit breaker"), "{message}");
+    assert!(!message.contains("next try"), "{message}");
+    assert!(
+        message.contains("hint: Attio could not be reached"),
+        "{message}"
+    );
+
+    // A name that does not resolve (`.invalid` never does) says it was DNS.
+    let output = webhooks_at("http://attio-webhooks-test.invalid", API_KEY, &["list"]).await;
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let message = stderr(&output);
+    assert!(message.contains("dns error"), "{message}");
+    assert!(!message.contains("circuit breaker"), "{message}");
 }
 
 #[tokio::test]
