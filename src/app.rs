@@ -149,8 +149,10 @@ impl Application {
         for warning in settings.unused_sinks() {
             tracing::warn!("{warning}");
         }
-        let sinks = Sinks::open(&sink_settings)?;
-        let enricher = build_enricher(&settings)?;
+        let attio = build_attio_client(&settings)?;
+        let sinks = Sinks::open_with(&sink_settings, attio.as_ref())?;
+        sinks.prepare().await;
+        let enricher = Enricher::new(attio, &settings.enrichment);
 
         let (handoff, worker) = worker::channel(
             Pipeline {
@@ -292,15 +294,16 @@ impl Application {
     }
 }
 
-/// The enrichment stage: with an API key, a client shared by every event; without, a warning
-/// and events delivered with `enrichment: "disabled"`.
-fn build_enricher(settings: &Settings) -> Result<Enricher, StartError> {
+/// The Attio client shared by enrichment and the sinks that read Attio: with an API key, one
+/// client for every event; without, a warning and events delivered with
+/// `enrichment: "disabled"`.
+fn build_attio_client(settings: &Settings) -> Result<Option<AttioClient>, StartError> {
     let Some(api_key) = &settings.attio.api_key else {
         tracing::warn!(
             "no Attio API key (set ATTIO_API_KEY): events are delivered without enrichment \
              (enrichment: \"disabled\")"
         );
-        return Ok(Enricher::disabled());
+        return Ok(None);
     };
     if settings.attio.base_url.starts_with("http://") {
         tracing::warn!(
@@ -308,8 +311,7 @@ fn build_enricher(settings: &Settings) -> Result<Enricher, StartError> {
             "attio.base_url is plain http: the API key travels unencrypted"
         );
     }
-    let client = AttioClient::new(&settings.attio, api_key)?;
-    Ok(Enricher::new(Some(client), &settings.enrichment))
+    Ok(Some(AttioClient::new(&settings.attio, api_key)?))
 }
 
 /// With the Redis queue, acknowledged deliveries live only in Redis: says what a Redis restart

@@ -79,6 +79,9 @@ pub struct Settings {
     pub sinks: BTreeMap<String, SinkSettings>,
     #[serde(default)]
     pub routes: Vec<RouteSettings>,
+    /// Scheduled reconciliation of a `postgres` sink with Attio (off by default).
+    #[serde(default)]
+    pub sync: crate::mirror::settings::SyncSettings,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -404,6 +407,8 @@ pub enum SinkKind {
     RedisStream(RedisStreamSinkSettings),
     /// Run a program with the event on standard input.
     Command(CommandSinkSettings),
+    /// Keep tables and typed views in PostgreSQL equal to Attio (`crate::mirror`).
+    Postgres(crate::mirror::settings::PostgresSinkSettings),
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -1141,6 +1146,11 @@ fn validate_sink(
                     "must be greater than 0",
                 ));
             }
+        }
+        SinkKind::Postgres(postgres) => {
+            postgres
+                .check()
+                .map_err(|(field, problem)| ConfigError::invalid(&key(field), problem))?;
         }
         SinkKind::Command(command) => {
             if command.program.trim().is_empty() {

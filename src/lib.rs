@@ -26,6 +26,7 @@
 //!   (`journal::repair`: check and recover a damaged SQLite journal).
 //! - `worker`: takes events from the channel and the journal, drives them to the sinks
 //!   (`worker::collapse`: one line for the updates that shared a fetch, on `collapse = true` routes;
+//!   `worker::order`: the events of one delivery about one record reach the sinks in their order;
 //!   `worker::outage`: a dependency that is down is logged once per outage, not per event).
 //! - `dedupe`: two-phase claim → done, on Redis or embedded.
 //! - `routing`: rules that match events to sinks (event-type patterns, `object` / `list` /
@@ -33,7 +34,9 @@
 //! - `enrich`: re-fetch what each event is about; resolve object/list/attribute slugs.
 //! - `attio`: the only module that speaks Attio's REST API (client, retry, rate limit, breaker,
 //!   models, schema cache).
-//! - `sinks`: one file per sink kind (jsonl/stdout, http, redis_stream, command).
+//! - `sinks`: one file per sink kind (jsonl/stdout, http, redis_stream, command, postgres).
+//! - `mirror`: what the `postgres` sink and `sync` keep in PostgreSQL: tables and typed views
+//!   equal to Attio (settings, SQL store with embedded migrations, view mapping, sync).
 //! - `app`: builds the daemon from settings; graceful shutdown.
 //! - `telemetry`: logging (`serve` writes from a thread of its own, so a stalled stderr drops
 //!   lines instead of stalling the daemon).
@@ -53,6 +56,7 @@ pub mod event;
 pub mod ingress;
 pub mod journal;
 pub mod metrics;
+pub mod mirror;
 pub mod routing;
 pub mod signature;
 pub mod sinks;

@@ -368,5 +368,14 @@ fn describe_sink(sink: &crate::config::SinkSettings) -> String {
         ),
         SinkKind::RedisStream(stream) => format!("redis_stream, key {:?}", stream.key),
         SinkKind::Command(command) => format!("command, {}", command.program),
+        SinkKind::Postgres(postgres) => format!(
+            "postgres, {} schema {}",
+            postgres
+                .url
+                .as_deref()
+                .map(crate::config::redacted_url)
+                .unwrap_or_else(|| "DATABASE_URL".to_string()),
+            postgres.schema
+        ),
     }
 }

@@ -51,6 +51,8 @@ pub struct Enrichment {
     pub status: EnrichmentStatus,
     /// The fetched resource (Attio's `data`), when found.
     pub data: Option<Value>,
+    /// When Attio's answer (found or not) was in hand: a mirror keeps the newest fetch.
+    pub fetched_at: Option<chrono::DateTime<chrono::Utc>>,
     /// Slug of the event's object (or of the parent object of an entry, note or comment).
     pub object: Option<String>,
     pub list: Option<String>,
@@ -67,6 +69,7 @@ impl Enrichment {
         Enrichment {
             status,
             data: None,
+            fetched_at: None,
             object: None,
             list: None,
             attribute: None,
@@ -439,7 +442,10 @@ impl Active {
             .iter()
             .filter_map(|key| Some((key.clone(), self.schema.invalidate(key)?)))
             .collect();
-        let fetch = self.fetch_shared(subject.clone(), plan.coalesce);
+        let fetch = async {
+            let answer = self.fetch_shared(subject.clone(), plan.coalesce).await;
+            (answer, chrono::Utc::now())
+        };
         let names = async {
             let object = self.name(plan.object_id.clone().map(SchemaKey::Object));
             // List and attribute events fetch the list or attribute itself: its slug comes with
@@ -454,7 +460,8 @@ impl Active {
             });
             tokio::join!(object, list, attribute)
         };
-        let ((fetched, shared), (object, list, attribute)) = tokio::join!(fetch, names);
+        let (((fetched, shared), fetched_at), (object, list, attribute)) =
+            tokio::join!(fetch, names);
 
         let mut enrichment = Enrichment::bare(EnrichmentStatus::Ok);
         enrichment.shared = shared;
@@ -462,8 +469,12 @@ impl Active {
             Ok(data) => {
                 self.learn(&subject, &data);
                 enrichment.data = Some(data);
+                enrichment.fetched_at = Some(fetched_at);
             }
-            Err(error) if error.is_not_found() => enrichment.status = EnrichmentStatus::NotFound,
+            Err(error) if error.is_not_found() => {
+                enrichment.status = EnrichmentStatus::NotFound;
+                enrichment.fetched_at = Some(fetched_at);
+            }
             Err(error) => {
                 enrichment.status = EnrichmentStatus::Failed;
                 enrichment.error = Some(error);

@@ -3,11 +3,13 @@
 //! In: a [`SinkLine`] (one event, serialised once). Out: `Ok` when the sink has taken the line,
 //! or a [`SinkError`] that says whether trying again can help. Every sink receives the same
 //! stable event `id`, so a consumer can drop the rare repeat after a crash. One file per kind:
-//! `jsonl`/`stdout` ([`line_writer`]), [`http`], [`redis_stream`], [`command`].
+//! `jsonl`/`stdout` ([`line_writer`]), [`http`], [`redis_stream`], [`command`], [`postgres`]
+//! (a mirror of Attio in PostgreSQL, see `crate::mirror`).
 
 pub mod command;
 pub mod http;
 pub mod line_writer;
+pub mod postgres;
 pub mod redis_stream;
 
 use std::collections::BTreeMap;
@@ -17,6 +19,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
+use crate::attio::AttioClient;
 use crate::config::{SinkKind, SinkRetrySettings, SinkSettings};
 use crate::enrich::Enrichment;
 use crate::journal::JournaledEvent;
@@ -24,6 +27,7 @@ use crate::journal::JournaledEvent;
 pub use command::CommandSink;
 pub use http::HttpSink;
 pub use line_writer::LineWriter;
+pub use postgres::PostgresSink;
 pub use redis_stream::RedisStreamSink;
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -74,6 +78,9 @@ pub struct SinkLineFields<'a> {
     pub data: Option<&'a serde_json::Value>,
     /// `ok`, `not_found`, `disabled`, `skipped` or `failed`.
     pub enrichment: &'a str,
+    /// When Attio's answer (`ok` or `not_found`) was in hand, RFC 3339.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fetched_at: Option<String>,
     /// Why enrichment failed (only with `enrichment: "failed"`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub enrichment_error: Option<String>,
@@ -118,6 +125,9 @@ impl SinkLine {
             event: &raw,
             data: enrichment.data.as_ref(),
             enrichment: enrichment.status.as_str(),
+            fetched_at: enrichment
+                .fetched_at
+                .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
             enrichment_error: enrichment.error.as_ref().map(|e| e.to_string()),
             object: enrichment.object.as_deref(),
             list: enrichment.list.as_deref(),
@@ -140,10 +150,20 @@ pub enum Sink {
     Http(HttpSink),
     RedisStream(RedisStreamSink),
     Command(CommandSink),
+    Postgres(PostgresSink),
 }
 
 impl Sink {
     pub fn open(name: &str, settings: &SinkSettings) -> Result<Sink, SinkError> {
+        Self::open_with(name, settings, None)
+    }
+
+    /// `attio`: the daemon's shared client, for sinks that read from Attio (`postgres`).
+    pub fn open_with(
+        name: &str,
+        settings: &SinkSettings,
+        attio: Option<&AttioClient>,
+    ) -> Result<Sink, SinkError> {
         match &settings.kind {
             SinkKind::Jsonl { path } => {
                 LineWriter::append_to_file(path)
@@ -161,6 +181,9 @@ impl Sink {
                 RedisStreamSink::open(name, stream).map(Sink::RedisStream)
             }
             SinkKind::Command(command) => Ok(Sink::Command(CommandSink::open(name, command))),
+            SinkKind::Postgres(postgres) => {
+                PostgresSink::open(name, postgres, attio).map(Sink::Postgres)
+            }
         }
     }
 
@@ -171,6 +194,7 @@ impl Sink {
             Sink::Http(_) => "http",
             Sink::RedisStream(_) => "redis_stream",
             Sink::Command(_) => "command",
+            Sink::Postgres(_) => "postgres",
         }
     }
 
@@ -183,6 +207,7 @@ impl Sink {
             Sink::Http(http) => http.deliver(line, attempt).await,
             Sink::RedisStream(stream) => stream.deliver(line).await,
             Sink::Command(command) => command.deliver(line, attempt).await,
+            Sink::Postgres(postgres) => postgres.deliver(line).await,
         }
     }
 }
@@ -194,11 +219,31 @@ pub struct Sinks {
 
 impl Sinks {
     pub fn open(settings: &BTreeMap<String, SinkSettings>) -> Result<Sinks, SinkError> {
+        Self::open_with(settings, None)
+    }
+
+    /// `attio`: the daemon's shared client, for sinks that read from Attio (`postgres`).
+    pub fn open_with(
+        settings: &BTreeMap<String, SinkSettings>,
+        attio: Option<&AttioClient>,
+    ) -> Result<Sinks, SinkError> {
         let mut sinks = BTreeMap::new();
         for (name, sink) in settings {
-            sinks.insert(name.clone(), (Sink::open(name, sink)?, sink.retry.clone()));
+            sinks.insert(
+                name.clone(),
+                (Sink::open_with(name, sink, attio)?, sink.retry.clone()),
+            );
         }
         Ok(Sinks { sinks })
+    }
+
+    /// Readies the sinks that keep state (migrates `postgres` schemas) before events flow.
+    pub async fn prepare(&self) {
+        for (sink, _) in self.sinks.values() {
+            if let Sink::Postgres(postgres) = sink {
+                postgres.prepare().await;
+            }
+        }
     }
 
     pub fn get(&self, name: &str) -> Option<&Sink> {

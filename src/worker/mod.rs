@@ -27,6 +27,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 pub mod collapse;
+pub mod order;
 pub mod outage;
 
 use crate::config::{RetryPolicy, RouteEnrich, WorkerSettings};
@@ -140,13 +141,17 @@ impl Handoff {
             }
             return;
         }
+        // Once one event does not fit, the rest of the delivery goes through the journal too:
+        // the worker must meet a delivery's events in their order (see `order`).
+        let mut full = false;
         for event in events {
             let Some(at) = reservation.held.iter().position(|id| *id == event.id) else {
                 continue;
             };
             // From here the event is the channel's (and then the worker's) to release.
             let id = reservation.held.swap_remove(at);
-            if self.sender.try_send(event).is_err() {
+            if full || self.sender.try_send(event).is_err() {
+                full = true;
                 self.in_flight.remove(&id);
                 self.overflow.notify_one();
             }
@@ -173,6 +178,8 @@ pub struct Worker {
     receiver: mpsc::Receiver<JournaledEvent>,
     in_flight: InFlight,
     overflow: Arc<Notify>,
+    /// The events in flight by delivery, so that those about one record keep their order.
+    order: order::DeliveryOrder,
 }
 
 /// Creates the hand-off channel and the worker that reads it.
@@ -193,6 +200,7 @@ pub fn channel(pipeline: Pipeline, capacity: usize) -> (Handoff, Worker) {
             receiver,
             in_flight,
             overflow,
+            order: Default::default(),
         },
     )
 }
@@ -328,6 +336,8 @@ impl Worker {
         };
         let pipeline = self.pipeline.clone();
         let in_flight = self.in_flight.clone();
+        // Taken here, in dispatch order (the delivery's own order), not in the task.
+        let ticket = self.order.enter(&event.delivery_key, event.index);
         let span = tracing::info_span!(
             "event",
             event_id = %event.id,
@@ -337,7 +347,7 @@ impl Worker {
         );
         tasks.spawn(
             async move {
-                process(&pipeline, &event).await;
+                process(&pipeline, &event, ticket).await;
                 in_flight.remove(&event.id);
                 drop(permit);
             }
@@ -357,9 +367,15 @@ pub enum Outcome {
     DeadLettered,
 }
 
-/// Drives one event through dedupe, routing and delivery, and records the outcome.
-pub async fn process(pipeline: &Pipeline, event: &JournaledEvent) -> Outcome {
-    let outcome = attempt(pipeline, event).await;
+/// Drives one event through dedupe, routing and delivery, and records the outcome. `ticket` is
+/// its place in its delivery's order: it delivers after the earlier events about the same
+/// subject, and lets the later ones go once its own deliveries are over.
+pub async fn process(
+    pipeline: &Pipeline,
+    event: &JournaledEvent,
+    ticket: order::Ticket,
+) -> Outcome {
+    let outcome = attempt(pipeline, event, ticket).await;
     let label = match &outcome {
         Outcome::Delivered { .. } => "delivered",
         Outcome::Duplicate => {
@@ -385,7 +401,7 @@ pub async fn process(pipeline: &Pipeline, event: &JournaledEvent) -> Outcome {
     outcome
 }
 
-async fn attempt(pipeline: &Pipeline, event: &JournaledEvent) -> Outcome {
+async fn attempt(pipeline: &Pipeline, event: &JournaledEvent, ticket: order::Ticket) -> Outcome {
     let started = Instant::now();
     let claim = pipeline.dedupe.claim(&event.id).await;
     if claim.is_ok() {
@@ -541,6 +557,16 @@ async fn attempt(pipeline: &Pipeline, event: &JournaledEvent) -> Outcome {
                 } else {
                     None
                 };
+                // Events of this delivery about the same record, listed before this one, reach
+                // the sinks first. Waiting here, after the fetch (shared with them) and after
+                // joining a collapse group, holds nothing they need.
+                ticket
+                    .wait_turn(|| {
+                        crate::enrich::plan(&kind, &crate::enrich::EventIds::parse(&event.raw))
+                            .ok()
+                            .and_then(|plan| plan.subject)
+                    })
+                    .await;
                 for routed in alone {
                     let name = routed.name;
                     let line = match &alone_line {
@@ -571,6 +597,9 @@ async fn attempt(pipeline: &Pipeline, event: &JournaledEvent) -> Outcome {
                         }
                     }
                 }
+                // The collapsed line waits for the group's leader, which may be listed later:
+                // let the later events go first.
+                drop(ticket);
                 if let Some(role) = role {
                     let started = Instant::now();
                     let results = deliver_together(pipeline, role, &progress).await;

@@ -108,3 +108,69 @@ async fn a_list_deleted_before_any_event_named_it_is_known_from_the_lists_read_a
     assert_eq!(lines[0]["enrichment"], "not_found");
     assert!(read_jsonl(&sink).len() == 1);
 }
+
+const DEALS: &str = "97052eb9-e65e-443f-a297-f2d9a4a7f795";
+
+fn record_id(n: usize) -> String {
+    format!("00000000-0000-4000-8000-{n:012}")
+}
+
+/// A `record.updated` of record `record` naming the attribute number `attribute`.
+fn record_update(record: usize, attribute: usize) -> Value {
+    json!({
+        "event_type": "record.updated",
+        "id": {
+            "workspace_id": WORKSPACE_ID,
+            "object_id": DEALS,
+            "record_id": record_id(record),
+            "attribute_id": format!("00000000-0000-4000-9000-{attribute:012}")
+        },
+        "actor": {"type": "workspace-member", "id": ACTOR}
+    })
+}
+
+/// The indexes in the delivery `key` of the lines about `record`, in the order the sink got them.
+fn indexes_of(lines: &[Value], key: &str, record: usize) -> Vec<u64> {
+    lines
+        .iter()
+        .filter(|l| l["event"]["id"]["record_id"] == record_id(record).as_str())
+        .filter_map(|l| {
+            l["id"]
+                .as_str()?
+                .strip_prefix(&format!("{key}:"))?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// Ten events about records 1 and 2, interleaved; each record's must arrive in listed order.
+async fn a_delivery_of_ten_keeps_each_records_order(app: &TestApp) {
+    let events: Vec<Value> = (0..10).map(|n| record_update(1 + n % 2, n)).collect();
+    for round in 0..3 {
+        let key = format!("ten-{round}");
+        let response = app.post_signed(&delivery(events.clone()), Some(&key)).await;
+        assert_eq!(response.status(), 200);
+        let lines = app.wait_for_lines(10 * (round + 1), WAIT).await;
+        assert_eq!(lines.len(), 10 * (round + 1));
+        assert_eq!(indexes_of(&lines, &key, 1), vec![0, 2, 4, 6, 8], "{key}");
+        assert_eq!(indexes_of(&lines, &key, 2), vec![1, 3, 5, 7, 9], "{key}");
+    }
+}
+
+// Several runtime threads, as the daemon has: a task spawned last may run first there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_events_of_one_record_in_a_delivery_reach_the_sink_in_listed_order() {
+    let app = TestApp::spawn().await;
+    a_delivery_of_ten_keeps_each_records_order(&app).await;
+}
+
+// Several runtime threads, as the daemon has: a task spawned last may run first there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_events_of_one_record_in_a_delivery_keep_their_order_through_enrichment() {
+    let fake = FakeAttio::start().await;
+    // Each name look-up of its own attribute: answers come back in any order.
+    fake.set_delay(Duration::from_millis(20));
+    let app = TestApp::builder().toml(&fake.attio_toml("")).spawn().await;
+    a_delivery_of_ten_keeps_each_records_order(&app).await;
+}

@@ -480,6 +480,8 @@ fn variables_named_in(text: &str) -> Vec<String> {
                     "REDIS_URL",
                     "RUST_LOG",
                     "NO_COLOR",
+                    "DATABASE_URL",
+                    "PGPASSWORD",
                 ]
                 .contains(&name.as_str())
         })

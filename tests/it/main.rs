@@ -1,8 +1,9 @@
 //! Integration tests: one binary. The daemon runs on port 0 (in-process, or as the real binary
-//! where a process boundary matters), against the real Redis on 127.0.0.1:6379 and, for
+//! where a process boundary matters), against the real Redis on 127.0.0.1:6379, the real PostgreSQL on 127.0.0.1:5432 and, for
 //! enrichment, a fake Attio API served by axum on 127.0.0.1:0.
 
 mod fake_attio;
+mod fake_workspace;
 mod helpers;
 
 mod attio_client;
@@ -17,6 +18,7 @@ mod ingress;
 mod lifecycle;
 mod observability;
 mod pipeline;
+mod postgres;
 mod redis_setup;
 mod routing;
 mod scale_out;
