@@ -21,7 +21,7 @@ use crate::enrich::Enricher;
 use crate::ingress::{self, IngressState};
 use crate::journal::{Journal, JournalLock, RedisJournal, SqliteJournal};
 use crate::routing::{closest_event_type, RouteTable};
-use crate::sinks::Sinks;
+use crate::sinks::{FileReopener, Sinks};
 use crate::worker::{self, Pipeline, Worker};
 
 /// How often expired delivery keys are purged.
@@ -61,6 +61,8 @@ pub struct Application {
     journal: Journal,
     /// With the embedded journal: this process is the only daemon working on it.
     journal_lock: Option<JournalLock>,
+    /// Reopens the `jsonl` sinks' files on SIGHUP.
+    file_sinks: FileReopener,
     settings: Settings,
 }
 
@@ -152,6 +154,7 @@ impl Application {
         let attio = build_attio_client(&settings)?;
         let sinks = Sinks::open_with(&sink_settings, attio.as_ref())?;
         sinks.prepare().await;
+        let file_sinks = sinks.file_reopener();
         let enricher = Enricher::new(attio, &settings.enrichment);
 
         let (handoff, worker) = worker::channel(
@@ -164,6 +167,7 @@ impl Application {
                 settings: settings.worker.clone(),
                 collapser: Default::default(),
                 outages: Default::default(),
+                unrecorded: Default::default(),
             },
             settings.queue.channel_capacity,
         );
@@ -192,6 +196,7 @@ impl Application {
             worker,
             journal,
             journal_lock,
+            file_sinks,
             settings,
         })
     }
@@ -219,6 +224,7 @@ impl Application {
             worker,
             journal,
             journal_lock,
+            file_sinks,
             settings,
         } = self;
         if settings.uses_development_secret() {
@@ -240,6 +246,7 @@ impl Application {
             "attio-webhooks listening"
         );
 
+        let reopen_on_hangup = tokio::spawn(reopen_on_hangup(file_sinks));
         let worker_stop = CancellationToken::new();
         let worker_task = worker.map(|worker| tokio::spawn(worker.run(worker_stop.clone())));
         let upkeep_stop = CancellationToken::new();
@@ -287,6 +294,7 @@ impl Application {
         if let Some(task) = admin_task {
             task.abort();
         }
+        reopen_on_hangup.abort();
         journal.close().await;
         drop(journal_lock);
         tracing::info!("shutdown complete");
@@ -391,6 +399,25 @@ async fn upkeep(journal: Journal, keep: Duration, stop: CancellationToken) {
             }
         }
     }
+}
+
+/// Reopens the file sinks on every SIGHUP (the log-rotation convention), until aborted. Without
+/// it SIGHUP would end the process, as it does by default.
+async fn reopen_on_hangup(file_sinks: FileReopener) {
+    #[cfg(unix)]
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut hangup) => {
+            while hangup.recv().await.is_some() {
+                let files = file_sinks.reopen();
+                tracing::info!(files, "SIGHUP received; reopening the file sinks");
+            }
+        }
+        Err(error) => {
+            tracing::error!(%error, "cannot listen for SIGHUP; file sinks are not reopened on it")
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = file_sinks;
 }
 
 /// Resolves on SIGINT or SIGTERM.
