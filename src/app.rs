@@ -14,6 +14,7 @@ use std::future::IntoFuture;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::attio::rate_limit::SharedRateLimit;
 use crate::attio::AttioClient;
 use crate::config::{QueueBackend, Settings};
 use crate::dedupe::{self, ClaimOwner, DedupeStore, EmbeddedDedupe, RedisDedupe};
@@ -99,6 +100,11 @@ impl Application {
             )?),
             None => None,
         };
+        // With Redis, replicas share Attio's rate limits through it too.
+        let shared_rate_limit = redis.clone().map(|connection| SharedRateLimit {
+            connection,
+            key_prefix: settings.redis.key_prefix.clone(),
+        });
         let mut journal_lock = None;
         let (journal, dedupe) = match (settings.queue.backend, redis) {
             (QueueBackend::Redis, Some(connection)) => {
@@ -151,7 +157,7 @@ impl Application {
         for warning in settings.unused_sinks() {
             tracing::warn!("{warning}");
         }
-        let attio = build_attio_client(&settings)?;
+        let attio = build_attio_client(&settings, shared_rate_limit)?;
         let sinks = Sinks::open_with(&sink_settings, attio.as_ref())?;
         sinks.prepare().await;
         let file_sinks = sinks.file_reopener();
@@ -303,9 +309,12 @@ impl Application {
 }
 
 /// The Attio client shared by enrichment and the sinks that read Attio: with an API key, one
-/// client for every event; without, a warning and events delivered with
-/// `enrichment: "disabled"`.
-fn build_attio_client(settings: &Settings) -> Result<Option<AttioClient>, StartError> {
+/// client for every event (its rate limits shared with the other replicas through Redis when
+/// there is one); without, a warning and events delivered with `enrichment: "disabled"`.
+fn build_attio_client(
+    settings: &Settings,
+    shared_rate_limit: Option<SharedRateLimit>,
+) -> Result<Option<AttioClient>, StartError> {
     let Some(api_key) = &settings.attio.api_key else {
         tracing::warn!(
             "no Attio API key (set ATTIO_API_KEY): events are delivered without enrichment \
@@ -319,7 +328,11 @@ fn build_attio_client(settings: &Settings) -> Result<Option<AttioClient>, StartE
             "attio.base_url is plain http: the API key travels unencrypted"
         );
     }
-    Ok(Some(AttioClient::new(&settings.attio, api_key)?))
+    Ok(Some(AttioClient::with_rate_limit(
+        &settings.attio,
+        api_key,
+        shared_rate_limit,
+    )?))
 }
 
 /// With the Redis queue, acknowledged deliveries live only in Redis: says what a Redis restart

@@ -222,9 +222,9 @@ pub struct AttioSettings {
     pub connect_timeout: Duration,
     #[serde(with = "duration")]
     pub request_timeout: Duration,
-    /// Read requests (GET) per second, shared by the whole process.
+    /// Read requests (GET) per second, shared by the whole process (and with Redis, by replicas).
     pub read_rate: u32,
-    /// Write requests (POST/PATCH/DELETE) per second, shared by the whole process.
+    /// Write requests (POST/PATCH/DELETE) per second, shared the same way.
     pub write_rate: u32,
     /// First retry delay of a transient failure; doubles each time, full jitter.
     #[serde(with = "duration")]
