@@ -964,11 +964,8 @@ fn record(
     progress: Option<&SinkProgress>,
 ) {
     match result {
-        Ok(()) => {
-            if progress.is_some() {
-                pipeline.unrecorded.forget(&event.id);
-            }
-        }
+        // Whatever was kept is in the journal now: each of these writes carries the sinks done.
+        Ok(()) => pipeline.unrecorded.forget(&event.id),
         Err(error) => {
             if let Some(progress) = progress {
                 pipeline.unrecorded.remember(&event.id, progress);

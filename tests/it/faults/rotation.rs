@@ -45,11 +45,11 @@ async fn numbers_in(path: &Path, count: usize) -> Vec<usize> {
 }
 
 fn hang_up(daemon: &Daemon) {
-    let status = std::process::Command::new("kill")
-        .args(["-HUP", &daemon.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let pid = i32::try_from(daemon.child.id())
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .expect("the daemon's pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP).expect("SIGHUP sent");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
