@@ -517,6 +517,16 @@ pub struct RouteSettings {
     /// `collapsed_event_ids`, instead of one line per event.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub collapse: bool,
+    /// Hold the `record.updated` / `list-entry.updated` events of one record (or entry) this
+    /// long before the fetch, so that the updates that follow an edit (formula attributes
+    /// recomputed by Attio about a second later) share it, and deliver them as one collapsed
+    /// line. Implies `collapse`. Checked by [`crate::routing::RouteTable::compile`].
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub settle: Option<Duration>,
 }
 
 /// `object = "deals"` or `object = ["deals", "companies"]`; `None` when the key is absent.
@@ -1010,6 +1020,7 @@ impl Settings {
                 list: None,
                 attribute: None,
                 collapse: false,
+                settle: None,
             }]
         } else {
             self.routes.clone()

@@ -2,7 +2,7 @@
 //!
 //! In: a verified raw body. Out: a [`ParsedDelivery`] whose events keep their original JSON text
 //! verbatim, or a [`MalformedBody`] saying why the body is not a delivery. Unknown keys and
-//! unknown event types are kept (FACTS §2): Attio adds both over time.
+//! unknown event types are kept (docs/attio.md §2): Attio adds both over time.
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -153,8 +153,8 @@ impl EventKind {
     }
 
     /// Where events of this kind carry their object, list or attribute id, as the dot path
-    /// Attio's webhook filters take (FACTS §2, §4); `None` when they have none. The same ids
-    /// enrichment names (`enrich::plan`; a unit test keeps the two in step).
+    /// Attio's webhook filters take (docs/attio.md §2, §4); `None` when they have none. The same
+    /// ids enrichment names (`enrich::plan`; a unit test keeps the two in step).
     pub fn dimension_field(&self, dimension: Dimension) -> Option<&'static str> {
         use Dimension::{Attribute, List, Object};
         match self {

@@ -4,9 +4,10 @@
 //! In: typed calls (`get_record`, `list_webhooks`, ...). Out: typed models or an [`AttioError`].
 //! Every request, whoever makes it, passes the same gates in this order: the circuit breaker
 //! (refuse at once while Attio is down), a pause Attio asked for with `Retry-After`, and the
-//! rate limiter ([`crate::attio::rate_limit`]; reads and writes separately). Transient failures are retried
-//! with full-jitter exponential backoff until `attio.retry_total` runs out. The API key lives
-//! only inside a sensitive header value; it is never logged nor part of an error.
+//! rate limiter ([`crate::attio::rate_limit`]; reads and writes separately, docs/attio.md §6).
+//! Transient failures are retried with full-jitter exponential backoff until
+//! `attio.retry_total` runs out. The API key lives only inside a sensitive header value; it is
+//! never logged nor part of an error.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -212,7 +213,7 @@ impl AttioClient {
         self.inner.breaker.open_for()
     }
 
-    // ---- reads used by enrichment (FACTS §2) ----
+    // ---- reads used by enrichment (docs/attio.md §2) ----
 
     pub async fn get_record(&self, object: &str, record_id: &str) -> Result<Record, AttioError> {
         self.get(
@@ -340,7 +341,7 @@ impl AttioClient {
         decode(&body)
     }
 
-    // ---- webhook management (FACTS §4) ----
+    // ---- webhook management (docs/attio.md §4) ----
 
     /// One page of webhooks. `limit` is clamped to Attio's 10..=100.
     pub async fn list_webhooks(&self, limit: u32, offset: u32) -> Result<Vec<Webhook>, AttioError> {

@@ -481,8 +481,12 @@ async fn attempt(pipeline: &Pipeline, event: &JournaledEvent, ticket: order::Tic
     // Enrich first (as much as the routes matching the type want), so that route filters can
     // also test the resolved names (`object`, `list`, `attribute`) and the fetched `data`.
     let wanted = pipeline.routes.enrichment_for(kind.as_str());
+    let settle = pipeline.routes.settle_for(kind.as_str());
     let started = Instant::now();
-    let enrichment = pipeline.enricher.enrich(&kind, &event.raw, wanted).await;
+    let enrichment = pipeline
+        .enricher
+        .enrich_settled(&kind, &event.raw, wanted, settle)
+        .await;
     let attio_outage = report_attio(pipeline, &enrichment, started);
     if enrichment.status == EnrichmentStatus::Failed && wanted == RouteEnrich::Required {
         if let Some(retry_in) = attio_down(pipeline, &enrichment) {
@@ -546,6 +550,7 @@ async fn attempt(pipeline: &Pipeline, event: &JournaledEvent, ticket: order::Tic
         group.as_ref().map(|shared| {
             let member = together.map(|(line, sinks)| collapse::Member {
                 event_id: event.id.clone(),
+                position: shared.position,
                 attribute: changed_attribute(&kind, event, &enrichment),
                 line: line.clone(),
                 sinks,
@@ -590,6 +595,7 @@ async fn attempt(pipeline: &Pipeline, event: &JournaledEvent, ticket: order::Tic
                 {
                     let member = collapse::Member {
                         event_id: event.id.clone(),
+                        position: 0,
                         attribute: changed_attribute(&kind, event, &enrichment),
                         line: line.clone(),
                         sinks: Vec::new(),
