@@ -523,7 +523,7 @@ pub struct RouteSettings {
     /// line. Implies `collapse`. Checked by [`crate::routing::RouteTable::compile`].
     #[serde(
         default,
-        with = "humantime_serde",
+        with = "duration::optional",
         skip_serializing_if = "Option::is_none"
     )]
     pub settle: Option<Duration>,
