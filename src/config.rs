@@ -90,6 +90,22 @@ pub struct ServerSettings {
     pub listen: String,
     pub path: String,
     pub body_limit: usize,
+    /// Time for a request's headers to arrive, from the accept (or, on a kept-alive connection,
+    /// from the next request's first byte).
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Time for the webhook's body to arrive once its headers have.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// How long a kept-alive connection may wait, with no request in progress, for its next one.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Connections open at once on this listener; at the cap new ones wait in the listen queue.
+    pub max_connections: usize,
+    /// Serve `/metrics` on this listener too. Unset: yes, unless `admin.listen` is set or
+    /// `APP_ENV=production`.
+    #[serde(default)]
+    pub metrics: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -714,6 +730,27 @@ impl Settings {
                 "must be greater than 0 (bytes)",
             ));
         }
+        for (key, value) in [
+            (
+                "server.header_read_timeout",
+                self.server.header_read_timeout,
+            ),
+            ("server.body_read_timeout", self.server.body_read_timeout),
+            ("server.idle_timeout", self.server.idle_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::invalid(
+                    key,
+                    "must be longer than 0 (for example \"10s\")",
+                ));
+            }
+        }
+        if self.server.max_connections == 0 {
+            return Err(ConfigError::invalid(
+                "server.max_connections",
+                "must be greater than 0",
+            ));
+        }
         if self.log.queue_lines == 0 {
             return Err(ConfigError::invalid(
                 "log.queue_lines",
@@ -955,6 +992,15 @@ impl Settings {
                 format!("is not an address like 127.0.0.1:9090: {listen:?}"),
             )
         })
+    }
+
+    /// Whether `/metrics` is served on the main listener: when `server.metrics` says so, else
+    /// only outside production and when no admin listener takes it.
+    pub fn metrics_on_main_listener(&self) -> bool {
+        match self.server.metrics {
+            Some(explicit) => explicit,
+            None => !self.is_production() && self.admin.listen.trim().is_empty(),
+        }
     }
 
     /// Whether the production guard applies (`APP_ENV=production`, in any case).
