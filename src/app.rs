@@ -39,10 +39,12 @@ const PURGE_INTERVAL: Duration = Duration::from_secs(3600);
 pub enum StartError {
     #[error("{0}")]
     Config(#[from] crate::config::ConfigError),
-    #[error("cannot listen on {addr}: {source} (is another process using it? set --listen or server.listen)")]
+    #[error("cannot listen on {addr}: {source} (is another process using it? set {setting})")]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
+        /// The setting that chose the address, for the hint.
+        setting: &'static str,
     },
     #[error("{0}")]
     Journal(#[from] crate::journal::JournalError),
@@ -77,14 +79,24 @@ impl Application {
         let addr = settings.listen_addr()?;
         let listener = TcpListener::bind(addr)
             .await
-            .map_err(|source| StartError::Bind { addr, source })?;
+            .map_err(|source| StartError::Bind {
+                addr,
+                source,
+                setting: "--listen or server.listen",
+            })?;
 
         let admin_listener = match settings.admin_addr()? {
-            Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| StartError::Bind { addr, source })?,
-            ),
+            Some(addr) => {
+                Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| StartError::Bind {
+                            addr,
+                            source,
+                            setting: "admin.listen",
+                        })?,
+                )
+            }
             None => None,
         };
 
@@ -148,6 +160,9 @@ impl Application {
                     tracing::warn!(route = %route, event_type = %name, "route names an event type Attio does not document")
                 }
             }
+        }
+        for warning in settings.unused_sinks() {
+            tracing::warn!("{warning}");
         }
         let attio = build_attio_client(&settings, shared_rate_limit)?;
         let sinks = Sinks::open_with(&sink_settings, attio.as_ref())?;

@@ -9,6 +9,7 @@ mod helpers;
 mod attio_client;
 mod attio_edges;
 mod cli;
+mod configuration;
 mod contract;
 mod deploy;
 mod enrichment;
