@@ -59,6 +59,8 @@ pub struct Application {
     journal: Journal,
     /// With the embedded journal: this process is the only daemon working on it.
     journal_lock: Option<JournalLock>,
+    /// `[sync]`: the scheduled reconciliation of a `postgres` sink, when configured.
+    scheduled_sync: Option<crate::mirror::sync::Scheduled>,
     settings: Settings,
 }
 
@@ -137,6 +139,8 @@ impl Application {
         let attio = build_attio_client(&settings)?;
         let sinks = Sinks::open_with(&sink_settings, attio.as_ref())?;
         sinks.prepare().await;
+        let scheduled_sync =
+            crate::mirror::sync::Scheduled::from_settings(&settings, attio.as_ref())?;
         let enricher = Enricher::new(attio, &settings.enrichment);
 
         let (handoff, worker) = worker::channel(
@@ -177,6 +181,7 @@ impl Application {
             worker,
             journal,
             journal_lock,
+            scheduled_sync,
             settings,
         })
     }
@@ -204,6 +209,7 @@ impl Application {
             worker,
             journal,
             journal_lock,
+            scheduled_sync,
             settings,
         } = self;
         if settings.uses_development_secret() {
@@ -225,6 +231,9 @@ impl Application {
             "attio-webhooks listening"
         );
 
+        let sync_stop = CancellationToken::new();
+        let sync_task =
+            scheduled_sync.map(|scheduled| tokio::spawn(scheduled.run(sync_stop.clone())));
         let worker_stop = CancellationToken::new();
         let worker_task = worker.map(|worker| tokio::spawn(worker.run(worker_stop.clone())));
         let upkeep_stop = CancellationToken::new();
@@ -261,6 +270,11 @@ impl Application {
             }
         };
         tracing::info!("ingress stopped; draining the worker");
+        // A scheduled sync stops after the page it is writing (its checkpoint is committed).
+        sync_stop.cancel();
+        if let Some(task) = sync_task {
+            let _ = task.await;
+        }
         worker_stop.cancel();
         if let Some(task) = worker_task {
             if let Err(error) = task.await {
