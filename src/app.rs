@@ -14,6 +14,7 @@ use std::future::IntoFuture;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::attio::rate_limit::SharedRateLimit;
 use crate::attio::AttioClient;
 use crate::config::{QueueBackend, Settings};
 use crate::dedupe::{self, ClaimOwner, DedupeStore, EmbeddedDedupe, RedisDedupe};
@@ -21,7 +22,7 @@ use crate::enrich::Enricher;
 use crate::ingress::{self, IngressState};
 use crate::journal::{Journal, JournalLock, RedisJournal, SqliteJournal};
 use crate::routing::{closest_event_type, RouteTable};
-use crate::sinks::Sinks;
+use crate::sinks::{FileReopener, Sinks};
 use crate::worker::{self, Pipeline, Worker};
 
 /// How often expired delivery keys are purged.
@@ -61,6 +62,8 @@ pub struct Application {
     journal_lock: Option<JournalLock>,
     /// `[sync]`: the scheduled reconciliation of a `postgres` sink, when configured.
     scheduled_sync: Option<crate::mirror::sync::Scheduled>,
+    /// Reopens the `jsonl` sinks' files on SIGHUP.
+    file_sinks: FileReopener,
     settings: Settings,
 }
 
@@ -87,6 +90,11 @@ impl Application {
             )?),
             None => None,
         };
+        // With Redis, replicas share Attio's rate limits through it too.
+        let shared_rate_limit = redis.clone().map(|connection| SharedRateLimit {
+            connection,
+            key_prefix: settings.redis.key_prefix.clone(),
+        });
         let mut journal_lock = None;
         let (journal, dedupe) = match (settings.queue.backend, redis) {
             (QueueBackend::Redis, Some(connection)) => {
@@ -136,11 +144,12 @@ impl Application {
                 }
             }
         }
-        let attio = build_attio_client(&settings)?;
+        let attio = build_attio_client(&settings, shared_rate_limit)?;
         let sinks = Sinks::open_with(&sink_settings, attio.as_ref())?;
         sinks.prepare().await;
         let scheduled_sync =
             crate::mirror::sync::Scheduled::from_settings(&settings, attio.as_ref())?;
+        let file_sinks = sinks.file_reopener();
         let enricher = Enricher::new(attio, &settings.enrichment);
 
         let (handoff, worker) = worker::channel(
@@ -153,6 +162,7 @@ impl Application {
                 settings: settings.worker.clone(),
                 collapser: Default::default(),
                 outages: Default::default(),
+                unrecorded: Default::default(),
             },
             settings.queue.channel_capacity,
         );
@@ -182,6 +192,7 @@ impl Application {
             journal,
             journal_lock,
             scheduled_sync,
+            file_sinks,
             settings,
         })
     }
@@ -210,6 +221,7 @@ impl Application {
             journal,
             journal_lock,
             scheduled_sync,
+            file_sinks,
             settings,
         } = self;
         if settings.uses_development_secret() {
@@ -234,6 +246,7 @@ impl Application {
         let sync_stop = CancellationToken::new();
         let sync_task =
             scheduled_sync.map(|scheduled| tokio::spawn(scheduled.run(sync_stop.clone())));
+        let reopen_on_hangup = tokio::spawn(reopen_on_hangup(file_sinks));
         let worker_stop = CancellationToken::new();
         let worker_task = worker.map(|worker| tokio::spawn(worker.run(worker_stop.clone())));
         let upkeep_stop = CancellationToken::new();
@@ -286,6 +299,7 @@ impl Application {
         if let Some(task) = admin_task {
             task.abort();
         }
+        reopen_on_hangup.abort();
         journal.close().await;
         drop(journal_lock);
         tracing::info!("shutdown complete");
@@ -294,9 +308,12 @@ impl Application {
 }
 
 /// The Attio client shared by enrichment and the sinks that read Attio: with an API key, one
-/// client for every event; without, a warning and events delivered with
-/// `enrichment: "disabled"`.
-fn build_attio_client(settings: &Settings) -> Result<Option<AttioClient>, StartError> {
+/// client for every event (its rate limits shared with the other replicas through Redis when
+/// there is one); without, a warning and events delivered with `enrichment: "disabled"`.
+fn build_attio_client(
+    settings: &Settings,
+    shared_rate_limit: Option<SharedRateLimit>,
+) -> Result<Option<AttioClient>, StartError> {
     let Some(api_key) = &settings.attio.api_key else {
         tracing::warn!(
             "no Attio API key (set ATTIO_API_KEY): events are delivered without enrichment \
@@ -310,7 +327,11 @@ fn build_attio_client(settings: &Settings) -> Result<Option<AttioClient>, StartE
             "attio.base_url is plain http: the API key travels unencrypted"
         );
     }
-    Ok(Some(AttioClient::new(&settings.attio, api_key)?))
+    Ok(Some(AttioClient::with_rate_limit(
+        &settings.attio,
+        api_key,
+        shared_rate_limit,
+    )?))
 }
 
 /// With the Redis queue, acknowledged deliveries live only in Redis: says what a Redis restart
@@ -390,6 +411,25 @@ async fn upkeep(journal: Journal, keep: Duration, stop: CancellationToken) {
             }
         }
     }
+}
+
+/// Reopens the file sinks on every SIGHUP (the log-rotation convention), until aborted. Without
+/// it SIGHUP would end the process, as it does by default.
+async fn reopen_on_hangup(file_sinks: FileReopener) {
+    #[cfg(unix)]
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut hangup) => {
+            while hangup.recv().await.is_some() {
+                let files = file_sinks.reopen();
+                tracing::info!(files, "SIGHUP received; reopening the file sinks");
+            }
+        }
+        Err(error) => {
+            tracing::error!(%error, "cannot listen for SIGHUP; file sinks are not reopened on it")
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = file_sinks;
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -219,9 +219,9 @@ pub struct AttioSettings {
     pub connect_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
-    /// Read requests (GET) per second, shared by the whole process.
+    /// Read requests (GET) per second, shared by the whole process (and with Redis, by replicas).
     pub read_rate: u32,
-    /// Write requests (POST/PATCH/DELETE) per second, shared by the whole process.
+    /// Write requests (POST/PATCH/DELETE) per second, shared the same way.
     pub write_rate: u32,
     /// First retry delay of a transient failure; doubles each time, full jitter.
     #[serde(with = "humantime_serde")]
@@ -501,6 +501,16 @@ pub struct RouteSettings {
     /// `collapsed_event_ids`, instead of one line per event.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub collapse: bool,
+    /// Hold the `record.updated` / `list-entry.updated` events of one record (or entry) this
+    /// long before the fetch, so that the updates that follow an edit (formula attributes
+    /// recomputed by Attio about a second later) share it, and deliver them as one collapsed
+    /// line. Implies `collapse`. Checked by [`crate::routing::RouteTable::compile`].
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub settle: Option<Duration>,
 }
 
 /// `object = "deals"` or `object = ["deals", "companies"]`; `None` when the key is absent.
@@ -960,6 +970,7 @@ impl Settings {
                 list: None,
                 attribute: None,
                 collapse: false,
+                settle: None,
             }]
         } else {
             self.routes.clone()

@@ -2,7 +2,7 @@
 //!
 //! In: a verified raw body. Out: a [`ParsedDelivery`] whose events keep their original JSON text
 //! verbatim, or a [`MalformedBody`] saying why the body is not a delivery. Unknown keys and
-//! unknown event types are kept (FACTS §2): Attio adds both over time.
+//! unknown event types are kept (docs/attio.md §2): Attio adds both over time.
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -153,8 +153,8 @@ impl EventKind {
     }
 
     /// Where events of this kind carry their object, list or attribute id, as the dot path
-    /// Attio's webhook filters take (FACTS §2, §4); `None` when they have none. The same ids
-    /// enrichment names (`enrich::plan`; a unit test keeps the two in step).
+    /// Attio's webhook filters take (docs/attio.md §2, §4); `None` when they have none. The same
+    /// ids enrichment names (`enrich::plan`; a unit test keeps the two in step).
     pub fn dimension_field(&self, dimension: Dimension) -> Option<&'static str> {
         use Dimension::{Attribute, List, Object};
         match self {
@@ -477,6 +477,24 @@ pub fn event_id(delivery_key: &str, index: usize) -> String {
     format!("{delivery_key}:{index}")
 }
 
+/// `text` as a person may read it on a terminal or in a log line: control characters (a NUL, an
+/// escape sequence, a newline in an event type Attio or an attacker sent) are written as escapes
+/// such as `\u{0}` and `\n`, so they can neither hide in nor rewrite what is around them.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut escaped = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            escaped.extend(c.escape_default());
+        } else {
+            escaped.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(escaped)
+}
+
 /// Parsing and identity promises as executable checks, shared by the property tests below and
 /// the `parse_delivery` fuzz target (`fuzz/`, feature `fuzzing`). Each check panics, naming the
 /// promise, when it is broken: that is how both harnesses report a failure.
@@ -627,6 +645,14 @@ pub mod properties {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_escaped_for_people_and_the_rest_is_kept() {
+        assert_eq!(printable("record.updated"), "record.updated");
+        assert_eq!(printable("a\u{0}b"), "a\\u{0}b");
+        assert_eq!(printable("x\u{1b}[2Jy\nz\u{7f}"), "x\\u{1b}[2Jy\\nz\\u{7f}");
+        assert_eq!(printable("façade ✓"), "façade ✓");
+    }
 
     #[test]
     fn pretty_printed_events_are_compacted_keeping_key_order() {

@@ -27,7 +27,8 @@
 //! - `worker`: takes events from the channel and the journal, drives them to the sinks
 //!   (`worker::collapse`: one line for the updates that shared a fetch, on `collapse = true` routes;
 //!   `worker::order`: the events of one delivery about one record reach the sinks in their order;
-//!   `worker::outage`: a dependency that is down is logged once per outage, not per event).
+//!   `worker::outage`: a dependency that is down is logged once per outage, not per event;
+//!   `worker::unrecorded`: outcomes the journal could not record, kept until it can).
 //! - `dedupe`: two-phase claim → done, on Redis or embedded.
 //! - `routing`: rules that match events to sinks (event-type patterns, `object` / `list` /
 //!   `attribute` keys, Attio-style filters).

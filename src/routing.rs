@@ -7,6 +7,8 @@
 //! the type, each of its `object` / `list` / `attribute` keys (if any) names the event's, and its
 //! optional `filter` (Attio's own filter shape) matches the event.
 
+use std::time::Duration;
+
 use serde_json::Value;
 
 use crate::config::{ConfigError, RouteEnrich, RouteSettings};
@@ -361,6 +363,8 @@ struct CompiledRoute {
     enrich: RouteEnrich,
     dimensions: Vec<DimensionRule>,
     collapse: bool,
+    /// How long updates of one record are held before their shared fetch (`settle`).
+    settle: Option<Duration>,
 }
 
 /// One sink an event goes to.
@@ -383,6 +387,10 @@ impl CompiledRoute {
             .all(|rule| rule.holds(event) != Holds::No)
     }
 }
+
+/// The longest `settle` a route may ask for. Each held event occupies a worker slot and keeps
+/// its dedupe claim (`dedupe.claim_lease`, default 60 s) meanwhile.
+pub const MAX_SETTLE: Duration = Duration::from_secs(30);
 
 /// The compiled routes.
 #[derive(Debug, Clone)]
@@ -459,24 +467,38 @@ impl RouteTable {
                 }
                 dimensions.push(rule);
             }
-            if route.collapse {
+            if let Some(settle) = route.settle {
+                if settle.is_zero() || settle > MAX_SETTLE {
+                    return Err(invalid(format!(
+                        "has `settle = {:?}`; give a time between 1ms and {}s, such as \"3s\" \
+                         (Attio's follow-up updates come about a second after the edit)",
+                        humantime::format_duration(settle).to_string(),
+                        MAX_SETTLE.as_secs()
+                    )));
+                }
+            }
+            let collapse = route.collapse || route.settle.is_some();
+            if collapse {
+                let option = if route.settle.is_some() {
+                    "`settle`"
+                } else {
+                    "`collapse = true`"
+                };
                 if route.enrich == RouteEnrich::Off {
-                    return Err(invalid(
-                        "has `collapse = true` with `enrich = false`: collapse joins the events \
-                         that shared one fetch, so the route needs enrichment"
-                            .to_string(),
-                    ));
+                    return Err(invalid(format!(
+                        "has {option} with `enrich = false`: it joins the events that shared \
+                         one fetch, so the route needs enrichment"
+                    )));
                 }
                 let collapsible = [EventKind::RecordUpdated, EventKind::ListEntryUpdated];
                 if !patterns
                     .iter()
                     .any(|p| collapsible.iter().any(|k| p.matches(k.as_str())))
                 {
-                    return Err(invalid(
-                        "has `collapse = true` but its `events` match neither record.updated \
-                         nor list-entry.updated, the only events that are collapsed"
-                            .to_string(),
-                    ));
+                    return Err(invalid(format!(
+                        "has {option} but its `events` match neither record.updated nor \
+                         list-entry.updated, the only events that are collapsed"
+                    )));
                 }
             }
             compiled.push(CompiledRoute {
@@ -486,7 +508,8 @@ impl RouteTable {
                 sinks: route.sinks.clone(),
                 enrich: route.enrich,
                 dimensions,
-                collapse: route.collapse,
+                collapse,
+                settle: route.settle,
             });
         }
         Ok(RouteTable { routes: compiled })
@@ -594,6 +617,17 @@ impl RouteTable {
 }
 
 impl RouteTable {
+    /// How long `record.updated` / `list-entry.updated` events of `event_type` are held before
+    /// their fetch: the longest `settle` of the routes whose `events` match the type (a route's
+    /// other keys can only be tested after the fetch). `None` when no such route has one.
+    pub fn settle_for(&self, event_type: &str) -> Option<Duration> {
+        self.routes
+            .iter()
+            .filter(|route| route.patterns.iter().any(|p| p.matches(event_type)))
+            .filter_map(|route| route.settle)
+            .max()
+    }
+
     /// How much the routes matching `event_type` need the event enriched: the strongest wish
     /// wins (`true` over `"optional"` over `false`). `Off` when no route matches.
     pub fn enrichment_for(&self, event_type: &str) -> RouteEnrich {
@@ -631,6 +665,7 @@ mod tests {
             list: None,
             attribute: None,
             collapse: false,
+            settle: None,
         }
     }
 
@@ -667,6 +702,52 @@ mod tests {
             ..route("records", &["record.*"], &["a"])
         };
         assert!(RouteTable::compile(&[fine], &sinks).is_ok());
+    }
+
+    #[test]
+    fn settle_collapses_holds_the_types_it_matches_and_is_bounded() {
+        let sinks = names(&["a"]);
+        let settling = RouteSettings {
+            settle: Some(Duration::from_secs(3)),
+            ..route("edits", &["record.*"], &["a"])
+        };
+        let table = RouteTable::compile(&[settling, route("all", &["*"], &["a"])], &sinks).unwrap();
+        assert!(table.has_collapse(), "settle implies collapse");
+        assert_eq!(
+            table.settle_for("record.updated"),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(table.settle_for("list-entry.updated"), None);
+        for (settle, expected) in [
+            (Duration::ZERO, "between 1ms and 30s"),
+            (Duration::from_secs(31), "between 1ms and 30s"),
+        ] {
+            let error = RouteTable::compile(
+                &[RouteSettings {
+                    settle: Some(settle),
+                    ..route("edits", &["record.updated"], &["a"])
+                }],
+                &sinks,
+            )
+            .map(|_| ())
+            .expect_err("refused")
+            .to_string();
+            assert!(
+                error.contains(expected) && error.contains("\"edits\""),
+                "{error}"
+            );
+        }
+        let error = RouteTable::compile(
+            &[RouteSettings {
+                settle: Some(Duration::from_secs(2)),
+                ..route("tasks", &["task.*"], &["a"])
+            }],
+            &sinks,
+        )
+        .map(|_| ())
+        .expect_err("refused")
+        .to_string();
+        assert!(error.contains("`settle`"), "{error}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Attio's webhook signature (FACTS §1): lower-case hex HMAC-SHA256 of the raw body bytes, keyed
-//! by the secret string's own UTF-8 bytes (not hex-decoded). No timestamp, nothing else signed.
+//! Attio's webhook signature (docs/attio.md §1): lower-case hex HMAC-SHA256 of the raw body
+//! bytes, keyed by the secret string's own UTF-8 bytes (not hex-decoded). No timestamp, nothing
+//! else signed.
 //!
 //! In: the raw body, the `Attio-Signature` header value, the configured secrets. Out: a
 //! [`VerifiedBody`] (only this module can make one) or the reason it was refused. Also signs,

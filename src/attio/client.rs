@@ -4,18 +4,16 @@
 //! In: typed calls (`get_record`, `list_webhooks`, ...). Out: typed models or an [`AttioError`].
 //! Every request, whoever makes it, passes the same gates in this order: the circuit breaker
 //! (refuse at once while Attio is down), a pause Attio asked for with `Retry-After`, and the
-//! shared rate limiter (reads and writes separately, FACTS §6). Transient failures are retried
-//! with full-jitter exponential backoff until `attio.retry_total` runs out. The API key lives
-//! only inside a sensitive header value; it is never logged nor part of an error.
+//! rate limiter ([`crate::attio::rate_limit`]; reads and writes separately, docs/attio.md §6).
+//! Transient failures are retried with full-jitter exponential backoff until
+//! `attio.retry_total` runs out. The API key lives only inside a sensitive header value; it is
+//! never logged nor part of an error.
 
-use std::collections::VecDeque;
-use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use backon::Retryable;
 use bytes::Bytes;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, RETRY_AFTER};
 use reqwest::{Method, Url};
 use secrecy::{ExposeSecret, SecretString};
@@ -29,6 +27,7 @@ use crate::attio::models::{
     Attribute, CallRecording, Comment, CreatedWebhook, Envelope, List, ListEntry, NewWebhook, Note,
     Object, Record, Task, TokenInfo, Webhook, WebhookUpdate, WorkspaceMember,
 };
+use crate::attio::rate_limit::{Permit, RateLimit, SharedRateLimit};
 use crate::attio::retry::{parse_retry_after, FullJitter};
 use crate::config::AttioSettings;
 
@@ -39,10 +38,6 @@ pub const USER_AGENT: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (Attio webhook receiver)"
 );
-
-/// Added to the second a rate-limiter slot stays taken after its request's answer, for timer and
-/// clock granularity.
-const WINDOW_MARGIN: Duration = Duration::from_millis(10);
 
 /// Page size used when walking every webhook (Attio allows 10 to 100).
 const WEBHOOK_PAGE: u32 = 100;
@@ -85,8 +80,8 @@ impl std::fmt::Debug for AttioClient {
 struct Inner {
     http: reqwest::Client,
     base: Url,
-    reads: Limiter,
-    writes: Limiter,
+    reads: RateLimit,
+    writes: RateLimit,
     breaker: CircuitBreaker,
     /// Set by a 429: no request goes out before this instant.
     paused_until: Mutex<Option<tokio::time::Instant>>,
@@ -95,114 +90,6 @@ struct Inner {
     retry_total: Duration,
     /// A command that makes a few calls and exits: see [`AttioClient::for_command`].
     one_shot: bool,
-}
-
-/// The process-wide limiter of one kind of request (reads or writes).
-///
-/// Three parts, each for one reason:
-/// - a first-come-first-served queue (a fair mutex): one waiter at a time watches the limiter,
-///   instead of a herd of hundreds waking for every free slot, and requests leave in the order
-///   they asked;
-/// - `governor` (GCRA) spaces requests 1/rate apart, with a burst of 2 so that a slot taken a
-///   little late (timer granularity) is caught up rather than lost;
-/// - a window of `rate` slots: a request holds a slot from before it is sent until a second
-///   (plus a small margin) after its answer came back. That is the hard guarantee that no
-///   one-second window at Attio ever holds more than `rate` requests: a request arrives at the
-///   server some time between its sending and its answer (a new connection's handshakes, queues
-///   on the way), so counting from the send time alone would let a late arrival share a window
-///   with requests sent a second after it.
-struct Limiter {
-    queue: tokio::sync::Mutex<()>,
-    window: Mutex<Window>,
-    /// Signalled when a request in flight is answered (its slot starts its last second).
-    answered: tokio::sync::Notify,
-    spacing: DefaultDirectRateLimiter,
-    rate: usize,
-}
-
-/// The slots of one [`Limiter`]: requests in flight, and when recent ones were answered.
-struct Window {
-    in_flight: usize,
-    answered: VecDeque<tokio::time::Instant>,
-}
-
-/// A request's place in its limiter's window; dropping it records when the answer came back.
-struct Slot<'a> {
-    limiter: &'a Limiter,
-}
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        let mut window = self.limiter.window();
-        window.in_flight = window.in_flight.saturating_sub(1);
-        window.answered.push_back(tokio::time::Instant::now());
-        drop(window);
-        self.limiter.answered.notify_one();
-    }
-}
-
-impl Limiter {
-    fn per_second(rate: u32) -> Limiter {
-        let rate = NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN);
-        Limiter {
-            queue: tokio::sync::Mutex::new(()),
-            window: Mutex::new(Window {
-                in_flight: 0,
-                answered: VecDeque::with_capacity(rate.get() as usize),
-            }),
-            answered: tokio::sync::Notify::new(),
-            spacing: RateLimiter::direct(
-                Quota::per_second(rate).allow_burst(NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN)),
-            ),
-            rate: rate.get() as usize,
-        }
-    }
-
-    fn window(&self) -> std::sync::MutexGuard<'_, Window> {
-        // Each update is a counter and a queue change: a poisoned lock holds no broken state.
-        self.window.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Waits for a slot; hold it until the request's answer came back.
-    async fn acquire(&self) -> Slot<'_> {
-        let _turn = self.queue.lock().await;
-        self.spacing.until_ready().await;
-        loop {
-            // Registered before looking, so an answer arriving in between is not missed.
-            let answered = self.answered.notified();
-            tokio::pin!(answered);
-            answered.as_mut().enable();
-            let free_at = {
-                let mut window = self.window();
-                let now = tokio::time::Instant::now();
-                while window
-                    .answered
-                    .front()
-                    .is_some_and(|t| *t + Duration::from_secs(1) + WINDOW_MARGIN <= now)
-                {
-                    window.answered.pop_front();
-                }
-                if window.in_flight + window.answered.len() < self.rate {
-                    window.in_flight += 1;
-                    return Slot { limiter: self };
-                }
-                window
-                    .answered
-                    .front()
-                    .map(|t| *t + Duration::from_secs(1) + WINDOW_MARGIN)
-            };
-            match free_at {
-                Some(at) => {
-                    tokio::select! {
-                        _ = &mut answered => {}
-                        _ = tokio::time::sleep_until(at) => {}
-                    }
-                }
-                // Every slot is in flight: wait for an answer.
-                None => answered.await,
-            }
-        }
-    }
 }
 
 /// One logical call (possibly several HTTP attempts).
@@ -228,7 +115,18 @@ impl AttioClient {
         settings: &AttioSettings,
         api_key: &SecretString,
     ) -> Result<AttioClient, AttioError> {
-        Self::build(settings, api_key, false)
+        Self::build(settings, api_key, None, false)
+    }
+
+    /// [`AttioClient::new`] whose rate limits are shared through Redis with every other process
+    /// given the same `shared` settings (replicas), each falling back to its own limits while
+    /// Redis does not answer.
+    pub fn with_rate_limit(
+        settings: &AttioSettings,
+        api_key: &SecretString,
+        shared: Option<SharedRateLimit>,
+    ) -> Result<AttioClient, AttioError> {
+        Self::build(settings, api_key, shared, false)
     }
 
     /// Builds the client of a command that exits when its calls are done (`webhooks list`).
@@ -239,12 +137,13 @@ impl AttioClient {
         settings: &AttioSettings,
         api_key: &SecretString,
     ) -> Result<AttioClient, AttioError> {
-        Self::build(settings, api_key, true)
+        Self::build(settings, api_key, None, true)
     }
 
     fn build(
         settings: &AttioSettings,
         api_key: &SecretString,
+        shared: Option<SharedRateLimit>,
         one_shot: bool,
     ) -> Result<AttioClient, AttioError> {
         let base = Url::parse(&settings.base_url).map_err(|e| {
@@ -290,8 +189,8 @@ impl AttioClient {
             inner: Arc::new(Inner {
                 http,
                 base,
-                reads: Limiter::per_second(settings.read_rate),
-                writes: Limiter::per_second(settings.write_rate),
+                reads: RateLimit::new("reads", settings.read_rate, settings, shared.as_ref()),
+                writes: RateLimit::new("writes", settings.write_rate, settings, shared.as_ref()),
                 breaker: CircuitBreaker::new(
                     settings.breaker_threshold,
                     settings.breaker_cooldown,
@@ -322,7 +221,7 @@ impl AttioClient {
         self.inner.breaker.open_for()
     }
 
-    // ---- reads used by enrichment (FACTS §2) ----
+    // ---- reads used by enrichment (docs/attio.md §2) ----
 
     pub async fn get_record(&self, object: &str, record_id: &str) -> Result<Record, AttioError> {
         self.get(
@@ -547,7 +446,7 @@ impl AttioClient {
         decode(&body)
     }
 
-    // ---- webhook management (FACTS §4) ----
+    // ---- webhook management (docs/attio.md §4) ----
 
     /// One page of webhooks. `limit` is clamped to Attio's 10..=100.
     pub async fn list_webhooks(&self, limit: u32, offset: u32) -> Result<Vec<Webhook>, AttioError> {
@@ -737,7 +636,7 @@ impl AttioClient {
             count(call.endpoint, "circuit_open");
             return Err(AttioError::CircuitOpen { retry_in });
         }
-        // Held until the answer is in (or the attempt failed): see `Limiter`.
+        // Held until the answer is in (or the attempt failed): see `attio::rate_limit`.
         let _slot = self.wait_for_turn(call.is_read()).await;
         if let Some(hook) = &self.on_send {
             hook();
@@ -811,7 +710,7 @@ impl AttioClient {
     }
 
     /// Waits out a pause Attio asked for, then for a slot of the shared rate limiter.
-    async fn wait_for_turn(&self, read: bool) -> Slot<'_> {
+    async fn wait_for_turn(&self, read: bool) -> Permit<'_> {
         let started = tokio::time::Instant::now();
         let paused = *self
             .inner
@@ -828,14 +727,14 @@ impl AttioClient {
         } else {
             &self.inner.writes
         };
-        let slot = limiter.acquire().await;
+        let permit = limiter.acquire().await;
         let waited = started.elapsed();
         if !waited.is_zero() {
             // A float total (the metrics crate's counters are integers).
             metrics::gauge!("attio_webhooks_attio_rate_limit_wait_seconds_total")
                 .increment(waited.as_secs_f64());
         }
-        slot
+        permit
     }
 }
 

@@ -1,4 +1,4 @@
-//! Typed models of what the daemon reads from and sends to Attio's REST API (FACTS §4, §5).
+//! Typed models of what the daemon reads from and sends to Attio's REST API (docs/attio.md §4, §5).
 //!
 //! In: the `data` member of Attio's answers. Out: structs whose known fields are typed and whose
 //! other fields are kept in `extra`, so that re-serialising a model gives back everything Attio
@@ -247,7 +247,7 @@ pub struct TokenInfo {
     pub extra: Extra,
 }
 
-/// A webhook filter condition's operator (FACTS §4: no others exist).
+/// A webhook filter condition's operator (docs/attio.md §4: no others exist).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FilterOperator {
@@ -272,7 +272,7 @@ pub enum WebhookFilter {
     Any(Vec<FilterCondition>),
 }
 
-/// One subscription. `filter` is always serialised, as `null` when absent (FACTS §4).
+/// One subscription. `filter` is always serialised, as `null` when absent (docs/attio.md §4).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Subscription {
     pub event_type: String,

@@ -1,6 +1,6 @@
 //! Schema cache: object, list and attribute UUIDs → their `api_slug`.
 //!
-//! In: UUIDs from events (which never carry slugs, FACTS §2), and invalidations from
+//! In: UUIDs from events (which never carry slugs, docs/attio.md §2), and invalidations from
 //! `object-attribute.*`, `list-attribute.*` and `list.*` events. Out: the slug (`deals`, `stage`),
 //! `None` when Attio says the thing does not exist, or the [`AttioError`] of the look-up.
 //! Entries live for `enrichment.schema_ttl`; concurrent misses for one key share one request.

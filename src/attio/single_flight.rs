@@ -89,6 +89,8 @@ pub struct Joined {
     /// How many callers shared the answer, this one included. Final once the answer is there:
     /// a flight closes to newcomers before its answer is published.
     pub members: usize,
+    /// When this caller joined: 0 for the leader, then 1, 2, ... in the order callers came.
+    pub position: usize,
 }
 
 /// The flight's task ended without an answer (the runtime is shutting down).
@@ -116,13 +118,13 @@ where
         F: FnOnce(Closer<K, V>) -> Fut + Send + 'static,
         Fut: Future<Output = V> + Send + 'static,
     {
-        let (mut receiver, leader, number, members) = {
+        let (mut receiver, leader, number, members, position) = {
             let mut pending = self.lock();
             match pending.get(&key) {
                 Some((number, receiver, members)) => {
                     // Counted under the lock that also closes the flight: no join is missed.
-                    members.fetch_add(1, Ordering::Relaxed);
-                    (receiver.clone(), false, *number, members.clone())
+                    let position = members.fetch_add(1, Ordering::Relaxed);
+                    (receiver.clone(), false, *number, members.clone(), position)
                 }
                 None => {
                     let (sender, receiver) = watch::channel(None);
@@ -149,7 +151,7 @@ where
                         // Nobody listening any more is fine: every caller gave up.
                         let _ = sender.send(Some(answer));
                     });
-                    (receiver, true, number, members)
+                    (receiver, true, number, members, 0)
                 }
             }
         };
@@ -161,6 +163,7 @@ where
             leader,
             flight: number,
             members: members.load(Ordering::Relaxed),
+            position,
         };
         match answer.as_ref() {
             Some(value) => Ok((value.clone(), joined)),

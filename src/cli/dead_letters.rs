@@ -15,6 +15,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 
 use crate::config::{LoadOptions, QueueBackend, Settings};
+use crate::event::printable;
 use crate::journal::{
     DeadLetter, DeadLetterQuery, Journal, RedisJournal, ReplaySelection, SqliteJournal,
 };
@@ -216,10 +217,14 @@ async fn act(
                 println!("{}", to_json(&report));
             } else {
                 for id in &report.replayed {
-                    println!("replayed {id}");
+                    println!("replayed {}", printable(id));
                 }
                 for skipped in &report.skipped {
-                    eprintln!("skipped {}: {}", skipped.id, skipped.reason);
+                    eprintln!(
+                        "skipped {}: {}",
+                        printable(&skipped.id),
+                        printable(&skipped.reason)
+                    );
                 }
                 println!(
                     "{} event(s) replayed; a running daemon picks them up within {} \
@@ -256,12 +261,15 @@ fn table(letters: &[DeadLetter]) -> String {
                 .as_deref()
                 .unwrap_or("-")
                 .replace('\n', " ");
+            let error = printable(&error).into_owned();
             let error = if error.chars().count() > ERROR_WIDTH {
                 let cut: String = error.chars().take(ERROR_WIDTH - 1).collect();
                 format!("{cut}…")
             } else {
                 error
             };
+            // Stored values came from deliveries: a control character in them must not reach
+            // the terminal as it is.
             [
                 letter.id.clone(),
                 letter.event_type.clone(),
@@ -270,6 +278,7 @@ fn table(letters: &[DeadLetter]) -> String {
                 letter.dead_at.clone().unwrap_or_else(|| "-".to_string()),
                 error,
             ]
+            .map(|cell| printable(&cell).into_owned())
         })
         .collect();
     let header = [

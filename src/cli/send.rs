@@ -28,7 +28,7 @@ use super::templates::{event_types_for, Fixed, FixedIds, Template, TemplateError
 use crate::config::{LoadOptions, Settings};
 use crate::signature::sign;
 
-/// The User-Agent Attio's deliveries carry (FACTS §1).
+/// The User-Agent Attio's deliveries carry (docs/attio.md §1).
 pub const ATTIO_USER_AGENT: &str = "Attio 2.0 (https://attio.com/developers/using-webhooks)";
 
 #[derive(Debug, Args)]
@@ -163,7 +163,7 @@ impl IdArgs {
         fixed.set("actor_type", Fixed::Value(self.actor_type.clone()));
         match (&self.actor_id, self.actor_type.as_str()) {
             (Some(id), _) => fixed.set("actor_id", Fixed::Value(id.clone())),
-            // Attio sends `"id": null` for the system actor (FACTS §2).
+            // Attio sends `"id": null` for the system actor (docs/attio.md §2).
             (None, "system") => fixed.set("actor_id", Fixed::Null),
             (None, _) => {}
         }
@@ -486,7 +486,7 @@ fn request(
         .post(url)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .header("Attio-Signature", signature)
-        // Attio sends the legacy copy too (FACTS §1).
+        // Attio sends the legacy copy too (docs/attio.md §1).
         .header("X-Attio-Signature", signature)
         .header("Idempotency-Key", key)
         .body(body)

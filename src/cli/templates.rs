@@ -1,6 +1,6 @@
 //! Delivery templates for `send`: one bundled JSON file per event type, shaped as Attio sends it
-//! (FACTS §2: the envelope `{webhook_id, events: [...]}`, the event's `id` keys, the extra keys
-//! beside `id`, and `actor`).
+//! (docs/attio.md §2: the envelope `{webhook_id, events: [...]}`, the event's `id` keys, the
+//! extra keys beside `id`, and `actor`).
 //!
 //! In: an event type (or a pattern such as `record.*`) and the ids the user fixed. Out: compact
 //! delivery bodies, each with fresh UUIDs for every id the user did not fix.
@@ -110,7 +110,8 @@ pub const TEMPLATES: [(&str, &str); 29] = [
     ),
 ];
 
-/// Event types that popular guides mention but Attio does not have (FACTS §7).
+/// Event types that popular guides mention but Attio does not have (docs/attio.md, "Guides that
+/// get it wrong").
 pub const MYTHICAL_EVENT_TYPES: [&str; 3] = [
     "workspace-member.updated",
     "call-recording.updated",
@@ -372,7 +373,8 @@ mod tests {
     use crate::event::{parse_delivery, EventKind};
     use serde_json::Value;
 
-    /// The `id` keys (besides `workspace_id`) and the extra keys of each type, from FACTS §2.
+    /// The `id` keys (besides `workspace_id`) and the extra keys of each type, from
+    /// docs/attio.md §2.
     fn expected_shape(event_type: &str) -> (&'static [&'static str], &'static [&'static str]) {
         match EventKind::parse(event_type) {
             EventKind::RecordCreated | EventKind::RecordDeleted => {

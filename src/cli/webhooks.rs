@@ -427,7 +427,7 @@ fn warn_if_unencrypted(base_url: &str) {
     }
 }
 
-/// Attio delivers only to `https://` targets (FACTS §1); it would refuse anything else.
+/// Attio delivers only to `https://` targets (docs/attio.md §1); it would refuse anything else.
 fn check_target_url(url: &str) -> Result<(), WebhooksError> {
     match reqwest::Url::parse(url) {
         Ok(parsed) if parsed.scheme() == "https" && parsed.has_host() => Ok(()),

@@ -5,7 +5,9 @@
 //! is needed: with the embedded journal an event is done exactly when the journal's `complete`
 //! commit removed it, so every event the worker sees pending is, by construction, not done; and
 //! a redelivery of a finished delivery is refused at ingress by its journaled key (kept for
-//! `dedupe.done_ttl`). This saves two journal round trips per event.
+//! `dedupe.done_ttl`). This saves two journal round trips per event. When that commit fails (a
+//! full disk), the event stays pending and its claim is gone; what keeps it from reaching its
+//! sinks again is the worker's memory of the outcome it could not record (`worker::unrecorded`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -1,7 +1,7 @@
 //! Enrichment: re-fetch what an event is about, and name its object, list and attribute.
 //!
-//! In: an event's kind and JSON (ids only, FACTS §2) and how much the matching routes want it
-//! enriched. Out: an [`Enrichment`]: the fetched resource (the `data` member of Attio's answer),
+//! In: an event's kind and JSON (ids only, docs/attio.md §2) and how much the matching routes
+//! want it enriched. Out: an [`Enrichment`]: the fetched resource (the `data` member of Attio's answer),
 //! the resolved `object` / `list` / `attribute` slugs, and a status: `ok`, `not_found`
 //! (expected for `*.deleted`), `disabled` (no API key), `skipped` (nothing to fetch, or no
 //! route wants it) or `failed` (with the error, after the client's retries ran out).
@@ -164,7 +164,7 @@ impl EventIds {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MissingId(pub &'static str);
 
-/// Decides, for each kind of event, what to fetch and which names to resolve (FACTS §2).
+/// Decides, for each kind of event, what to fetch and which names to resolve (docs/attio.md §2).
 pub fn plan(kind: &EventKind, ids: &EventIds) -> Result<Plan, MissingId> {
     let need = |key: &'static str| ids.get(key).ok_or(MissingId(key));
     let attribute_of = |parent: AttributeParent, parent_id: &str| {
@@ -405,6 +405,20 @@ impl Enricher {
 
     /// Enriches one event, as much as `wanted` asks.
     pub async fn enrich(&self, kind: &EventKind, raw: &str, wanted: RouteEnrich) -> Enrichment {
+        self.enrich_settled(kind, raw, wanted, None).await
+    }
+
+    /// [`Enricher::enrich`], holding a coalesced fetch (`record.updated`, `list-entry.updated`)
+    /// for `settle` rather than `enrichment.coalesce_window` when that is longer: the updates of
+    /// the record that arrive meanwhile share the fetch, which then reads the state after all
+    /// of them.
+    pub async fn enrich_settled(
+        &self,
+        kind: &EventKind,
+        raw: &str,
+        wanted: RouteEnrich,
+        settle: Option<Duration>,
+    ) -> Enrichment {
         if wanted == RouteEnrich::Off {
             return Enrichment::bare(EnrichmentStatus::Skipped);
         }
@@ -426,7 +440,8 @@ impl Enricher {
             return Enrichment::bare(EnrichmentStatus::Skipped);
         };
         let started = Instant::now();
-        let enrichment = active.run(subject, plan).await;
+        let window = settle.map_or(active.window, |settle| settle.max(active.window));
+        let enrichment = active.run(subject, plan, window).await;
         metrics::histogram!("attio_webhooks_enrichment_duration_seconds")
             .record(started.elapsed().as_secs_f64());
         enrichment
@@ -434,7 +449,7 @@ impl Enricher {
 }
 
 impl Active {
-    async fn run(&self, subject: Subject, plan: Plan) -> Enrichment {
+    async fn run(&self, subject: Subject, plan: Plan, window: Duration) -> Enrichment {
         // What the things this event changes were called before it: a deleted list answers 404
         // from now on, yet routes that select it by slug must still take its `list.deleted`.
         let before: Vec<(SchemaKey, String)> = plan
@@ -443,7 +458,9 @@ impl Active {
             .filter_map(|key| Some((key.clone(), self.schema.invalidate(key)?)))
             .collect();
         let fetch = async {
-            let answer = self.fetch_shared(subject.clone(), plan.coalesce).await;
+            let answer = self
+                .fetch_shared(subject.clone(), plan.coalesce, window)
+                .await;
             (answer, chrono::Utc::now())
         };
         let names = async {
@@ -570,20 +587,21 @@ impl Active {
     }
 
     /// Fetches `subject`, sharing the request with other events of the same subject within
-    /// the coalescing window when `coalesce` says so; then also says which flight it shared.
+    /// `window` when `coalesce` says so; then also says which flight it shared.
     async fn fetch_shared(
         &self,
         subject: Subject,
         coalesce: bool,
+        window: Duration,
     ) -> (Result<Value, AttioError>, Option<Joined>) {
-        if !coalesce || self.window.is_zero() {
+        if !coalesce || window.is_zero() {
             return (fetch(&self.client, &subject).await, None);
         }
         let client = self.client.clone();
         let key = subject.clone();
         match self
             .fetches
-            .run(key, self.window, Closes::AtSend, move |closer| async move {
+            .run(key, window, Closes::AtSend, move |closer| async move {
                 // Events arriving until the request leaves (it may queue for the rate limiter)
                 // still share it: the state it reads is newer than all of them.
                 let client = client.on_send(Arc::new(move || closer.close()));

@@ -10,12 +10,17 @@
 //! daemon runs): every transaction begins IMMEDIATE, so writers queue on SQLite's lock (WAL,
 //! `busy_timeout`) instead of failing on a stale snapshot, and the writer re-counts the backlog
 //! when `PRAGMA data_version` says another connection committed.
+//!
+//! A write that fails (a full disk) is remembered for [`WRITE_FAILURE_REMEMBERED`], and the disk's
+//! free space is checked: `probe` (readiness, and the worker's test before it resumes) reports
+//! either, because a tiny probe write can still fit in the database's slack while deliveries no
+//! longer do.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
@@ -33,6 +38,11 @@ use super::{
 const MAX_BATCH: usize = 2048;
 /// Requests that may wait for the writer before callers wait to enqueue.
 const QUEUE_DEPTH: usize = 16 * 1024;
+/// How long a failed commit keeps `probe` failing, unless a write succeeds meanwhile.
+pub const WRITE_FAILURE_REMEMBERED: Duration = Duration::from_secs(5);
+/// Below this much free space on the journal's filesystem, `probe` fails: the next deliveries
+/// would likely not fit.
+pub const MIN_FREE_BYTES: u64 = 256 * 1024;
 
 pub(super) const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -132,12 +142,43 @@ enum Request {
     Close(oneshot::Sender<()>),
 }
 
+impl Request {
+    /// Whether the request changes the database (a successful commit of it proves the journal
+    /// writable again).
+    fn writes(&self) -> bool {
+        match self {
+            Request::Append(..)
+            | Request::AppendMalformed(..)
+            | Request::Complete(..)
+            | Request::Reschedule { .. }
+            | Request::DeadLetter { .. }
+            | Request::RecordSinks { .. }
+            | Request::Replay { .. }
+            | Request::Probe(_)
+            | Request::Purge { .. }
+            | Request::DeleteDeadDeliveries(..) => true,
+            Request::Due { .. }
+            | Request::DeadLetters(..)
+            | Request::ListDeadLetters(..)
+            | Request::Event(..)
+            | Request::DeadDeliveries(..)
+            | Request::DeadDelivery(..)
+            | Request::OldestPending(_)
+            | Request::Close(_) => false,
+        }
+    }
+}
+
 /// Handle to the embedded journal. Cheap to clone.
 #[derive(Clone)]
 pub struct SqliteJournal {
     requests: mpsc::Sender<Request>,
     backlog: Arc<AtomicU64>,
     id: Arc<str>,
+    /// The last commit that failed, until a commit with a write succeeds.
+    write_failure: Arc<Mutex<Option<(Instant, String)>>>,
+    /// The directory of the database, whose filesystem's free space `probe` checks.
+    directory: Arc<Path>,
 }
 
 /// Proof that this process is the only daemon working on one journal: an exclusive `flock` on
@@ -232,14 +273,30 @@ impl SqliteJournal {
         let backlog = Arc::new(AtomicU64::new(pending));
         let (requests, receiver) = mpsc::channel(QUEUE_DEPTH);
         let writer_backlog = backlog.clone();
+        let write_failure = Arc::new(Mutex::new(None));
+        let writer_failure = write_failure.clone();
         std::thread::Builder::new()
             .name("journal-writer".to_string())
-            .spawn(move || writer_loop(connection, receiver, writer_backlog, data_version))
+            .spawn(move || {
+                writer_loop(
+                    connection,
+                    receiver,
+                    writer_backlog,
+                    data_version,
+                    &writer_failure,
+                )
+            })
             .map_err(|e| JournalError::Storage(format!("cannot start journal writer: {e}")))?;
+        let directory = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            Some(dir) => dir.to_path_buf(),
+            None => std::path::PathBuf::from("."),
+        };
         Ok(SqliteJournal {
             requests,
             backlog,
             id: Arc::from(id),
+            write_failure,
+            directory: Arc::from(directory),
         })
     }
 
@@ -391,7 +448,33 @@ impl SqliteJournal {
         self.backlog.load(Ordering::Relaxed)
     }
 
+    /// Whether the journal can take deliveries now: no commit failed in the last
+    /// [`WRITE_FAILURE_REMEMBERED`] (unless a write succeeded since), at least
+    /// [`MIN_FREE_BYTES`] free on its filesystem, and a small write commits.
     pub async fn probe(&self) -> Result<(), JournalError> {
+        let failure = self
+            .write_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some((at, error)) = failure {
+            if at.elapsed() < WRITE_FAILURE_REMEMBERED {
+                return Err(JournalError::Storage(format!(
+                    "a write failed {} ms ago: {error}",
+                    at.elapsed().as_millis()
+                )));
+            }
+        }
+        if let Some(free) = free_bytes(&self.directory) {
+            if free < MIN_FREE_BYTES {
+                return Err(JournalError::Storage(format!(
+                    "only {} KiB free on the journal's filesystem ({}); free some space or move \
+                     storage.path",
+                    free / 1024,
+                    self.directory.display()
+                )));
+            }
+        }
         self.call(Request::Probe).await
     }
 
@@ -422,6 +505,13 @@ impl SqliteJournal {
             let _ = wait.await;
         }
     }
+}
+
+/// Bytes an unprivileged writer may still use on the filesystem holding `directory`, when the
+/// system says.
+fn free_bytes(directory: &Path) -> Option<u64> {
+    let stats = rustix::fs::statvfs(directory).ok()?;
+    Some(stats.f_bavail.saturating_mul(stats.f_frsize))
 }
 
 fn duration_ms(duration: Duration) -> i64 {
@@ -656,6 +746,7 @@ fn writer_loop(
     mut receiver: mpsc::Receiver<Request>,
     backlog: Arc<AtomicU64>,
     mut seen_version: i64,
+    write_failure: &Mutex<Option<(Instant, String)>>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = receiver.blocking_recv() {
@@ -668,6 +759,7 @@ fn writer_loop(
         }
         let mut held = Vec::with_capacity(batch.len());
         let mut close = None;
+        let writes = batch.iter().any(Request::writes);
         let committed = match connection.transaction_with_behavior(TransactionBehavior::Immediate) {
             Ok(tx) => {
                 resync_backlog(&tx, &mut seen_version, &backlog);
@@ -690,8 +782,16 @@ fn writer_loop(
                 Err(message)
             }
         };
-        if let Err(message) = &committed {
-            tracing::error!(error = %message, "journal commit failed");
+        match &committed {
+            Err(message) => {
+                tracing::error!(error = %message, "journal commit failed");
+                *write_failure.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((Instant::now(), message.clone()));
+            }
+            Ok(()) if writes => {
+                *write_failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            }
+            Ok(()) => {}
         }
         for reply in held {
             reply.answer(&committed, &backlog);

@@ -2,7 +2,8 @@
 //!
 //! In: a [`SinkLine`] and the attempt number. Out: `Ok` when the program exits 0; otherwise a
 //! transient [`SinkError`] (non-zero exit, killed after `timeout`), or a permanent one when the
-//! program cannot be started at all (not found, not executable). The environment carries
+//! program cannot be started at all (not found, not executable) or not for this event (its id or
+//! type holds a NUL byte, which no environment variable can carry). The environment carries
 //! `ATTIO_EVENT_ID`, `ATTIO_EVENT_TYPE` and `ATTIO_EVENT_ATTEMPT`. The program runs in its own
 //! process group so a timeout kills whatever it started too. Its output goes to the log,
 //! truncated: a chatty program must not flood the log or the daemon's memory.
@@ -40,6 +41,20 @@ impl CommandSink {
     }
 
     pub async fn deliver(&self, line: &SinkLine, attempt: u32) -> Result<(), SinkError> {
+        // An environment variable cannot hold a NUL byte, and no later attempt changes the
+        // event: a permanent failure of this one event, not an outage of the sink.
+        for (variable, value) in [
+            ("ATTIO_EVENT_ID", &*line.id),
+            ("ATTIO_EVENT_TYPE", &*line.event_type),
+        ] {
+            if value.contains('\0') {
+                return Err(SinkError::permanent(format!(
+                    "{variable} would be {:?}, which holds a NUL byte: an environment variable \
+                     cannot carry it, so the program cannot be run for this event",
+                    crate::event::printable(value)
+                )));
+            }
+        }
         let mut command = Command::new(&self.program);
         command
             .args(&self.args)

@@ -250,8 +250,36 @@ impl Sinks {
         self.sinks.get(name).map(|(sink, _)| sink)
     }
 
+    /// What reopens the file sinks (on SIGHUP), apart from the sinks themselves.
+    pub fn file_reopener(&self) -> FileReopener {
+        FileReopener(
+            self.sinks
+                .values()
+                .filter_map(|(sink, _)| match sink {
+                    Sink::Jsonl(writer) => Some(writer.clone()),
+                    _ => None,
+                })
+                .collect(),
+        )
+    }
+
     /// The sink's own `attempts`/`retry_*` keys (unset ones fall back to `[worker]`).
     pub fn retry(&self, name: &str) -> Option<&SinkRetrySettings> {
         self.sinks.get(name).map(|(_, retry)| retry)
+    }
+}
+
+/// Reopens every `jsonl` sink's file: what SIGHUP does, so that log rotation (`mv` or `rm`, then
+/// a signal) lets go of the old file at once.
+#[derive(Clone, Default)]
+pub struct FileReopener(Vec<LineWriter>);
+
+impl FileReopener {
+    /// Asks every file sink to reopen its path; returns how many there are.
+    pub fn reopen(&self) -> usize {
+        for writer in &self.0 {
+            writer.reopen();
+        }
+        self.0.len()
     }
 }

@@ -5,8 +5,9 @@
 //! has to reach. Out: for each of those sinks, the result of the one delivery made for the whole
 //! group. The first member with something to deliver leads: it waits until every member of the
 //! flight has arrived (their fetch answered them all at once, so this is quick; [`GATHER`]
-//! bounds it), builds one line per sink from the members that want that sink (the first one's
-//! line plus `changed_attributes` and `collapsed_event_ids`), delivers it, and tells the others
+//! bounds it), builds one line per sink from the members that want that sink, in the order they
+//! joined the fetch (the first one's line plus `changed_attributes` and
+//! `collapsed_event_ids`), delivers it, and tells the others
 //! how it went. A member records a sink as done only after the group's line reached it, so a
 //! crash at any point repeats a delivery rather than losing one.
 
@@ -33,6 +34,8 @@ pub type Results = HashMap<String, Result<(), SinkError>>;
 #[derive(Debug, Clone)]
 pub struct Member {
     pub event_id: String,
+    /// When it joined the shared fetch (see [`Joined::position`]): the order of the line.
+    pub position: usize,
     /// The changed attribute's slug (its id when the slug is unknown), if the event names one.
     pub attribute: Option<String>,
     /// The event's own line.
@@ -73,7 +76,8 @@ pub struct Collapser {
     groups: Arc<Mutex<HashMap<u64, Group>>>,
 }
 
-/// A group, gathered: every member that arrived (the leader first) and how to answer the others.
+/// A group, gathered: every member that arrived (in the order they joined the fetch) and how to
+/// answer the others.
 pub struct Gathered {
     pub members: Vec<Member>,
     followers: Vec<oneshot::Sender<Results>>,
@@ -150,10 +154,14 @@ impl Leader {
         let _ = tokio::time::timeout(GATHER, self.complete.notified()).await;
         let group = self.collapser.lock().remove(&self.flight);
         match group {
-            Some(group) => Gathered {
-                members: group.members,
-                followers: group.followers,
-            },
+            Some(mut group) => {
+                // In the order the events came, not the order they were answered in.
+                group.members.sort_by_key(|member| member.position);
+                Gathered {
+                    members: group.members,
+                    followers: group.followers,
+                }
+            }
             None => Gathered {
                 members: Vec::new(),
                 followers: Vec::new(),
@@ -207,6 +215,7 @@ mod tests {
         let json = serde_json::json!({"id": id, "event_type": "record.updated", "data": {"v": 1}});
         Member {
             event_id: id.to_string(),
+            position: 0,
             attribute: attribute.map(str::to_string),
             line: SinkLine {
                 id: Arc::from(id),
@@ -222,6 +231,7 @@ mod tests {
             leader: false,
             flight: number,
             members,
+            position: 0,
         }
     }
 

@@ -29,6 +29,7 @@ use tracing::Instrument;
 pub mod collapse;
 pub mod order;
 pub mod outage;
+pub mod unrecorded;
 
 use crate::config::{RetryPolicy, RouteEnrich, WorkerSettings};
 use crate::dedupe::{ClaimOutcome, DedupeStore};
@@ -171,6 +172,8 @@ pub struct Pipeline {
     pub collapser: collapse::Collapser,
     /// Dependencies that are down, logged once per outage rather than once per event.
     pub outages: outage::Outages,
+    /// Outcomes the journal could not record, and the pause while it cannot write.
+    pub unrecorded: unrecorded::Unrecorded,
 }
 
 pub struct Worker {
@@ -250,6 +253,11 @@ impl Worker {
                     }
                 }
                 None => {
+                    if let Some(until) = self.journal_paused().await {
+                        // The journal cannot write: leave it alone, and look again then.
+                        next_scan = until;
+                        continue;
+                    }
                     let found = self.scan(scan_limit, &permits, &tasks, &shutdown).await;
                     next_scan = tokio::time::Instant::now()
                         + if found >= scan_limit / 2 {
@@ -270,6 +278,34 @@ impl Worker {
                 in_flight = self.in_flight.len(),
                 "shutdown grace ran out; unfinished events stay in the journal and run after restart"
             );
+        }
+    }
+
+    /// While the journal cannot write (an outcome could not be recorded), until when to stay away
+    /// from it. Once the pause is over the journal is probed: a successful probe ends the
+    /// outage, a failed one pauses again, for longer.
+    async fn journal_paused(&self) -> Option<tokio::time::Instant> {
+        let unrecorded = &self.pipeline.unrecorded;
+        let until = unrecorded.paused_until()?;
+        if Instant::now() < until {
+            return Some(until.into());
+        }
+        let started = Instant::now();
+        match self.pipeline.journal.probe().await {
+            Ok(()) => {
+                unrecorded.write_succeeded();
+                self.pipeline.outages.journal.report_success(started);
+                None
+            }
+            Err(error) => {
+                unrecorded.write_failed();
+                self.pipeline
+                    .outages
+                    .journal
+                    .report_failure(started, &error);
+                tracing::debug!(%error, waiting = unrecorded.len(), "the journal still cannot write");
+                unrecorded.paused_until().map(Into::into)
+            }
         }
     }
 
@@ -342,7 +378,7 @@ impl Worker {
             "event",
             event_id = %event.id,
             delivery_key = %event.delivery_key,
-            event_type = %event.event_type,
+            event_type = %crate::event::printable(&event.event_type),
             request_id = event.request_id.as_deref().unwrap_or("-"),
         );
         tasks.spawn(
@@ -402,6 +438,9 @@ pub async fn process(
 }
 
 async fn attempt(pipeline: &Pipeline, event: &JournaledEvent, ticket: order::Ticket) -> Outcome {
+    // What an earlier attempt of this process did and the journal could not record.
+    let recalled = pipeline.unrecorded.recall(event);
+    let event = recalled.as_ref().unwrap_or(event);
     let started = Instant::now();
     let claim = pipeline.dedupe.claim(&event.id).await;
     if claim.is_ok() {
@@ -411,7 +450,9 @@ async fn attempt(pipeline: &Pipeline, event: &JournaledEvent, ticket: order::Tic
         Ok(ClaimOutcome::Fresh(token)) => token,
         Ok(ClaimOutcome::Duplicate) => {
             tracing::info!("already processed; skipping duplicate");
-            record(pipeline.journal.complete(&event.id).await);
+            let started = Instant::now();
+            let result = pipeline.journal.complete(&event.id).await;
+            record(pipeline, event, started, result, None);
             return Outcome::Duplicate;
         }
         Ok(ClaimOutcome::InProgress) => {
@@ -440,8 +481,12 @@ async fn attempt(pipeline: &Pipeline, event: &JournaledEvent, ticket: order::Tic
     // Enrich first (as much as the routes matching the type want), so that route filters can
     // also test the resolved names (`object`, `list`, `attribute`) and the fetched `data`.
     let wanted = pipeline.routes.enrichment_for(kind.as_str());
+    let settle = pipeline.routes.settle_for(kind.as_str());
     let started = Instant::now();
-    let enrichment = pipeline.enricher.enrich(&kind, &event.raw, wanted).await;
+    let enrichment = pipeline
+        .enricher
+        .enrich_settled(&kind, &event.raw, wanted, settle)
+        .await;
     let attio_outage = report_attio(pipeline, &enrichment, started);
     if enrichment.status == EnrichmentStatus::Failed && wanted == RouteEnrich::Required {
         if let Some(retry_in) = attio_down(pipeline, &enrichment) {
@@ -505,6 +550,7 @@ async fn attempt(pipeline: &Pipeline, event: &JournaledEvent, ticket: order::Tic
         group.as_ref().map(|shared| {
             let member = together.map(|(line, sinks)| collapse::Member {
                 event_id: event.id.clone(),
+                position: shared.position,
                 attribute: changed_attribute(&kind, event, &enrichment),
                 line: line.clone(),
                 sinks,
@@ -549,6 +595,7 @@ async fn attempt(pipeline: &Pipeline, event: &JournaledEvent, ticket: order::Tic
                 {
                     let member = collapse::Member {
                         event_id: event.id.clone(),
+                        position: 0,
                         attribute: changed_attribute(&kind, event, &enrichment),
                         line: line.clone(),
                         sinks: Vec::new(),
@@ -648,7 +695,9 @@ async fn attempt(pipeline: &Pipeline, event: &JournaledEvent, ticket: order::Tic
             pipeline.outages.dedupe.report_failure(started, &error);
             tracing::debug!(%error, "could not record the event as done in the dedupe store");
         }
-        record(pipeline.journal.complete(&event.id).await);
+        let started = Instant::now();
+        let result = pipeline.journal.complete(&event.id).await;
+        record(pipeline, event, started, result, Some(&progress));
         tracing::info!(sinks = progress.sinks_done.len(), "event delivered");
         return Outcome::Delivered {
             sinks: progress.sinks_done.len(),
@@ -677,12 +726,12 @@ async fn attempt(pipeline: &Pipeline, event: &JournaledEvent, ticket: order::Tic
             error = %progress.last_error,
             "event moved to the dead letters"
         );
-        record(
-            pipeline
-                .journal
-                .dead_letter_sinks(&event.id, &progress)
-                .await,
-        );
+        let started = Instant::now();
+        let result = pipeline
+            .journal
+            .dead_letter_sinks(&event.id, &progress)
+            .await;
+        record(pipeline, event, started, result, Some(&progress));
         return Outcome::DeadLettered;
     }
     // Several failing sinks: come back after the shortest of their backoffs.
@@ -704,12 +753,12 @@ async fn attempt(pipeline: &Pipeline, event: &JournaledEvent, ticket: order::Tic
         "event will be retried for the sinks that failed"
     );
     let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
-    record(
-        pipeline
-            .journal
-            .retry_sinks(&event.id, &progress, next)
-            .await,
-    );
+    let started = Instant::now();
+    let result = pipeline
+        .journal
+        .retry_sinks(&event.id, &progress, next)
+        .await;
+    record(pipeline, event, started, result, Some(&progress));
     Outcome::Retrying {
         attempts: progress.attempts,
     }
@@ -900,18 +949,37 @@ fn jittered(delay: Duration) -> Duration {
 
 async fn defer(pipeline: &Pipeline, event: &JournaledEvent, delay: Duration, error: Option<&str>) {
     let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
-    record(
-        pipeline
-            .journal
-            .reschedule(&event.id, event.attempts, next, error, &event.sinks_done)
-            .await,
-    );
+    let started = Instant::now();
+    let result = pipeline
+        .journal
+        .reschedule(&event.id, event.attempts, next, error, &event.sinks_done)
+        .await;
+    record(pipeline, event, started, result, None);
 }
 
-fn record(result: Result<(), crate::journal::JournalError>) {
-    if let Err(error) = result {
-        // The event stays pending in the journal and is picked up again by a later scan.
-        tracing::error!(%error, "could not record the event's outcome in the journal");
+/// Handles the journal's answer to recording an event's outcome (`progress`: which sinks took
+/// it, when any did). When the journal refused, the event stays pending there and a later scan
+/// finds it again: what the sinks took is kept in memory so that none is sent the event again,
+/// and the worker pauses while the journal cannot write, reported as one outage of the journal
+/// rather than an error per event.
+fn record(
+    pipeline: &Pipeline,
+    event: &JournaledEvent,
+    started: Instant,
+    result: Result<(), crate::journal::JournalError>,
+    progress: Option<&SinkProgress>,
+) {
+    match result {
+        // Whatever was kept is in the journal now: each of these writes carries the sinks done.
+        Ok(()) => pipeline.unrecorded.forget(&event.id),
+        Err(error) => {
+            if let Some(progress) = progress {
+                pipeline.unrecorded.remember(&event.id, progress);
+            }
+            pipeline.unrecorded.write_failed();
+            pipeline.outages.journal.report_failure(started, &error);
+            tracing::debug!(%error, "could not record the event's outcome in the journal; kept in memory until it can");
+        }
     }
 }
 

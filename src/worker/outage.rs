@@ -22,7 +22,7 @@ pub const SUMMARY_EVERY: Duration = Duration::from_secs(30);
 
 /// The outages the worker keeps track of.
 pub struct Outages {
-    /// Reading due events (the Redis journal lives in Redis too).
+    /// Reading due events (the Redis journal lives in Redis too) and recording their outcomes.
     pub journal: Outage,
     pub dedupe: Outage,
     pub attio: Outage,

@@ -423,3 +423,57 @@ async fn the_api_key_never_appears_in_errors_or_debug_output() {
     assert!(!shown.contains(API_KEY), "{shown}");
     let _shared: Arc<AttioClient> = Arc::new(client);
 }
+
+#[tokio::test]
+async fn with_the_shared_redis_unreachable_each_client_falls_back_to_its_own_limit() {
+    let fake = FakeAttio::start().await;
+    let rate = 10;
+    let settings = Settings::from_toml_layers(
+        "test",
+        &[
+            "[webhook]\nsecrets = [\"s\"]",
+            &fake.attio_toml(&format!("read_rate = {rate}")),
+        ],
+    )
+    .unwrap();
+    // Nothing listens there: every call of the shared limiter fails.
+    let nowhere = format!("redis://127.0.0.1:{}", crate::helpers::free_port());
+    let connection =
+        attio_webhooks::dedupe::redis::connect(&secrecy::SecretString::from(nowhere)).unwrap();
+    let client = AttioClient::with_rate_limit(
+        &settings.attio,
+        settings.attio.api_key.as_ref().unwrap(),
+        Some(attio_webhooks::attio::rate_limit::SharedRateLimit {
+            connection,
+            key_prefix: crate::helpers::unique_prefix(),
+        }),
+    )
+    .unwrap();
+    let requests = 25;
+    let mut tasks = Vec::new();
+    for _ in 0..requests {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            client.get_record(OBJECT, RECORD).await
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let mut instants: Vec<Instant> = fake.seen().iter().map(|s| s.instant).collect();
+    assert_eq!(instants.len(), requests);
+    instants.sort();
+    let busiest_window = (0..instants.len())
+        .map(|i| {
+            instants[i..]
+                .iter()
+                .take_while(|t| t.duration_since(instants[i]) < Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap();
+    assert!(
+        busiest_window <= rate,
+        "busiest one-second window {busiest_window}"
+    );
+}

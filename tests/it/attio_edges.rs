@@ -174,3 +174,86 @@ async fn the_events_of_one_record_in_a_delivery_keep_their_order_through_enrichm
     let app = TestApp::builder().toml(&fake.attio_toml("")).spawn().await;
     a_delivery_of_ten_keeps_each_records_order(&app).await;
 }
+
+const STAGE: &str = "41252299-f8c7-4b5e-99c9-4ff8321d2f96";
+const WEIGHTED: &str = "6f7b1c9e-2a55-4d43-9d0e-3f5b2b1a0c11";
+
+/// A `record.updated` of record 7 naming `attribute`, by `actor`.
+fn stage_change(attribute: &str, actor: Value) -> Vec<u8> {
+    delivery(vec![json!({
+        "event_type": "record.updated",
+        "id": {
+            "workspace_id": WORKSPACE_ID,
+            "object_id": DEALS,
+            "record_id": record_id(7),
+            "attribute_id": attribute
+        },
+        "actor": actor
+    })])
+}
+
+#[tokio::test]
+async fn a_stage_change_and_its_formula_recompute_a_second_later_reach_a_settling_route_as_one_line(
+) {
+    let fake = FakeAttio::start().await;
+    fake.set_slug(DEALS, "deals");
+    fake.set_slug(STAGE, "stage");
+    fake.set_slug(WEIGHTED, "weighted_value");
+    let dir = tempfile::tempdir().unwrap();
+    let settled = dir.path().join("settled.jsonl");
+    let people = dir.path().join("people.jsonl");
+    let app = TestApp::builder()
+        .toml(&fake.attio_toml(""))
+        .routes(&format!(
+            "[sinks.settled]\nkind = \"jsonl\"\npath = {:?}\n\
+             [sinks.people]\nkind = \"jsonl\"\npath = {:?}\n\
+             [[routes]]\nname = \"one line per edit\"\nevents = [\"record.updated\"]\n\
+             object = \"deals\"\nsettle = \"2500ms\"\nsinks = [\"settled\"]\n\
+             [[routes]]\nname = \"edits by people\"\nevents = [\"record.updated\"]\nsinks = [\"people\"]\n\
+             filter = {{ \"$and\" = [ {{ field = \"actor.type\", operator = \"not_equals\", value = \"system\" }} ] }}\n",
+            settled.display().to_string(),
+            people.display().to_string()
+        ))
+        .spawn()
+        .await;
+    // The member moves the deal's stage; about a second later Attio recomputes a formula
+    // attribute and sends a second record.updated from the system actor.
+    let member = json!({"type": "workspace-member", "id": ACTOR});
+    let edit = stage_change(STAGE, member);
+    assert_eq!(app.post_signed(&edit, Some("edit")).await.status(), 200);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let formula = stage_change(WEIGHTED, json!({"type": "system", "id": null}));
+    let second_sent = std::time::Instant::now();
+    assert_eq!(
+        app.post_signed(&formula, Some("formula")).await.status(),
+        200
+    );
+
+    let lines = wait_for_jsonl(&settled, 1, WAIT).await;
+    // Give a wrongly separate second line time to show up.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let lines = if lines.is_empty() {
+        lines
+    } else {
+        read_jsonl(&settled)
+    };
+    assert_eq!(lines.len(), 1, "one line for the edit: {lines:?}");
+    let line = &lines[0];
+    assert_eq!(
+        line["changed_attributes"],
+        json!(["stage", "weighted_value"])
+    );
+    assert_eq!(line["collapsed_event_ids"], json!(["edit:0", "formula:0"]));
+    assert_eq!(line["enrichment"], "ok");
+    let fetches: Vec<_> = fake.seen_under(&format!("/v2/objects/{DEALS}/records/"));
+    assert_eq!(fetches.len(), 1, "one fetch for both updates");
+    assert!(
+        fetches[0].instant >= second_sent,
+        "the record was read after the formula's update arrived"
+    );
+
+    // The other recipe: a filter on actor.type keeps only the member's own update.
+    let by_people = read_jsonl(&people);
+    assert_eq!(by_people.len(), 1, "{by_people:?}");
+    assert_eq!(by_people[0]["id"], "edit:0");
+}

@@ -400,7 +400,7 @@ fn the_contract_check_refuses_requests_that_break_the_spec() {
         request("POST", "/v2/webhooks", None, Some(http)),
         "target_url",
     );
-    // `$eq` is a myth (FACTS §7).
+    // `$eq` is a myth (docs/attio.md, "Guides that get it wrong").
     let myth = json!({"data": {"target_url": "https://example.com/a",
         "subscriptions": [{"event_type": "record.updated",
             "filter": {"$and": [{"field": "id.object_id", "operator": "$eq", "value": "x"}]}}]}});

@@ -1,12 +1,12 @@
 //! Enrichment in the running daemon: signed deliveries in, enriched lines out of the jsonl sink,
 //! with a fake Attio API on 127.0.0.1:0 behind `[attio] base_url`.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use crate::fake_attio::FakeAttio;
-use crate::helpers::{record_updated_body, TestApp};
+use crate::helpers::{record_updated_body, unique_prefix, TestApp};
 
 const WAIT: Duration = Duration::from_secs(15);
 const OBJECT: &str = "97052eb9-e65e-443f-a297-f2d9a4a7f795";
@@ -431,4 +431,61 @@ async fn updates_that_shared_a_fetch_reach_a_collapsing_route_as_one_line() {
     assert_eq!(record_fetches(&fake), 2, "one fetch per record");
     // Every event of the group is done, followers included: the backlog drains to zero.
     assert_eq!(app.wait_until_drained(WAIT).await, 0);
+}
+
+#[tokio::test]
+async fn three_replicas_sharing_redis_stay_within_attios_read_rate_together() {
+    let fake = FakeAttio::start().await;
+    fake.set_slug(OBJECT, "deals");
+    fake.set_slug(ATTRIBUTE, "stage");
+    let rate = 10;
+    let prefix = unique_prefix();
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(
+            TestApp::builder()
+                .redis_with_prefix(&prefix)
+                .toml(&fake.attio_toml(&format!("read_rate = {rate}")))
+                .spawn()
+                .await,
+        );
+    }
+    // Distinct records, so that no fetch is shared: each event costs one read at least.
+    let per_replica = 12;
+    for (index, replica) in replicas.iter().enumerate() {
+        for n in 0..per_replica {
+            let id = index * per_replica + n;
+            let response = replica
+                .post_signed(&record_updated_body(id), Some(&format!("{prefix}-{id}")))
+                .await;
+            assert_eq!(response.status(), 200);
+        }
+    }
+    for replica in &replicas {
+        let lines = replica
+            .wait_for_lines(per_replica, Duration::from_secs(60))
+            .await;
+        assert_eq!(lines.len(), per_replica);
+        assert!(
+            lines.iter().all(|line| line["enrichment"] == "ok"),
+            "{lines:?}"
+        );
+    }
+    // Every one-second window at Attio, whichever replica sent the requests in it.
+    let mut arrivals: Vec<Instant> = fake.seen().iter().map(|seen| seen.instant).collect();
+    arrivals.sort();
+    assert!(arrivals.len() >= 3 * per_replica);
+    let busiest_window = (0..arrivals.len())
+        .map(|first| {
+            arrivals[first..]
+                .iter()
+                .take_while(|at| at.duration_since(arrivals[first]) < Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    assert!(
+        busiest_window <= rate as usize,
+        "{busiest_window} requests in one second from three replicas, limit {rate}"
+    );
 }

@@ -71,6 +71,13 @@ impl TestAppBuilder {
         self
     }
 
+    /// Deduplicate on the real Redis under `prefix`, shared with other apps given the same one
+    /// (replicas).
+    pub fn redis_with_prefix(mut self, prefix: &str) -> Self {
+        self.redis_prefix = Some(prefix.to_string());
+        self
+    }
+
     /// Extra TOML appended to the test settings (may add sections, not repeat them).
     pub fn toml(mut self, extra: &str) -> Self {
         self.extra_toml.push_str(extra);

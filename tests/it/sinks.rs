@@ -468,6 +468,74 @@ async fn a_command_exiting_non_zero_is_retried() {
     }
 }
 
+#[tokio::test]
+async fn a_nul_in_the_event_type_fails_that_one_event_at_the_command_sink_and_is_listed_escaped() {
+    let out = tempfile::tempdir().unwrap();
+    let script = format!(
+        "cat > /dev/null; echo \"$ATTIO_EVENT_ID\" >> '{dir}/ran'",
+        dir = out.path().display()
+    );
+    let sinks = format!(
+        "{}{}",
+        command_sink("script", &script, "attempts = 5\nretry_initial = \"50ms\""),
+        route(&["script"])
+    );
+    let app = TestApp::builder().routes(&sinks).spawn().await;
+    let body = String::from_utf8(record_updated_body(1))
+        .unwrap()
+        .replace("\"record.updated\"", "\"record.\\u0000updated\"");
+    let response = app.post_signed(body.as_bytes(), Some("nul")).await;
+    assert_eq!(response.status(), 200, "a signed delivery is accepted");
+    let letter = wait_for_dead_letter(&app.storage, "nul:0")
+        .await
+        .expect("dead-lettered");
+    assert_eq!(
+        letter.sink_attempts.get("script"),
+        Some(&1),
+        "a permanent failure: not retried as if the sink were down"
+    );
+    let error = letter.last_error.clone().unwrap_or_default();
+    assert!(error.contains("NUL"), "{error}");
+
+    // The sink itself is fine: the next event runs the program.
+    app.post_signed(&record_updated_body(2), Some("after"))
+        .await;
+    let deadline = Instant::now() + WAIT;
+    while !std::fs::read_to_string(out.path().join("ran"))
+        .unwrap_or_default()
+        .contains("after:0")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the next event was not delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let config = out.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\npath = {:?}\n{sinks}",
+            app.storage.display().to_string()
+        ),
+    )
+    .unwrap();
+    let (code, table, stderr) = dead_letters(&config, out.path(), &["list"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        !table.contains('\0'),
+        "no raw NUL on the terminal: {table:?}"
+    );
+    assert!(table.contains("record.\\u{0}updated"), "{table}");
+    let (code, shown, _) = dead_letters(&config, out.path(), &["show", "nul:0"]);
+    assert_eq!(code, 0);
+    assert!(
+        !shown.contains('\0') && shown.contains("record.\\u0000updated"),
+        "{shown}"
+    );
+}
+
 /// Runs `attio-webhooks dead-letters ...` to completion: (exit code, stdout, stderr).
 fn dead_letters(config: &Path, dir: &Path, args: &[&str]) -> (i32, String, String) {
     let output = Command::new(crate::helpers::binary())

@@ -1,20 +1,26 @@
-//! Fault tests (issue 6): the daemon under SIGKILL, a Redis outage, a flaky Attio and a sink that
-//! is down, plus the regression tests of the bugs these faults uncovered.
+//! Fault tests (issues 6 and 12): the daemon under SIGKILL, a Redis outage, a flaky Attio, a sink
+//! that is down, full disks and rotated sink files, plus the regression tests of the bugs these
+//! faults uncovered.
 //!
 //! The suite runs quick versions. `scripts/faults.sh` runs the same tests with the issue's
 //! numbers, through these environment variables (docs/testing.md):
 //! - `FAULTS_DELIVERIES` (default 2000): deliveries sent during the SIGKILL test;
 //! - `FAULTS_KILLS` (default 3): SIGKILLs during that load;
 //! - `FAULTS_REDIS_PAUSE` (default `4s`): how long Redis stays stopped;
-//! - `FAULTS_ATTIO_EVENTS` (default 60): events enriched through the flaky fake Attio.
+//! - `FAULTS_ATTIO_EVENTS` (default 60): events enriched through the flaky fake Attio;
+//! - `FAULTS_FULL_DISK_EVENTS` (default 20), `FAULTS_FULL_SINK_EVENTS` (default 10): events
+//!   waiting while the journal's or the sink's disk is full;
+//! - `FAULTS_FULL_DISK_FOR` (default `3s`): how long the disk stays full.
 //!
 //! Each scenario prints one line `FAULTS <scenario> key=value ...` with its figures, which the
 //! script collects.
 
 mod flaky_attio;
+mod full_disk;
 mod journal_scan;
 mod outage_logs;
 mod redis_outage;
+mod rotation;
 mod sigkill;
 mod sink_down;
 mod takeover;
@@ -325,4 +331,70 @@ pub fn jsonl_sink(path: &Path) -> String {
 
 pub fn sink_path(dir: &Path) -> PathBuf {
     dir.join("events.jsonl")
+}
+
+/// A small tmpfs, mounted for a full-disk test and unmounted when dropped, also when the test
+/// fails. Mounting needs root (CI runs as root).
+pub struct Tmpfs {
+    pub path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (`mount -o size=`, such as `2m`), or says why the test is skipped
+    /// and returns `None` when this machine does not allow it.
+    pub fn mount(size: &str, test: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().unwrap();
+        let output = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .output();
+        match output {
+            Ok(output) if output.status.success() => Some(Tmpfs {
+                path: dir.path().to_path_buf(),
+                _dir: dir,
+            }),
+            Ok(output) => {
+                println!(
+                    "SKIPPED {test}: cannot mount a tmpfs (needs root): {}",
+                    String::from_utf8_lossy(&output.stderr).trim()
+                );
+                None
+            }
+            Err(error) => {
+                println!("SKIPPED {test}: cannot run mount: {error}");
+                None
+            }
+        }
+    }
+
+    /// Fills the filesystem to its last byte with a file `filler`, which [`Tmpfs::free`] removes.
+    pub fn fill(&self) {
+        use std::io::Write;
+        let mut filler = std::fs::File::create(self.path.join("filler")).unwrap();
+        let chunk = vec![0u8; 4096];
+        while filler.write_all(&chunk).is_ok() {}
+        while filler.write_all(&chunk[..1]).is_ok() {}
+    }
+
+    /// Gives back what [`Tmpfs::fill`] took.
+    pub fn free(&self) {
+        std::fs::remove_file(self.path.join("filler")).unwrap();
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazy: a daemon still holding a file open there must not keep the mount behind.
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
 }
