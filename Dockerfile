@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # Build: docker build -t attio-webhooks .
-# Run:   docker run -p 8080:8080 -e ATTIO_WEBHOOK_SECRET=... -v attio-data:/data attio-webhooks
+# Run:   docker run -p 8080:8080 -e ATTIO_WEBHOOK_SECRET=... -e ATTIO_API_KEY=... \
+#          -v attio-data:/data attio-webhooks
 
 FROM rust:1-slim-bookworm AS build
 RUN apt-get update && apt-get install -y --no-install-recommends pkg-config libssl-dev \
@@ -18,12 +19,14 @@ RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin attio-w
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libssl3 curl \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin attio
+    && groupadd --system --gid 10001 attio \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /app --shell /usr/sbin/nologin attio
 WORKDIR /app
 COPY --from=build /src/target/release/attio-webhooks /usr/local/bin/attio-webhooks
 COPY config ./config
-RUN mkdir -p /data && chown attio /data
-USER attio
+RUN mkdir -p /data && chown 10001:10001 /data
+# Numeric, and the same as runAsUser/runAsGroup in deploy/kubernetes (runAsNonRoot checks it).
+USER 10001:10001
 ENV APP_ENV=production \
     ATTIO_WEBHOOKS__SERVER__LISTEN=0.0.0.0:8080 \
     ATTIO_WEBHOOKS__STORAGE__PATH=/data

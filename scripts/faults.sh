@@ -15,6 +15,9 @@ export FAULTS_DELIVERIES="${FAULTS_DELIVERIES:-20000}"
 export FAULTS_KILLS="${FAULTS_KILLS:-10}"
 export FAULTS_REDIS_PAUSE="${FAULTS_REDIS_PAUSE:-20s}"
 export FAULTS_ATTIO_EVENTS="${FAULTS_ATTIO_EVENTS:-300}"
+export FAULTS_SLOW_CLIENTS="${FAULTS_SLOW_CLIENTS:-1100}"
+export FAULTS_OPEN_FILES="${FAULTS_OPEN_FILES:-1024}"
+export FAULTS_SLOW_HOLD="${FAULTS_SLOW_HOLD:-30s}"
 export FAULTS_FULL_DISK_EVENTS="${FAULTS_FULL_DISK_EVENTS:-20}"
 export FAULTS_FULL_SINK_EVENTS="${FAULTS_FULL_SINK_EVENTS:-50}"
 export FAULTS_FULL_DISK_FOR="${FAULTS_FULL_DISK_FOR:-15s}"
@@ -22,7 +25,7 @@ export FAULTS_FULL_DISK_FOR="${FAULTS_FULL_DISK_FOR:-15s}"
 scenarios=("$@")
 if [ ${#scenarios[@]} -eq 0 ]; then
     scenarios=(sigkill redis_outage flaky_attio sink_down journal_scan takeover torn_line outage_logs
-        full_journal_disk full_sink_disk rotation)
+        full_journal_disk full_sink_disk rotation slow_clients)
 fi
 
 # The test filter of a scenario: its file under tests/it/faults/, or one test of a shared file.

@@ -9,8 +9,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::future::IntoFuture;
-
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -19,11 +17,20 @@ use crate::attio::AttioClient;
 use crate::config::{QueueBackend, Settings};
 use crate::dedupe::{self, ClaimOwner, DedupeStore, EmbeddedDedupe, RedisDedupe};
 use crate::enrich::Enricher;
+use crate::ingress::connections::{self, ConnectionLimits};
 use crate::ingress::{self, IngressState};
 use crate::journal::{Journal, JournalLock, RedisJournal, SqliteJournal};
 use crate::routing::{closest_event_type, RouteTable};
 use crate::sinks::{FileReopener, Sinks};
 use crate::worker::{self, Pipeline, Worker};
+
+/// Connections open at once on the admin listener (probes, metrics): enough for every scraper
+/// and probe, and it leaves the open-files limit to the webhook listener.
+pub const ADMIN_MAX_CONNECTIONS: usize = 64;
+
+/// Descriptors kept for what is not a connection: the journal, sink files, outgoing connections
+/// to Attio, Redis and sinks, command sinks' pipes.
+const DESCRIPTORS_FOR_THE_REST: u64 = 256;
 
 /// How often expired delivery keys are purged.
 const PURGE_INTERVAL: Duration = Duration::from_secs(3600);
@@ -32,10 +39,12 @@ const PURGE_INTERVAL: Duration = Duration::from_secs(3600);
 pub enum StartError {
     #[error("{0}")]
     Config(#[from] crate::config::ConfigError),
-    #[error("cannot listen on {addr}: {source} (is another process using it? set --listen or server.listen)")]
+    #[error("cannot listen on {addr}: {source} (is another process using it? set {setting})")]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
+        /// The setting that chose the address, for the hint.
+        setting: &'static str,
     },
     #[error("{0}")]
     Journal(#[from] crate::journal::JournalError),
@@ -72,14 +81,24 @@ impl Application {
         let addr = settings.listen_addr()?;
         let listener = TcpListener::bind(addr)
             .await
-            .map_err(|source| StartError::Bind { addr, source })?;
+            .map_err(|source| StartError::Bind {
+                addr,
+                source,
+                setting: "--listen or server.listen",
+            })?;
 
         let admin_listener = match settings.admin_addr()? {
-            Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| StartError::Bind { addr, source })?,
-            ),
+            Some(addr) => {
+                Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| StartError::Bind {
+                            addr,
+                            source,
+                            setting: "admin.listen",
+                        })?,
+                )
+            }
             None => None,
         };
 
@@ -144,6 +163,9 @@ impl Application {
                 }
             }
         }
+        for warning in settings.unused_sinks() {
+            tracing::warn!("{warning}");
+        }
         let attio = build_attio_client(&settings, shared_rate_limit)?;
         let sinks = Sinks::open_with(&sink_settings, attio.as_ref())?;
         sinks.prepare().await;
@@ -175,11 +197,12 @@ impl Application {
         let state = Arc::new(IngressState {
             secrets: settings.webhook.secrets.clone(),
             body_limit: settings.server.body_limit,
+            body_read_timeout: settings.server.body_read_timeout,
             max_backlog: settings.queue.max_backlog,
             journal: journal.clone(),
             handoff,
             dedupe: dedupe.clone(),
-            metrics_on_main: admin_listener.is_none(),
+            metrics_on_main: settings.metrics_on_main_listener(),
         });
         crate::metrics::handle();
         let router = ingress::router(&settings.server.path, state.clone());
@@ -242,6 +265,14 @@ impl Application {
             enrichment = settings.attio.api_key.is_some(),
             "attio-webhooks listening"
         );
+        let admin_addr = admin
+            .as_ref()
+            .and_then(|(listener, _)| listener.local_addr().ok());
+        if let Some(addr) = admin_addr {
+            tracing::info!(listen = %addr, "admin listener (metrics, probes)");
+        }
+        log_metrics_location(&settings, listener.local_addr()?, admin_addr);
+        check_open_files_limit(&settings, admin_addr.is_some());
 
         let sync_stop = CancellationToken::new();
         let sync_task =
@@ -255,33 +286,37 @@ impl Application {
             settings.dedupe.done_ttl,
             upkeep_stop.clone(),
         ));
+        let metrics_upkeep = tokio::spawn(metrics_upkeep(upkeep_stop.clone()));
 
+        let limits = ConnectionLimits {
+            header_read_timeout: settings.server.header_read_timeout,
+            idle_timeout: settings.server.idle_timeout,
+            max_connections: settings.server.max_connections,
+        };
         let admin_task = admin.map(|(listener, router)| {
-            if let Ok(addr) = listener.local_addr() {
-                tracing::info!(listen = %addr, "admin listener (metrics, probes)");
-            }
-            let stop = shutdown.clone();
-            tokio::spawn(async move {
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .await
-            })
+            let admin_limits = ConnectionLimits {
+                max_connections: ADMIN_MAX_CONNECTIONS.min(limits.max_connections),
+                ..limits
+            };
+            tokio::spawn(connections::serve(
+                "admin",
+                listener,
+                router,
+                admin_limits,
+                shutdown.clone(),
+            ))
         });
-        let server_shutdown = shutdown.clone();
-        let serve = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { server_shutdown.cancelled().await })
-            .into_future();
+        let serve = connections::serve("main", listener, router, limits, shutdown.clone());
         tokio::pin!(serve);
         // In-flight requests get the same grace as in-flight events; a client that keeps a
         // request open longer does not hold the shutdown up.
         let grace = settings.worker.shutdown_grace;
-        let served = tokio::select! {
-            served = &mut serve => served,
+        tokio::select! {
+            () = &mut serve => {}
             _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
                 tracing::warn!("in-flight requests did not finish within the shutdown grace");
-                Ok(())
             }
-        };
+        }
         tracing::info!("ingress stopped; draining the worker");
         // A scheduled sync stops after the page it is writing (its checkpoint is committed).
         sync_stop.cancel();
@@ -296,6 +331,7 @@ impl Application {
         }
         upkeep_stop.cancel();
         let _ = upkeep.await;
+        let _ = metrics_upkeep.await;
         if let Some(task) = admin_task {
             task.abort();
         }
@@ -303,7 +339,47 @@ impl Application {
         journal.close().await;
         drop(journal_lock);
         tracing::info!("shutdown complete");
-        served
+        Ok(())
+    }
+}
+
+/// Says at start where `/metrics` can be scraped, or why it is served nowhere.
+fn log_metrics_location(settings: &Settings, main: SocketAddr, admin: Option<SocketAddr>) {
+    let mut places: Vec<String> = Vec::new();
+    if let Some(admin) = admin {
+        places.push(format!("http://{admin}/metrics"));
+    }
+    if settings.metrics_on_main_listener() {
+        places.push(format!("http://{main}/metrics"));
+    }
+    if places.is_empty() {
+        tracing::warn!(
+            "/metrics is not served: with APP_ENV=production it is served only on admin.listen; \
+             set admin.listen (or server.metrics = true to serve it on server.listen)"
+        );
+    } else {
+        tracing::info!(at = %places.join(" and "), "metrics");
+    }
+}
+
+/// Raises the open-files limit where the hard limit allows, and warns when the connection caps
+/// do not fit under it: `accept` would then fail (EMFILE) before the cap is reached.
+fn check_open_files_limit(settings: &Settings, admin: bool) {
+    let Some(limit) = connections::raise_open_files_limit() else {
+        return;
+    };
+    let admin_connections = if admin { ADMIN_MAX_CONNECTIONS } else { 0 };
+    let needed =
+        (settings.server.max_connections + admin_connections) as u64 + DESCRIPTORS_FOR_THE_REST;
+    if needed > limit {
+        tracing::warn!(
+            open_files_limit = limit,
+            max_connections = settings.server.max_connections,
+            "server.max_connections does not fit under the open-files limit with the daemon's \
+             other files; when descriptors run out, accepting pauses until connections close. \
+             Raise the limit (ulimit -n, LimitNOFILE= under systemd) to at least {needed}, or \
+             lower server.max_connections"
+        );
     }
 }
 
@@ -409,6 +485,20 @@ async fn upkeep(journal: Journal, keep: Duration, stop: CancellationToken) {
                     Err(error) => tracing::warn!(%error, "purge of expired keys failed"),
                 }
             }
+        }
+    }
+}
+
+/// Folds histogram samples into their buckets every [`crate::metrics::UPKEEP_INTERVAL`]: without
+/// it the recorder keeps every sample until the next scrape, and a daemon nobody scrapes grows
+/// for ever.
+async fn metrics_upkeep(stop: CancellationToken) {
+    let mut interval = tokio::time::interval(crate::metrics::UPKEEP_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = interval.tick() => crate::metrics::run_upkeep(),
         }
     }
 }

@@ -90,6 +90,22 @@ pub struct ServerSettings {
     pub listen: String,
     pub path: String,
     pub body_limit: usize,
+    /// Time for a request's headers to arrive, from the accept (or, on a kept-alive connection,
+    /// from the next request's first byte).
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Time for the webhook's body to arrive once its headers have.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// How long a kept-alive connection may wait, with no request in progress, for its next one.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Connections open at once on this listener; at the cap new ones wait in the listen queue.
+    pub max_connections: usize,
+    /// Serve `/metrics` on this listener too. Unset: yes, unless `admin.listen` is set or
+    /// `APP_ENV=production`.
+    #[serde(default)]
+    pub metrics: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -104,6 +120,7 @@ pub struct WebhookSettings {
 pub struct StorageSettings {
     pub path: PathBuf,
     /// When a commit reaches the disk; see [`SyncMode`].
+    #[serde(deserialize_with = "choice")]
     pub sync: SyncMode,
 }
 
@@ -124,6 +141,7 @@ pub enum SyncMode {
 #[serde(deny_unknown_fields)]
 pub struct QueueSettings {
     /// Where accepted deliveries wait for the worker.
+    #[serde(deserialize_with = "choice")]
     pub backend: QueueBackend,
     pub max_backlog: u64,
     pub channel_capacity: usize,
@@ -149,22 +167,22 @@ pub struct WorkerSettings {
     pub enabled: bool,
     pub concurrency: usize,
     pub max_attempts: u32,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub retry_initial: Duration,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub retry_max: Duration,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub poll_interval: Duration,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub shutdown_grace: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DedupeSettings {
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub claim_lease: Duration,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub done_ttl: Duration,
 }
 
@@ -198,6 +216,7 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
+    #[serde(deserialize_with = "choice")]
     pub format: LogFormat,
     pub level: String,
     /// Lines `serve` may hold for its log-writing thread before it drops new ones (counted in
@@ -215,27 +234,27 @@ pub struct AttioSettings {
     /// Bearer token (`ATTIO_API_KEY`). None: enrichment is disabled, events still flow.
     #[serde(default, serialize_with = "redact_optional_secret")]
     pub api_key: Option<SecretString>,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub connect_timeout: Duration,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub request_timeout: Duration,
     /// Read requests (GET) per second, shared by the whole process (and with Redis, by replicas).
     pub read_rate: u32,
     /// Write requests (POST/PATCH/DELETE) per second, shared the same way.
     pub write_rate: u32,
     /// First retry delay of a transient failure; doubles each time, full jitter.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub retry_initial: Duration,
     /// Largest delay between two tries of one request.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub retry_max_delay: Duration,
     /// Longest time one request may spend retrying before its error is returned.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub retry_total: Duration,
     /// Consecutive failures (5xx, timeouts, connection errors) that open the circuit breaker.
     pub breaker_threshold: u32,
     /// How long the open breaker refuses requests before one probe is let through.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub breaker_cooldown: Duration,
 }
 
@@ -245,10 +264,10 @@ pub struct AttioSettings {
 pub struct EnrichmentSettings {
     /// `record.updated` / `list-entry.updated` events of one record or entry that arrive within
     /// this window share one fetch.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub coalesce_window: Duration,
     /// How long resolved object, list and attribute slugs are kept.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub schema_ttl: Duration,
 }
 
@@ -324,13 +343,13 @@ pub struct SinkRetrySettings {
     pub attempts: Option<u32>,
     #[serde(
         default,
-        with = "humantime_serde",
+        with = "duration::optional",
         skip_serializing_if = "Option::is_none"
     )]
     pub retry_initial: Option<Duration>,
     #[serde(
         default,
-        with = "humantime_serde",
+        with = "duration::optional",
         skip_serializing_if = "Option::is_none"
     )]
     pub retry_max: Option<Duration>,
@@ -351,8 +370,21 @@ impl<'de> Deserialize<'de> for SinkSettings {
                 retry.insert(key.to_string(), value);
             }
         }
-        let retry = SinkRetrySettings::deserialize(serde_json::Value::Object(retry))
-            .map_err(D::Error::custom)?;
+        let retry = SinkRetrySettings::deserialize(serde_json::Value::Object(retry.clone()))
+            .map_err(|error| {
+                // Name the key that failed: serde_json's message does not.
+                let key = retry
+                    .iter()
+                    .find(|(key, value)| {
+                        let one = serde_json::Map::from_iter([((*key).clone(), (*value).clone())]);
+                        SinkRetrySettings::deserialize(serde_json::Value::Object(one)).is_err()
+                    })
+                    .map(|(key, _)| key.clone());
+                match key {
+                    Some(key) => D::Error::custom(format!("`{key}` {error}")),
+                    None => D::Error::custom(error),
+                }
+            })?;
         let kind =
             SinkKind::deserialize(serde_json::Value::Object(table)).map_err(D::Error::custom)?;
         Ok(SinkSettings { kind, retry })
@@ -410,7 +442,7 @@ pub struct HttpSinkSettings {
     /// Static headers sent with every request (values may be credentials: never logged).
     #[serde(default, serialize_with = "redact_secret_values")]
     pub headers: BTreeMap<String, SecretString>,
-    #[serde(default = "default_http_timeout", with = "humantime_serde")]
+    #[serde(default = "default_http_timeout", with = "duration")]
     pub timeout: Duration,
     /// Requests in flight to this sink at most; unlimited when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -451,7 +483,7 @@ pub struct CommandSinkSettings {
     pub program: String,
     #[serde(default)]
     pub args: Vec<String>,
-    #[serde(default = "default_command_timeout", with = "humantime_serde")]
+    #[serde(default = "default_command_timeout", with = "duration")]
     pub timeout: Duration,
 }
 
@@ -507,7 +539,7 @@ pub struct RouteSettings {
     /// line. Implies `collapse`. Checked by [`crate::routing::RouteTable::compile`].
     #[serde(
         default,
-        with = "humantime_serde",
+        with = "duration::optional",
         skip_serializing_if = "Option::is_none"
     )]
     pub settle: Option<Duration>,
@@ -547,23 +579,19 @@ impl Settings {
     }
 
     fn load_unvalidated(options: &LoadOptions) -> Result<Settings, ConfigError> {
-        let environment = std::env::var("APP_ENV").unwrap_or_else(|_| "development".to_string());
         let config_dir = options
             .config_dir
             .clone()
             .or_else(|| std::env::var_os("APP_CONFIG_DIR").map(PathBuf::from))
             .unwrap_or_else(|| PathBuf::from("config"));
+        let environment = resolve_environment(std::env::var("APP_ENV").ok(), &config_dir)?;
 
-        let mut builder = config::Config::builder()
-            .add_source(config::File::from_str(
-                EMBEDDED_DEFAULTS,
-                config::FileFormat::Toml,
-            ))
-            .add_source(file_source(&config_dir.join("default.toml"), false))
-            .add_source(file_source(
-                &config_dir.join(format!("{environment}.toml")),
-                false,
-            ));
+        // The layers after the embedded defaults, in the order they apply; kept so that an error
+        // can say which one a bad key came from.
+        let mut layers = vec![
+            Layer::File(config_dir.join("default.toml")),
+            Layer::File(config_dir.join(format!("{environment}.toml"))),
+        ];
         if let Some(file) = &options.config_file {
             if !file.is_file() {
                 return Err(ConfigError::Load(format!(
@@ -571,36 +599,46 @@ impl Settings {
                     file.display()
                 )));
             }
-            builder = builder.add_source(file_source(file, true));
+            layers.push(Layer::File(file.clone()));
         }
-        builder = builder.add_source(
-            config::Environment::with_prefix(ENV_PREFIX)
-                .prefix_separator("__")
-                .separator("__")
-                .list_separator(",")
-                .with_list_parse_key("webhook.secrets")
-                .try_parsing(true),
-        );
+        layers.push(Layer::Environment);
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            EMBEDDED_DEFAULTS,
+            config::FileFormat::Toml,
+        ));
+        for layer in &layers {
+            builder = match layer {
+                Layer::File(path) => builder.add_source(file_source(path, false)),
+                Layer::Environment => builder.add_source(environment_source()),
+                Layer::Variable { .. } => builder,
+            };
+        }
         // The well-known variables users expect, applied last.
-        if let Ok(secrets) = std::env::var("ATTIO_WEBHOOK_SECRET") {
-            // Entries are trimmed by `normalize`, with those of every other layer.
-            let list: Vec<String> = secrets.split(',').map(str::to_string).collect();
-            builder = builder
-                .set_override("webhook.secrets", list)
-                .map_err(load_error)?;
-        }
-        if let Ok(key) = std::env::var("ATTIO_API_KEY") {
-            builder = builder
-                .set_override("attio.api_key", key)
-                .map_err(|e| ConfigError::Load(e.to_string()))?;
-        }
-        if let Ok(url) = std::env::var("REDIS_URL") {
-            builder = builder.set_override("redis.url", url).map_err(load_error)?;
+        for (variable, key) in WELL_KNOWN_VARIABLES {
+            let Ok(value) = std::env::var(variable) else {
+                continue;
+            };
+            builder = if key == "webhook.secrets" {
+                // Entries are trimmed by `normalize`, with those of every other layer.
+                let list: Vec<String> = value.split(',').map(str::to_string).collect();
+                builder.set_override(key, list)
+            } else {
+                builder.set_override(key, value)
+            }
+            .map_err(load_error)?;
+            layers.push(Layer::Variable { variable, key });
         }
         let raw = builder.build().map_err(load_error)?;
-        let mut settings: Settings = raw.try_deserialize().map_err(load_error)?;
+        let mut settings: Settings = raw
+            .try_deserialize()
+            .map_err(|error| deserialize_error(error, &layers))?;
         settings.environment = environment;
         settings.normalize();
+        if let Ok(filter) = std::env::var("RUST_LOG") {
+            check_log_filter(&filter).map_err(|problem| {
+                ConfigError::invalid("RUST_LOG", format!("(which overrides log.level) {problem}"))
+            })?;
+        }
         Ok(settings)
     }
 
@@ -619,7 +657,9 @@ impl Settings {
             builder = builder.add_source(config::File::from_str(layer, config::FileFormat::Toml));
         }
         let raw = builder.build().map_err(load_error)?;
-        let mut settings: Settings = raw.try_deserialize().map_err(load_error)?;
+        let mut settings: Settings = raw
+            .try_deserialize()
+            .map_err(|error| deserialize_error(error, &[]))?;
         settings.environment = environment.to_string();
         settings.normalize();
         settings.validate()?;
@@ -690,6 +730,27 @@ impl Settings {
                 "must be greater than 0 (bytes)",
             ));
         }
+        for (key, value) in [
+            (
+                "server.header_read_timeout",
+                self.server.header_read_timeout,
+            ),
+            ("server.body_read_timeout", self.server.body_read_timeout),
+            ("server.idle_timeout", self.server.idle_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::invalid(
+                    key,
+                    "must be longer than 0 (for example \"10s\")",
+                ));
+            }
+        }
+        if self.server.max_connections == 0 {
+            return Err(ConfigError::invalid(
+                "server.max_connections",
+                "must be greater than 0",
+            ));
+        }
         if self.log.queue_lines == 0 {
             return Err(ConfigError::invalid(
                 "log.queue_lines",
@@ -699,7 +760,7 @@ impl Settings {
         if for_daemon && self.webhook.secrets.is_empty() {
             return Err(ConfigError::NoSecret);
         }
-        if self.environment == "production" && self.uses_development_secret() {
+        if self.is_production() && self.uses_development_secret() {
             return Err(ConfigError::DevelopmentSecretInProduction);
         }
         if self.storage.path.as_os_str().is_empty() {
@@ -736,7 +797,11 @@ impl Settings {
         {
             return Err(ConfigError::invalid(
                 "worker.retry_initial",
-                "must be greater than 0 and not above worker.retry_max",
+                format!(
+                    "is {}; it must be greater than 0 and not above worker.retry_max ({})",
+                    show(self.worker.retry_initial),
+                    show(self.worker.retry_max)
+                ),
             ));
         }
         if self.worker.poll_interval.is_zero() {
@@ -748,13 +813,21 @@ impl Settings {
         if self.dedupe.claim_lease < Duration::from_secs(1) {
             return Err(ConfigError::invalid(
                 "dedupe.claim_lease",
-                "must be at least 1s",
+                format!(
+                    "is {}; it must be at least 1s",
+                    show(self.dedupe.claim_lease)
+                ),
             ));
         }
         if self.dedupe.done_ttl < self.dedupe.claim_lease {
             return Err(ConfigError::invalid(
                 "dedupe.done_ttl",
-                "must be longer than dedupe.claim_lease (Attio retries for about 3 days: keep 4d)",
+                format!(
+                    "is {}; it must be longer than dedupe.claim_lease ({}) (Attio retries for \
+                     about 3 days: keep 4d)",
+                    show(self.dedupe.done_ttl),
+                    show(self.dedupe.claim_lease)
+                ),
             ));
         }
         if let Some(url) = &self.redis.url {
@@ -787,12 +860,8 @@ impl Settings {
                 ));
             }
         }
-        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
-            return Err(ConfigError::invalid(
-                "log.level",
-                format!("is not a valid tracing filter: {:?}", self.log.level),
-            ));
-        }
+        check_log_filter(&self.log.level)
+            .map_err(|problem| ConfigError::invalid("log.level", problem))?;
         self.validate_attio()?;
         for (name, sink) in &self.effective_sinks() {
             if name.is_empty() {
@@ -863,7 +932,11 @@ impl Settings {
         if attio.retry_max_delay < attio.retry_initial {
             return Err(ConfigError::invalid(
                 "attio.retry_max_delay",
-                "must not be below attio.retry_initial",
+                format!(
+                    "is {}; it must not be below attio.retry_initial ({})",
+                    show(attio.retry_max_delay),
+                    show(attio.retry_initial)
+                ),
             ));
         }
         if attio.breaker_threshold == 0 {
@@ -873,13 +946,22 @@ impl Settings {
             ));
         }
         // An event's claim must outlive its enrichment, or another worker could take it over.
-        if attio.retry_total + attio.request_timeout + self.enrichment.coalesce_window
-            >= self.dedupe.claim_lease
-        {
+        let enrichment_time =
+            attio.retry_total + attio.request_timeout + self.enrichment.coalesce_window;
+        if enrichment_time >= self.dedupe.claim_lease {
             return Err(ConfigError::invalid(
                 "attio.retry_total",
-                "plus attio.request_timeout and enrichment.coalesce_window must stay below \
-                 dedupe.claim_lease",
+                format!(
+                    "({}) plus attio.request_timeout ({}) and enrichment.coalesce_window ({}) is \
+                     {}, which must stay below dedupe.claim_lease ({}): raise \
+                     dedupe.claim_lease above {} or lower attio.retry_total",
+                    show(attio.retry_total),
+                    show(attio.request_timeout),
+                    show(self.enrichment.coalesce_window),
+                    show(enrichment_time),
+                    show(self.dedupe.claim_lease),
+                    show(enrichment_time)
+                ),
             ));
         }
         Ok(())
@@ -910,6 +992,20 @@ impl Settings {
                 format!("is not an address like 127.0.0.1:9090: {listen:?}"),
             )
         })
+    }
+
+    /// Whether `/metrics` is served on the main listener: when `server.metrics` says so, else
+    /// only outside production and when no admin listener takes it.
+    pub fn metrics_on_main_listener(&self) -> bool {
+        match self.server.metrics {
+            Some(explicit) => explicit,
+            None => !self.is_production() && self.admin.listen.trim().is_empty(),
+        }
+    }
+
+    /// Whether the production guard applies (`APP_ENV=production`, in any case).
+    pub fn is_production(&self) -> bool {
+        self.environment.eq_ignore_ascii_case("production")
     }
 
     pub fn uses_development_secret(&self) -> bool {
@@ -977,6 +1073,30 @@ impl Settings {
         }
     }
 
+    /// One warning per configured sink that no route names: it would receive nothing. Without
+    /// any route every event goes to the built-in stdout sink, so every other sink is unused.
+    pub fn unused_sinks(&self) -> Vec<String> {
+        let routes = self.effective_routes();
+        self.sinks
+            .keys()
+            .filter(|name| !routes.iter().any(|route| route.sinks.contains(name)))
+            .map(|name| {
+                if self.routes.is_empty() {
+                    format!(
+                        "sink {name:?} is named by no route, so it receives nothing: with no \
+                         [[routes]] every event goes to stdout; add a route with \
+                         sinks = [{name:?}]"
+                    )
+                } else {
+                    format!(
+                        "sink {name:?} is named by no route, so it receives nothing: add it to a \
+                         route's `sinks`, or remove [sinks.{name}]"
+                    )
+                }
+            })
+            .collect()
+    }
+
     /// Path of the embedded journal database.
     pub fn journal_path(&self) -> PathBuf {
         self.storage.path.join("journal.sqlite3")
@@ -1000,6 +1120,11 @@ impl RetryPolicy {
             max: retry.retry_max.unwrap_or(worker.retry_max),
         }
     }
+}
+
+/// A duration as the settings write it (`30s`, `1m 30s`).
+fn show(duration: Duration) -> String {
+    humantime::format_duration(duration).to_string()
 }
 
 fn validate_sink(
@@ -1129,6 +1254,305 @@ fn load_error(error: config::ConfigError) -> ConfigError {
     ConfigError::Load(redact_quoted_values(&error.to_string()))
 }
 
+/// A value that the settings cannot take, as [`ConfigError::Invalid`]: the whole key, what is
+/// wrong in plain words (no Rust type names, values redacted as in [`load_error`]), and where the
+/// value came from (a file, or the environment variable to change), found in `layers`.
+fn deserialize_error(error: config::ConfigError, layers: &[Layer]) -> ConfigError {
+    let (key, message) = match error {
+        config::ConfigError::Type {
+            unexpected,
+            expected,
+            key,
+            ..
+        } => (key, format!("is {unexpected}, expected {expected}")),
+        config::ConfigError::At { error, key, .. } => (key, error.to_string()),
+        config::ConfigError::Message(message) => (None, message),
+        other => return load_error(other),
+    };
+    let mut key = key.unwrap_or_default();
+    let mut message = message;
+    // serde's unknown-field message names the field; the config crate names its table.
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        if let Some((field, expected)) = rest.split_once('`') {
+            key = join_key(&key, field);
+            let expected = expected.trim_start_matches(',').trim();
+            message = format!("is not a known key; {expected}");
+        }
+    } else if let Some(rest) = message.strip_prefix('`') {
+        // A sink's retry key, named by `SinkSettings`'s deserializer.
+        if let Some((field, problem)) = rest.split_once("` ") {
+            key = join_key(&key, field);
+            message = problem.to_string();
+        }
+    }
+    let message = plain_words(&redact_quoted_values(&message));
+    if key.is_empty() {
+        return ConfigError::Load(message);
+    }
+    let from = match layers.iter().rev().find(|layer| layer.sets(&key)) {
+        None => String::new(),
+        Some(Layer::File(path)) => format!(" (in {})", path.display()),
+        Some(Layer::Environment) => format!(
+            " (from the environment variable {ENV_PREFIX}__{})",
+            key.replace('.', "__").to_uppercase()
+        ),
+        Some(Layer::Variable { variable, .. }) => {
+            format!(" (from the environment variable {variable})")
+        }
+    };
+    ConfigError::invalid(&key, format!("{message}{from}"))
+}
+
+/// One layer of settings above the embedded defaults.
+enum Layer {
+    /// A TOML file (`config/default.toml`, `config/{APP_ENV}.toml`, `--config FILE`).
+    File(PathBuf),
+    /// `ATTIO_WEBHOOKS__SECTION__KEY` variables.
+    Environment,
+    /// One of [`WELL_KNOWN_VARIABLES`].
+    Variable {
+        variable: &'static str,
+        key: &'static str,
+    },
+}
+
+impl Layer {
+    /// Whether this layer sets `key` (`storage.path`, `sinks.crm.url`, `routes[0].name`).
+    fn sets(&self, key: &str) -> bool {
+        use config::Source;
+        let collected = match self {
+            Layer::File(path) => file_source(path, false).collect(),
+            Layer::Environment => environment_source().collect(),
+            Layer::Variable { key: set, .. } => {
+                return key == *set || key.starts_with(&format!("{set}["));
+            }
+        };
+        let Ok(map) = collected else {
+            return false;
+        };
+        // The environment source gives flat dotted keys, files give nested tables.
+        if map.contains_key(key) {
+            return true;
+        }
+        let mut segments = key.split('.');
+        let Some(first) = segments.next() else {
+            return false;
+        };
+        let (name, mut index) = split_index(first);
+        let Some(mut value) = map.get(name).cloned() else {
+            return false;
+        };
+        loop {
+            if let Some(at) = index {
+                match value.kind {
+                    config::ValueKind::Array(items) => match items.into_iter().nth(at) {
+                        Some(item) => value = item,
+                        None => return false,
+                    },
+                    _ => return false,
+                }
+            }
+            let Some(segment) = segments.next() else {
+                return true;
+            };
+            let (name, next_index) = split_index(segment);
+            index = next_index;
+            match value.kind {
+                config::ValueKind::Table(mut table) => match table.remove(name) {
+                    Some(next) => value = next,
+                    None => return false,
+                },
+                _ => return false,
+            }
+        }
+    }
+}
+
+/// `routes[2]` → (`routes`, Some(2)); `path` → (`path`, None).
+fn split_index(segment: &str) -> (&str, Option<usize>) {
+    match segment.split_once('[') {
+        Some((name, rest)) => (name, rest.trim_end_matches(']').parse().ok()),
+        None => (segment, None),
+    }
+}
+
+/// The variables that set one key each, applied after every other layer.
+const WELL_KNOWN_VARIABLES: [(&str, &str); 3] = [
+    ("ATTIO_WEBHOOK_SECRET", "webhook.secrets"),
+    ("ATTIO_API_KEY", "attio.api_key"),
+    ("REDIS_URL", "redis.url"),
+];
+
+fn environment_source() -> config::Environment {
+    config::Environment::with_prefix(ENV_PREFIX)
+        .prefix_separator("__")
+        .separator("__")
+        .list_separator(",")
+        .with_list_parse_key("webhook.secrets")
+        .try_parsing(true)
+}
+
+/// The environments shipped in `config/`, which need no file of their own (the embedded
+/// defaults stand in when the directory is missing). `APP_ENV` matches them in any case.
+pub const SHIPPED_ENVIRONMENTS: [&str; 3] = ["development", "test", "production"];
+
+/// The environment named by `APP_ENV` (unset: `development`). A shipped name is matched in any
+/// case (`Production` is `production`, with its guard and JSON logs); any other name needs its
+/// own `{config_dir}/{name}.toml`, so that a typo (`prod`) is not silently a bare environment.
+pub fn resolve_environment(
+    app_env: Option<String>,
+    config_dir: &Path,
+) -> Result<String, ConfigError> {
+    let name = app_env.unwrap_or_default().trim().to_string();
+    if name.is_empty() {
+        return Ok("development".to_string());
+    }
+    if let Some(shipped) = SHIPPED_ENVIRONMENTS
+        .iter()
+        .find(|shipped| shipped.eq_ignore_ascii_case(&name))
+    {
+        return Ok((*shipped).to_string());
+    }
+    let file = config_dir.join(format!("{name}.toml"));
+    if file.is_file() {
+        return Ok(name);
+    }
+    Err(ConfigError::invalid(
+        "APP_ENV",
+        format!(
+            "is {name:?}: not a shipped environment ({}), and there is no {}: set APP_ENV to \
+             one of those names, or create that file",
+            SHIPPED_ENVIRONMENTS.join(", "),
+            file.display()
+        ),
+    ))
+}
+
+/// Checks a `log.level` / `RUST_LOG` filter. `EnvFilter` takes any bare word as a target name,
+/// so a misspelt level (`warning`, `debugg`) would silently turn every line off; here each
+/// directive must be a level, or `target=level`.
+pub fn check_log_filter(filter: &str) -> Result<(), String> {
+    use tracing_subscriber::filter::LevelFilter;
+    const LEVELS: &str = "trace, debug, info, warn, error or off";
+    for directive in filter.split(',').map(str::trim) {
+        if directive.is_empty() || directive.contains('[') {
+            // Span directives (`target[span{field=value}]=level`) are left to EnvFilter.
+            continue;
+        }
+        let (target, level) = match directive.rsplit_once('=') {
+            Some((target, level)) => (Some(target), level.trim()),
+            None => (None, directive),
+        };
+        if level.parse::<LevelFilter>().is_err() {
+            return Err(match target {
+                Some(target) => format!(
+                    "gives {target:?} the level {level:?}, which is not a level: use {LEVELS}"
+                ),
+                None => format!(
+                    "has {level:?}, which is not a level: use {LEVELS}, optionally per target \
+                     as in \"info,attio_webhooks=debug\""
+                ),
+            });
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(filter)
+        .map(|_| ())
+        .map_err(|error| format!("is not a valid tracing filter: {error}"))
+}
+
+fn join_key(table: &str, field: &str) -> String {
+    if table.is_empty() {
+        field.to_string()
+    } else {
+        format!("{table}.{field}")
+    }
+}
+
+/// Says what the `config` crate and serde say in Rust's words (`64-bit integer`, `u32`) in the
+/// words of the TOML file.
+fn plain_words(message: &str) -> String {
+    let mut text = message.to_string();
+    for (rust, plain) in [
+        ("an signed 64 bit or less integer", "a whole number"),
+        (
+            "an unsigned 64 bit or less integer",
+            "a whole number, 0 or more",
+        ),
+        (
+            "an unsigned 128 bit or less integer",
+            "a whole number, 0 or more",
+        ),
+        ("an signed 128 bit integer", "a whole number"),
+        ("an unsigned 8 bit integer", "a whole number from 0 to 255"),
+        (
+            "an unsigned 16 bit integer",
+            "a whole number from 0 to 65535",
+        ),
+        (
+            "an unsigned 32 bit integer",
+            "a whole number from 0 to 4294967295",
+        ),
+        ("an unsigned 64 bit integer", "a whole number, 0 or more"),
+        ("an signed 64 bit integer", "a whole number"),
+        ("an signed 8 bit integer", "a whole number from -128 to 127"),
+        (
+            "an signed 16 bit integer",
+            "a whole number from -32768 to 32767",
+        ),
+        (
+            "an signed 32 bit integer",
+            "a whole number from -2147483648 to 2147483647",
+        ),
+        ("an integer", "a whole number"),
+        ("a floating point", "a number"),
+        ("a boolean", "true or false"),
+        ("sequence", "a list"),
+        ("unit value", "nothing"),
+    ] {
+        text = text.replace(rust, plain);
+    }
+    for (rust, max) in [
+        ("u8", u64::from(u8::MAX)),
+        ("u16", u64::from(u16::MAX)),
+        ("u32", u64::from(u32::MAX)),
+        ("u64", u64::MAX),
+        ("usize", usize::MAX as u64),
+    ] {
+        text = text.replace(
+            &format!("expected {rust}"),
+            &format!("expected a whole number from 0 to {max}"),
+        );
+    }
+    // `64-bit integer `-1``, `floating point `1.5``, `boolean `true``: the value, unquoted.
+    for prefix in [
+        "128-bit unsigned integer `",
+        "64-bit unsigned integer `",
+        "128-bit integer `",
+        "64-bit integer `",
+        "floating point `",
+        "integer `",
+    ] {
+        while let Some(start) = text.find(prefix) {
+            let value_start = start + prefix.len();
+            let Some(length) = text[value_start..].find('`') else {
+                break;
+            };
+            let value = text[value_start..value_start + length].to_string();
+            text.replace_range(
+                start..value_start + length + 1,
+                &format!("the number {value}"),
+            );
+        }
+    }
+    if let Some(start) = text.find("boolean `") {
+        text = text.replacen("boolean `", "", 1);
+        if let Some(end) = text[start..].find('`') {
+            text.remove(start + end);
+        }
+    }
+    text.replace(" map", " a table")
+}
+
 fn redact_quoted_values(message: &str) -> String {
     let mut out = String::with_capacity(message.len());
     for line in message.lines() {
@@ -1240,6 +1664,135 @@ fn redact_secret_values<S: Serializer>(
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
     serializer.collect_map(map.keys().map(|key| (key, "[redacted]")))
+}
+
+/// A setting that takes one of a few words. Read by [`choice`] rather than serde's derived enum
+/// code, whose error (through the `config` crate) names the Rust type and not the valid words.
+trait Choice: Copy + 'static {
+    const CHOICES: &'static [(&'static str, Self)];
+}
+
+impl Choice for SyncMode {
+    const CHOICES: &'static [(&'static str, Self)] =
+        &[("full", SyncMode::Full), ("normal", SyncMode::Normal)];
+}
+
+impl Choice for QueueBackend {
+    const CHOICES: &'static [(&'static str, Self)] = &[
+        ("embedded", QueueBackend::Embedded),
+        ("redis", QueueBackend::Redis),
+    ];
+}
+
+impl Choice for LogFormat {
+    const CHOICES: &'static [(&'static str, Self)] =
+        &[("pretty", LogFormat::Pretty), ("json", LogFormat::Json)];
+}
+
+/// The valid words of a [`Choice`], quoted, for error messages: `"full" or "normal"`.
+fn choices_text<T: Choice>() -> String {
+    let words: Vec<String> = T::CHOICES
+        .iter()
+        .map(|(word, _)| format!("{word:?}"))
+        .collect();
+    match words.split_last() {
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    }
+}
+
+fn choice<'de, D: serde::Deserializer<'de>, T: Choice>(deserializer: D) -> Result<T, D::Error> {
+    let word = String::deserialize(deserializer)?;
+    T::CHOICES
+        .iter()
+        .find(|(name, _)| *name == word)
+        .map(|(_, value)| *value)
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!("must be {}, got {word:?}", choices_text::<T>()))
+        })
+}
+
+/// Durations written as in `config/default.toml` (`"30s"`, `"5m"`, `"4d"`). A bare number is
+/// refused with an example of what to write: it has no unit, and guessing one would be wrong
+/// for half the keys.
+mod duration {
+    use std::time::Duration;
+
+    use serde::de::{Error, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        humantime_serde::serialize(value, serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        deserializer.deserialize_any(DurationVisitor)
+    }
+
+    /// For keys that may be left out (a sink's own `retry_initial`).
+    pub mod optional {
+        use std::time::Duration;
+
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        pub fn serialize<S: Serializer>(
+            value: &Option<Duration>,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            humantime_serde::option::serialize(value, serializer)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<Option<Duration>, D::Error> {
+            #[derive(Deserialize)]
+            struct Wrapped(#[serde(with = "super")] Duration);
+            Ok(Option::<Wrapped>::deserialize(deserializer)?.map(|Wrapped(value)| value))
+        }
+    }
+
+    struct DurationVisitor;
+
+    fn a_number<E: Error>(number: impl std::fmt::Display) -> E {
+        E::custom(format!(
+            "is the number {number}, but a duration needs a unit: write it as a string such as \
+             \"{number}s\" (seconds) or \"{number}ms\" (milliseconds)"
+        ))
+    }
+
+    impl Visitor<'_> for DurationVisitor {
+        type Value = Duration;
+
+        fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+            formatter.write_str("a duration with a unit, such as \"30s\", \"5m\" or \"4d\"")
+        }
+
+        fn visit_str<E: Error>(self, text: &str) -> Result<Duration, E> {
+            let trimmed = text.trim();
+            if !trimmed.is_empty() && trimmed.chars().all(|c| c.is_ascii_digit()) {
+                return Err(a_number(trimmed));
+            }
+            humantime::parse_duration(trimmed).map_err(|problem| {
+                E::custom(format!(
+                    "is not a duration ({problem}): write a number and a unit, such as \"30s\", \
+                     \"250ms\", \"5m\" or \"4d\""
+                ))
+            })
+        }
+
+        fn visit_u64<E: Error>(self, number: u64) -> Result<Duration, E> {
+            Err(a_number(number))
+        }
+
+        fn visit_i64<E: Error>(self, number: i64) -> Result<Duration, E> {
+            Err(a_number(number))
+        }
+
+        fn visit_f64<E: Error>(self, number: f64) -> Result<Duration, E> {
+            Err(a_number(number))
+        }
+    }
 }
 
 fn file_source(
@@ -1697,6 +2250,191 @@ mod tests {
             .to_string();
         assert!(error.contains("line 2"), "{error}");
         assert!(!error.contains("unclosed-secret"), "{error}");
+    }
+
+    fn refusal(layer: &str) -> String {
+        Settings::from_toml_layers("test", &[SECRET_ONLY, layer])
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn a_misspelt_log_level_is_refused_naming_the_valid_levels() {
+        for level in ["warning", "debugg", "info,attio_webhooks=debugg", "verbose"] {
+            let error = refusal(&format!("[log]\nlevel = {level:?}"));
+            assert!(
+                error.contains("log.level") && error.contains("trace, debug, info, warn, error"),
+                "{level}: {error}"
+            );
+        }
+        for level in [
+            "warn",
+            "WARN",
+            "off",
+            "info,attio_webhooks=debug",
+            "attio_webhooks=trace",
+        ] {
+            let layer = format!("[log]\nlevel = {level:?}");
+            assert!(
+                Settings::from_toml_layers("test", &[SECRET_ONLY, &layer]).is_ok(),
+                "{level}"
+            );
+        }
+    }
+
+    #[test]
+    fn app_env_takes_shipped_names_in_any_case_and_refuses_other_names_without_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let resolve = |name: &str| resolve_environment(Some(name.to_string()), dir.path());
+        assert_eq!(resolve("Production").unwrap(), "production");
+        assert_eq!(resolve("PRODUCTION").unwrap(), "production");
+        assert_eq!(resolve("test").unwrap(), "test");
+        assert_eq!(resolve("").unwrap(), "development");
+        assert_eq!(
+            resolve_environment(None, dir.path()).unwrap(),
+            "development"
+        );
+        let error = resolve("prod").unwrap_err().to_string();
+        assert!(
+            error.contains("APP_ENV")
+                && error.contains("\"prod\"")
+                && error.contains("prod.toml")
+                && error.contains("development, test, production"),
+            "{error}"
+        );
+        std::fs::write(dir.path().join("staging.toml"), "").unwrap();
+        assert_eq!(resolve("staging").unwrap(), "staging");
+    }
+
+    #[test]
+    fn the_production_guard_applies_whatever_the_case_of_production() {
+        let toml = format!("[webhook]\nsecrets = [\"{DEVELOPMENT_SECRET}\"]");
+        for environment in ["production", "Production", "PRODUCTION"] {
+            let error = Settings::from_toml(environment, &toml).unwrap_err();
+            assert!(
+                matches!(error, ConfigError::DevelopmentSecretInProduction),
+                "{environment}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn enum_errors_list_the_valid_values_and_no_rust_type_names() {
+        for (layer, key, valid) in [
+            (
+                "[storage]\nsync = \"fast\"",
+                "storage.sync",
+                &["\"full\"", "\"normal\""][..],
+            ),
+            (
+                "[log]\nformat = \"jsn\"",
+                "log.format",
+                &["\"pretty\"", "\"json\""],
+            ),
+            (
+                "[queue]\nbackend = \"rediss\"",
+                "queue.backend",
+                &["\"embedded\"", "\"redis\""],
+            ),
+            (
+                "[storage]\nsync = 1",
+                "storage.sync",
+                &["\"full\"", "\"normal\""],
+            ),
+        ] {
+            let error = refusal(layer);
+            assert!(error.contains(key), "{layer}: {error}");
+            for word in valid {
+                assert!(error.contains(word), "{layer}: {error}");
+            }
+            for rust in ["enum", "variant", "SyncMode", "LogFormat", "QueueBackend"] {
+                assert!(!error.contains(rust), "{layer}: {error}");
+            }
+        }
+    }
+
+    #[test]
+    fn numbers_in_rust_words_are_said_in_plain_words() {
+        let error = refusal("[server]\nbody_limit = -1");
+        assert!(
+            error.contains("server.body_limit") && error.contains("the number -1"),
+            "{error}"
+        );
+        assert!(!error.contains("64-bit"), "{error}");
+        let error = refusal("[worker]\nmax_attempts = 5000000000");
+        assert!(error.contains("from 0 to 4294967295"), "{error}");
+        assert!(!error.contains("32 bit"), "{error}");
+    }
+
+    #[test]
+    fn a_bare_number_for_a_duration_is_refused_with_an_example() {
+        let error = refusal("[worker]\nretry_max = 300");
+        assert!(
+            error.contains("worker.retry_max")
+                && error.contains("the number 300")
+                && error.contains("\"300s\""),
+            "{error}"
+        );
+        let error = refusal(
+            "[sinks.s]\nkind = \"stdout\"\nretry_max = 300\n\
+             [[routes]]\nname = \"r\"\nevents = [\"*\"]\nsinks = [\"s\"]",
+        );
+        assert!(
+            error.contains("sinks.s.retry_max") && error.contains("\"300s\""),
+            "{error}"
+        );
+        let error = refusal("[dedupe]\ndone_ttl = \"four days\"");
+        assert!(
+            error.contains("dedupe.done_ttl") && error.contains("\"4d\""),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn cross_field_errors_show_every_value_involved() {
+        let error = refusal("[dedupe]\nclaim_lease = \"10s\"");
+        for part in [
+            "`attio.retry_total` (30s)",
+            "attio.request_timeout (15s)",
+            "enrichment.coalesce_window (300ms)",
+            "dedupe.claim_lease (10s)",
+        ] {
+            assert!(error.contains(part), "{part}: {error}");
+        }
+        let error = refusal("[worker]\nretry_initial = \"10m\"\nretry_max = \"1m\"");
+        assert!(error.contains("10m") && error.contains("(1m)"), "{error}");
+        let error = refusal("[dedupe]\nclaim_lease = \"2m\"\ndone_ttl = \"1m\"");
+        assert!(error.contains("1m") && error.contains("(2m)"), "{error}");
+    }
+
+    #[test]
+    fn a_sink_that_no_route_names_is_reported_by_name() {
+        let without_routes = Settings::from_toml(
+            "test",
+            &format!("{SECRET_ONLY}[sinks.audit]\nkind = \"stdout\""),
+        )
+        .unwrap();
+        let warnings = without_routes.unused_sinks();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("\"audit\"") && warnings[0].contains("no [[routes]]"),
+            "{warnings:?}"
+        );
+        let with_routes = Settings::from_toml(
+            "test",
+            &format!(
+                "{SECRET_ONLY}[sinks.a]\nkind = \"stdout\"\n[sinks.b]\nkind = \"stdout\"\n\
+                 [[routes]]\nname = \"r\"\nevents = [\"*\"]\nsinks = [\"a\"]"
+            ),
+        )
+        .unwrap();
+        let warnings = with_routes.unused_sinks();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("\"b\""), "{warnings:?}");
+        assert!(Settings::from_toml("test", SECRET_ONLY)
+            .unwrap()
+            .unused_sinks()
+            .is_empty());
     }
 
     #[test]

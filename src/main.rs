@@ -2,9 +2,17 @@
 
 use std::process::ExitCode;
 
+use attio_webhooks::cli::{Cli, Command};
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = attio_webhooks::cli::Cli::parse();
+    let cli = Cli::parse();
+    // A one-shot command whose reader went away (`check-config | head -3`) stops quietly, as
+    // Unix tools do: with SIGPIPE at its default the write ends the process, where Rust's
+    // default (ignored) would make `println!` panic. The daemon keeps it ignored, so that a
+    // closed pipe (the stdout sink, a command sink's stdin) is an error it handles and retries.
+    if !matches!(cli.command, Command::Serve(_)) {
+        sigpipe::reset();
+    }
     attio_webhooks::cli::run(cli)
 }

@@ -3,8 +3,16 @@
 //! In: counters, gauges and histograms recorded with the `metrics` crate's macros anywhere in the
 //! pipeline. Out: the Prometheus text exposition served at `GET /metrics` (on the main listener,
 //! or on `admin.listen` when set). The recorder is installed once per process.
+//!
+//! Two things keep the exposition honest and its memory flat. Histogram samples wait in the
+//! recorder until they are folded into their buckets, which happens at a scrape or at upkeep, so
+//! [`run_upkeep`] runs on a timer ([`UPKEEP_INTERVAL`]) whether or not anyone scrapes: a daemon
+//! nobody scrapes would otherwise keep every sample. And the process's own figures (resident
+//! memory, CPU seconds, open file descriptors, start time) are read from the operating system at
+//! each scrape ([`collect_process`]) under Prometheus's standard `process_*` names.
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -41,7 +49,14 @@ const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// How often histogram samples are folded into their buckets when nobody scrapes. Between two
+/// upkeeps the recorder holds the samples of this interval only.
+pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
+
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// The `process_*` metrics, read at each scrape.
+static PROCESS: OnceLock<metrics_process::Collector> = OnceLock::new();
 
 /// The process-wide Prometheus handle, installing the recorder on first use. `None` when another
 /// recorder was installed first (metrics then go there).
@@ -54,6 +69,9 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
             match builder.install_recorder() {
                 Ok(handle) => {
                     describe();
+                    PROCESS
+                        .get_or_init(metrics_process::Collector::default)
+                        .describe();
                     Some(handle)
                 }
                 Err(error) => {
@@ -63,6 +81,22 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
             }
         })
         .as_ref()
+}
+
+/// Folds the histogram samples recorded since the last upkeep or scrape into their buckets, so
+/// that they stop taking memory of their own.
+pub fn run_upkeep() {
+    if let Some(handle) = handle() {
+        handle.run_upkeep();
+    }
+}
+
+/// Reads the process's resident memory, CPU seconds, open and maximum file descriptors, threads
+/// and start time into their `process_*` gauges.
+pub fn collect_process() {
+    if let Some(collector) = PROCESS.get() {
+        collector.collect();
+    }
 }
 
 fn describe() {

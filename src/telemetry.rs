@@ -32,6 +32,7 @@ pub fn init(settings: &LogSettings) -> Option<WorkerGuard> {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour())
         .with_writer(writer);
     let installed = match settings.format {
         LogFormat::Json => builder
@@ -61,6 +62,14 @@ pub fn init_default() {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(colour())
         .with_target(false)
         .try_init();
+}
+
+/// Colour only for a person at a terminal: a file, a pipe or a log collector would keep the
+/// escape codes as text. `NO_COLOR` (any non-empty value) turns it off there too.
+fn colour() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }

@@ -194,18 +194,18 @@ impl SharedWindow {
             let wait = match tokio::time::timeout(REDIS_TIMEOUT, call).await {
                 Ok(Ok(wait)) => wait,
                 Ok(Err(error)) => {
-                    window.fell_back(&error.to_string());
+                    let _ = window.fell_back(&error.to_string());
                     return None;
                 }
                 Err(_) => {
-                    window.fell_back(&format!(
+                    let _ = window.fell_back(&format!(
                         "no answer within {}",
                         humantime::format_duration(REDIS_TIMEOUT)
                     ));
                     return None;
                 }
             };
-            window.recovered();
+            let _ = window.recovered();
             if wait <= 0 {
                 return Some(SharedSlot {
                     window: window.clone(),
@@ -224,9 +224,11 @@ impl SharedWindow {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    fn fell_back(&self, problem: &str) {
+    /// Records that Redis failed; true when this starts an outage (which is then logged).
+    fn fell_back(&self, problem: &str) -> bool {
         let mut since = self.unavailable();
-        if since.is_none() {
+        let starts = since.is_none();
+        if starts {
             tracing::warn!(
                 limit = self.kind,
                 %problem,
@@ -235,17 +237,21 @@ impl SharedWindow {
             );
         }
         *since = Some(tokio::time::Instant::now());
+        starts
     }
 
-    fn recovered(&self) {
+    /// Records that Redis answered; true when this ends an outage (which is then logged).
+    fn recovered(&self) -> bool {
         let mut since = self.unavailable();
-        if let Some(started) = since.take() {
-            tracing::info!(
-                limit = self.kind,
-                unavailable_for = ?started.elapsed(),
-                "the Attio rate limit is shared through Redis again"
-            );
-        }
+        let Some(started) = since.take() else {
+            return false;
+        };
+        tracing::info!(
+            limit = self.kind,
+            unavailable_for = ?started.elapsed(),
+            "the Attio rate limit is shared through Redis again"
+        );
+        true
     }
 }
 
@@ -353,5 +359,35 @@ impl Limiter {
                 None => answered.await,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared_window() -> SharedWindow {
+        let settings = crate::config::Settings::from_toml("test", "[webhook]\nsecrets=[\"s\"]")
+            .unwrap()
+            .attio;
+        let url = secrecy::SecretString::from("redis://127.0.0.1:1".to_string());
+        let shared = SharedRateLimit {
+            connection: crate::dedupe::redis::connect(&url).unwrap(),
+            key_prefix: "unit".to_string(),
+        };
+        let limit = RateLimit::new("reads", 10, &settings, Some(&shared));
+        let window = limit.shared.unwrap();
+        Arc::try_unwrap(window).unwrap_or_else(|_| panic!("one owner"))
+    }
+
+    #[tokio::test]
+    async fn an_outage_of_the_shared_limit_is_logged_once_when_it_starts_and_once_when_it_ends() {
+        let window = shared_window();
+        assert!(window.fell_back("connection refused"));
+        assert!(!window.fell_back("connection refused"));
+        assert!(!window.fell_back("timed out"));
+        assert!(window.recovered());
+        assert!(!window.recovered());
+        assert!(window.fell_back("connection refused"), "a new outage");
     }
 }

@@ -6,14 +6,14 @@
 //! settings as TOML (or JSON with `--json`), secrets redacted; exit 0. Invalid settings: the
 //! error naming the key on stderr, exit 2.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Args;
 use serde::Serialize;
 
 use super::send::daemon_url;
-use crate::config::{LoadOptions, QueueBackend, Settings, ENV_PREFIX};
+use crate::config::{ConfigError, LoadOptions, QueueBackend, Settings, ENV_PREFIX};
 use crate::routing::{closest_event_type, RouteTable};
 
 #[derive(Debug, Args)]
@@ -48,6 +48,19 @@ pub fn run(args: CheckConfigArgs, options: LoadOptions) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // What `serve` would fail on next: the journal directory it creates and writes.
+    if settings.queue.backend == QueueBackend::Embedded {
+        if let Err(error) = check_storage_path(&settings) {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "valid": false, "error": error.to_string() })
+                );
+            }
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    }
     let redis_warnings = match check_redis(&settings) {
         Ok(warnings) => warnings,
         Err(refusal) => {
@@ -84,6 +97,58 @@ pub fn run(args: CheckConfigArgs, options: LoadOptions) -> ExitCode {
         print!("{toml}");
     }
     ExitCode::SUCCESS
+}
+
+/// Whether the embedded journal's directory (`storage.path`) can be created and written, tried
+/// for real (permissions alone do not tell: a read-only mount, a file in the way, root): missing
+/// directories are created, a probe file written and removed, and what was created is removed
+/// again, so the check leaves the disk as it found it.
+fn check_storage_path(settings: &Settings) -> Result<(), ConfigError> {
+    let path = settings.storage.path.as_path();
+    let invalid = |problem: String| ConfigError::Invalid {
+        key: "storage.path".to_string(),
+        problem: format!(
+            "is {}, {problem}: set storage.path (ATTIO_WEBHOOKS__STORAGE__PATH) to a \
+                 directory this user can write",
+            path.display()
+        ),
+    };
+    let missing: Vec<&Path> = path
+        .ancestors()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .take_while(|dir| std::fs::symlink_metadata(dir).is_err())
+        .collect();
+    let result = std::fs::create_dir_all(path)
+        .map_err(|error| invalid(format!("which cannot be created ({error})")))
+        .and_then(|()| {
+            let probe = path.join(format!(".check-config-{}", std::process::id()));
+            let written = std::fs::File::create_new(&probe)
+                .and_then(|mut file| std::io::Write::write_all(&mut file, b"probe"));
+            let _ = std::fs::remove_file(&probe);
+            written.map_err(|error| invalid(format!("which cannot be written ({error})")))
+        })
+        .and_then(|()| {
+            let journal = settings.journal_path();
+            if !journal.exists() {
+                return Ok(());
+            }
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&journal)
+                .map(drop)
+                .map_err(|error| {
+                    invalid(format!(
+                        "whose {} cannot be opened for writing ({error})",
+                        journal.display()
+                    ))
+                })
+        });
+    // Deepest first, so that each directory is empty when it is removed.
+    for dir in missing {
+        let _ = std::fs::remove_dir(dir);
+    }
+    result
 }
 
 fn report(settings: Settings, options: &LoadOptions) -> Report {
@@ -125,7 +190,10 @@ fn sources(environment: &str, options: &LoadOptions) -> Vec<String> {
     let mut variables: Vec<String> = std::env::vars_os()
         .filter_map(|(name, _)| name.into_string().ok())
         .filter(|name| {
-            name.starts_with(&prefix) || name == "ATTIO_WEBHOOK_SECRET" || name == "REDIS_URL"
+            name.starts_with(&prefix)
+                || name == "ATTIO_WEBHOOK_SECRET"
+                || name == "ATTIO_API_KEY"
+                || name == "REDIS_URL"
         })
         .collect();
     variables.sort();
@@ -144,6 +212,7 @@ fn warnings(settings: &Settings) -> Vec<String> {
                 .to_string(),
         );
     }
+    warnings.extend(settings.unused_sinks());
     if !settings.worker.enabled {
         warnings.push(
             "worker.enabled = false: deliveries are only journaled, not delivered to sinks"

@@ -30,8 +30,9 @@ pub use send::ATTIO_USER_AGENT;
 /// are given this way in a deployment, and no flag mentions them.
 const ENVIRONMENT_HELP: &str = "\
 Environment:
-  APP_ENV                       development (default), test or production: reads
-                                config/{APP_ENV}.toml; production refuses the development secret
+  APP_ENV                       development (default), test or production (any case), or a
+                                name of your own with its config/{APP_ENV}.toml: reads that
+                                file; production refuses the development secret
   APP_CONFIG_DIR                where config/default.toml and config/{APP_ENV}.toml are
                                 (default: ./config)
   ATTIO_WEBHOOKS_CONFIG         an extra TOML file, as --config

@@ -46,7 +46,7 @@ pub fn run(args: ServeArgs, options: LoadOptions) -> ExitCode {
         let application = match Application::build(settings).await {
             Ok(application) => application,
             Err(error) => {
-                tracing::error!(%error, "cannot start");
+                // Once, on stderr as every other refusal to start is; not also as a log line.
                 eprintln!("error: {error}");
                 return ExitCode::from(2);
             }

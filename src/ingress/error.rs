@@ -17,6 +17,8 @@ pub enum IngressError {
     TooLarge { limit: usize },
     #[error("could not read the request body")]
     BodyRead,
+    #[error("the request body did not arrive within {seconds} s (server.body_read_timeout)")]
+    BodyTimeout { seconds: u64 },
     #[error(transparent)]
     Signature(#[from] SignatureError),
     #[error("journal cannot accept the delivery")]
@@ -31,6 +33,7 @@ impl IngressError {
         match self {
             IngressError::TooLarge { .. } => "too_large",
             IngressError::BodyRead => "bad_request",
+            IngressError::BodyTimeout { .. } => "timeout",
             IngressError::Signature(_) => "unauthorized",
             IngressError::Unavailable | IngressError::BacklogFull => "unavailable",
         }
@@ -42,6 +45,7 @@ impl IntoResponse for IngressError {
         let (status, code) = match &self {
             IngressError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             IngressError::BodyRead => (StatusCode::BAD_REQUEST, "body_unreadable"),
+            IngressError::BodyTimeout { .. } => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             IngressError::Signature(SignatureError::Missing) => {
                 (StatusCode::UNAUTHORIZED, "signature_missing")
             }
@@ -50,7 +54,10 @@ impl IntoResponse for IngressError {
             IngressError::BacklogFull => (StatusCode::SERVICE_UNAVAILABLE, "backlog_full"),
         };
         let body = Json(json!({ "error": code, "message": self.to_string() }));
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of the body may still come: the connection cannot carry another request.
+            (status, [(header::CONNECTION, "close")], body).into_response()
+        } else if status == StatusCode::SERVICE_UNAVAILABLE {
             (
                 status,
                 [(header::RETRY_AFTER, RETRY_AFTER_SECONDS.to_string())],

@@ -56,6 +56,7 @@ pub async fn metrics(State(state): State<Arc<IngressState>>) -> Response {
     let Some(handle) = crate::metrics::handle() else {
         return (StatusCode::NOT_FOUND, "metrics recorder not installed").into_response();
     };
+    crate::metrics::collect_process();
     metrics::gauge!(crate::metrics::JOURNAL_BACKLOG).set(state.journal.backlog() as f64);
     metrics::counter!(crate::metrics::LOG_LINES_DROPPED)
         .absolute(crate::telemetry::dropped_lines());

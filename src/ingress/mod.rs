@@ -4,6 +4,7 @@
 //! Routes: `POST {server.path}` (the webhook), `GET /healthz` (alive), `GET /readyz` (journal
 //! writable, Redis reachable when configured).
 
+pub mod connections;
 mod error;
 mod health;
 mod webhook;
@@ -28,13 +29,15 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 pub struct IngressState {
     pub secrets: Vec<SecretString>,
     pub body_limit: usize,
+    /// Time for a webhook body to arrive once its headers have (`server.body_read_timeout`).
+    pub body_read_timeout: std::time::Duration,
     pub max_backlog: u64,
     pub journal: Journal,
     /// `None` when the worker is disabled: events then wait in the journal.
     pub handoff: Option<Handoff>,
     /// Checked by readiness when it is Redis.
     pub dedupe: DedupeStore,
-    /// Serve `/metrics` on the main listener (false when `admin.listen` is set).
+    /// Serve `/metrics` on the main listener (`Settings::metrics_on_main_listener`).
     pub metrics_on_main: bool,
 }
 

@@ -71,7 +71,13 @@ async fn handle(
     if declared.is_some_and(|length| length > limit as u64) {
         return Err(IngressError::TooLarge { limit });
     }
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|error| {
+    let read = tokio::time::timeout(state.body_read_timeout, axum::body::to_bytes(body, limit));
+    let Ok(read) = read.await else {
+        return Err(IngressError::BodyTimeout {
+            seconds: state.body_read_timeout.as_secs(),
+        });
+    };
+    let bytes = read.map_err(|error| {
         let too_large = std::error::Error::source(&error)
             .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
         if too_large {

@@ -1,6 +1,8 @@
-//! The deployment files under deploy/: every YAML file parses, and the compose file, the
-//! Kubernetes manifests, the Caddyfile and the repository's Dockerfile agree with each other and with the
-//! daemon (probe paths, ports, image, replicas, config that the daemon accepts).
+//! The files around the binary: every YAML file under deploy/ parses, and the compose file, the
+//! Kubernetes manifests, the Caddyfile and the repository's Dockerfile agree with each other and
+//! with the daemon (probe paths, ports, image, user and group, replicas, the variables the daemon
+//! needs, config that the daemon accepts); `.env.example` lists every variable the daemon reads
+//! and the docs name; `.dockerignore` keeps local `.env` files out of the image.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -183,7 +185,7 @@ fn the_kubernetes_deployment_probes_health_and_readiness_with_limits_and_replica
     let secret = &objects["Secret"][0];
     let secret_name = str_of(&secret["metadata"]["name"], "secret name");
     let env = seq(&container["env"], "env");
-    for variable in ["ATTIO_WEBHOOK_SECRET", "REDIS_URL"] {
+    for variable in ["ATTIO_WEBHOOK_SECRET", "ATTIO_API_KEY", "REDIS_URL"] {
         let entry = env
             .iter()
             .find(|e| e["name"].as_str() == Some(variable))
@@ -302,9 +304,14 @@ fn the_compose_file_runs_two_replicas_on_redis_with_aof_behind_a_tls_proxy() {
             "the proxy sends to {name}:{port}"
         );
         let environment = &service["environment"];
-        assert!(environment["ATTIO_WEBHOOK_SECRET"]
-            .as_str()
-            .is_some_and(|s| s.starts_with("${")));
+        for variable in ["ATTIO_WEBHOOK_SECRET", "ATTIO_API_KEY"] {
+            assert!(
+                environment[variable]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with(&format!("${{{variable}"))),
+                "{name}: {variable} comes from deploy/compose/.env"
+            );
+        }
         assert!(environment["REDIS_URL"]
             .as_str()
             .is_some_and(|u| u.starts_with("redis://redis:")));
@@ -333,4 +340,196 @@ fn the_compose_file_runs_two_replicas_on_redis_with_aof_behind_a_tls_proxy() {
     assert!(strings(&proxy["volumes"])
         .iter()
         .any(|v| v.starts_with("./Caddyfile:")));
+}
+
+#[test]
+fn the_compose_env_example_lists_every_variable_compose_yaml_asks_for() {
+    let compose = std::fs::read_to_string(deploy_dir().join("compose/compose.yaml")).unwrap();
+    let example = std::fs::read_to_string(deploy_dir().join("compose/.env.example")).unwrap();
+    let mut asked = Vec::new();
+    for (at, _) in compose.match_indices("${") {
+        let name: String = compose[at + 2..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        asked.push(name);
+    }
+    assert!(
+        asked.iter().any(|name| name == "ATTIO_API_KEY"),
+        "{asked:?}"
+    );
+    for name in asked {
+        assert!(
+            example.lines().any(|l| l.starts_with(&format!("{name}="))),
+            "deploy/compose/.env.example lacks {name}"
+        );
+    }
+}
+
+fn repository_file(path: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap()
+}
+
+/// The value after `flag` in `text` (`--uid 10001`).
+fn number_after(text: &str, flag: &str) -> Option<u64> {
+    let at = text.find(flag)? + flag.len();
+    text[at..].split_whitespace().next()?.parse().ok()
+}
+
+#[test]
+fn the_image_runs_as_the_user_and_group_the_kubernetes_manifests_name() {
+    let dockerfile = repository_file("Dockerfile");
+    let uid = number_after(&dockerfile, "--uid ").expect("the Dockerfile creates a user");
+    let gid = number_after(&dockerfile, "--gid ").expect("the Dockerfile creates a group");
+    let user = dockerfile
+        .lines()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("the image does not run as root")
+        .trim();
+    assert_eq!(user, format!("{uid}:{gid}"), "numeric, for runAsNonRoot");
+    let objects = kubernetes_objects();
+    let security = &objects["Deployment"][0]["spec"]["template"]["spec"]["securityContext"];
+    assert_eq!(security["runAsUser"].as_u64(), Some(uid));
+    assert_eq!(security["runAsGroup"].as_u64(), Some(gid));
+    assert_eq!(security["fsGroup"].as_u64(), Some(gid));
+}
+
+#[test]
+fn dockerignore_keeps_local_env_files_out_of_the_build_context() {
+    let patterns: Vec<String> = repository_file(".dockerignore")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect();
+    // `.env` alone would match only the top directory; `**/` matches at any depth.
+    for needed in ["**/.env", "**/.env.*"] {
+        assert!(
+            patterns.iter().any(|p| p == needed),
+            ".dockerignore lacks {needed}: {patterns:?}"
+        );
+    }
+    assert!(
+        !patterns
+            .iter()
+            .any(|p| p.starts_with("!") && p.contains(".env")),
+        "no exception brings an env file back: {patterns:?}"
+    );
+}
+
+/// The variable that sets each key of the settings (`storage.sync` ->
+/// `ATTIO_WEBHOOKS__STORAGE__SYNC`), or the well-known one that does.
+fn variable_of(key: &str) -> String {
+    match key {
+        "webhook.secrets" => "ATTIO_WEBHOOK_SECRET".to_string(),
+        "attio.api_key" => "ATTIO_API_KEY".to_string(),
+        "redis.url" => "REDIS_URL".to_string(),
+        _ => format!(
+            "ATTIO_WEBHOOKS__{}",
+            key.replace('.', "__").to_ascii_uppercase()
+        ),
+    }
+}
+
+/// Every `section.key` of the settings, from the settings themselves (sinks and routes are
+/// tables of the user's own, shown by example).
+fn settings_keys() -> Vec<String> {
+    let settings = Settings::from_toml("test", "[webhook]\nsecrets = [\"s\"]").unwrap();
+    let value = serde_json::to_value(&settings).unwrap();
+    let mut keys = Vec::new();
+    for (section, table) in value.as_object().unwrap() {
+        if section == "sinks" || section == "routes" {
+            continue;
+        }
+        for key in table.as_object().unwrap().keys() {
+            keys.push(format!("{section}.{key}"));
+        }
+    }
+    keys
+}
+
+/// Environment variable names that a text mentions: the daemon's own prefix and the others it
+/// reads.
+fn variables_named_in(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let bytes = text.as_bytes();
+    let mut at = 0;
+    while at < bytes.len() {
+        let starts_word =
+            at == 0 || !(bytes[at - 1].is_ascii_alphanumeric() || bytes[at - 1] == b'_');
+        if starts_word && bytes[at].is_ascii_uppercase() {
+            let end = text[at..]
+                .find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+                .map_or(text.len(), |length| at + length);
+            names.push(text[at..end].to_string());
+            at = end;
+        } else {
+            at += 1;
+        }
+    }
+    names
+        .into_iter()
+        .filter(|name| {
+            name.starts_with("ATTIO_WEBHOOKS__")
+                || [
+                    "APP_ENV",
+                    "APP_CONFIG_DIR",
+                    "ATTIO_WEBHOOKS_CONFIG",
+                    "ATTIO_WEBHOOK_SECRET",
+                    "ATTIO_API_KEY",
+                    "REDIS_URL",
+                    "RUST_LOG",
+                    "NO_COLOR",
+                    "DATABASE_URL",
+                    "PGPASSWORD",
+                ]
+                .contains(&name.as_str())
+        })
+        // Placeholders and per-sink examples stand for many variables.
+        .filter(|name| {
+            !name.starts_with("ATTIO_WEBHOOKS__SECTION")
+                && !name.starts_with("ATTIO_WEBHOOKS__SINKS__")
+                && name != "ATTIO_WEBHOOKS__"
+        })
+        .collect()
+}
+
+#[test]
+fn env_example_lists_every_variable_the_settings_and_the_docs_name() {
+    let example = repository_file(".env.example");
+    // Set (`NAME=...`) or shown commented out (`# NAME=...`).
+    let listed = |name: &str| {
+        example.lines().any(|line| {
+            line.trim_start_matches('#')
+                .trim_start()
+                .starts_with(&format!("{name}="))
+        })
+    };
+    let mut missing = Vec::new();
+    for key in settings_keys() {
+        let variable = variable_of(&key);
+        if !listed(&variable) {
+            missing.push(format!("{variable} (the setting {key})"));
+        }
+    }
+    let mut documents = vec!["README.md".to_string(), "config/default.toml".to_string()];
+    for entry in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "md") {
+            documents.push(format!(
+                "docs/{}",
+                path.file_name().unwrap().to_str().unwrap()
+            ));
+        }
+    }
+    for document in documents {
+        for variable in variables_named_in(&repository_file(&document)) {
+            if !listed(&variable) {
+                missing.push(format!("{variable} (named in {document})"));
+            }
+        }
+    }
+    missing.sort();
+    missing.dedup();
+    assert!(missing.is_empty(), ".env.example lacks {missing:#?}");
 }

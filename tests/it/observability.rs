@@ -144,3 +144,134 @@ async fn a_stalled_log_pipe_does_not_stall_ingress() {
         "the lines that did not fit are counted\n{metrics}"
     );
 }
+
+/// A field of `/proc/PID/status`, in its first unit (kB for sizes).
+fn proc_status(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
+}
+
+#[tokio::test]
+async fn metrics_report_the_process_memory_cpu_file_descriptors_and_start_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = dir.path().join("events.jsonl");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\npath = {:?}\n{}",
+            dir.path().join("data").display().to_string(),
+            crate::faults::jsonl_sink(&sink),
+        ),
+    )
+    .unwrap();
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let mut daemon = Daemon::start(dir.path(), &config, &[("ATTIO_WEBHOOK_SECRET", SECRET)]);
+    daemon.wait_healthy(Duration::from_secs(20)).await;
+    let pid = daemon.child.id();
+    let client = reqwest::Client::new();
+    send_distinct_to(&client, &daemon.url("/webhooks/attio"), "process", 50).await;
+    wait_for_jsonl(&sink, 50, Duration::from_secs(20)).await;
+
+    let metrics = metrics_text(&client, &daemon.url("/metrics")).await;
+    let resident = series(&metrics, "process_resident_memory_bytes");
+    let rss = proc_status(pid, "VmRSS") * 1024.0;
+    assert!(
+        resident > rss / 2.0 && resident < rss * 2.0,
+        "resident memory {resident} bytes, /proc says {rss}\n{metrics}"
+    );
+    let open_fds = series(&metrics, "process_open_fds");
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count() as f64;
+    assert!(
+        (open_fds - fds).abs() <= 5.0,
+        "open fds {open_fds}, /proc/{pid}/fd has {fds}\n{metrics}"
+    );
+    assert!(series(&metrics, "process_max_fds") >= open_fds);
+    let start_time = series(&metrics, "process_start_time_seconds");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        start_time >= started - 2.0 && start_time <= now,
+        "start time {start_time}, the test started the process at {started}\n{metrics}"
+    );
+    let cpu = series(&metrics, "process_cpu_seconds_total");
+    assert!(
+        cpu > 0.0 && cpu < (now - started) * 8.0,
+        "CPU seconds {cpu} after {}s\n{metrics}",
+        now - started
+    );
+    assert!(series(&metrics, "process_threads") >= 1.0);
+    assert!(metrics.contains("# TYPE process_resident_memory_bytes gauge"));
+}
+
+/// A daemon with `APP_ENV=production` and `extra` settings.
+async fn production_daemon(dir: &std::path::Path, extra: &str) -> Daemon {
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\npath = {:?}\n{extra}\n",
+            dir.join("data").display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut daemon = Daemon::start(
+        dir,
+        &config,
+        &[("ATTIO_WEBHOOK_SECRET", SECRET), ("APP_ENV", "production")],
+    );
+    daemon.wait_healthy(Duration::from_secs(20)).await;
+    daemon
+}
+
+async fn status_of(client: &reqwest::Client, url: &str) -> u16 {
+    client.get(url).send().await.unwrap().status().as_u16()
+}
+
+#[tokio::test]
+async fn in_production_metrics_are_served_only_on_the_admin_listener_unless_enabled() {
+    let client = reqwest::Client::new();
+
+    let alone = tempfile::tempdir().unwrap();
+    let daemon = production_daemon(alone.path(), "").await;
+    assert_eq!(status_of(&client, &daemon.url("/metrics")).await, 404);
+    assert!(
+        daemon.stderr().contains("/metrics is not served"),
+        "the start-up log says metrics are served nowhere and how to change it:\n{}",
+        daemon.stderr()
+    );
+
+    let with_admin = tempfile::tempdir().unwrap();
+    let admin_port = crate::helpers::free_port();
+    let daemon = production_daemon(
+        with_admin.path(),
+        &format!("[admin]\nlisten = \"127.0.0.1:{admin_port}\""),
+    )
+    .await;
+    assert_eq!(status_of(&client, &daemon.url("/metrics")).await, 404);
+    let admin_metrics = format!("http://127.0.0.1:{admin_port}/metrics");
+    assert_eq!(status_of(&client, &admin_metrics).await, 200);
+    assert!(
+        daemon.stderr().contains(&admin_metrics),
+        "the start-up log says where metrics are:\n{}",
+        daemon.stderr()
+    );
+
+    let enabled = tempfile::tempdir().unwrap();
+    let daemon = production_daemon(enabled.path(), "[server]\nmetrics = true").await;
+    assert_eq!(status_of(&client, &daemon.url("/metrics")).await, 200);
+    assert!(daemon
+        .stderr()
+        .contains(&format!("http://127.0.0.1:{}/metrics", daemon.port)));
+}

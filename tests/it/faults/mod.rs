@@ -8,6 +8,9 @@
 //! - `FAULTS_KILLS` (default 3): SIGKILLs during that load;
 //! - `FAULTS_REDIS_PAUSE` (default `4s`): how long Redis stays stopped;
 //! - `FAULTS_ATTIO_EVENTS` (default 60): events enriched through the flaky fake Attio;
+//! - `FAULTS_SLOW_CLIENTS` (default 200), `FAULTS_OPEN_FILES` (default 128), `FAULTS_SLOW_HOLD`
+//!   (default `8s`): slow clients held open against a daemon with that open-files limit, and for
+//!   how long.
 //! - `FAULTS_FULL_DISK_EVENTS` (default 20), `FAULTS_FULL_SINK_EVENTS` (default 10): events
 //!   waiting while the journal's or the sink's disk is full;
 //! - `FAULTS_FULL_DISK_FOR` (default `3s`): how long the disk stays full.
@@ -23,6 +26,7 @@ mod redis_outage;
 mod rotation;
 mod sigkill;
 mod sink_down;
+mod slow_clients;
 mod takeover;
 mod torn_line;
 
