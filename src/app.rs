@@ -70,6 +70,8 @@ pub struct Application {
     journal: Journal,
     /// With the embedded journal: this process is the only daemon working on it.
     journal_lock: Option<JournalLock>,
+    /// `[sync]`: the scheduled reconciliation of a `postgres` sink, when configured.
+    scheduled_sync: Option<crate::mirror::sync::Scheduled>,
     /// Reopens the `jsonl` sinks' files on SIGHUP.
     file_sinks: FileReopener,
     settings: Settings,
@@ -171,6 +173,8 @@ impl Application {
         let attio = build_attio_client(&settings, shared_rate_limit)?;
         let sinks = Sinks::open_with(&sink_settings, attio.as_ref())?;
         sinks.prepare().await;
+        let scheduled_sync =
+            crate::mirror::sync::Scheduled::from_settings(&settings, attio.as_ref())?;
         let file_sinks = sinks.file_reopener();
         let enricher = Enricher::new(attio, &settings.enrichment);
 
@@ -214,6 +218,7 @@ impl Application {
             worker,
             journal,
             journal_lock,
+            scheduled_sync,
             file_sinks,
             settings,
         })
@@ -242,6 +247,7 @@ impl Application {
             worker,
             journal,
             journal_lock,
+            scheduled_sync,
             file_sinks,
             settings,
         } = self;
@@ -272,6 +278,9 @@ impl Application {
         log_metrics_location(&settings, listener.local_addr()?, admin_addr);
         check_open_files_limit(&settings, admin_addr.is_some());
 
+        let sync_stop = CancellationToken::new();
+        let sync_task =
+            scheduled_sync.map(|scheduled| tokio::spawn(scheduled.run(sync_stop.clone())));
         let reopen_on_hangup = tokio::spawn(reopen_on_hangup(file_sinks));
         let worker_stop = CancellationToken::new();
         let worker_task = worker.map(|worker| tokio::spawn(worker.run(worker_stop.clone())));
@@ -314,6 +323,11 @@ impl Application {
             }
         }
         tracing::info!("ingress stopped; draining the worker");
+        // A scheduled sync stops after the page it is writing (its checkpoint is committed).
+        sync_stop.cancel();
+        if let Some(task) = sync_task {
+            let _ = task.await;
+        }
         worker_stop.cancel();
         if let Some(task) = worker_task {
             if let Err(error) = task.await {

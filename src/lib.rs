@@ -45,7 +45,8 @@
 //! - `metrics`: Prometheus registry and metric names.
 //! - `cli`: the command line: `serve`, `dead-letters list|show|replay`, `unparsed list|show|delete`,
 //!   `journal check|recover`,
-//!   `webhooks list|get|create|update|delete` (Attio subscriptions), and the developer tools
+//!   `webhooks list|get|create|update|delete` (Attio subscriptions), `sync` (fill and
+//!   reconcile a `postgres` sink from Attio), and the developer tools
 //!   `send`, `sign`, `verify`, `check-config`.
 
 pub mod app;

@@ -19,6 +19,7 @@ use reqwest::{Method, Url};
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde_json::Value;
 
 use crate::attio::breaker::{Admission, CircuitBreaker};
 use crate::attio::error::AttioError;
@@ -93,11 +94,18 @@ struct Inner {
 
 /// One logical call (possibly several HTTP attempts).
 struct Call {
-    /// Metric label and log field: method and path template.
+    /// Metric label and log field: method and path template. A `POST .../query` is a read.
     endpoint: &'static str,
     method: Method,
     url: Url,
     body: Option<Bytes>,
+}
+
+impl Call {
+    /// Attio counts its list endpoints that take a body (`POST .../query`) as reads.
+    fn is_read(&self) -> bool {
+        self.method == Method::GET || self.endpoint.ends_with("/query")
+    }
 }
 
 impl AttioClient {
@@ -303,6 +311,103 @@ impl AttioClient {
             ],
         )
         .await
+    }
+
+    // ---- paged lists, for `sync` (answers kept as JSON: every field Attio sent) ----
+
+    /// One page of an object's records, oldest first.
+    pub async fn query_records(
+        &self,
+        object: &str,
+        limit: u32,
+        offset: u64,
+    ) -> Result<Vec<Value>, AttioError> {
+        self.query(
+            "POST /v2/objects/{object}/records/query",
+            &["v2", "objects", object, "records", "query"],
+            limit,
+            offset,
+        )
+        .await
+    }
+
+    /// One page of a list's entries, oldest first.
+    pub async fn query_list_entries(
+        &self,
+        list: &str,
+        limit: u32,
+        offset: u64,
+    ) -> Result<Vec<Value>, AttioError> {
+        self.query(
+            "POST /v2/lists/{list}/entries/query",
+            &["v2", "lists", list, "entries", "query"],
+            limit,
+            offset,
+        )
+        .await
+    }
+
+    /// One page of notes (Attio allows at most 50 per page).
+    pub async fn list_notes(&self, limit: u32, offset: u64) -> Result<Vec<Value>, AttioError> {
+        self.get_page("GET /v2/notes", &["v2", "notes"], limit.min(50), offset)
+            .await
+    }
+
+    /// One page of tasks, oldest first.
+    pub async fn list_tasks(&self, limit: u32, offset: u64) -> Result<Vec<Value>, AttioError> {
+        self.get_page("GET /v2/tasks", &["v2", "tasks"], limit, offset)
+            .await
+    }
+
+    /// Every workspace member (one answer, not paged).
+    pub async fn list_workspace_members(&self) -> Result<Vec<Value>, AttioError> {
+        self.get("GET /v2/workspace_members", &["v2", "workspace_members"])
+            .await
+    }
+
+    async fn query(
+        &self,
+        endpoint: &'static str,
+        segments: &[&str],
+        limit: u32,
+        offset: u64,
+    ) -> Result<Vec<Value>, AttioError> {
+        let url = self.url(segments, &[])?;
+        let body = serde_json::to_vec(&serde_json::json!({
+            "limit": limit,
+            "offset": offset,
+            "sorts": [{"attribute": "created_at", "direction": "asc"}]
+        }))
+        .map_err(|e| AttioError::InvalidRequest(format!("cannot encode the body: {e}")))?;
+        let answer = self
+            .execute(Call {
+                endpoint,
+                method: Method::POST,
+                url,
+                body: Some(Bytes::from(body)),
+            })
+            .await?;
+        decode::<Envelope<Vec<Value>>>(&answer).map(|e| e.data)
+    }
+
+    async fn get_page(
+        &self,
+        endpoint: &'static str,
+        segments: &[&str],
+        limit: u32,
+        offset: u64,
+    ) -> Result<Vec<Value>, AttioError> {
+        let query = [("limit", limit.to_string()), ("offset", offset.to_string())];
+        let url = self.url(segments, &query)?;
+        let answer = self
+            .execute(Call {
+                endpoint,
+                method: Method::GET,
+                url,
+                body: None,
+            })
+            .await?;
+        decode::<Envelope<Vec<Value>>>(&answer).map(|e| e.data)
     }
 
     // ---- schema, for slug ↔ UUID resolution ----
@@ -532,7 +637,7 @@ impl AttioClient {
             return Err(AttioError::CircuitOpen { retry_in });
         }
         // Held until the answer is in (or the attempt failed): see `attio::rate_limit`.
-        let _slot = self.wait_for_turn(&call.method).await;
+        let _slot = self.wait_for_turn(call.is_read()).await;
         if let Some(hook) = &self.on_send {
             hook();
         }
@@ -605,7 +710,7 @@ impl AttioClient {
     }
 
     /// Waits out a pause Attio asked for, then for a slot of the shared rate limiter.
-    async fn wait_for_turn(&self, method: &Method) -> Permit<'_> {
+    async fn wait_for_turn(&self, read: bool) -> Permit<'_> {
         let started = tokio::time::Instant::now();
         let paused = *self
             .inner
@@ -617,7 +722,7 @@ impl AttioClient {
                 tokio::time::sleep_until(until).await;
             }
         }
-        let limiter = if *method == Method::GET {
+        let limiter = if read {
             &self.inner.reads
         } else {
             &self.inner.writes

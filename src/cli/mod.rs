@@ -14,6 +14,7 @@ mod secret;
 mod send;
 mod serve;
 mod sign;
+mod sync;
 pub mod templates;
 mod unparsed;
 mod webhooks;
@@ -85,6 +86,8 @@ pub enum Command {
     Journal(journal::JournalArgs),
     /// Manage the workspace's Attio webhooks: list, get, create, update, delete.
     Webhooks(webhooks::WebhooksArgs),
+    /// Fill and reconcile a postgres sink's tables from Attio (backfill, resumable).
+    Sync(sync::SyncArgs),
 }
 
 pub fn run(cli: Cli) -> ExitCode {
@@ -102,6 +105,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Unparsed(args) => unparsed::run(args, options),
         Command::Journal(args) => journal::run(args, options),
         Command::Webhooks(args) => webhooks::run(args, options),
+        Command::Sync(args) => sync::run(args, options),
     }
 }
 

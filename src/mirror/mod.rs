@@ -9,9 +9,11 @@
 //! - [`settings`]: the `postgres` sink's keys and `[sync]`.
 //! - [`store`]: every SQL statement, migrations embedded.
 //! - [`views`]: Attio attribute types → view columns.
+//! - [`sync`]: backfill and reconciliation, paged through Attio's list endpoints.
 
 pub mod settings;
 pub mod store;
+pub mod sync;
 pub mod views;
 
 use chrono::{DateTime, Utc};

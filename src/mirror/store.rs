@@ -844,25 +844,41 @@ impl Store {
         Ok(())
     }
 
+    /// Writes `changes` (with `dry_run`: counts them and rolls back) and sums the counts.
+    pub async fn apply_changes(
+        &self,
+        changes: &[Change],
+        dry_run: bool,
+    ) -> Result<Counts, StoreError> {
+        let mut client = self.connection().await?;
+        let transaction = client.transaction().await?;
+        let counts = sum(self.apply_in(&transaction, changes).await?);
+        if dry_run {
+            transaction.rollback().await?;
+        } else {
+            transaction.commit().await?;
+        }
+        Ok(counts)
+    }
+
     /// Writes one page and moves the scope's checkpoint past it, in one transaction: a run
-    /// stopped at any moment resumes at a page boundary with nothing counted twice.
+    /// stopped at any moment resumes at a page boundary with nothing counted twice. With
+    /// `dry_run` the page is counted and rolled back.
     pub async fn apply_page(
         &self,
         scope: &str,
         changes: &[Change],
         next_offset: i64,
         done: bool,
+        dry_run: bool,
     ) -> Result<Counts, StoreError> {
         let mut client = self.connection().await?;
         let transaction = client.transaction().await?;
-        let counts = self
-            .apply_in(&transaction, changes)
-            .await?
-            .into_values()
-            .fold(Counts::default(), |mut sum, c| {
-                sum += c;
-                sum
-            });
+        let counts = sum(self.apply_in(&transaction, changes).await?);
+        if dry_run {
+            transaction.rollback().await?;
+            return Ok(counts);
+        }
         transaction
             .execute(
                 "UPDATE sync_checkpoints SET next_offset = $2, created = created + $3,
@@ -882,6 +898,13 @@ impl Store {
         transaction.commit().await?;
         Ok(counts)
     }
+}
+
+fn sum(counts: HashMap<Table, Counts>) -> Counts {
+    counts.into_values().fold(Counts::default(), |mut sum, c| {
+        sum += c;
+        sum
+    })
 }
 
 /// Where an unfinished sync of one scope stands.

@@ -134,6 +134,11 @@ impl FakeWorkspace {
         workspace.attributes.insert(list_id.to_string(), attributes);
     }
 
+    /// The id of the only list (the tests make one).
+    pub fn workspace_list_id(&self) -> String {
+        self.workspace().lists.keys().next().cloned().unwrap()
+    }
+
     pub fn remove_list(&self, list_id: &str) {
         self.workspace().lists.remove(list_id);
     }
@@ -186,6 +191,20 @@ impl FakeWorkspace {
         {
             Some(existing) => *existing = record,
             None => records.push(record),
+        }
+    }
+
+    /// Appends new records (ids not yet in the workspace) in one go.
+    pub fn add_records(&self, object_id: &str, records: Vec<(String, Value)>) {
+        let mut workspace = self.workspace();
+        let list = workspace.records.entry(object_id.to_string()).or_default();
+        for (record_id, values) in records {
+            list.push(json!({
+                "id": {"workspace_id": WORKSPACE, "object_id": object_id, "record_id": record_id},
+                "created_at": "2023-01-01T15:00:00.000000000Z",
+                "web_url": format!("https://app.attio.com/fake/{record_id}"),
+                "values": values
+            }));
         }
     }
 

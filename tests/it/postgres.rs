@@ -91,6 +91,7 @@ impl Drop for TestSchema {
                 .build()
                 .unwrap();
             runtime.block_on(async move {
+                // Never wait long for a lock a connection of the finished test still holds.
                 if let Ok((client, connection)) = tokio_postgres::connect(
                     "host=127.0.0.1 port=5432 user=postgres dbname=test",
                     tokio_postgres::NoTls,
@@ -99,7 +100,9 @@ impl Drop for TestSchema {
                 {
                     tokio::spawn(connection);
                     let _ = client
-                        .batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
+                        .batch_execute(&format!(
+                            "SET lock_timeout = '10s'; DROP SCHEMA IF EXISTS {name} CASCADE"
+                        ))
                         .await;
                 }
             });
@@ -784,4 +787,531 @@ async fn a_database_that_is_down_is_a_transient_failure_of_the_sink() {
     let error = sink.deliver(&task_line(&uuid())).await.unwrap_err();
     assert!(!error.permanent, "{}", error.message);
     assert!(error.message.contains("PostgreSQL"), "{}", error.message);
+}
+
+// ---- sync ----
+
+use attio_webhooks::mirror::sync::{self, Progress, Scope, ScopeReport, SyncError, SyncOptions};
+use tokio_util::sync::CancellationToken;
+
+fn attio_client_with(base_url: &str, extra: &str) -> AttioClient {
+    let settings = Settings::from_toml(
+        "test",
+        &format!("[webhook]\nsecrets = [\"s\"]\n[attio]\nbase_url = \"{base_url}\"\n{extra}\n"),
+    )
+    .unwrap();
+    AttioClient::new(&settings.attio, &SecretString::from(API_KEY.to_string())).unwrap()
+}
+
+/// A `deals` object holding `count` records named `Deal {n}`; their ids in order.
+fn deals_with_records(fake: &FakeWorkspace, count: usize) -> (String, Vec<String>) {
+    let deals = deals_workspace(fake);
+    let ids: Vec<String> = (0..count).map(|_| uuid()).collect();
+    fake.add_records(
+        &deals.object,
+        ids.iter()
+            .enumerate()
+            .map(|(n, id)| {
+                (
+                    id.clone(),
+                    deal_values(&format!("Deal {n}"), n as f64, "Lead"),
+                )
+            })
+            .collect(),
+    );
+    (deals.object, ids)
+}
+
+fn only_deals() -> SyncOptions {
+    SyncOptions {
+        objects: vec!["deals".into()],
+        ..SyncOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn a_sync_of_ten_thousand_records_over_twenty_pages_with_429s_counts_right_within_the_read_rate(
+) {
+    let fake = FakeWorkspace::start().await;
+    let (object, _) = deals_with_records(&fake, 10_000);
+    fake.throttle_every(4);
+    let schema = TestSchema::new().await;
+    let store = migrated_store(&schema).await;
+    // A read rate well below what the fake and PostgreSQL could serve, so the limiter is what
+    // paces the run.
+    let read_rate = 4;
+    let attio = attio_client_with(
+        &format!("http://{}", fake.addr),
+        &format!("read_rate = {read_rate}"),
+    );
+    let reports = sync::run(
+        &attio,
+        &store,
+        &only_deals(),
+        &sync::Quiet,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reports.len(), 1);
+    let report = &reports[0];
+    assert_eq!(report.scope, "object deals");
+    assert!(report.complete);
+    assert_eq!(
+        (
+            report.counts.created,
+            report.counts.updated,
+            report.counts.unchanged,
+            report.counts.deleted
+        ),
+        (10_000, 0, 0, 0)
+    );
+    assert!(
+        fake.throttled() >= 4,
+        "429s were answered: {}",
+        fake.throttled()
+    );
+    let busiest = crate::fake_workspace::busiest_second(&fake.arrivals());
+    assert!(
+        busiest <= read_rate,
+        "{busiest} requests arrived within one second (read_rate {read_rate})"
+    );
+    // 20 full pages and the empty one that ends the pass, plus the 429s answered.
+    let queries = fake.requests_under(&format!("/v2/objects/{object}/records/query"));
+    assert_eq!(queries as u64, 21 + fake.throttled());
+    let row = schema
+        .one("SELECT count(*) FROM $schema.deals")
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 10_000);
+}
+
+/// Cancels the run after its first page.
+struct StopAfterFirstPage(CancellationToken);
+
+impl Progress for StopAfterFirstPage {
+    fn page(&self, _: &Scope, _: &ScopeReport) {
+        self.0.cancel();
+    }
+}
+
+#[tokio::test]
+async fn an_interrupted_sync_resumes_from_its_checkpoint_and_prunes_only_after_a_complete_pass() {
+    let fake = FakeWorkspace::start().await;
+    let (object, ids) = deals_with_records(&fake, 1_500);
+    let schema = TestSchema::new().await;
+    let store = migrated_store(&schema).await;
+    let attio = attio_client(&format!("http://{}", fake.addr));
+    let options = SyncOptions {
+        prune: true,
+        ..only_deals()
+    };
+    // A row from before (an earlier run, a webhook) that Attio no longer has.
+    let gone = uuid();
+    store
+        .apply(&[Change::Upsert {
+            table: Table::Records,
+            data: json!({"id": {"workspace_id": WORKSPACE, "object_id": object, "record_id": gone}, "values": {}}),
+            slug: Some("deals".into()),
+            fetched_at: Utc::now() - Age::hours(1),
+        }])
+        .await
+        .unwrap();
+
+    let stop = CancellationToken::new();
+    let interrupted = sync::run(
+        &attio,
+        &store,
+        &options,
+        &StopAfterFirstPage(stop.clone()),
+        &stop,
+    )
+    .await;
+    assert!(
+        matches!(interrupted, Err(SyncError::Interrupted { .. })),
+        "{interrupted:?}"
+    );
+    let row = schema
+        .one("SELECT count(*) FILTER (WHERE deleted_at IS NULL), count(*) FROM $schema.records")
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, i64>(0), row.get::<_, i64>(1)),
+        (501, 501),
+        "one page written, nothing pruned"
+    );
+
+    // Attio loses one more record meanwhile; the resumed pass completes, then prunes both.
+    fake.remove_record(&object, &ids[1_499]);
+    let reports = sync::run(
+        &attio,
+        &store,
+        &options,
+        &sync::Quiet,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let report = &reports[0];
+    assert_eq!(report.resumed_at, Some(500));
+    assert_eq!((report.counts.created, report.counts.deleted), (1_499, 1));
+    // One request before the interruption, two after it (offset 500, and offset 1000 whose
+    // short page ends the pass): the resumed run did not start again from 0.
+    assert_eq!(
+        fake.requests_under(&format!("/v2/objects/{object}/records/query")),
+        3
+    );
+    let deleted: Vec<String> = schema
+        .rows("SELECT record_id::text FROM $schema.records WHERE deleted_at IS NOT NULL")
+        .await
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(deleted, vec![gone.clone()]);
+    // The record Attio lost before the pass reached it was never written.
+    assert!(schema
+        .one(&format!(
+            "SELECT 1 FROM $schema.records WHERE record_id = '{}' AND deleted_at IS NULL",
+            ids[1_499]
+        ))
+        .await
+        .is_none());
+}
+
+#[tokio::test]
+async fn prune_removes_exactly_what_attio_no_longer_has_and_a_dry_run_writes_nothing() {
+    let fake = FakeWorkspace::start().await;
+    let (object, ids) = deals_with_records(&fake, 1_200);
+    let list = fake.workspace_list_id();
+    let entries: Vec<String> = (0..30).map(|_| uuid()).collect();
+    for entry in &entries {
+        fake.put_entry(
+            &list,
+            entry,
+            &ids[0],
+            json!({"priority": [value("select", json!({"option": {"title": "high"}}))]}),
+        );
+    }
+    let notes: Vec<String> = (0..60).map(|_| uuid()).collect();
+    for note in &notes {
+        fake.put_note(note, "Call notes", &ids[0]);
+    }
+    let tasks: Vec<String> = (0..3).map(|_| uuid()).collect();
+    for task in &tasks {
+        fake.put_task(task, "Follow up", false);
+    }
+    fake.put_member(&uuid(), "ada@example.com");
+    let schema = TestSchema::new().await;
+    let store = migrated_store(&schema).await;
+    let attio = attio_client(&format!("http://{}", fake.addr));
+    let everything = SyncOptions::everything(true);
+    let first = sync::run(
+        &attio,
+        &store,
+        &everything,
+        &sync::Quiet,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let created: Vec<(String, u64)> = first
+        .iter()
+        .map(|r| (r.scope.clone(), r.counts.created))
+        .collect();
+    assert_eq!(
+        created,
+        vec![
+            ("object deals".to_string(), 1_200),
+            ("list sales_pipeline".to_string(), 30),
+            ("notes".to_string(), 60),
+            ("tasks".to_string(), 3),
+            ("workspace members".to_string(), 1),
+        ]
+    );
+
+    for id in &ids[10..17] {
+        fake.remove_record(&object, id);
+    }
+    fake.remove_entry(&list, &entries[3]);
+    fake.remove_note(&notes[59]);
+    fake.remove_note(&notes[0]);
+    fake.remove_task(&tasks[1]);
+    fake.put_record(&object, &ids[100], deal_values("Renamed", 1.0, "Won"));
+
+    let dry = SyncOptions {
+        dry_run: true,
+        ..everything.clone()
+    };
+    let preview = sync::run(
+        &attio,
+        &store,
+        &dry,
+        &sync::Quiet,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(preview[0].counts.updated, 1);
+    let row = schema
+        .one("SELECT count(*) FROM $schema.records WHERE deleted_at IS NOT NULL")
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 0, "a dry run writes nothing");
+
+    let second = sync::run(
+        &attio,
+        &store,
+        &everything,
+        &sync::Quiet,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let deleted: Vec<(String, u64, u64)> = second
+        .iter()
+        .map(|r| (r.scope.clone(), r.counts.deleted, r.counts.updated))
+        .collect();
+    assert_eq!(
+        deleted,
+        vec![
+            ("object deals".to_string(), 7, 1),
+            ("list sales_pipeline".to_string(), 1, 0),
+            ("notes".to_string(), 2, 0),
+            ("tasks".to_string(), 1, 0),
+            ("workspace members".to_string(), 0, 0),
+        ]
+    );
+    let mut gone: Vec<String> = schema
+        .rows("SELECT record_id::text FROM $schema.records WHERE deleted_at IS NOT NULL")
+        .await
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    gone.sort();
+    let mut expected: Vec<String> = ids[10..17].to_vec();
+    expected.sort();
+    assert_eq!(gone, expected);
+    let row = schema
+        .one("SELECT count(*) FROM $schema.deals")
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 1_193);
+}
+
+#[tokio::test]
+async fn only_one_sync_runs_at_a_time_per_schema() {
+    let schema = TestSchema::new().await;
+    let store = migrated_store(&schema).await;
+    let other = migrated_store(&schema).await;
+    let held = store
+        .try_lock_sync()
+        .await
+        .unwrap()
+        .expect("the first takes the lock");
+    assert!(
+        other.try_lock_sync().await.unwrap().is_none(),
+        "the second is refused"
+    );
+    held.release().await;
+    assert!(
+        other.try_lock_sync().await.unwrap().is_some(),
+        "free again once released"
+    );
+}
+
+#[tokio::test]
+async fn the_daemon_with_a_sync_interval_fills_the_mirror_without_any_webhook() {
+    let fake = FakeWorkspace::start().await;
+    let (_, ids) = deals_with_records(&fake, 20);
+    let schema = TestSchema::new().await;
+    let _app = TestApp::builder()
+        .toml(&fake.attio_toml(""))
+        .toml("[sync]\ninterval = \"1h\"\n")
+        .routes(&schema.sink_toml(""))
+        .spawn()
+        .await;
+    schema
+        .wait_for(&format!(
+            "SELECT 1 FROM $schema.deals WHERE record_id = '{}'",
+            ids[19]
+        ))
+        .await;
+    let row = schema
+        .one("SELECT count(*) FROM $schema.deals")
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 20);
+}
+
+#[tokio::test]
+async fn the_sync_command_prints_progress_and_a_summary_and_refuses_an_empty_scope() {
+    let fake = FakeWorkspace::start().await;
+    deals_with_records(&fake, 700);
+    let schema = TestSchema::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!("{}\n{}", fake.attio_toml(""), schema.sink_toml("")),
+    )
+    .unwrap();
+    let workdir = dir.path().to_path_buf();
+    let sync = move |args: &[&str]| {
+        std::process::Command::new(crate::helpers::binary())
+            .current_dir(&workdir)
+            .env("APP_CONFIG_DIR", &workdir)
+            .env_remove("ATTIO_API_KEY")
+            .env_remove("DATABASE_URL")
+            .arg("--config")
+            .arg(&config)
+            .arg("sync")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let output = tokio::task::spawn_blocking(move || {
+        let json = sync(&["--object", "deals", "--json"]);
+        let plain = sync(&["--object", "deals"]);
+        let empty = sync(&[]);
+        (json, plain, empty)
+    })
+    .await
+    .unwrap();
+    let (json, plain, empty) = output;
+    assert!(
+        json.status.success(),
+        "{}",
+        String::from_utf8_lossy(&json.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8_lossy(&json.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines
+        .iter()
+        .any(|l| l["progress"]["scope"] == "object deals"));
+    let summary = &lines.last().unwrap()["summary"][0];
+    assert_eq!(
+        (summary["created"].as_u64(), summary["unchanged"].as_u64()),
+        (Some(700), Some(0))
+    );
+
+    assert!(plain.status.success());
+    let stdout = String::from_utf8_lossy(&plain.stdout);
+    assert!(
+        stdout.contains("created") && stdout.contains("object deals"),
+        "{stdout}"
+    );
+    assert!(String::from_utf8_lossy(&plain.stderr).contains("object deals: 700 rows"));
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("object deals"))
+        .unwrap();
+    assert_eq!(
+        row.split_whitespace().collect::<Vec<_>>()[2..],
+        ["0", "0", "700", "0"]
+    );
+
+    assert_eq!(empty.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&empty.stderr).contains("nothing to sync"));
+}
+
+// ---- benchmark (ignored here; `bench/postgres.sh` runs it in release with sizes from the env) ----
+
+fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Rows per second of the `postgres` sink under a stream of `record.updated` lines (BENCH_UPDATES
+/// lines over BENCH_RECORDS records, BENCH_IN_FLIGHT at a time, as the worker delivers them) and
+/// of `sync` (BENCH_SYNC_RECORDS records at Attio's 100 reads/s), each against what Attio allows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: bench/postgres.sh"]
+async fn bench_postgres_rows_per_second() {
+    let updates = env_number("BENCH_UPDATES", 20_000);
+    let records = env_number("BENCH_RECORDS", 2_000);
+    let in_flight = env_number("BENCH_IN_FLIGHT", 256);
+    let sync_records = env_number("BENCH_SYNC_RECORDS", 20_000);
+    let read_rate = 100.0;
+
+    let fake = FakeWorkspace::start().await;
+    let (object, ids) = deals_with_records(&fake, sync_records.max(records));
+    let schema = TestSchema::new().await;
+    let store = migrated_store(&schema).await;
+    let attio = attio_client(&format!("http://{}", fake.addr));
+
+    // sync: every record, 500 a page, through the client's read limiter.
+    let started = Instant::now();
+    let reports = sync::run(
+        &attio,
+        &store,
+        &only_deals(),
+        &sync::Quiet,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let sync_seconds = started.elapsed().as_secs_f64();
+    let synced = reports[0].counts.created as f64;
+
+    // The sink: update lines as enrichment makes them, delivered concurrently.
+    let sink = Arc::new(PostgresSink::open("bench", &schema.settings(), Some(&attio)).unwrap());
+    let lines: Vec<SinkLine> = (0..updates)
+        .map(|n| {
+            let id = &ids[n % records];
+            let data = json!({
+                "id": {"workspace_id": WORKSPACE, "object_id": object, "record_id": id},
+                "values": deal_values(&format!("Deal {n}"), n as f64, "Lead")
+            });
+            let line = json!({
+                "id": format!("bench:{n}"), "event_type": "record.updated",
+                "received_at": "2026-01-01T00:00:00Z",
+                "event": {"event_type": "record.updated", "id": {"workspace_id": WORKSPACE, "object_id": object, "record_id": id}},
+                "data": data, "enrichment": "ok", "object": "deals",
+                "fetched_at": Utc::now().to_rfc3339()
+            });
+            SinkLine {
+                id: Arc::from(format!("bench:{n}")),
+                event_type: Arc::from("record.updated"),
+                json: Arc::from(serde_json::to_vec(&line).unwrap()),
+            }
+        })
+        .collect();
+    let lines = Arc::new(lines);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..in_flight)
+        .map(|_| {
+            let (sink, lines, next) = (sink.clone(), lines.clone(), next.clone());
+            tokio::spawn(async move {
+                loop {
+                    let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(line) = lines.get(n) else { return };
+                    sink.deliver(line).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    let sink_seconds = started.elapsed().as_secs_f64();
+
+    let sink_rate = updates as f64 / sink_seconds;
+    let sync_rate = synced / sync_seconds;
+    // Each webhook row costs one read to re-fetch; a sync page of 500 rows costs one read.
+    println!("| measure | rows | seconds | rows/s | Attio allows (rows/s) | ratio |");
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| postgres sink, record.updated stream ({in_flight} in flight, {records} records) | {updates} | {sink_seconds:.2} | {sink_rate:.0} | {read_rate:.0} (one re-fetch per event) | {:.1}x |",
+        sink_rate / read_rate
+    );
+    println!(
+        "| sync, 500 per page | {synced:.0} | {sync_seconds:.2} | {sync_rate:.0} | {:.0} (500 rows per read) | {:.2}x |",
+        read_rate * 500.0,
+        sync_rate / (read_rate * 500.0)
+    );
 }
