@@ -19,6 +19,7 @@ use crate::dedupe::{self, ClaimOwner, DedupeStore, EmbeddedDedupe, RedisDedupe};
 use crate::enrich::Enricher;
 use crate::ingress::connections::{self, ConnectionLimits};
 use crate::ingress::{self, IngressState};
+use crate::journal::history::Retention;
 use crate::journal::{Journal, JournalLock, RedisJournal, SqliteJournal};
 use crate::routing::{closest_event_type, RouteTable};
 use crate::sinks::{FileReopener, Sinks};
@@ -118,12 +119,15 @@ impl Application {
         let (journal, dedupe) = match (settings.queue.backend, redis) {
             (QueueBackend::Redis, Some(connection)) => {
                 check_redis_persistence(connection.clone(), &settings).await?;
-                let journal = Journal::Redis(RedisJournal::new(
-                    connection.clone(),
-                    &settings.redis.key_prefix,
-                    settings.dedupe.claim_lease,
-                    settings.dedupe.done_ttl,
-                ));
+                let journal = Journal::Redis(
+                    RedisJournal::new(
+                        connection.clone(),
+                        &settings.redis.key_prefix,
+                        settings.dedupe.claim_lease,
+                        settings.dedupe.done_ttl,
+                    )
+                    .with_history(settings.storage.history),
+                );
                 (journal, redis_dedupe(connection, &settings, None))
             }
             (QueueBackend::Redis, None) => {
@@ -284,6 +288,7 @@ impl Application {
         let upkeep = tokio::spawn(upkeep(
             journal.clone(),
             settings.dedupe.done_ttl,
+            settings.retention(),
             upkeep_stop.clone(),
         ));
         let metrics_upkeep = tokio::spawn(metrics_upkeep(upkeep_stop.clone()));
@@ -471,15 +476,16 @@ fn redis_dedupe(
     })
 }
 
-/// Forgets delivery keys older than `dedupe.done_ttl` (with the Redis journal:
-/// replicas long gone from the consumer group).
-async fn upkeep(journal: Journal, keep: Duration, stop: CancellationToken) {
+/// Forgets delivery keys older than `dedupe.done_ttl`, deletes history older than
+/// `storage.history` (dead letters: `storage.dead_letter_history`), and with the Redis journal
+/// forgets replicas long gone from the consumer group.
+async fn upkeep(journal: Journal, keep: Duration, retention: Retention, stop: CancellationToken) {
     let mut interval = tokio::time::interval(PURGE_INTERVAL);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = interval.tick() => {
-                match journal.purge(keep).await {
+                match journal.purge(keep, retention).await {
                     Ok(0) => {}
                     Ok(purged) => tracing::info!(purged, journal = journal.name(), "purged expired journal entries"),
                     Err(error) => tracing::warn!(%error, "purge of expired keys failed"),

@@ -122,6 +122,16 @@ pub struct StorageSettings {
     /// When a commit reaches the disk; see [`SyncMode`].
     #[serde(deserialize_with = "choice")]
     pub sync: SyncMode,
+    /// How long delivered events stay in the history (by time received).
+    #[serde(with = "humantime_serde")]
+    pub history: Duration,
+    /// How long dead letters and unparsed deliveries are kept; unset: until replayed or deleted.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub dead_letter_history: Option<Duration>,
 }
 
 /// How hard the journal flushes each commit (SQLite's `synchronous` in WAL mode).
@@ -201,9 +211,14 @@ pub struct RedisSettings {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminSettings {
-    /// A second listener for /metrics, /healthz and /readyz; empty: /metrics on the main one.
+    /// A second listener for /metrics, /healthz and /readyz, the events API and the console;
+    /// empty: all of them on the main one.
     #[serde(default)]
     pub listen: String,
+    /// Token of the events API and the console (`ATTIO_WEBHOOKS_ADMIN_TOKEN`). None: they are
+    /// served only on a loopback listener, and refused in production.
+    #[serde(default, serialize_with = "redact_optional_secret")]
+    pub token: Option<SecretString>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -628,6 +643,11 @@ impl Settings {
             .map_err(load_error)?;
             layers.push(Layer::Variable { variable, key });
         }
+        if let Ok(token) = std::env::var("ATTIO_WEBHOOKS_ADMIN_TOKEN") {
+            builder = builder
+                .set_override("admin.token", token)
+                .map_err(load_error)?;
+        }
         let raw = builder.build().map_err(load_error)?;
         let mut settings: Settings = raw
             .try_deserialize()
@@ -693,6 +713,14 @@ impl Settings {
             .is_some_and(|k| k.expose_secret().trim().is_empty())
         {
             self.attio.api_key = None;
+        }
+        if self
+            .admin
+            .token
+            .as_ref()
+            .is_some_and(|k| k.expose_secret().trim().is_empty())
+        {
+            self.admin.token = None;
         }
     }
 
@@ -762,6 +790,12 @@ impl Settings {
         }
         if self.is_production() && self.uses_development_secret() {
             return Err(ConfigError::DevelopmentSecretInProduction);
+        }
+        if self.storage.history.is_zero() {
+            return Err(ConfigError::invalid(
+                "storage.history",
+                "must be longer than 0 (for example \"7d\")",
+            ));
         }
         if self.storage.path.as_os_str().is_empty() {
             return Err(ConfigError::invalid(
@@ -981,6 +1015,14 @@ impl Settings {
     }
 
     /// The admin listener's address, when one is configured.
+    /// How long history is kept.
+    pub fn retention(&self) -> crate::journal::history::Retention {
+        crate::journal::history::Retention {
+            history: self.storage.history,
+            dead_letters: self.storage.dead_letter_history,
+        }
+    }
+
     pub fn admin_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
         let listen = self.admin.listen.trim();
         if listen.is_empty() {

@@ -23,7 +23,8 @@
 //!   of both as checks shared by the property tests and the fuzz targets in `fuzz/`.
 //! - `journal`: durable store of accepted deliveries (SQLite with group commit, or a Redis
 //!   stream shared by replicas), dead letters, signed bodies that were not deliveries
-//!   (`journal::repair`: check and recover a damaged SQLite journal).
+//!   (`journal::repair`: check and recover a damaged SQLite journal), and the event history
+//!   with its one query interface (`journal::history`).
 //! - `worker`: takes events from the channel and the journal, drives them to the sinks
 //!   (`worker::collapse`: one line for the updates that shared a fetch, on `collapse = true` routes;
 //!   `worker::order`: the events of one delivery about one record reach the sinks in their order;

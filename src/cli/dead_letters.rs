@@ -196,7 +196,9 @@ async fn act(
                 Ok(ExitCode::SUCCESS)
             }
             None => {
-                eprintln!("error: no event {id:?} in the journal (delivered events are not kept)");
+                eprintln!(
+                    "error: no event {id:?} in the journal (unknown, or older than storage.history)"
+                );
                 Ok(ExitCode::FAILURE)
             }
         },
@@ -212,7 +214,7 @@ async fn act(
             } else {
                 ReplaySelection::Ids(ids)
             };
-            let report = journal.replay(&selection, sink.as_deref()).await?;
+            let report = journal.replay(&selection, sink.as_deref(), false).await?;
             if json {
                 println!("{}", to_json(&report));
             } else {

@@ -342,6 +342,26 @@ pub fn dimensions(kind: &EventKind, raw: &str, enrichment: &Enrichment) -> Event
     }
 }
 
+/// What the history keeps to find an event by: its object and list (slug when resolved, else
+/// id) and the record or entry it is about.
+pub fn history_keys(kind: &EventKind, raw: &str, enrichment: &Enrichment) -> HistoryKeys {
+    let ids = EventIds::parse(raw);
+    let plan = plan(kind, &ids).unwrap_or_default();
+    HistoryKeys {
+        object: enrichment.object.clone().or(plan.object_id),
+        list: enrichment.list.clone().or(plan.list_id),
+        record_id: ids.get("record_id").or_else(|| ids.get("entry_id")),
+    }
+}
+
+/// See [`history_keys`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HistoryKeys {
+    pub object: Option<String>,
+    pub list: Option<String>,
+    pub record_id: Option<String>,
+}
+
 /// The enrichment stage. Without an API key every event passes with `disabled`.
 #[derive(Clone)]
 pub struct Enricher {

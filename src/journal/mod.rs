@@ -2,11 +2,13 @@
 //!
 //! In: verified deliveries from ingress (`append`), outcomes from the worker (`complete`,
 //! `reschedule`, `retry_sinks`, `dead_letter_sinks`), replays from `dead-letters replay`. Out:
-//! events due for processing (`due`), dead letters, and the backlog size. Ingress answers 2xx
-//! only after `append` returned, so nothing acknowledged lives only in memory. The embedded
+//! events due for processing (`due`), dead letters, the backlog size, and the event history
+//! (delivered events stay, delivered, for `storage.history`: see [`history`]). Ingress answers
+//! 2xx only after `append` returned, so nothing acknowledged lives only in memory. The embedded
 //! backend is SQLite with group commit ([`sqlite`]); the scale-out backend is a Redis stream read
 //! through one consumer group by every replica ([`redis`]).
 
+pub mod history;
 pub mod redis;
 pub mod redis_persistence;
 mod redis_scripts;
@@ -19,6 +21,11 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::event::ParsedEvent;
+
+use self::history::{
+    AttemptRecord, EventDetail, EventPage, HistoryQuery, Retention, UnparsedDelivery,
+    UnparsedSummary,
+};
 
 pub use self::redis::RedisJournal;
 pub use sqlite::{JournalLock, SqliteJournal};
@@ -138,7 +145,7 @@ pub struct SkippedReplay {
 #[derive(Debug, Clone, Serialize)]
 pub struct StoredEvent {
     pub id: String,
-    /// `pending` or `dead` (done events are removed from the journal).
+    /// `pending`, `delivered` or `dead`.
     pub state: String,
     pub event_type: String,
     pub delivery_key: String,
@@ -257,10 +264,11 @@ impl Journal {
         }
     }
 
-    pub async fn complete(&self, id: &str) -> Result<(), JournalError> {
+    /// The event is delivered; it stays in the history (`storage.history`) with `record`.
+    pub async fn complete(&self, id: &str, record: &AttemptRecord) -> Result<(), JournalError> {
         match self {
-            Journal::Sqlite(j) => j.complete(id).await,
-            Journal::Redis(j) => j.complete(id).await,
+            Journal::Sqlite(j) => j.complete(id, record).await,
+            Journal::Redis(j) => j.complete(id, record).await,
         }
     }
 
@@ -319,10 +327,14 @@ impl Journal {
         id: &str,
         progress: &SinkProgress,
         next_attempt_at: DateTime<Utc>,
+        record: &AttemptRecord,
     ) -> Result<(), JournalError> {
         match self {
-            Journal::Sqlite(j) => j.record_sinks(id, progress, Some(next_attempt_at)).await,
-            Journal::Redis(j) => j.retry_sinks(id, progress, next_attempt_at).await,
+            Journal::Sqlite(j) => {
+                j.record_sinks(id, progress, Some(next_attempt_at), record)
+                    .await
+            }
+            Journal::Redis(j) => j.retry_sinks(id, progress, next_attempt_at, record).await,
         }
     }
 
@@ -331,10 +343,11 @@ impl Journal {
         &self,
         id: &str,
         progress: &SinkProgress,
+        record: &AttemptRecord,
     ) -> Result<(), JournalError> {
         match self {
-            Journal::Sqlite(j) => j.record_sinks(id, progress, None).await,
-            Journal::Redis(j) => j.dead_letter_sinks(id, progress).await,
+            Journal::Sqlite(j) => j.record_sinks(id, progress, None, record).await,
+            Journal::Redis(j) => j.dead_letter_sinks(id, progress, record).await,
         }
     }
 
@@ -359,15 +372,66 @@ impl Journal {
 
     /// Puts dead letters back to pending with their attempts reset, due at once. With `sink`,
     /// only events that failed on that sink, and only that sink is tried again (the others are
-    /// marked done).
+    /// marked done). `delivered_too`: named delivered events are replayed as well, to every
+    /// sink again, or with `sink` to that one only (the caller clears their done marks in the
+    /// dedupe store first).
     pub async fn replay(
         &self,
         selection: &ReplaySelection,
         sink: Option<&str>,
+        delivered_too: bool,
     ) -> Result<ReplayReport, JournalError> {
         match self {
-            Journal::Sqlite(j) => j.replay(selection, sink).await,
-            Journal::Redis(j) => j.replay(selection, sink).await,
+            Journal::Sqlite(j) => j.replay(selection, sink, delivered_too).await,
+            Journal::Redis(j) => j.replay(selection, sink, delivered_too).await,
+        }
+    }
+
+    /// Events kept in the history matching `query`, newest first.
+    pub async fn history(&self, query: &HistoryQuery) -> Result<EventPage, JournalError> {
+        match self {
+            Journal::Sqlite(j) => j.history(query).await,
+            Journal::Redis(j) => j.history(query).await,
+        }
+    }
+
+    /// Everything kept about one event (`None`: unknown, or older than the history window).
+    pub async fn history_event(&self, id: &str) -> Result<Option<EventDetail>, JournalError> {
+        match self {
+            Journal::Sqlite(j) => j.history_event(id).await,
+            Journal::Redis(j) => j.history_event(id).await,
+        }
+    }
+
+    /// Unparsed deliveries (signed bodies that were not deliveries), newest first; `before`: a
+    /// previous page's last id.
+    pub async fn unparsed(
+        &self,
+        limit: usize,
+        before: Option<i64>,
+    ) -> Result<Vec<UnparsedSummary>, JournalError> {
+        match self {
+            Journal::Sqlite(j) => j.unparsed(limit, before).await,
+            Journal::Redis(j) => j.unparsed(limit, before).await,
+        }
+    }
+
+    /// One unparsed delivery with its raw body.
+    pub async fn unparsed_delivery(
+        &self,
+        id: i64,
+    ) -> Result<Option<UnparsedDelivery>, JournalError> {
+        match self {
+            Journal::Sqlite(j) => j.unparsed_delivery(id).await,
+            Journal::Redis(j) => j.unparsed_delivery(id).await,
+        }
+    }
+
+    /// Deletes one unparsed delivery; false when there was none with this id.
+    pub async fn delete_unparsed(&self, id: i64) -> Result<bool, JournalError> {
+        match self {
+            Journal::Sqlite(j) => j.delete_unparsed(id).await,
+            Journal::Redis(j) => j.delete_unparsed(id).await,
         }
     }
 
@@ -423,11 +487,16 @@ impl Journal {
         }
     }
 
-    /// Forgets delivery keys older than `keep` so the table does not grow without bound.
-    pub async fn purge(&self, keep: std::time::Duration) -> Result<u64, JournalError> {
+    /// Forgets delivery keys older than `keep` and history older than `retention`, so the
+    /// journal does not grow without bound.
+    pub async fn purge(
+        &self,
+        keep: std::time::Duration,
+        retention: Retention,
+    ) -> Result<u64, JournalError> {
         match self {
-            Journal::Sqlite(j) => j.purge(keep).await,
-            Journal::Redis(j) => j.purge(keep).await,
+            Journal::Sqlite(j) => j.purge(keep, retention).await,
+            Journal::Redis(j) => j.purge(keep, retention).await,
         }
     }
 
@@ -442,8 +511,9 @@ impl Journal {
 
 /// Decides what replaying one event means, for every backend alike. `state`, `failed` and
 /// `done` are what the journal holds for it; `sink` limits the replay to one sink; `named` says
-/// the caller listed this id (rather than `--all`). Returns the sinks to count as done when the
-/// event goes back to pending, or why it is skipped (`None`: skipped without a word, as an
+/// the caller listed this id (rather than `--all`); `delivered_too` lets a delivered event be
+/// replayed (to every sink again, or to `sink` only). Returns the sinks to count as done when
+/// the event goes back to pending, or why it is skipped (`None`: skipped without a word, as an
 /// `--all --sink` replay passes over events that did not fail on that sink).
 pub(crate) fn plan_replay(
     state: Option<&str>,
@@ -451,13 +521,27 @@ pub(crate) fn plan_replay(
     mut done: Vec<String>,
     sink: Option<&str>,
     named: bool,
+    delivered_too: bool,
 ) -> Result<Vec<String>, Option<String>> {
     match state {
         Some("dead") => {}
+        Some("delivered") if delivered_too => {
+            return match sink {
+                None => Ok(Vec::new()),
+                Some(sink) if done.iter().any(|d| d == sink) => {
+                    done.retain(|d| d != sink);
+                    Ok(done)
+                }
+                Some(sink) => Err(Some(format!(
+                    "was not delivered to sink {sink:?} (delivered to: {})",
+                    done.join(", ")
+                ))),
+            };
+        }
         Some(state) => return Err(Some(format!("not a dead letter (it is {state})"))),
         None => {
             return Err(Some(
-                "not in the journal (done events are not kept)".to_string(),
+                "not in the journal (unknown, or older than storage.history)".to_string(),
             ))
         }
     }

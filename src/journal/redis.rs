@@ -13,12 +13,14 @@
 //! {prefix}:delivery:{key}      delivery marker (TTL dedupe.done_ttl): a redelivery is refused
 //! {prefix}:dead-delivery:{n}   hash; a signed body that was not a delivery
 //! {prefix}:dead-deliveries     sorted set of those by sequence; {prefix}:dead-delivery-seq
+//! {prefix}:history             sorted set; every kept event by history sequence (newest last)
+//! {prefix}:history-seq         the last history sequence number given
 //! ```
 //!
 //! An event's life: ingress stores the hash, adds a stream entry and sets the delivery marker in
 //! one script, and answers 200 only after Redis answered. A worker reads the entry through the
 //! consumer group (XREADGROUP), so it stays pending on that replica until the outcome is
-//! recorded: done (XACK + XDEL, hash deleted), retry (XACK + XDEL, id into the retry schedule)
+//! recorded: done (XACK + XDEL, hash kept as delivered for `storage.history`), retry (XACK + XDEL, id into the retry schedule)
 //! or dead (XACK + XDEL, id into the dead letters). Entries a crashed replica left pending longer
 //! than the lease are taken over by another (XAUTOCLAIM). A retry being worked on is hidden for
 //! one lease, so a crash there is recovered the same way.
@@ -31,6 +33,10 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, SecondsFormat, Utc};
 use redis::aio::ConnectionManager;
 
+use super::history::{
+    AttemptRecord, EventDetail, EventPage, EventStatus, EventSummary, FilterView, HistoryQuery,
+    Retention, StoredSinks, UnparsedDelivery, UnparsedSummary,
+};
 use super::redis_scripts as scripts;
 use super::{
     AppendOutcome, DeadDelivery, DeadDeliveryBody, DeadDeliverySelection, DeadLetter,
@@ -44,6 +50,8 @@ const GROUP: &str = "workers";
 const FORGET_CONSUMERS_AFTER: Duration = Duration::from_secs(3600);
 /// Dead letters read or replayed per call (keeps each script short).
 const PAGE: usize = 500;
+/// Most events one history list looks at (see [`RedisJournal::history`]).
+const HISTORY_SCAN: usize = 20_000;
 /// Entries handed back per script call on shutdown.
 const HAND_BACK_BATCH: usize = 1000;
 
@@ -99,6 +107,15 @@ impl Keys {
     fn probe(&self) -> String {
         format!("{}:probe", self.tag)
     }
+    fn history(&self) -> String {
+        format!("{}:history", self.tag)
+    }
+    fn history_seq(&self) -> String {
+        format!("{}:history-seq", self.tag)
+    }
+    fn dead_delivery(&self, seq: i64) -> String {
+        format!("{}:dead-delivery:{seq}", self.tag)
+    }
 }
 
 struct Scripts {
@@ -113,6 +130,8 @@ struct Scripts {
     dead_deliveries: redis::Script,
     forget_consumers: redis::Script,
     hand_back: redis::Script,
+    history_batch: redis::Script,
+    purge_history: redis::Script,
 }
 
 impl Scripts {
@@ -129,6 +148,8 @@ impl Scripts {
             dead_deliveries: redis::Script::new(scripts::DEAD_DELIVERIES),
             forget_consumers: redis::Script::new(scripts::FORGET_CONSUMERS),
             hand_back: redis::Script::new(scripts::HAND_BACK),
+            history_batch: redis::Script::new(scripts::HISTORY_BATCH),
+            purge_history: redis::Script::new(scripts::PURGE_HISTORY),
         }
     }
 }
@@ -147,6 +168,8 @@ struct Inner {
     consumer: String,
     lease: Duration,
     delivery_ttl: Duration,
+    /// How long a delivered event stays in the history (`storage.history`).
+    history: Duration,
     backlog: AtomicU64,
     group_ready: AtomicBool,
     reclaim: Mutex<Reclaim>,
@@ -198,6 +221,7 @@ impl RedisJournal {
                 consumer: consumer_name(),
                 lease,
                 delivery_ttl,
+                history: Retention::default().history,
                 backlog: AtomicU64::new(0),
                 group_ready: AtomicBool::new(false),
                 reclaim: Mutex::new(Reclaim {
@@ -207,6 +231,19 @@ impl RedisJournal {
                 }),
                 scripts: Scripts::new(),
             }),
+        }
+    }
+
+    /// Keeps delivered events for `history` (`storage.history`; 7 days unless set).
+    pub fn with_history(self, history: Duration) -> RedisJournal {
+        let mut inner = match Arc::try_unwrap(self.inner) {
+            Ok(inner) => inner,
+            // Only called right after `new`, before any clone; a clone keeps the default.
+            Err(shared) => return RedisJournal { inner: shared },
+        };
+        inner.history = history;
+        RedisJournal {
+            inner: Arc::new(inner),
         }
     }
 
@@ -250,6 +287,8 @@ impl RedisJournal {
             .key(keys.delivery(&delivery.key))
             .key(keys.stream())
             .key(keys.pending())
+            .key(keys.history())
+            .key(keys.history_seq())
             .arg(millis(self.inner.delivery_ttl))
             .arg(&received_ms)
             .arg(shared.len())
@@ -403,7 +442,10 @@ impl RedisJournal {
     ) -> Result<(), JournalError> {
         let keys = &self.inner.keys;
         let (script, score) = match outcome {
-            Outcome::Complete => (&self.inner.scripts.complete, 0),
+            Outcome::Complete => (
+                &self.inner.scripts.complete,
+                i64::try_from(millis(self.inner.history)).unwrap_or(i64::MAX),
+            ),
             Outcome::Retry { at_ms } => (&self.inner.scripts.reschedule, at_ms),
             Outcome::Dead => (
                 &self.inner.scripts.dead_letter,
@@ -428,8 +470,12 @@ impl RedisJournal {
         Ok(())
     }
 
-    pub async fn complete(&self, id: &str) -> Result<(), JournalError> {
-        self.record(id, Outcome::Complete, &[]).await
+    pub async fn complete(&self, id: &str, record: &AttemptRecord) -> Result<(), JournalError> {
+        let mut fields = history_fields(record);
+        fields.push(("sinks_done", json_list(&record.sinks_done)));
+        fields.push(("failed_sinks", "[]".to_string()));
+        fields.push(("delivered_at", rfc3339(Utc::now())));
+        self.record(id, Outcome::Complete, &fields).await
     }
 
     pub async fn reschedule(
@@ -485,9 +531,11 @@ impl RedisJournal {
         id: &str,
         progress: &SinkProgress,
         next_attempt_at: DateTime<Utc>,
+        record: &AttemptRecord,
     ) -> Result<(), JournalError> {
         let at_ms = next_attempt_at.timestamp_millis();
-        let fields = Self::progress_fields(progress);
+        let mut fields = Self::progress_fields(progress);
+        fields.extend(history_fields(record));
         self.record(id, Outcome::Retry { at_ms }, &fields).await
     }
 
@@ -496,8 +544,10 @@ impl RedisJournal {
         &self,
         id: &str,
         progress: &SinkProgress,
+        record: &AttemptRecord,
     ) -> Result<(), JournalError> {
         let mut fields = Self::progress_fields(progress);
+        fields.extend(history_fields(record));
         fields.push(("dead_at", rfc3339(Utc::now())));
         self.record(id, Outcome::Dead, &fields).await
     }
@@ -591,6 +641,7 @@ impl RedisJournal {
         &self,
         selection: &ReplaySelection,
         sink: Option<&str>,
+        delivered_too: bool,
     ) -> Result<ReplayReport, JournalError> {
         let keys = &self.inner.keys;
         let (ids, named) = match selection {
@@ -618,11 +669,13 @@ impl RedisJournal {
             }
             let states: Vec<(Option<String>, Option<String>, Option<String>)> =
                 pipe.query_async(&mut self.connection()).await?;
-            let mut wanted: Vec<(String, String)> = Vec::new();
+            let mut wanted: Vec<(String, String, String)> = Vec::new();
             for (id, (state, failed, done)) in batch.iter().zip(states) {
                 let failed = parse_list(failed.as_deref().unwrap_or("[]"));
                 let done = parse_list(done.as_deref().unwrap_or("[]"));
-                let done = match super::plan_replay(state.as_deref(), failed, done, sink, named) {
+                let plan =
+                    super::plan_replay(state.as_deref(), failed, done, sink, named, delivered_too);
+                let done = match plan {
                     Ok(done) => done,
                     Err(reason) => {
                         if let Some(reason) = reason {
@@ -634,7 +687,7 @@ impl RedisJournal {
                         continue;
                     }
                 };
-                wanted.push((id.clone(), json_list(&done)));
+                wanted.push((id.clone(), json_list(&done), state.unwrap_or_default()));
             }
             if wanted.is_empty() {
                 continue;
@@ -646,8 +699,8 @@ impl RedisJournal {
                 .key(keys.pending())
                 .arg(keys.event_prefix())
                 .arg(Utc::now().timestamp_millis());
-            for (id, done) in &wanted {
-                invocation.arg(id).arg(done);
+            for (id, done, state) in &wanted {
+                invocation.arg(id).arg(done).arg(state);
             }
             let replayed: Vec<String> = invocation.invoke_async(&mut self.connection()).await?;
             self.inner
@@ -785,8 +838,40 @@ impl RedisJournal {
         Ok(())
     }
 
-    /// Delivery markers expire by themselves; this only forgets replicas long gone.
-    pub async fn purge(&self, _keep: Duration) -> Result<u64, JournalError> {
+    /// Delivery markers expire by themselves; this deletes history older than `retention` and
+    /// forgets replicas long gone.
+    pub async fn purge(&self, _keep: Duration, retention: Retention) -> Result<u64, JournalError> {
+        let now = Utc::now();
+        let history_before = now.timestamp_millis()
+            - i64::try_from(millis(retention.history)).unwrap_or(i64::MAX / 2);
+        let dead_before = retention
+            .dead_letters
+            .map(|keep| {
+                rfc3339(now - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX))
+            })
+            .unwrap_or_default();
+        let mut purged = 0;
+        let mut offset = 0;
+        loop {
+            let (deleted, kept, finished): (u64, u64, u8) = self
+                .inner
+                .scripts
+                .purge_history
+                .key(self.inner.keys.history())
+                .key(self.inner.keys.dead())
+                .arg(self.inner.keys.event_prefix())
+                .arg(history_before)
+                .arg(&dead_before)
+                .arg(PAGE)
+                .arg(offset)
+                .invoke_async(&mut self.connection())
+                .await?;
+            purged += deleted;
+            offset += kept;
+            if finished == 1 {
+                break;
+            }
+        }
         let removed: u64 = self
             .inner
             .scripts
@@ -797,7 +882,209 @@ impl RedisJournal {
             .arg(millis(FORGET_CONSUMERS_AFTER))
             .invoke_async(&mut self.connection())
             .await?;
-        Ok(removed)
+        Ok(purged + removed)
+    }
+
+    /// Events kept in the history matching `query`, newest first. Reads the index in batches
+    /// and filters them here (with the rules both journals share), looking at no more than
+    /// [`HISTORY_SCAN`] events per call: a rare filter over a long history answers a short page
+    /// with a cursor to go on from.
+    pub async fn history(&self, query: &HistoryQuery) -> Result<EventPage, JournalError> {
+        let size = query.page_size();
+        let mut cursor = query
+            .cursor
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "+inf".to_string());
+        let mut found = Vec::new();
+        let mut scanned = 0;
+        loop {
+            let rows: Vec<Vec<Option<String>>> = self
+                .inner
+                .scripts
+                .history_batch
+                .key(self.inner.keys.history())
+                .arg(&cursor)
+                .arg(PAGE)
+                .arg(self.inner.keys.event_prefix())
+                .invoke_async(&mut self.connection())
+                .await?;
+            let exhausted = rows.len() < PAGE;
+            scanned += rows.len();
+            for row in rows {
+                let Some(summary) = HistoryRow::parse(row) else {
+                    continue;
+                };
+                cursor = summary.summary.seq.to_string();
+                if query.matches(&summary.view()) {
+                    if found.len() == size {
+                        // One more match than the page: another page follows.
+                        return Ok(EventPage::from_found(found, true));
+                    }
+                    found.push(summary.summary);
+                }
+            }
+            if exhausted {
+                return Ok(EventPage::from_found(found, false));
+            }
+            if scanned >= HISTORY_SCAN {
+                // Not sure whether more match: the cursor goes on from the last event looked at.
+                let next_cursor = Some(cursor);
+                return Ok(EventPage {
+                    data: found,
+                    next_cursor,
+                });
+            }
+        }
+    }
+
+    /// Everything kept about one event.
+    pub async fn history_event(&self, id: &str) -> Result<Option<EventDetail>, JournalError> {
+        let fields: Vec<String> = redis::cmd("HGETALL")
+            .arg(self.inner.keys.event(id))
+            .query_async(&mut self.connection())
+            .await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let mut fields = pairs(fields);
+        let mut take = |name: &str| fields.remove(name);
+        let attempts = parse_number(take("attempts"));
+        let status = EventStatus::from_state(&take("state").unwrap_or_default(), attempts);
+        let sinks = StoredSinks {
+            done: parse_list(&take("sinks_done").unwrap_or_default()),
+            failed: parse_list(&take("failed_sinks").unwrap_or_default()),
+            attempts: parse_map(&take("sink_attempts").unwrap_or_default()),
+            errors: parse_texts(&take("sink_errors").unwrap_or_default()),
+            delivered: parse_texts(&take("sinks_delivered").unwrap_or_default()),
+        };
+        let row = super::sqlite::EventDetailRow {
+            id: id.to_string(),
+            event_type: take("event_type").unwrap_or_default(),
+            status,
+            delivery_key: take("delivery_key").unwrap_or_default(),
+            webhook_id: take("webhook_id"),
+            request_id: take("request_id"),
+            received_at: take("received_at").unwrap_or_default(),
+            attempts,
+            last_error: take("last_error").filter(|e| !e.is_empty()),
+            delivered_at: take("delivered_at"),
+            dead_at: take("dead_at"),
+            object: take("object").filter(|v| !v.is_empty()),
+            list: take("list").filter(|v| !v.is_empty()),
+            record_id: take("record_id").filter(|v| !v.is_empty()),
+            enrichment: take("enrichment").filter(|v| !v.is_empty()),
+            data_omitted: take("data_omitted").as_deref() == Some("1"),
+            sinks: sinks.records(status),
+        };
+        let event = take("raw").unwrap_or_default();
+        let data = take("data").filter(|v| !v.is_empty());
+        Ok(Some(row.into_detail(event, data)?))
+    }
+
+    /// Unparsed deliveries, newest first, below `before` when given.
+    pub async fn unparsed(
+        &self,
+        limit: usize,
+        before: Option<i64>,
+    ) -> Result<Vec<UnparsedSummary>, JournalError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let max = before.map_or("+inf".to_string(), |b| format!("({b}"));
+        let seqs: Vec<i64> = redis::cmd("ZREVRANGEBYSCORE")
+            .arg(self.inner.keys.dead_deliveries())
+            .arg(max)
+            .arg("-inf")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut self.connection())
+            .await?;
+        if seqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for seq in &seqs {
+            pipe.cmd("HMGET")
+                .arg(self.inner.keys.dead_delivery(*seq))
+                .arg("key")
+                .arg("received_at")
+                .arg("request_id")
+                .arg("reason");
+            pipe.cmd("HSTRLEN")
+                .arg(self.inner.keys.dead_delivery(*seq))
+                .arg("body");
+        }
+        let rows: Vec<redis::Value> = pipe.query_async(&mut self.connection()).await?;
+        let mut out = Vec::with_capacity(seqs.len());
+        for (seq, pair) in seqs.iter().zip(rows.chunks(2)) {
+            let [fields, length] = pair else { continue };
+            let unreadable = |e: redis::ParsingError| JournalError::Storage(format!("redis: {e}"));
+            let fields: Vec<Option<String>> =
+                redis::from_redis_value(fields.clone()).map_err(unreadable)?;
+            let length: i64 = redis::from_redis_value(length.clone()).map_err(unreadable)?;
+            let mut fields = fields.into_iter();
+            let mut next = || fields.next().flatten();
+            out.push(UnparsedSummary {
+                id: *seq,
+                key: next(),
+                received_at: next().unwrap_or_default(),
+                request_id: next(),
+                reason: next().unwrap_or_default(),
+                body_len: length.max(0) as usize,
+            });
+        }
+        Ok(out)
+    }
+
+    /// One unparsed delivery with its body.
+    pub async fn unparsed_delivery(
+        &self,
+        id: i64,
+    ) -> Result<Option<UnparsedDelivery>, JournalError> {
+        let key = self.inner.keys.dead_delivery(id);
+        let (fields, body): (Vec<Option<String>>, Option<Vec<u8>>) = redis::pipe()
+            .cmd("HMGET")
+            .arg(&key)
+            .arg("key")
+            .arg("received_at")
+            .arg("request_id")
+            .arg("reason")
+            .cmd("HGET")
+            .arg(&key)
+            .arg("body")
+            .query_async(&mut self.connection())
+            .await?;
+        let Some(body) = body else {
+            return Ok(None);
+        };
+        let mut fields = fields.into_iter();
+        let mut next = || fields.next().flatten();
+        Ok(Some(UnparsedDelivery {
+            summary: UnparsedSummary {
+                id,
+                key: next(),
+                received_at: next().unwrap_or_default(),
+                request_id: next(),
+                reason: next().unwrap_or_default(),
+                body_len: body.len(),
+            },
+            body,
+        }))
+    }
+
+    /// Deletes one unparsed delivery; false when there was none with this id.
+    pub async fn delete_unparsed(&self, id: i64) -> Result<bool, JournalError> {
+        let (deleted, _): (i64, i64) = redis::pipe()
+            .atomic()
+            .cmd("DEL")
+            .arg(self.inner.keys.dead_delivery(id))
+            .cmd("ZREM")
+            .arg(self.inner.keys.dead_deliveries())
+            .arg(id)
+            .query_async(&mut self.connection())
+            .await?;
+        Ok(deleted > 0)
     }
 
     /// On shutdown, after the worker stopped: entries this replica read but did not finish go
@@ -827,6 +1114,105 @@ impl RedisJournal {
             }
         }
     }
+}
+
+/// What the history batch script returns for one event.
+struct HistoryRow {
+    summary: EventSummary,
+    record_id: Option<String>,
+    sinks: StoredSinks,
+    received_ms: i64,
+}
+
+impl HistoryRow {
+    /// From `{seq, id, event_type, state, attempts, received_at, received_ms, object, list,
+    /// delivery_key, last_error, record_id, sinks_done, failed_sinks, sink_attempts}`; `None`
+    /// for an index entry whose event expired.
+    fn parse(row: Vec<Option<String>>) -> Option<HistoryRow> {
+        let mut values = row.into_iter();
+        let mut next = || values.next().flatten().filter(|v| !v.is_empty());
+        let seq = next()?.parse::<f64>().ok()? as u64;
+        let id = next()?;
+        let event_type = next().unwrap_or_default();
+        let state = next()?;
+        let attempts = parse_number(next());
+        let received_at = next().unwrap_or_default();
+        let received_ms = next().and_then(|v| v.parse().ok()).unwrap_or(0);
+        let object = next();
+        let list = next();
+        let delivery_key = next().unwrap_or_default();
+        let last_error = next();
+        let record_id = next();
+        let sinks = StoredSinks {
+            done: parse_list(&next().unwrap_or_default()),
+            failed: parse_list(&next().unwrap_or_default()),
+            attempts: parse_map(&next().unwrap_or_default()),
+            ..StoredSinks::default()
+        };
+        Some(HistoryRow {
+            summary: EventSummary {
+                id,
+                event_type,
+                status: EventStatus::from_state(&state, attempts),
+                received_at,
+                attempts,
+                object,
+                list,
+                delivery_key,
+                last_error,
+                seq,
+            },
+            record_id,
+            sinks,
+            received_ms,
+        })
+    }
+
+    fn view(&self) -> FilterView<'_> {
+        FilterView {
+            id: &self.summary.id,
+            delivery_key: &self.summary.delivery_key,
+            record_id: self.record_id.as_deref(),
+            event_type: &self.summary.event_type,
+            status: Some(self.summary.status),
+            object: self.summary.object.as_deref(),
+            list: self.summary.list.as_deref(),
+            sinks: self.sinks.names(),
+            received_ms: self.received_ms,
+        }
+    }
+}
+
+/// The hash fields an attempt's findings set (absent values are left as they were).
+fn history_fields(record: &AttemptRecord) -> Vec<(&'static str, String)> {
+    let mut fields = Vec::new();
+    let optional = [
+        ("enrichment", &record.enrichment),
+        ("object", &record.object),
+        ("list", &record.list),
+        ("record_id", &record.record_id),
+    ];
+    for (name, value) in optional {
+        if let Some(value) = value {
+            fields.push((name, value.clone()));
+        }
+    }
+    fields.push(("data", record.data.clone().unwrap_or_default()));
+    fields.push((
+        "data_omitted",
+        if record.data_omitted { "1" } else { "0" }.to_string(),
+    ));
+    fields.push(("sink_errors", json_texts(&record.sink_errors)));
+    fields.push(("sinks_delivered", json_texts(&record.sinks_delivered)));
+    fields
+}
+
+fn json_texts(map: &BTreeMap<String, String>) -> String {
+    serde_json::to_string(map).unwrap_or_else(|_| "{}".to_string())
+}
+
+fn parse_texts(text: &str) -> BTreeMap<String, String> {
+    serde_json::from_str(text).unwrap_or_default()
 }
 
 /// Whether a dead letter passes the `dead-letters list` filters.
@@ -1034,9 +1420,15 @@ mod tests {
         let journal = journal(&prefix);
         stored(&journal, "k", 2).await;
         journal.due(10).await.unwrap();
-        journal.complete("k:0").await.unwrap();
+        journal
+            .complete("k:0", &AttemptRecord::default())
+            .await
+            .unwrap();
         assert_eq!(journal.backlog(), 1);
-        journal.complete("k:0").await.unwrap();
+        journal
+            .complete("k:0", &AttemptRecord::default())
+            .await
+            .unwrap();
         assert_eq!(journal.backlog(), 1, "completing twice counts once");
         let mut redis = journal.connection();
         let length: u64 = redis::cmd("XLEN")
@@ -1114,7 +1506,10 @@ mod tests {
         let reclaimed = survivor.due(10).await.unwrap();
         assert_eq!(ids(&reclaimed), vec!["k:0", "k:1", "k:2"]);
         for event in &reclaimed {
-            survivor.complete(&event.id).await.unwrap();
+            survivor
+                .complete(&event.id, &AttemptRecord::default())
+                .await
+                .unwrap();
         }
         assert_eq!(survivor.backlog(), 0);
     }
@@ -1125,7 +1520,10 @@ mod tests {
         let leaving = journal(&prefix);
         stored(&leaving, "k", 2).await;
         assert_eq!(leaving.due(10).await.unwrap().len(), 2);
-        leaving.complete("k:0").await.unwrap();
+        leaving
+            .complete("k:0", &AttemptRecord::default())
+            .await
+            .unwrap();
         leaving.close().await;
         let other = journal(&prefix);
         assert_eq!(ids(&other.due(10).await.unwrap()), vec!["k:1"]);
@@ -1151,7 +1549,12 @@ mod tests {
         stored(&journal, "k", 1).await;
         journal.due(10).await.unwrap();
         journal
-            .retry_sinks("k:0", &progress(1, &["a"], &["b"]), Utc::now())
+            .retry_sinks(
+                "k:0",
+                &progress(1, &["a"], &["b"]),
+                Utc::now(),
+                &AttemptRecord::default(),
+            )
             .await
             .unwrap();
         let due = journal.due(10).await.unwrap();
@@ -1175,11 +1578,15 @@ mod tests {
         stored(&journal, "k", 3).await;
         journal.due(10).await.unwrap();
         journal
-            .dead_letter_sinks("k:0", &progress(5, &[], &["a"]))
+            .dead_letter_sinks("k:0", &progress(5, &[], &["a"]), &AttemptRecord::default())
             .await
             .unwrap();
         journal
-            .dead_letter_sinks("k:1", &progress(5, &["a"], &["b"]))
+            .dead_letter_sinks(
+                "k:1",
+                &progress(5, &["a"], &["b"]),
+                &AttemptRecord::default(),
+            )
             .await
             .unwrap();
         assert_eq!(journal.backlog(), 1);
@@ -1211,7 +1618,10 @@ mod tests {
         assert_eq!(shown.state, "dead");
         assert!(journal.event("nope:0").await.unwrap().is_none());
 
-        journal.complete("k:0").await.unwrap();
+        journal
+            .complete("k:0", &AttemptRecord::default())
+            .await
+            .unwrap();
         assert_eq!(
             journal.dead_letters(10).await.unwrap().len(),
             2,
@@ -1229,17 +1639,21 @@ mod tests {
         stored(&journal, "k", 3).await;
         journal.due(10).await.unwrap();
         journal
-            .dead_letter_sinks("k:0", &progress(5, &[], &["a"]))
+            .dead_letter_sinks("k:0", &progress(5, &[], &["a"]), &AttemptRecord::default())
             .await
             .unwrap();
         journal
-            .dead_letter_sinks("k:1", &progress(5, &["c"], &["a", "b"]))
+            .dead_letter_sinks(
+                "k:1",
+                &progress(5, &["c"], &["a", "b"]),
+                &AttemptRecord::default(),
+            )
             .await
             .unwrap();
 
         // Only sink b: k:1 comes back with a counted as done; k:0 did not fail on b.
         let report = journal
-            .replay(&ReplaySelection::All, Some("b"))
+            .replay(&ReplaySelection::All, Some("b"), false)
             .await
             .unwrap();
         assert_eq!(report.replayed, vec!["k:1"]);
@@ -1257,7 +1671,7 @@ mod tests {
             "k:2".to_string(),
             "gone:0".to_string(),
         ]);
-        let report = journal.replay(&named, None).await.unwrap();
+        let report = journal.replay(&named, None, false).await.unwrap();
         assert_eq!(report.replayed, vec!["k:0"]);
         let reasons: Vec<(&str, &str)> = report
             .skipped
@@ -1268,7 +1682,10 @@ mod tests {
             reasons,
             vec![
                 ("k:2", "not a dead letter (it is pending)"),
-                ("gone:0", "not in the journal (done events are not kept)")
+                (
+                    "gone:0",
+                    "not in the journal (unknown, or older than storage.history)"
+                )
             ]
         );
         assert!(journal.dead_letters(10).await.unwrap().is_empty());

@@ -13,7 +13,11 @@
 /// a failure half-way lets Attio's retry store the delivery again instead of being answered
 /// "duplicate" for a partial write.
 ///
-/// KEYS: 1 delivery marker, 2 stream, 3 pending set, 4.. event hashes (one per event).
+/// Each new event also takes the next history sequence number and a place in the history index
+/// (newest last), in the same script: keeping history costs no second round trip.
+///
+/// KEYS: 1 delivery marker, 2 stream, 3 pending set, 4 history index, 5 history sequence,
+/// 6.. event hashes (one per event).
 /// ARGV: 1 marker TTL in ms, 2 received ms, 3 count of shared field/value items, then those
 /// items, then for each event: id, index, event_type, raw.
 /// Returns -1 for a known delivery, else the backlog after the append.
@@ -27,8 +31,8 @@ for i = 4, 3 + shared_count do
     shared[#shared + 1] = ARGV[i]
 end
 local base = 4 + shared_count
-for e = 0, #KEYS - 4 do
-    local key = KEYS[4 + e]
+for e = 0, #KEYS - 6 do
+    local key = KEYS[6 + e]
     local at = base + e * 4
     -- An event already stored (a partial earlier attempt, or a key reused after the marker
     -- expired) keeps its state: it is queued, retrying or dead already.
@@ -38,8 +42,10 @@ for e = 0, #KEYS - 4 do
             'raw', ARGV[at + 3], 'attempts', '0', 'sinks_done', '[]', 'sink_attempts', '{}',
             'state', 'pending', unpack(shared))
         local entry = redis.call('XADD', KEYS[2], '*', 'id', id)
-        redis.call('HSET', key, 'entry', entry)
+        local seq = redis.call('INCR', KEYS[5])
+        redis.call('HSET', key, 'entry', entry, 'seq', seq)
         redis.call('ZADD', KEYS[3], ARGV[2], id)
+        redis.call('ZADD', KEYS[4], seq, id)
     end
 end
 redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
@@ -138,28 +144,60 @@ return {cursor, redis.call('ZCARD', KEYS[3]), out}
 /// KEYS: 1 event hash, 2 stream, 3 retry schedule, 4 pending set, 5 dead letters.
 /// ARGV: 1 group, 2 event id, 3 score (next attempt or time of death, ms), 4.. field/value items
 /// to set on the event.
+///
+/// The per-sink maps `sink_errors` and `sinks_delivered` are merged into what the event holds
+/// (a sink keeps its last error and the time it took the event across attempts).
 const TAKE_OUT: &str = r#"
 if redis.call('HGET', KEYS[1], 'state') ~= 'pending' then
     return -1
+end
+local function merged(name, value)
+    local into = {}
+    local old = redis.call('HGET', KEYS[1], name)
+    if old then
+        local ok, decoded = pcall(cjson.decode, old)
+        if ok and type(decoded) == 'table' then
+            into = decoded
+        end
+    end
+    local ok, added = pcall(cjson.decode, value)
+    if ok and type(added) == 'table' then
+        for k, v in pairs(added) do
+            into[k] = v
+        end
+    end
+    if next(into) == nil then
+        return '{}'
+    end
+    return cjson.encode(into)
+end
+local fields = {'entry', ''}
+for i = 4, #ARGV, 2 do
+    local value = ARGV[i + 1]
+    if ARGV[i] == 'sink_errors' or ARGV[i] == 'sinks_delivered' then
+        value = merged(ARGV[i], value)
+    end
+    fields[#fields + 1] = ARGV[i]
+    fields[#fields + 1] = value
 end
 local entry = redis.call('HGET', KEYS[1], 'entry')
 if entry and entry ~= '' then
     redis.call('XACK', KEYS[2], ARGV[1], entry)
     redis.call('XDEL', KEYS[2], entry)
 end
-local fields = {'entry', ''}
-for i = 4, #ARGV do
-    fields[#fields + 1] = ARGV[i]
-end
 "#;
 
-/// The event is done: it leaves the queue. Returns -1 when it was not pending, else the backlog.
+/// The event is done: it leaves the queue and stays, delivered, in the history for `ARGV[3]`
+/// ms (`storage.history`). Returns -1 when it was not pending, else the backlog.
 pub fn complete() -> String {
     format!(
         "{TAKE_OUT}
 redis.call('ZREM', KEYS[3], ARGV[2])
 redis.call('ZREM', KEYS[4], ARGV[2])
-redis.call('DEL', KEYS[1])
+fields[#fields + 1] = 'state'
+fields[#fields + 1] = 'delivered'
+redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return redis.call('ZCARD', KEYS[4])"
     )
 }
@@ -214,16 +252,20 @@ return out
 /// done. An event that is no longer a dead letter (replayed meanwhile) is left alone.
 ///
 /// KEYS: 1 dead letters, 2 retry schedule, 3 pending set. ARGV: 1 event key prefix, 2 now ms,
-/// then pairs of event id and sinks done (JSON). Returns the ids put back.
+/// then triples of event id, sinks done (JSON) and the state it may be replayed from (`dead`,
+/// or `delivered` for a delivered event). Returns the ids put back.
 pub const REPLAY: &str = r#"
 local replayed = {}
-for i = 3, #ARGV, 2 do
+for i = 3, #ARGV, 3 do
     local id = ARGV[i]
     local key = ARGV[1] .. id
-    if redis.call('HGET', key, 'state') == 'dead' then
+    local state = redis.call('HGET', key, 'state')
+    if state == 'dead' or (state == 'delivered' and ARGV[i + 2] == 'delivered') then
         redis.call('HSET', key, 'state', 'pending', 'attempts', '0', 'sink_attempts', '{}',
             'failed_sinks', '[]', 'sinks_done', ARGV[i + 1], 'entry', '')
-        redis.call('HDEL', key, 'dead_at')
+        redis.call('HDEL', key, 'dead_at', 'delivered_at')
+        -- A delivered event was kept for the history window only; pending, it is kept.
+        redis.call('PERSIST', key)
         redis.call('ZREM', KEYS[1], id)
         redis.call('ZADD', KEYS[2], ARGV[2], id)
         redis.call('ZADD', KEYS[3], redis.call('HGET', key, 'received_ms') or ARGV[2], id)
@@ -320,4 +362,73 @@ for _, item in ipairs(pending) do
     end
 end
 return given
+"#;
+
+/// A batch of the history index, newest first, from below a cursor: for each event its
+/// sequence number and the fields lists and filters use (never the event JSON). Filtering is
+/// done by the caller, with the rules shared by both journals.
+///
+/// KEYS: 1 history index. ARGV: 1 cursor (exclusive highest sequence, or '+inf'), 2 batch
+/// size, 3 event key prefix. Returns {seq, field values...} per event still kept.
+pub const HISTORY_BATCH: &str = r#"
+local names = {'id', 'event_type', 'state', 'attempts', 'received_at', 'received_ms', 'object',
+    'list', 'delivery_key', 'last_error', 'record_id', 'sinks_done', 'failed_sinks',
+    'sink_attempts'}
+local max = ARGV[1]
+if max ~= '+inf' then
+    max = '(' .. max
+end
+local found = redis.call('ZREVRANGEBYSCORE', KEYS[1], max, '-inf', 'WITHSCORES', 'LIMIT', 0,
+    tonumber(ARGV[2]))
+local out = {}
+for i = 1, #found, 2 do
+    local values = redis.call('HMGET', ARGV[3] .. found[i], unpack(names))
+    local row = {found[i + 1]}
+    for j = 1, #names do
+        row[#row + 1] = values[j] or false
+    end
+    out[#out + 1] = row
+end
+return out
+"#;
+
+/// Deletes history older than its window, oldest first: index entries whose event expired,
+/// delivered events received before `ARGV[2]`, and (when `ARGV[3]` is not '') dead letters that
+/// died before it. Events kept (pending, or dead letters still in their window) are stepped
+/// over: the caller passes how many it stepped over so far as the offset. Stops at the first
+/// event received after `ARGV[2]`.
+///
+/// KEYS: 1 history index, 2 dead letters. ARGV: 1 event key prefix, 2 history cutoff (received
+/// ms), 3 dead letter cutoff (RFC 3339, or ''), 4 batch size, 5 offset.
+/// Returns {events deleted, events kept, 1 when the scan reached recent events or the end}.
+pub const PURGE_HISTORY: &str = r#"
+local deleted, kept = 0, 0
+local first = tonumber(ARGV[5])
+local ids = redis.call('ZRANGE', KEYS[1], first, first + tonumber(ARGV[4]) - 1)
+for _, id in ipairs(ids) do
+    local key = ARGV[1] .. id
+    local values = redis.call('HMGET', key, 'state', 'received_ms', 'dead_at')
+    local state, received = values[1], tonumber(values[2] or '0')
+    if not state then
+        redis.call('ZREM', KEYS[1], id)
+        deleted = deleted + 1
+    elseif received >= tonumber(ARGV[2]) then
+        return {deleted, kept, 1}
+    elseif state == 'delivered' then
+        redis.call('DEL', key)
+        redis.call('ZREM', KEYS[1], id)
+        deleted = deleted + 1
+    elseif state == 'dead' and ARGV[3] ~= '' and values[3] and values[3] < ARGV[3] then
+        redis.call('DEL', key)
+        redis.call('ZREM', KEYS[1], id)
+        redis.call('ZREM', KEYS[2], id)
+        deleted = deleted + 1
+    else
+        kept = kept + 1
+    end
+end
+if #ids < tonumber(ARGV[4]) then
+    return {deleted, kept, 1}
+end
+return {deleted, kept, 0}
 "#;

@@ -28,6 +28,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::SyncMode;
 
+use super::history::{
+    AttemptRecord, EventDetail, EventPage, EventStatus, EventSummary, HistoryQuery, Retention,
+    StoredSinks, UnparsedDelivery, UnparsedSummary,
+};
 use super::{
     AppendOutcome, DeadDelivery, DeadDeliveryBody, DeadDeliverySelection, DeadLetter,
     DeadLetterQuery, JournalError, JournaledEvent, MalformedDelivery, NewDelivery, ReplayReport,
@@ -36,6 +40,8 @@ use super::{
 
 /// Most requests applied in one transaction.
 const MAX_BATCH: usize = 2048;
+/// Rows the purge deletes per transaction.
+const PURGE_BATCH: usize = 5000;
 /// Requests that may wait for the writer before callers wait to enqueue.
 const QUEUE_DEPTH: usize = 16 * 1024;
 /// How long a failed commit keeps `probe` failing, unless a write succeeds meanwhile.
@@ -71,7 +77,17 @@ CREATE TABLE IF NOT EXISTS events (
     sinks_done TEXT NOT NULL DEFAULT '[]',
     failed_sinks TEXT NOT NULL DEFAULT '[]',
     dead_at TEXT,
-    sink_attempts TEXT NOT NULL DEFAULT '{}'
+    sink_attempts TEXT NOT NULL DEFAULT '{}',
+    received_unix_ms INTEGER NOT NULL DEFAULT 0,
+    enrichment TEXT,
+    object TEXT,
+    list TEXT,
+    record_id TEXT,
+    data TEXT,
+    data_omitted INTEGER NOT NULL DEFAULT 0,
+    sink_errors TEXT NOT NULL DEFAULT '{}',
+    sinks_delivered TEXT NOT NULL DEFAULT '{}',
+    delivered_at TEXT
 );
 CREATE INDEX IF NOT EXISTS events_due ON events(state, next_attempt_unix_ms, seq);
 CREATE TABLE IF NOT EXISTS dead_deliveries (
@@ -88,6 +104,31 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 "#;
 
+/// Columns added since the first release, with their declarations: an older database gains them
+/// when it is opened.
+const ADDED_COLUMNS: &[(&str, &str)] = &[
+    ("sink_attempts", "TEXT NOT NULL DEFAULT '{}'"),
+    ("received_unix_ms", "INTEGER NOT NULL DEFAULT 0"),
+    ("enrichment", "TEXT"),
+    ("object", "TEXT"),
+    ("list", "TEXT"),
+    ("record_id", "TEXT"),
+    ("data", "TEXT"),
+    ("data_omitted", "INTEGER NOT NULL DEFAULT 0"),
+    ("sink_errors", "TEXT NOT NULL DEFAULT '{}'"),
+    ("sinks_delivered", "TEXT NOT NULL DEFAULT '{}'"),
+    ("delivered_at", "TEXT"),
+];
+
+/// Indexes of the history queries (after the columns exist). A status filter walks
+/// `events_state_seq` newest first; `q` looks an id, delivery key (a range of ids) or record id
+/// up directly. The record id is only set when an attempt finished, so its index costs ingress
+/// nothing.
+const HISTORY_INDEXES: &str = r#"
+CREATE INDEX IF NOT EXISTS events_state_seq ON events(state, seq);
+CREATE INDEX IF NOT EXISTS events_record_id ON events(record_id) WHERE record_id IS NOT NULL;
+"#;
+
 type Reply<T> = oneshot::Sender<Result<T, JournalError>>;
 
 enum Request {
@@ -98,7 +139,7 @@ enum Request {
         limit: usize,
         reply: Reply<Vec<JournaledEvent>>,
     },
-    Complete(String, Reply<()>),
+    Complete(String, Box<AttemptRecord>, Reply<()>),
     Reschedule {
         id: String,
         attempts: u32,
@@ -121,6 +162,7 @@ enum Request {
         progress: SinkProgress,
         /// `None`: dead-letter the event.
         next_ms: Option<i64>,
+        record: Box<AttemptRecord>,
         reply: Reply<()>,
     },
     ListDeadLetters(DeadLetterQuery, Reply<Vec<DeadLetter>>),
@@ -128,8 +170,10 @@ enum Request {
     Replay {
         selection: ReplaySelection,
         sink: Option<String>,
+        delivered_too: bool,
         reply: Reply<ReplayReport>,
     },
+    DeleteUnparsed(i64, Reply<bool>),
     DeadDeliveries(usize, Reply<Vec<DeadDelivery>>),
     DeadDelivery(i64, Reply<Option<DeadDeliveryBody>>),
     DeleteDeadDeliveries(DeadDeliverySelection, Reply<Vec<i64>>),
@@ -137,6 +181,8 @@ enum Request {
     OldestPending(Reply<Option<String>>),
     Purge {
         deliveries_before_ms: i64,
+        history_before_ms: i64,
+        dead_before: Option<String>,
         reply: Reply<u64>,
     },
     Close(oneshot::Sender<()>),
@@ -156,7 +202,8 @@ impl Request {
             | Request::Replay { .. }
             | Request::Probe(_)
             | Request::Purge { .. }
-            | Request::DeleteDeadDeliveries(..) => true,
+            | Request::DeleteDeadDeliveries(..)
+            | Request::DeleteUnparsed(..) => true,
             Request::Due { .. }
             | Request::DeadLetters(..)
             | Request::ListDeadLetters(..)
@@ -175,6 +222,9 @@ pub struct SqliteJournal {
     requests: mpsc::Sender<Request>,
     backlog: Arc<AtomicU64>,
     id: Arc<str>,
+    /// A connection of its own for history reads, so that a long list never holds up the
+    /// writer (WAL lets it read while the writer commits).
+    reader: Arc<std::sync::Mutex<Connection>>,
     /// The last commit that failed, until a commit with a write succeeds.
     write_failure: Arc<Mutex<Option<(Instant, String)>>>,
     /// The directory of the database, whose filesystem's free space `probe` checks.
@@ -268,6 +318,11 @@ impl SqliteJournal {
             [],
             |row| row.get(0),
         )?;
+        let reader = Connection::open(path).map_err(|e| {
+            JournalError::Storage(format!("cannot open journal {}: {e}", path.display()))
+        })?;
+        reader.busy_timeout(Duration::from_secs(5))?;
+        reader.pragma_update(None, "query_only", "ON")?;
         let pending = count_pending(&connection)?;
         let data_version = data_version(&connection)?;
         let backlog = Arc::new(AtomicU64::new(pending));
@@ -295,6 +350,7 @@ impl SqliteJournal {
             requests,
             backlog,
             id: Arc::from(id),
+            reader: Arc::new(std::sync::Mutex::new(reader)),
             write_failure,
             directory: Arc::from(directory),
         })
@@ -336,9 +392,12 @@ impl SqliteJournal {
         .await
     }
 
-    pub async fn complete(&self, id: &str) -> Result<(), JournalError> {
+    /// The event is delivered: it stays in the history with what the attempt learnt.
+    pub async fn complete(&self, id: &str, record: &AttemptRecord) -> Result<(), JournalError> {
         let id = id.to_string();
-        self.call(|reply| Request::Complete(id, reply)).await
+        let record = Box::new(record.clone());
+        self.call(|reply| Request::Complete(id, record, reply))
+            .await
     }
 
     pub async fn reschedule(
@@ -407,11 +466,13 @@ impl SqliteJournal {
         id: &str,
         progress: &SinkProgress,
         next_attempt_at: Option<DateTime<Utc>>,
+        record: &AttemptRecord,
     ) -> Result<(), JournalError> {
         let request = |reply| Request::RecordSinks {
             id: id.to_string(),
             progress: progress.clone(),
             next_ms: next_attempt_at.map(|t| t.timestamp_millis()),
+            record: Box::new(record.clone()),
             reply,
         };
         self.call(request).await
@@ -431,17 +492,73 @@ impl SqliteJournal {
         self.call(|reply| Request::Event(id, reply)).await
     }
 
+    /// `delivered_too`: delivered events are replayed as well (to every sink, or to `sink`).
     pub async fn replay(
         &self,
         selection: &ReplaySelection,
         sink: Option<&str>,
+        delivered_too: bool,
     ) -> Result<ReplayReport, JournalError> {
         let request = |reply| Request::Replay {
             selection: selection.clone(),
             sink: sink.map(str::to_string),
+            delivered_too,
             reply,
         };
         self.call(request).await
+    }
+
+    /// Runs a read on the history connection, off the async runtime.
+    async fn read<T: Send + 'static>(
+        &self,
+        query: impl FnOnce(&Connection) -> Result<T, JournalError> + Send + 'static,
+    ) -> Result<T, JournalError> {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            // A panic inside a query leaves nothing half-written on a read-only connection.
+            let connection = reader.lock().unwrap_or_else(|p| p.into_inner());
+            query(&connection)
+        })
+        .await
+        .map_err(|e| JournalError::Storage(format!("history read failed: {e}")))?
+    }
+
+    /// Events matching `query`, newest first.
+    pub async fn history(&self, query: &HistoryQuery) -> Result<EventPage, JournalError> {
+        let query = query.clone();
+        self.read(move |connection| history_page(connection, &query))
+            .await
+    }
+
+    /// Everything kept about one event.
+    pub async fn history_event(&self, id: &str) -> Result<Option<EventDetail>, JournalError> {
+        let id = id.to_string();
+        self.read(move |connection| event_detail(connection, &id))
+            .await
+    }
+
+    /// Unparsed deliveries, newest first, older than `before` when given.
+    pub async fn unparsed(
+        &self,
+        limit: usize,
+        before: Option<i64>,
+    ) -> Result<Vec<UnparsedSummary>, JournalError> {
+        self.read(move |connection| unparsed_list(connection, limit, before))
+            .await
+    }
+
+    /// One unparsed delivery with its body.
+    pub async fn unparsed_delivery(
+        &self,
+        id: i64,
+    ) -> Result<Option<UnparsedDelivery>, JournalError> {
+        self.read(move |connection| unparsed_one(connection, id))
+            .await
+    }
+
+    /// Deletes one unparsed delivery; false when there was none with this id.
+    pub async fn delete_unparsed(&self, id: i64) -> Result<bool, JournalError> {
+        self.call(|reply| Request::DeleteUnparsed(id, reply)).await
     }
 
     pub fn backlog(&self) -> u64 {
@@ -489,14 +606,32 @@ impl SqliteJournal {
             }))
     }
 
-    pub async fn purge(&self, keep: Duration) -> Result<u64, JournalError> {
-        let now_ms = Utc::now().timestamp_millis();
+    /// Forgets delivery keys older than `keep` and deletes history older than `retention`, in
+    /// batches so that ingress is never held up for long.
+    pub async fn purge(&self, keep: Duration, retention: Retention) -> Result<u64, JournalError> {
+        let now = Utc::now();
+        let now_ms = now.timestamp_millis();
         let deliveries_before_ms = now_ms - duration_ms(keep);
-        self.call(|reply| Request::Purge {
-            deliveries_before_ms,
-            reply,
-        })
-        .await
+        let history_before_ms = now_ms - duration_ms(retention.history);
+        let dead_before = retention.dead_letters.map(|keep| {
+            rfc3339(now - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX))
+        });
+        let mut purged = 0;
+        loop {
+            let dead_before = dead_before.clone();
+            let batch = self
+                .call(|reply| Request::Purge {
+                    deliveries_before_ms,
+                    history_before_ms,
+                    dead_before,
+                    reply,
+                })
+                .await?;
+            purged += batch;
+            if batch < PURGE_BATCH as u64 {
+                return Ok(purged);
+            }
+        }
     }
 
     pub async fn close(&self) {
@@ -531,6 +666,14 @@ fn json_map(map: &BTreeMap<String, u32>) -> String {
 }
 
 fn parse_map(text: &str) -> BTreeMap<String, u32> {
+    serde_json::from_str(text).unwrap_or_default()
+}
+
+fn json_texts(map: &BTreeMap<String, String>) -> String {
+    serde_json::to_string(map).unwrap_or_else(|_| "{}".to_string())
+}
+
+fn parse_texts(text: &str) -> BTreeMap<String, String> {
     serde_json::from_str(text).unwrap_or_default()
 }
 
@@ -580,12 +723,17 @@ fn damaged_or_storage(error: rusqlite::Error, path: &Path) -> JournalError {
 fn migrate(connection: &mut Connection, file: &str) -> Result<(), JournalError> {
     // IMMEDIATE: two processes opening an old database at once must not both add the column.
     let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let has_sink_attempts = tx
-        .prepare("SELECT 1 FROM pragma_table_info('events') WHERE name = 'sink_attempts'")?
-        .exists([])?;
-    if !has_sink_attempts {
-        tx.execute_batch("ALTER TABLE events ADD COLUMN sink_attempts TEXT NOT NULL DEFAULT '{}'")?;
+    for (column, declaration) in ADDED_COLUMNS {
+        let present = tx
+            .prepare_cached("SELECT 1 FROM pragma_table_info('events') WHERE name = ?1")?
+            .exists(params![column])?;
+        if !present {
+            tx.execute_batch(&format!(
+                "ALTER TABLE events ADD COLUMN {column} {declaration}"
+            ))?;
+        }
     }
+    tx.execute_batch(HISTORY_INDEXES)?;
     let made_in: Option<String> = tx
         .query_row(
             "SELECT value FROM meta WHERE key = 'journal_file'",
@@ -829,7 +977,7 @@ fn refuse(request: Request) -> Held {
     match request {
         Request::Append(_, reply) => Held::Append(reply, Err(error()), 0),
         Request::AppendMalformed(_, reply)
-        | Request::Complete(_, reply)
+        | Request::Complete(_, _, reply)
         | Request::Reschedule { reply, .. }
         | Request::DeadLetter { reply, .. }
         | Request::Probe(reply) => Held::Unit(reply, Err(error()), 0),
@@ -843,6 +991,7 @@ fn refuse(request: Request) -> Held {
         Request::ListDeadLetters(_, reply) => Held::other(reply, Err(error()), |_| 0),
         Request::Event(_, reply) => Held::other(reply, Err(error()), |_| 0),
         Request::Replay { reply, .. } => Held::other(reply, Err(error()), |_| 0),
+        Request::DeleteUnparsed(_, reply) => Held::other(reply, Err(error()), |_| 0),
         Request::OldestPending(reply) => Held::Text(reply, Err(error())),
         Request::Close(_) => unreachable!("handled by the caller"),
     }
@@ -851,10 +1000,9 @@ fn refuse(request: Request) -> Held {
 fn apply(tx: &Transaction<'_>, request: Request) -> Held {
     match request {
         Request::Append(delivery, reply) => {
-            let added = delivery.events.len() as u64;
             let result = append(tx, delivery);
             let added = match &result {
-                Ok(AppendOutcome::Stored(_)) => added,
+                Ok(AppendOutcome::Stored(events)) => events.len() as u64,
                 _ => 0,
             };
             Held::Append(reply, result, added)
@@ -881,11 +1029,31 @@ fn apply(tx: &Transaction<'_>, request: Request) -> Held {
             limit,
             reply,
         } => Held::Due(reply, due(tx, now_ms, limit)),
-        Request::Complete(id, reply) => {
+        Request::Complete(id, record, reply) => {
+            // The event stays, delivered, for the history: this update is the write that used
+            // to delete it, so keeping history costs no second write.
             let result = exec(
                 tx,
-                "DELETE FROM events WHERE id = ?1 AND state = 'pending'",
-                params![id],
+                "UPDATE events SET state = 'delivered', delivered_at = ?2, sinks_done = ?3,
+                        failed_sinks = '[]', enrichment = COALESCE(?4, enrichment),
+                        object = COALESCE(?5, object), list = COALESCE(?6, list),
+                        record_id = COALESCE(?7, record_id), data = ?8, data_omitted = ?9,
+                        sink_errors = json_patch(sink_errors, ?10),
+                        sinks_delivered = json_patch(sinks_delivered, ?11)
+                     WHERE id = ?1 AND state = 'pending'",
+                params![
+                    id,
+                    rfc3339(Utc::now()),
+                    json_list(&record.sinks_done),
+                    record.enrichment,
+                    record.object,
+                    record.list,
+                    record.record_id,
+                    record.data,
+                    record.data_omitted,
+                    json_texts(&record.sink_errors),
+                    json_texts(&record.sinks_delivered),
+                ],
             )
             .map_err(JournalError::from);
             let change = match result {
@@ -947,9 +1115,10 @@ fn apply(tx: &Transaction<'_>, request: Request) -> Held {
             id,
             progress,
             next_ms,
+            record,
             reply,
         } => {
-            let result = record_sinks(tx, &id, &progress, next_ms);
+            let result = record_sinks(tx, &id, &progress, next_ms, &record);
             // Dead-lettering a pending event takes it out of the backlog.
             let change = match (&result, next_ms) {
                 (Ok(changed), None) => -(*changed as i64),
@@ -964,10 +1133,23 @@ fn apply(tx: &Transaction<'_>, request: Request) -> Held {
         Request::Replay {
             selection,
             sink,
+            delivered_too,
             reply,
-        } => Held::other(reply, replay(tx, &selection, sink.as_deref()), |report| {
-            report.replayed.len() as i64
-        }),
+        } => Held::other(
+            reply,
+            replay(tx, &selection, sink.as_deref(), delivered_too),
+            |report| report.replayed.len() as i64,
+        ),
+        Request::DeleteUnparsed(id, reply) => {
+            let result = exec(
+                tx,
+                "DELETE FROM dead_deliveries WHERE seq = ?1",
+                params![id],
+            )
+            .map(|deleted| deleted > 0)
+            .map_err(JournalError::from);
+            Held::other(reply, result, |_| 0)
+        }
         Request::DeadDeliveries(limit, reply) => Held::Dead(reply, dead_deliveries(tx, limit)),
         Request::DeadDelivery(seq, reply) => Held::other(reply, dead_delivery(tx, seq), |_| 0),
         Request::DeleteDeadDeliveries(selection, reply) => {
@@ -997,16 +1179,16 @@ fn apply(tx: &Transaction<'_>, request: Request) -> Held {
         }
         Request::Purge {
             deliveries_before_ms,
+            history_before_ms,
+            dead_before,
             reply,
         } => {
-            let result = (|| {
-                let deliveries = exec(
-                    tx,
-                    "DELETE FROM deliveries WHERE received_unix_ms < ?1",
-                    params![deliveries_before_ms],
-                )?;
-                Ok::<_, rusqlite::Error>(deliveries as u64)
-            })()
+            let result = purge_batch(
+                tx,
+                deliveries_before_ms,
+                history_before_ms,
+                dead_before.as_deref(),
+            )
             .map_err(JournalError::from);
             Held::Count(reply, result)
         }
@@ -1039,15 +1221,20 @@ fn append(tx: &Transaction<'_>, delivery: NewDelivery) -> Result<AppendOutcome, 
     if inserted == 0 {
         return Ok(AppendOutcome::Duplicate);
     }
+    // An event already kept (its delivery key was forgotten after `dedupe.done_ttl` while the
+    // event stayed in the history) is not stored nor processed again.
     let mut statement = tx.prepare_cached(
         "INSERT INTO events
-            (id, delivery_key, idx, webhook_id, event_type, received_at, request_id, event)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            (id, delivery_key, idx, webhook_id, event_type, received_at, request_id, event,
+             received_unix_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+         ON CONFLICT(id) DO NOTHING",
     )?;
+    let received_ms = delivery.received_at.timestamp_millis();
     let mut stored = Vec::with_capacity(delivery.events.len());
     for (index, event) in delivery.events.into_iter().enumerate() {
         let id = crate::event::event_id(&delivery.key, index);
-        statement.execute(params![
+        let inserted = statement.execute(params![
             id,
             delivery.key,
             index as i64,
@@ -1055,8 +1242,12 @@ fn append(tx: &Transaction<'_>, delivery: NewDelivery) -> Result<AppendOutcome, 
             event.event_type,
             received_at,
             delivery.request_id,
-            event.raw
+            event.raw,
+            received_ms
         ])?;
+        if inserted == 0 {
+            continue;
+        }
         stored.push(JournaledEvent {
             id,
             delivery_key: delivery.key.clone(),
@@ -1135,39 +1326,50 @@ fn record_sinks(
     id: &str,
     progress: &SinkProgress,
     next_ms: Option<i64>,
+    record: &AttemptRecord,
 ) -> Result<usize, JournalError> {
-    let changed = match next_ms {
-        Some(next_ms) => exec(
-            tx,
+    // The attempt's findings ride on the outcome's own update (?8..?15).
+    const HISTORY: &str = "enrichment = COALESCE(?8, enrichment), object = COALESCE(?9, object),
+        list = COALESCE(?10, list), record_id = COALESCE(?11, record_id), data = ?12,
+        data_omitted = ?13, sink_errors = json_patch(sink_errors, ?14),
+        sinks_delivered = json_patch(sinks_delivered, ?15)";
+    let sql = match next_ms {
+        Some(_) => format!(
             "UPDATE events SET attempts = ?2, next_attempt_unix_ms = ?3, last_error = ?4,
-                sinks_done = ?5, sink_attempts = ?6, failed_sinks = ?7
-             WHERE id = ?1 AND state = 'pending'",
-            params![
-                id,
-                progress.attempts,
-                next_ms,
-                progress.last_error,
-                json_list(&progress.sinks_done),
-                json_map(&progress.sink_attempts),
-                json_list(&progress.sinks_failed)
-            ],
-        )?,
-        None => exec(
-            tx,
-            "UPDATE events SET state = 'dead', attempts = ?2, last_error = ?3, sinks_done = ?4,
-                sink_attempts = ?5, failed_sinks = ?6, dead_at = ?7
-             WHERE id = ?1 AND state = 'pending'",
-            params![
-                id,
-                progress.attempts,
-                progress.last_error,
-                json_list(&progress.sinks_done),
-                json_map(&progress.sink_attempts),
-                json_list(&progress.sinks_failed),
-                rfc3339(Utc::now())
-            ],
-        )?,
+                sinks_done = ?5, sink_attempts = ?6, failed_sinks = ?7, {HISTORY}
+             WHERE id = ?1 AND state = 'pending'"
+        ),
+        None => format!(
+            "UPDATE events SET state = 'dead', dead_at = ?3, last_error = ?4, sinks_done = ?5,
+                sink_attempts = ?6, failed_sinks = ?7, attempts = ?2, {HISTORY}
+             WHERE id = ?1 AND state = 'pending'"
+        ),
     };
+    let third: rusqlite::types::Value = match next_ms {
+        Some(next_ms) => next_ms.into(),
+        None => rfc3339(Utc::now()).into(),
+    };
+    let changed = exec(
+        tx,
+        &sql,
+        params![
+            id,
+            progress.attempts,
+            third,
+            progress.last_error,
+            json_list(&progress.sinks_done),
+            json_map(&progress.sink_attempts),
+            json_list(&progress.sinks_failed),
+            record.enrichment,
+            record.object,
+            record.list,
+            record.record_id,
+            record.data,
+            record.data_omitted,
+            json_texts(&record.sink_errors),
+            json_texts(&record.sinks_delivered),
+        ],
+    )?;
     Ok(changed)
 }
 
@@ -1281,6 +1483,7 @@ fn replay(
     tx: &Transaction<'_>,
     selection: &ReplaySelection,
     sink: Option<&str>,
+    delivered_too: bool,
 ) -> Result<ReplayReport, JournalError> {
     let mut report = ReplayReport::default();
     let mut candidates: Vec<ReplayCandidate> = Vec::new();
@@ -1326,12 +1529,14 @@ fn replay(
     }
     let mut update = tx.prepare_cached(
         "UPDATE events SET state = 'pending', attempts = 0, next_attempt_unix_ms = 0,
-            sink_attempts = '{}', failed_sinks = '[]', dead_at = NULL, sinks_done = ?2
-         WHERE id = ?1 AND state = 'dead'",
+            sink_attempts = '{}', failed_sinks = '[]', dead_at = NULL, delivered_at = NULL,
+            sinks_done = ?2
+         WHERE id = ?1 AND state = ?3",
     )?;
     let named = matches!(selection, ReplaySelection::Ids(_));
     for (id, state, failed, done) in candidates {
-        let done = match super::plan_replay(state.as_deref(), failed, done, sink, named) {
+        let plan = super::plan_replay(state.as_deref(), failed, done, sink, named, delivered_too);
+        let done = match plan {
             Ok(done) => done,
             Err(reason) => {
                 if let Some(reason) = reason {
@@ -1340,7 +1545,7 @@ fn replay(
                 continue;
             }
         };
-        if update.execute(params![id, json_list(&done)])? == 1 {
+        if update.execute(params![id, json_list(&done), state])? == 1 {
             report.replayed.push(id);
         }
     }
@@ -1362,6 +1567,228 @@ fn dead_deliveries(tx: &Transaction<'_>, limit: usize) -> Result<Vec<DeadDeliver
         })
     })?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// One purge step: forgotten delivery keys, then at most [`PURGE_BATCH`] delivered events
+/// older than the history window (oldest first), dead letters and unparsed deliveries older than
+/// theirs. Returns the rows deleted.
+fn purge_batch(
+    tx: &Transaction<'_>,
+    deliveries_before_ms: i64,
+    history_before_ms: i64,
+    dead_before: Option<&str>,
+) -> rusqlite::Result<u64> {
+    let mut deleted = exec(
+        tx,
+        "DELETE FROM deliveries WHERE received_unix_ms < ?1",
+        params![deliveries_before_ms],
+    )?;
+    deleted += exec(
+        tx,
+        "DELETE FROM events WHERE seq IN (
+            SELECT seq FROM events WHERE state = 'delivered' AND received_unix_ms < ?1
+            ORDER BY seq LIMIT ?2)",
+        params![history_before_ms, PURGE_BATCH as i64],
+    )?;
+    if let Some(dead_before) = dead_before {
+        deleted += exec(
+            tx,
+            "DELETE FROM events WHERE seq IN (
+                SELECT seq FROM events WHERE state = 'dead' AND dead_at < ?1 LIMIT ?2)",
+            params![dead_before, PURGE_BATCH as i64],
+        )?;
+        deleted += exec(
+            tx,
+            "DELETE FROM dead_deliveries WHERE seq IN (
+                SELECT seq FROM dead_deliveries WHERE received_at < ?1 ORDER BY seq LIMIT ?2)",
+            params![dead_before, PURGE_BATCH as i64],
+        )?;
+    }
+    Ok(deleted as u64)
+}
+
+/// A page of the history, newest first: one more row than the page is read to know whether
+/// another page follows.
+fn history_page(connection: &Connection, query: &HistoryQuery) -> Result<EventPage, JournalError> {
+    let size = query.page_size();
+    let (clause, mut params) = query.sql();
+    params.push(rusqlite::types::Value::Integer(size as i64 + 1));
+    let sql = format!(
+        "SELECT seq, id, event_type, state, received_at, attempts, object, list, delivery_key,
+                last_error
+         FROM events WHERE {clause} ORDER BY seq DESC LIMIT ?"
+    );
+    let mut statement = connection.prepare_cached(&sql)?;
+    let rows = statement.query_map(rusqlite::params_from_iter(params), |row| {
+        let state: String = row.get(3)?;
+        let attempts: u32 = row.get(5)?;
+        Ok(EventSummary {
+            seq: row.get::<_, i64>(0)?.max(0) as u64,
+            id: row.get(1)?,
+            event_type: row.get(2)?,
+            status: EventStatus::from_state(&state, attempts),
+            received_at: row.get(4)?,
+            attempts,
+            object: row.get(6)?,
+            list: row.get(7)?,
+            delivery_key: row.get(8)?,
+            last_error: row.get(9)?,
+        })
+    })?;
+    let mut found = rows.collect::<Result<Vec<_>, _>>()?;
+    let more = found.len() > size;
+    found.truncate(size);
+    Ok(EventPage::from_found(found, more))
+}
+
+fn event_detail(connection: &Connection, id: &str) -> Result<Option<EventDetail>, JournalError> {
+    let row = connection
+        .prepare_cached(
+            "SELECT id, event_type, state, delivery_key, webhook_id, request_id, received_at,
+                    attempts, last_error, delivered_at, dead_at, object, list, record_id,
+                    enrichment, event, data, data_omitted, sinks_done, failed_sinks,
+                    sink_attempts, sink_errors, sinks_delivered
+             FROM events WHERE id = ?1",
+        )?
+        .query_row(params![id], |row| {
+            let state: String = row.get(2)?;
+            let attempts: u32 = row.get(7)?;
+            let status = EventStatus::from_state(&state, attempts);
+            let sinks = StoredSinks {
+                done: parse_list(&row.get::<_, String>(18)?),
+                failed: parse_list(&row.get::<_, String>(19)?),
+                attempts: parse_map(&row.get::<_, String>(20)?),
+                errors: parse_texts(&row.get::<_, String>(21)?),
+                delivered: parse_texts(&row.get::<_, String>(22)?),
+            };
+            Ok((
+                EventDetailRow {
+                    id: row.get(0)?,
+                    event_type: row.get(1)?,
+                    status,
+                    delivery_key: row.get(3)?,
+                    webhook_id: row.get(4)?,
+                    request_id: row.get(5)?,
+                    received_at: row.get(6)?,
+                    attempts,
+                    last_error: row.get(8)?,
+                    delivered_at: row.get(9)?,
+                    dead_at: row.get(10)?,
+                    object: row.get(11)?,
+                    list: row.get(12)?,
+                    record_id: row.get(13)?,
+                    enrichment: row.get(14)?,
+                    data_omitted: row.get(17)?,
+                    sinks: sinks.records(status),
+                },
+                row.get::<_, String>(15)?,
+                row.get::<_, Option<String>>(16)?,
+            ))
+        })
+        .optional()?;
+    let Some((row, event, data)) = row else {
+        return Ok(None);
+    };
+    Ok(Some(row.into_detail(event, data)?))
+}
+
+/// The columns of [`EventDetail`] before its JSON is checked.
+pub(super) struct EventDetailRow {
+    pub id: String,
+    pub event_type: String,
+    pub status: EventStatus,
+    pub delivery_key: String,
+    pub webhook_id: Option<String>,
+    pub request_id: Option<String>,
+    pub received_at: String,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub delivered_at: Option<String>,
+    pub dead_at: Option<String>,
+    pub object: Option<String>,
+    pub list: Option<String>,
+    pub record_id: Option<String>,
+    pub enrichment: Option<String>,
+    pub data_omitted: bool,
+    pub sinks: Vec<super::history::SinkRecord>,
+}
+
+impl EventDetailRow {
+    pub(super) fn into_detail(
+        self,
+        event: String,
+        data: Option<String>,
+    ) -> Result<EventDetail, JournalError> {
+        let id = &self.id;
+        let event = serde_json::value::RawValue::from_string(event)
+            .map_err(|e| JournalError::Storage(format!("stored event {id} is not JSON: {e}")))?;
+        // Kept data is JSON this daemon wrote; if it somehow is not, the event is still shown.
+        let data = data.and_then(|text| serde_json::value::RawValue::from_string(text).ok());
+        Ok(EventDetail {
+            id: self.id,
+            event_type: self.event_type,
+            status: self.status,
+            delivery_key: self.delivery_key,
+            webhook_id: self.webhook_id,
+            request_id: self.request_id,
+            received_at: self.received_at,
+            attempts: self.attempts,
+            last_error: self.last_error,
+            delivered_at: self.delivered_at,
+            dead_at: self.dead_at,
+            object: self.object,
+            list: self.list,
+            record_id: self.record_id,
+            enrichment: self.enrichment,
+            event,
+            data,
+            data_omitted: self.data_omitted,
+            sinks: self.sinks,
+        })
+    }
+}
+
+fn unparsed_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<UnparsedSummary> {
+    Ok(UnparsedSummary {
+        id: row.get(0)?,
+        key: row.get(1)?,
+        received_at: row.get(2)?,
+        request_id: row.get(3)?,
+        reason: row.get(4)?,
+        body_len: row.get::<_, i64>(5)?.max(0) as usize,
+    })
+}
+
+fn unparsed_list(
+    connection: &Connection,
+    limit: usize,
+    before: Option<i64>,
+) -> Result<Vec<UnparsedSummary>, JournalError> {
+    let mut statement = connection.prepare_cached(
+        "SELECT seq, key, received_at, request_id, reason, length(body)
+         FROM dead_deliveries WHERE ?1 IS NULL OR seq < ?1 ORDER BY seq DESC LIMIT ?2",
+    )?;
+    let rows = statement.query_map(params![before, limit as i64], unparsed_row)?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+fn unparsed_one(
+    connection: &Connection,
+    id: i64,
+) -> Result<Option<UnparsedDelivery>, JournalError> {
+    let found = connection
+        .prepare_cached(
+            "SELECT seq, key, received_at, request_id, reason, length(body), body
+             FROM dead_deliveries WHERE seq = ?1",
+        )?
+        .query_row(params![id], |row| {
+            Ok(UnparsedDelivery {
+                summary: unparsed_row(row)?,
+                body: row.get(6)?,
+            })
+        })
+        .optional()?;
+    Ok(found)
 }
 
 fn dead_delivery(tx: &Transaction<'_>, seq: i64) -> Result<Option<DeadDeliveryBody>, JournalError> {
@@ -1525,7 +1952,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let journal = SqliteJournal::open(&dir.path().join("j.sqlite3")).unwrap();
         journal.append(delivery("k", 3)).await.unwrap();
-        journal.complete("k:0").await.unwrap();
+        journal
+            .complete("k:0", &AttemptRecord::default())
+            .await
+            .unwrap();
         let later = Utc::now() + chrono::Duration::hours(1);
         journal
             .reschedule("k:1", 1, later, Some("boom"), &["a".to_string()])
@@ -1562,14 +1992,24 @@ mod tests {
         let journal = SqliteJournal::open(&dir.path().join("j.sqlite3")).unwrap();
         journal.append(delivery("k", 1)).await.unwrap();
         journal
-            .record_sinks("k:0", &progress(1, &["a"], &["b"]), Some(Utc::now()))
+            .record_sinks(
+                "k:0",
+                &progress(1, &["a"], &["b"]),
+                Some(Utc::now()),
+                &AttemptRecord::default(),
+            )
             .await
             .unwrap();
         let due = journal.due(10).await.unwrap();
         assert_eq!(due[0].sink_attempts.get("b"), Some(&1));
         assert_eq!(due[0].sinks_done, vec!["a"]);
         journal
-            .record_sinks("k:0", &progress(2, &["a"], &["b"]), None)
+            .record_sinks(
+                "k:0",
+                &progress(2, &["a"], &["b"]),
+                None,
+                &AttemptRecord::default(),
+            )
             .await
             .unwrap();
         assert_eq!(journal.backlog(), 0);
@@ -1585,15 +2025,30 @@ mod tests {
         let journal = SqliteJournal::open(&dir.path().join("j.sqlite3")).unwrap();
         journal.append(delivery("k", 3)).await.unwrap();
         journal
-            .record_sinks("k:0", &progress(1, &[], &["a"]), None)
+            .record_sinks(
+                "k:0",
+                &progress(1, &[], &["a"]),
+                None,
+                &AttemptRecord::default(),
+            )
             .await
             .unwrap();
         journal
-            .record_sinks("k:1", &progress(1, &[], &["b"]), None)
+            .record_sinks(
+                "k:1",
+                &progress(1, &[], &["b"]),
+                None,
+                &AttemptRecord::default(),
+            )
             .await
             .unwrap();
         journal
-            .record_sinks("k:2", &progress(1, &[], &["a", "b"]), None)
+            .record_sinks(
+                "k:2",
+                &progress(1, &[], &["a", "b"]),
+                None,
+                &AttemptRecord::default(),
+            )
             .await
             .unwrap();
         let query = |sink: Option<&str>, event_type: Option<&str>| DeadLetterQuery {
@@ -1639,15 +2094,25 @@ mod tests {
         let journal = SqliteJournal::open(&dir.path().join("j.sqlite3")).unwrap();
         journal.append(delivery("k", 2)).await.unwrap();
         journal
-            .record_sinks("k:0", &progress(3, &["ok"], &["a", "b"]), None)
+            .record_sinks(
+                "k:0",
+                &progress(3, &["ok"], &["a", "b"]),
+                None,
+                &AttemptRecord::default(),
+            )
             .await
             .unwrap();
         journal
-            .record_sinks("k:1", &progress(3, &[], &["b"]), None)
+            .record_sinks(
+                "k:1",
+                &progress(3, &[], &["b"]),
+                None,
+                &AttemptRecord::default(),
+            )
             .await
             .unwrap();
         let report = journal
-            .replay(&ReplaySelection::All, Some("a"))
+            .replay(&ReplaySelection::All, Some("a"), false)
             .await
             .unwrap();
         assert_eq!(report.replayed, vec!["k:0"], "k:1 did not fail on a");
@@ -1661,6 +2126,7 @@ mod tests {
             .replay(
                 &ReplaySelection::Ids(vec!["k:0".into(), "k:1".into(), "nope".into()]),
                 None,
+                false,
             )
             .await
             .unwrap();
@@ -1676,19 +2142,30 @@ mod tests {
         let daemon = SqliteJournal::open(&path).unwrap();
         daemon.append(delivery("k", 1)).await.unwrap();
         daemon
-            .record_sinks("k:0", &progress(1, &[], &["a"]), None)
+            .record_sinks(
+                "k:0",
+                &progress(1, &[], &["a"]),
+                None,
+                &AttemptRecord::default(),
+            )
             .await
             .unwrap();
         assert_eq!(daemon.backlog(), 0);
         // The CLI opens its own connection while the daemon's is open.
         let cli = SqliteJournal::open(&path).unwrap();
-        let report = cli.replay(&ReplaySelection::All, None).await.unwrap();
+        let report = cli
+            .replay(&ReplaySelection::All, None, false)
+            .await
+            .unwrap();
         assert_eq!(report.replayed, vec!["k:0"]);
         cli.close().await;
         let due = daemon.due(10).await.unwrap();
         assert_eq!(due.len(), 1, "the daemon sees the replayed event");
         assert_eq!(daemon.backlog(), 1, "and counts it");
-        daemon.complete("k:0").await.unwrap();
+        daemon
+            .complete("k:0", &AttemptRecord::default())
+            .await
+            .unwrap();
         assert_eq!(daemon.backlog(), 0);
     }
 

@@ -35,6 +35,7 @@ use crate::config::{RetryPolicy, RouteEnrich, WorkerSettings};
 use crate::dedupe::{ClaimOutcome, DedupeStore};
 use crate::enrich::{Enricher, Enrichment, EnrichmentStatus};
 use crate::event::EventKind;
+use crate::journal::history::AttemptRecord;
 use crate::journal::{Journal, JournaledEvent, SinkProgress};
 use crate::routing::{EventDimensions, RouteTable};
 use crate::sinks::{SinkError, SinkLine, Sinks};
@@ -450,8 +451,12 @@ async fn attempt(pipeline: &Pipeline, event: &JournaledEvent, ticket: order::Tic
         Ok(ClaimOutcome::Fresh(token)) => token,
         Ok(ClaimOutcome::Duplicate) => {
             tracing::info!("already processed; skipping duplicate");
+            let found = AttemptRecord {
+                sinks_done: event.sinks_done.clone(),
+                ..AttemptRecord::default()
+            };
             let started = Instant::now();
-            let result = pipeline.journal.complete(&event.id).await;
+            let result = pipeline.journal.complete(&event.id, &found).await;
             record(pipeline, event, started, result, None);
             return Outcome::Duplicate;
         }
@@ -511,6 +516,15 @@ async fn attempt(pipeline: &Pipeline, event: &JournaledEvent, ticket: order::Tic
             );
         }
     }
+    let keys = crate::enrich::history_keys(&kind, &event.raw, &enrichment);
+    let mut found = AttemptRecord {
+        enrichment: Some(enrichment.status.as_str().to_string()),
+        object: keys.object,
+        list: keys.list,
+        record_id: keys.record_id,
+        ..AttemptRecord::default()
+    };
+    found.keep_data(enrichment.data.as_ref());
     let dimensions = if pipeline.routes.has_dimension_keys() {
         crate::enrich::dimensions(&kind, &event.raw, &enrichment)
     } else {
@@ -636,6 +650,7 @@ async fn attempt(pipeline: &Pipeline, event: &JournaledEvent, ticket: order::Tic
                     )
                     .increment(1);
                     report_sink(pipeline, name, &result, started, "sink delivery failed");
+                    note_sink(&mut found, name, &result);
                     match result {
                         Ok(()) => progress.sinks_done.push(name.to_string()),
                         Err(error) => {
@@ -663,6 +678,7 @@ async fn attempt(pipeline: &Pipeline, event: &JournaledEvent, ticket: order::Tic
                             started,
                             "collapsed sink delivery failed",
                         );
+                        note_sink(&mut found, &name, &result);
                         match result {
                             Ok(()) => progress.sinks_done.push(name),
                             Err(error) => {
@@ -695,8 +711,9 @@ async fn attempt(pipeline: &Pipeline, event: &JournaledEvent, ticket: order::Tic
             pipeline.outages.dedupe.report_failure(started, &error);
             tracing::debug!(%error, "could not record the event as done in the dedupe store");
         }
+        found.sinks_done = progress.sinks_done.clone();
         let started = Instant::now();
-        let result = pipeline.journal.complete(&event.id).await;
+        let result = pipeline.journal.complete(&event.id, &found).await;
         record(pipeline, event, started, result, Some(&progress));
         tracing::info!(sinks = progress.sinks_done.len(), "event delivered");
         return Outcome::Delivered {
@@ -712,6 +729,13 @@ async fn attempt(pipeline: &Pipeline, event: &JournaledEvent, ticket: order::Tic
         .collect::<Vec<_>>()
         .join("; ");
     progress.sinks_failed = failures.iter().map(|(sink, _)| sink.clone()).collect();
+    found.sinks_done = progress.sinks_done.clone();
+    for (sink, error) in &failures {
+        found
+            .sink_errors
+            .entry(sink.clone())
+            .or_insert_with(|| error.message.clone());
+    }
     let policy = |sink: &str| match pipeline.sinks.retry(sink) {
         Some(retry) => RetryPolicy::resolve(retry, &pipeline.settings),
         None => RetryPolicy::resolve(&Default::default(), &pipeline.settings),
@@ -729,7 +753,7 @@ async fn attempt(pipeline: &Pipeline, event: &JournaledEvent, ticket: order::Tic
         let started = Instant::now();
         let result = pipeline
             .journal
-            .dead_letter_sinks(&event.id, &progress)
+            .dead_letter_sinks(&event.id, &progress, &found)
             .await;
         record(pipeline, event, started, result, Some(&progress));
         return Outcome::DeadLettered;
@@ -756,11 +780,26 @@ async fn attempt(pipeline: &Pipeline, event: &JournaledEvent, ticket: order::Tic
     let started = Instant::now();
     let result = pipeline
         .journal
-        .retry_sinks(&event.id, &progress, next)
+        .retry_sinks(&event.id, &progress, next, &found)
         .await;
     record(pipeline, event, started, result, Some(&progress));
     Outcome::Retrying {
         attempts: progress.attempts,
+    }
+}
+
+/// Notes one sink's result in what the history keeps: when it took the event, or its error.
+fn note_sink(found: &mut AttemptRecord, sink: &str, result: &Result<(), SinkError>) {
+    match result {
+        Ok(()) => {
+            let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+            found.sinks_delivered.insert(sink.to_string(), now);
+        }
+        Err(error) => {
+            found
+                .sink_errors
+                .insert(sink.to_string(), error.message.clone());
+        }
     }
 }
 

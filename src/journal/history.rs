@@ -1,0 +1,799 @@
+//! Event history: what the journal keeps about every event, delivered ones included, for
+//! `storage.history`, and the one query interface over it that the API, the console and the CLI
+//! use, whichever backend holds the journal.
+//!
+//! In: the outcome of each attempt, as the worker records it ([`AttemptRecord`], folded into the
+//! outcome write the journal makes anyway: no second write per event), and queries
+//! ([`HistoryQuery`]). Out: pages of [`EventSummary`] newest first with an opaque cursor, and
+//! one event's [`EventDetail`]. Filters mean the same on both backends: the matching rules live
+//! here ([`HistoryQuery::matches`] for Redis, [`HistoryQuery::sql`] for SQLite), so the two
+//! backends cannot drift apart.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// The fetched `data` of the last attempt is kept up to this size (its JSON); a larger one is
+/// left out and `data_omitted` says so. Records and entries are a few kilobytes; this bounds
+/// what one odd record can cost the journal.
+pub const MAX_KEPT_DATA: usize = 64 * 1024;
+/// Most events a list asks for.
+pub const MAX_LIMIT: usize = 500;
+/// Events a list asks for when it does not say.
+pub const DEFAULT_LIMIT: usize = 50;
+
+/// Where an event stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventStatus {
+    /// Accepted, not yet attempted (or attempted without a failure being recorded).
+    Pending,
+    /// Some sink failed; it will be tried again.
+    Retrying,
+    /// Every sink took it (or no route wanted it).
+    Delivered,
+    /// A sink used up its attempts or refused it for good: a dead letter.
+    Dead,
+}
+
+impl EventStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventStatus::Pending => "pending",
+            EventStatus::Retrying => "retrying",
+            EventStatus::Delivered => "delivered",
+            EventStatus::Dead => "dead",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<EventStatus> {
+        match text {
+            "pending" => Some(EventStatus::Pending),
+            "retrying" => Some(EventStatus::Retrying),
+            "delivered" => Some(EventStatus::Delivered),
+            "dead" => Some(EventStatus::Dead),
+            _ => None,
+        }
+    }
+
+    /// From the journal's stored state and failed attempts: a pending event that failed before
+    /// is retrying.
+    pub fn from_state(state: &str, attempts: u32) -> EventStatus {
+        match state {
+            "delivered" => EventStatus::Delivered,
+            "dead" => EventStatus::Dead,
+            _ if attempts > 0 => EventStatus::Retrying,
+            _ => EventStatus::Pending,
+        }
+    }
+}
+
+/// How long history is kept (`storage.history`, `storage.dead_letter_history`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Delivered events older than this (by time received) are deleted.
+    pub history: Duration,
+    /// Dead letters and unparsed deliveries older than this are deleted; `None`: kept until
+    /// replayed or deleted.
+    pub dead_letters: Option<Duration>,
+}
+
+impl Default for Retention {
+    fn default() -> Retention {
+        Retention {
+            history: Duration::from_secs(7 * 24 * 3600),
+            dead_letters: None,
+        }
+    }
+}
+
+/// What one attempt learnt about an event, written with its outcome.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AttemptRecord {
+    /// `ok`, `not_found`, `disabled`, `skipped` or `failed`; `None` when not enriched.
+    pub enrichment: Option<String>,
+    /// The object's slug, or its id when the slug is unknown.
+    pub object: Option<String>,
+    /// The list's slug, or its id when the slug is unknown.
+    pub list: Option<String>,
+    /// The record (or entry) the event is about, for `q`.
+    pub record_id: Option<String>,
+    /// The fetched `data` as JSON, when it was fetched and fits [`MAX_KEPT_DATA`].
+    pub data: Option<String>,
+    /// The fetched data was larger than [`MAX_KEPT_DATA`] and is not kept.
+    pub data_omitted: bool,
+    /// Sinks done after this attempt (earlier ones included).
+    pub sinks_done: Vec<String>,
+    /// The error of each sink that failed on this attempt (already scrubbed of secrets by the
+    /// sink that made it).
+    pub sink_errors: BTreeMap<String, String>,
+    /// When each sink that took the event on this attempt took it (RFC 3339).
+    pub sinks_delivered: BTreeMap<String, String>,
+}
+
+impl AttemptRecord {
+    /// Keeps `data` when it is small enough.
+    pub fn keep_data(&mut self, data: Option<&serde_json::Value>) {
+        let Some(data) = data else {
+            return;
+        };
+        match serde_json::to_string(data) {
+            Ok(text) if text.len() <= MAX_KEPT_DATA => self.data = Some(text),
+            _ => self.data_omitted = true,
+        }
+    }
+}
+
+/// Which events to list. Every filter given must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HistoryQuery {
+    pub status: Option<EventStatus>,
+    /// An exact type, or a family written `record.*`.
+    pub event_type: Option<String>,
+    /// Slug or id, as kept for the event.
+    pub object: Option<String>,
+    pub list: Option<String>,
+    /// Events routed to this sink (done, failed or tried).
+    pub sink: Option<String>,
+    /// Received at or after.
+    pub since: Option<DateTime<Utc>>,
+    /// Received before.
+    pub until: Option<DateTime<Utc>>,
+    /// An event id, a delivery key or a record id.
+    pub q: Option<String>,
+    pub limit: usize,
+    /// From a previous page's `next_cursor`: only events older than the last one shown.
+    pub cursor: Option<u64>,
+}
+
+/// What a filter sees of one event (both backends can produce it cheaply).
+#[derive(Debug, Clone, Default)]
+pub struct FilterView<'a> {
+    pub id: &'a str,
+    pub delivery_key: &'a str,
+    pub record_id: Option<&'a str>,
+    pub event_type: &'a str,
+    pub status: Option<EventStatus>,
+    pub object: Option<&'a str>,
+    pub list: Option<&'a str>,
+    /// Every sink the event met (done, failed or tried).
+    pub sinks: Vec<&'a str>,
+    pub received_ms: i64,
+}
+
+impl HistoryQuery {
+    /// The limit within bounds (0 means the default).
+    pub fn page_size(&self) -> usize {
+        match self.limit {
+            0 => DEFAULT_LIMIT,
+            n => n.min(MAX_LIMIT),
+        }
+    }
+
+    /// `record.*` is a family (prefix `record.`); anything else is an exact type.
+    fn type_pattern(&self) -> Option<TypePattern<'_>> {
+        let pattern = self.event_type.as_deref()?;
+        Some(match pattern.strip_suffix('*') {
+            Some(prefix) if prefix.ends_with('.') || prefix.is_empty() => {
+                TypePattern::Family(prefix)
+            }
+            _ => TypePattern::Exact(pattern),
+        })
+    }
+
+    /// Whether one event passes every filter (the Redis journal filters this way).
+    pub fn matches(&self, event: &FilterView<'_>) -> bool {
+        if let Some(status) = self.status {
+            if event.status != Some(status) {
+                return false;
+            }
+        }
+        match self.type_pattern() {
+            Some(TypePattern::Exact(name)) if event.event_type != name => return false,
+            Some(TypePattern::Family(prefix)) if !event.event_type.starts_with(prefix) => {
+                return false
+            }
+            _ => {}
+        }
+        if self.object.is_some() && event.object != self.object.as_deref() {
+            return false;
+        }
+        if self.list.is_some() && event.list != self.list.as_deref() {
+            return false;
+        }
+        if let Some(sink) = &self.sink {
+            if !event.sinks.iter().any(|s| s == sink) {
+                return false;
+            }
+        }
+        if let Some(since) = self.since {
+            if event.received_ms < since.timestamp_millis() {
+                return false;
+            }
+        }
+        if let Some(until) = self.until {
+            if event.received_ms >= until.timestamp_millis() {
+                return false;
+            }
+        }
+        if let Some(q) = &self.q {
+            if event.id != q && event.delivery_key != q && event.record_id != Some(q.as_str()) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The SQLite journal's WHERE clause and its parameters (`events` table, newest first by
+    /// `seq`). Columns are those of the journal's schema.
+    pub fn sql(&self) -> (String, Vec<rusqlite::types::Value>) {
+        use rusqlite::types::Value;
+        let mut clauses: Vec<&str> = Vec::new();
+        let mut params: Vec<Value> = Vec::new();
+        match self.status {
+            Some(EventStatus::Pending) => clauses.push("state = 'pending' AND attempts = 0"),
+            Some(EventStatus::Retrying) => clauses.push("state = 'pending' AND attempts > 0"),
+            Some(EventStatus::Delivered) => clauses.push("state = 'delivered'"),
+            Some(EventStatus::Dead) => clauses.push("state = 'dead'"),
+            None => {}
+        }
+        match self.type_pattern() {
+            Some(TypePattern::Exact(name)) => {
+                clauses.push("event_type = ?");
+                params.push(Value::Text(name.to_string()));
+            }
+            Some(TypePattern::Family(prefix)) => {
+                clauses.push("substr(event_type, 1, length(?)) = ?");
+                params.push(Value::Text(prefix.to_string()));
+                params.push(Value::Text(prefix.to_string()));
+            }
+            None => {}
+        }
+        if let Some(object) = &self.object {
+            clauses.push("object = ?");
+            params.push(Value::Text(object.clone()));
+        }
+        if let Some(list) = &self.list {
+            clauses.push("list = ?");
+            params.push(Value::Text(list.clone()));
+        }
+        if let Some(sink) = &self.sink {
+            clauses.push(
+                "(EXISTS (SELECT 1 FROM json_each(sinks_done) WHERE value = ?)
+                  OR EXISTS (SELECT 1 FROM json_each(failed_sinks) WHERE value = ?)
+                  OR json_type(sink_attempts, '$.' || json_quote(?)) IS NOT NULL)",
+            );
+            for _ in 0..3 {
+                params.push(Value::Text(sink.clone()));
+            }
+        }
+        if let Some(since) = self.since {
+            clauses.push("received_unix_ms >= ?");
+            params.push(Value::Integer(since.timestamp_millis()));
+        }
+        if let Some(until) = self.until {
+            clauses.push("received_unix_ms < ?");
+            params.push(Value::Integer(until.timestamp_millis()));
+        }
+        if let Some(q) = &self.q {
+            // An event's id is `{delivery key}:{index}`, so the events of one delivery are a
+            // range of the id index (';' follows ':'); the record id has an index of its own.
+            clauses.push(
+                "seq IN (SELECT seq FROM events WHERE id = ?
+                         UNION SELECT seq FROM events WHERE id >= ? || ':' AND id < ? || ';'
+                         UNION SELECT seq FROM events WHERE record_id = ?)",
+            );
+            for _ in 0..4 {
+                params.push(Value::Text(q.clone()));
+            }
+        }
+        if let Some(cursor) = self.cursor {
+            clauses.push("seq < ?");
+            params.push(Value::Integer(i64::try_from(cursor).unwrap_or(i64::MAX)));
+        }
+        let clause = if clauses.is_empty() {
+            "1".to_string()
+        } else {
+            clauses.join(" AND ")
+        };
+        (clause, params)
+    }
+}
+
+enum TypePattern<'a> {
+    Exact(&'a str),
+    Family(&'a str),
+}
+
+/// One event in a list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventSummary {
+    pub id: String,
+    pub event_type: String,
+    pub status: EventStatus,
+    pub received_at: String,
+    /// Failed attempts so far.
+    pub attempts: u32,
+    pub object: Option<String>,
+    pub list: Option<String>,
+    pub delivery_key: String,
+    /// The last error, for events that failed somewhere.
+    pub last_error: Option<String>,
+    /// Position in the history (newest is highest): the cursor of the page after this event.
+    #[serde(skip)]
+    pub seq: u64,
+}
+
+/// A page of events, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventPage {
+    pub data: Vec<EventSummary>,
+    /// Pass as `cursor` for the next (older) page; `None`: this is the last page.
+    pub next_cursor: Option<String>,
+}
+
+impl EventPage {
+    /// A page from the events found (at most the page size, newest first). `more`: the backend
+    /// saw at least one more match after them.
+    pub fn from_found(data: Vec<EventSummary>, more: bool) -> EventPage {
+        let next_cursor = if more {
+            data.last().map(|last| last.seq.to_string())
+        } else {
+            None
+        };
+        EventPage { data, next_cursor }
+    }
+}
+
+/// One sink's part in an event's delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SinkRecord {
+    pub name: String,
+    pub status: EventStatus,
+    /// Failed attempts on this sink.
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub delivered_at: Option<String>,
+}
+
+/// Everything kept about one event.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventDetail {
+    pub id: String,
+    pub event_type: String,
+    pub status: EventStatus,
+    pub delivery_key: String,
+    pub webhook_id: Option<String>,
+    pub request_id: Option<String>,
+    pub received_at: String,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub delivered_at: Option<String>,
+    pub dead_at: Option<String>,
+    pub object: Option<String>,
+    pub list: Option<String>,
+    pub record_id: Option<String>,
+    /// `ok`, `not_found`, `disabled`, `skipped`, `failed`; `None` before the first attempt.
+    pub enrichment: Option<String>,
+    /// The event as Attio sent it.
+    pub event: Box<serde_json::value::RawValue>,
+    /// What the last attempt fetched from Attio, when kept.
+    pub data: Option<Box<serde_json::value::RawValue>>,
+    pub data_omitted: bool,
+    pub sinks: Vec<SinkRecord>,
+}
+
+/// The stored per-sink columns of one event, before they become [`SinkRecord`]s.
+#[derive(Debug, Clone, Default)]
+pub struct StoredSinks {
+    pub done: Vec<String>,
+    pub failed: Vec<String>,
+    pub attempts: BTreeMap<String, u32>,
+    pub errors: BTreeMap<String, String>,
+    pub delivered: BTreeMap<String, String>,
+}
+
+impl StoredSinks {
+    /// One record per sink the event met, in name order. A sink that took the event is
+    /// delivered; one that failed is dead with the event, else retrying.
+    pub fn records(&self, status: EventStatus) -> Vec<SinkRecord> {
+        let mut names: Vec<&String> = self
+            .done
+            .iter()
+            .chain(&self.failed)
+            .chain(self.attempts.keys())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+            .into_iter()
+            .map(|name| {
+                let attempts = self.attempts.get(name).copied().unwrap_or(0);
+                let sink_status = if self.done.contains(name) {
+                    EventStatus::Delivered
+                } else if status == EventStatus::Dead && self.failed.contains(name) {
+                    EventStatus::Dead
+                } else if attempts > 0 {
+                    EventStatus::Retrying
+                } else {
+                    EventStatus::Pending
+                };
+                SinkRecord {
+                    name: name.clone(),
+                    status: sink_status,
+                    attempts,
+                    last_error: self.errors.get(name).cloned(),
+                    delivered_at: self.delivered.get(name).cloned(),
+                }
+            })
+            .collect()
+    }
+
+    /// Every sink named anywhere, for the `sink` filter.
+    pub fn names(&self) -> Vec<&str> {
+        self.done
+            .iter()
+            .chain(&self.failed)
+            .chain(self.attempts.keys())
+            .map(String::as_str)
+            .collect()
+    }
+}
+
+/// A signed body that was not a delivery, listed without its body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnparsedSummary {
+    pub id: i64,
+    pub key: Option<String>,
+    pub received_at: String,
+    pub request_id: Option<String>,
+    pub reason: String,
+    pub body_len: usize,
+}
+
+/// One unparsed delivery with its raw body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnparsedDelivery {
+    pub summary: UnparsedSummary,
+    pub body: Vec<u8>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view<'a>(event_type: &'a str, status: EventStatus) -> FilterView<'a> {
+        FilterView {
+            id: "k:0",
+            delivery_key: "k",
+            record_id: Some("rec"),
+            event_type,
+            status: Some(status),
+            object: Some("deals"),
+            list: None,
+            sinks: vec!["out"],
+            received_ms: 1_000,
+        }
+    }
+
+    #[test]
+    fn a_family_pattern_matches_its_types_only() {
+        let query = HistoryQuery {
+            event_type: Some("record.*".into()),
+            ..Default::default()
+        };
+        assert!(query.matches(&view("record.updated", EventStatus::Delivered)));
+        assert!(!query.matches(&view("note.created", EventStatus::Delivered)));
+        let exact = HistoryQuery {
+            event_type: Some("record.created".into()),
+            ..Default::default()
+        };
+        assert!(!exact.matches(&view("record.updated", EventStatus::Delivered)));
+    }
+
+    #[test]
+    fn q_finds_an_event_by_id_delivery_key_or_record_id() {
+        for q in ["k:0", "k", "rec"] {
+            let query = HistoryQuery {
+                q: Some(q.into()),
+                ..Default::default()
+            };
+            assert!(
+                query.matches(&view("record.updated", EventStatus::Dead)),
+                "{q}"
+            );
+        }
+        let query = HistoryQuery {
+            q: Some("other".into()),
+            ..Default::default()
+        };
+        assert!(!query.matches(&view("record.updated", EventStatus::Dead)));
+    }
+
+    #[test]
+    fn status_object_sink_and_time_filters_must_all_match() {
+        let event = view("record.updated", EventStatus::Retrying);
+        let query = |change: fn(&mut HistoryQuery)| {
+            let mut query = HistoryQuery::default();
+            change(&mut query);
+            query.matches(&event)
+        };
+        assert!(query(|q| q.status = Some(EventStatus::Retrying)));
+        assert!(!query(|q| q.status = Some(EventStatus::Pending)));
+        assert!(query(|q| q.object = Some("deals".into())));
+        assert!(!query(|q| q.object = Some("people".into())));
+        assert!(!query(|q| q.list = Some("pipeline".into())));
+        assert!(query(|q| q.sink = Some("out".into())));
+        assert!(!query(|q| q.sink = Some("other".into())));
+        assert!(!query(|q| q.since = DateTime::from_timestamp_millis(1_001)));
+        assert!(query(|q| q.until = DateTime::from_timestamp_millis(1_001)));
+        assert!(!query(|q| q.until = DateTime::from_timestamp_millis(1_000)));
+    }
+
+    #[test]
+    fn large_fetched_data_is_left_out_and_said_so() {
+        let mut record = AttemptRecord::default();
+        let big = serde_json::Value::String("x".repeat(MAX_KEPT_DATA + 1));
+        record.keep_data(Some(&big));
+        assert!(record.data.is_none() && record.data_omitted);
+        let mut record = AttemptRecord::default();
+        record.keep_data(Some(&serde_json::json!({"a": 1})));
+        assert_eq!(record.data.as_deref(), Some(r#"{"a":1}"#));
+    }
+
+    #[test]
+    fn the_limit_defaults_to_fifty_and_is_capped_at_five_hundred() {
+        let query = |limit| HistoryQuery {
+            limit,
+            ..Default::default()
+        };
+        assert_eq!(query(0).page_size(), 50);
+        assert_eq!(query(10_000).page_size(), 500);
+    }
+
+    /// The same scenario on both journals: they must answer alike.
+    mod both_journals {
+        use std::collections::BTreeMap;
+        use std::time::Duration;
+
+        use chrono::Utc;
+
+        use super::super::*;
+        use crate::event::ParsedEvent;
+        use crate::journal::{
+            AppendOutcome, Journal, MalformedDelivery, NewDelivery, RedisJournal, ReplaySelection,
+            SinkProgress, SqliteJournal,
+        };
+
+        fn delivery() -> NewDelivery {
+            let types = ["record.updated", "record.created", "note.created"];
+            NewDelivery {
+                key: "k".to_string(),
+                key_derived: false,
+                webhook_id: Some("w".to_string()),
+                received_at: Utc::now(),
+                request_id: Some("r".to_string()),
+                events: types
+                    .iter()
+                    .map(|t| ParsedEvent {
+                        event_type: t.to_string(),
+                        raw: format!("{{\"event_type\":\"{t}\"}}"),
+                    })
+                    .collect(),
+            }
+        }
+
+        fn failure(attempts: u32) -> SinkProgress {
+            SinkProgress {
+                attempts,
+                last_error: "out: 503".to_string(),
+                sinks_done: Vec::new(),
+                sink_attempts: BTreeMap::from([("out".to_string(), attempts)]),
+                sinks_failed: vec!["out".to_string()],
+            }
+        }
+
+        fn ids(page: &EventPage) -> Vec<&str> {
+            page.data.iter().map(|e| e.id.as_str()).collect()
+        }
+
+        async fn list(journal: &Journal, change: impl FnOnce(&mut HistoryQuery)) -> EventPage {
+            let mut query = HistoryQuery::default();
+            change(&mut query);
+            journal.history(&query).await.unwrap()
+        }
+
+        async fn scenario(journal: Journal) {
+            let AppendOutcome::Stored(_) = journal.append(delivery()).await.unwrap() else {
+                panic!("stored");
+            };
+            assert_eq!(journal.due(10).await.unwrap().len(), 3);
+            let delivered = AttemptRecord {
+                enrichment: Some("ok".into()),
+                object: Some("deals".into()),
+                record_id: Some("rec-1".into()),
+                data: Some(r#"{"a":1}"#.into()),
+                sinks_done: vec!["out".into()],
+                sinks_delivered: BTreeMap::from([("out".into(), "2026-01-01T00:00:00Z".into())]),
+                ..AttemptRecord::default()
+            };
+            journal.complete("k:0", &delivered).await.unwrap();
+            let failed = AttemptRecord {
+                enrichment: Some("disabled".into()),
+                sink_errors: BTreeMap::from([("out".into(), "503".into())]),
+                ..AttemptRecord::default()
+            };
+            let later = Utc::now() + chrono::Duration::hours(1);
+            journal
+                .retry_sinks("k:1", &failure(1), later, &failed)
+                .await
+                .unwrap();
+            journal
+                .dead_letter_sinks("k:2", &failure(3), &failed)
+                .await
+                .unwrap();
+
+            let all = list(&journal, |_| {}).await;
+            assert_eq!(ids(&all), ["k:2", "k:1", "k:0"], "newest first");
+            let statuses: Vec<EventStatus> = all.data.iter().map(|e| e.status).collect();
+            assert_eq!(
+                statuses,
+                [
+                    EventStatus::Dead,
+                    EventStatus::Retrying,
+                    EventStatus::Delivered
+                ]
+            );
+            assert_eq!(all.next_cursor, None);
+            let delivered_only = list(&journal, |q| q.status = Some(EventStatus::Delivered)).await;
+            assert_eq!(ids(&delivered_only), ["k:0"]);
+            let family = list(&journal, |q| q.event_type = Some("record.*".into())).await;
+            assert_eq!(ids(&family), ["k:1", "k:0"]);
+            assert_eq!(
+                ids(&list(&journal, |q| q.q = Some("rec-1".into())).await),
+                ["k:0"]
+            );
+            assert_eq!(
+                ids(&list(&journal, |q| q.q = Some("k:1".into())).await),
+                ["k:1"]
+            );
+            assert_eq!(
+                list(&journal, |q| q.q = Some("k".into())).await.data.len(),
+                3
+            );
+            assert_eq!(
+                ids(&list(&journal, |q| q.object = Some("deals".into())).await),
+                ["k:0"]
+            );
+            assert_eq!(
+                list(&journal, |q| q.sink = Some("out".into()))
+                    .await
+                    .data
+                    .len(),
+                3
+            );
+            assert!(list(&journal, |q| q.sink = Some("other".into()))
+                .await
+                .data
+                .is_empty());
+            let future = Utc::now() + chrono::Duration::minutes(1);
+            assert!(list(&journal, |q| q.since = Some(future))
+                .await
+                .data
+                .is_empty());
+
+            let mut cursor = None;
+            let mut paged = Vec::new();
+            for _ in 0..3 {
+                let page = list(&journal, |q| {
+                    q.limit = 1;
+                    q.cursor = cursor;
+                })
+                .await;
+                paged.extend(ids(&page).iter().map(|s| s.to_string()));
+                cursor = page.next_cursor.map(|c| c.parse().unwrap());
+            }
+            assert_eq!(paged, ["k:2", "k:1", "k:0"]);
+            assert_eq!(cursor, None, "the last page says there is no next one");
+
+            let detail = journal.history_event("k:0").await.unwrap().unwrap();
+            assert_eq!(detail.status, EventStatus::Delivered);
+            assert_eq!(detail.enrichment.as_deref(), Some("ok"));
+            assert_eq!(detail.data.as_ref().map(|d| d.get()), Some(r#"{"a":1}"#));
+            assert_eq!(detail.event.get(), r#"{"event_type":"record.updated"}"#);
+            assert_eq!(detail.sinks.len(), 1);
+            assert_eq!(detail.sinks[0].status, EventStatus::Delivered);
+            assert!(detail.sinks[0].delivered_at.is_some());
+            let retrying = journal.history_event("k:1").await.unwrap().unwrap();
+            assert_eq!(retrying.sinks[0].status, EventStatus::Retrying);
+            assert_eq!(retrying.sinks[0].attempts, 1);
+            assert_eq!(retrying.sinks[0].last_error.as_deref(), Some("503"));
+            let dead = journal.history_event("k:2").await.unwrap().unwrap();
+            assert_eq!(dead.sinks[0].status, EventStatus::Dead);
+            assert!(journal.history_event("nope").await.unwrap().is_none());
+
+            let ids_named = ReplaySelection::Ids(vec!["k:0".into()]);
+            let refused = journal.replay(&ids_named, None, false).await.unwrap();
+            assert!(refused.replayed.is_empty(), "dead-letters replay leaves it");
+            let report = journal.replay(&ids_named, None, true).await.unwrap();
+            assert_eq!(report.replayed, ["k:0"]);
+            let due = journal.due(10).await.unwrap();
+            assert_eq!(due.len(), 1);
+            assert!(due[0].sinks_done.is_empty(), "every sink gets it again");
+            journal.complete("k:0", &delivered).await.unwrap();
+
+            let keep_nothing = Retention {
+                history: Duration::ZERO,
+                dead_letters: None,
+            };
+            journal
+                .purge(Duration::from_secs(3600), keep_nothing)
+                .await
+                .unwrap();
+            assert_eq!(
+                ids(&list(&journal, |_| {}).await),
+                ["k:2", "k:1"],
+                "the delivered event left; the retrying and the dead one stay"
+            );
+
+            journal
+                .append_malformed(MalformedDelivery {
+                    key: Some("bad".into()),
+                    received_at: Utc::now(),
+                    request_id: None,
+                    reason: "not JSON".into(),
+                    body: b"\xffnot json".to_vec(),
+                })
+                .await
+                .unwrap();
+            let unparsed = journal.unparsed(10, None).await.unwrap();
+            assert_eq!(unparsed.len(), 1);
+            assert_eq!(unparsed[0].key.as_deref(), Some("bad"));
+            let one = journal.unparsed_delivery(unparsed[0].id).await.unwrap();
+            assert_eq!(one.unwrap().body, b"\xffnot json");
+            assert!(journal.delete_unparsed(unparsed[0].id).await.unwrap());
+            assert!(!journal.delete_unparsed(unparsed[0].id).await.unwrap());
+            assert!(journal.unparsed(10, None).await.unwrap().is_empty());
+        }
+
+        #[tokio::test]
+        async fn the_embedded_journal_keeps_and_answers_history() {
+            let dir = tempfile::tempdir().unwrap();
+            let journal = SqliteJournal::open(&dir.path().join("j.sqlite3")).unwrap();
+            scenario(Journal::Sqlite(journal)).await;
+        }
+
+        #[tokio::test]
+        async fn the_redis_journal_keeps_and_answers_history() {
+            let url = secrecy::SecretString::from("redis://127.0.0.1:6379");
+            let connection = crate::dedupe::redis::connect(&url).unwrap();
+            let prefix = format!("unit-{}", uuid::Uuid::new_v4().simple());
+            let journal = RedisJournal::new(
+                connection.clone(),
+                &prefix,
+                Duration::from_secs(60),
+                Duration::from_secs(3600),
+            );
+            scenario(Journal::Redis(journal)).await;
+            let mut connection = connection;
+            let keys: Vec<String> = redis::cmd("SCAN")
+                .arg(0)
+                .arg("MATCH")
+                .arg(format!("{{{prefix}}}*"))
+                .arg("COUNT")
+                .arg(10_000)
+                .query_async::<(String, Vec<String>)>(&mut connection)
+                .await
+                .map(|(_, keys)| keys)
+                .unwrap_or_default();
+            for key in keys {
+                let _: Result<i64, _> = redis::cmd("DEL")
+                    .arg(key)
+                    .query_async(&mut connection)
+                    .await;
+            }
+        }
+    }
+}
