@@ -424,6 +424,7 @@ fn variable_of(key: &str) -> String {
         "webhook.secrets" => "ATTIO_WEBHOOK_SECRET".to_string(),
         "attio.api_key" => "ATTIO_API_KEY".to_string(),
         "redis.url" => "REDIS_URL".to_string(),
+        "admin.token" => "ATTIO_WEBHOOKS_ADMIN_TOKEN".to_string(),
         _ => format!(
             "ATTIO_WEBHOOKS__{}",
             key.replace('.', "__").to_ascii_uppercase()
