@@ -585,7 +585,9 @@ fn the_shipped_deployments_serve_metrics_on_an_admin_port_of_their_own() {
 
     let compose_path = deploy_dir().join("compose/compose.yaml");
     let documents = yaml_documents();
-    let services = documents[&compose_path][0]["services"].as_mapping().unwrap();
+    let services = documents[&compose_path][0]["services"]
+        .as_mapping()
+        .unwrap();
     for (name, service) in services {
         let is_daemon = service["image"]
             .as_str()
