@@ -29,9 +29,13 @@ RUN mkdir -p /data && chown 10001:10001 /data
 USER 10001:10001
 ENV APP_ENV=production \
     ATTIO_WEBHOOKS__SERVER__LISTEN=0.0.0.0:8080 \
+    ATTIO_WEBHOOKS__ADMIN__LISTEN=0.0.0.0:9090 \
     ATTIO_WEBHOOKS__STORAGE__PATH=/data
 VOLUME ["/data"]
+# 8080: Attio's deliveries (behind the TLS proxy); 9090: /metrics and the health checks, for
+# the cluster only (in production /metrics is not served on 8080).
 EXPOSE 8080
+EXPOSE 9090
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
     CMD curl -fsS http://127.0.0.1:8080/healthz || exit 1
 ENTRYPOINT ["attio-webhooks"]

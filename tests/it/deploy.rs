@@ -425,6 +425,7 @@ fn variable_of(key: &str) -> String {
         "webhook.secrets" => "ATTIO_WEBHOOK_SECRET".to_string(),
         "attio.api_key" => "ATTIO_API_KEY".to_string(),
         "redis.url" => "REDIS_URL".to_string(),
+        "admin.token" => "ATTIO_WEBHOOKS_ADMIN_TOKEN".to_string(),
         _ => format!(
             "ATTIO_WEBHOOKS__{}",
             key.replace('.', "__").to_ascii_uppercase()
@@ -533,4 +534,75 @@ fn env_example_lists_every_variable_the_settings_and_the_docs_name() {
     missing.sort();
     missing.dedup();
     assert!(missing.is_empty(), ".env.example lacks {missing:#?}");
+}
+
+/// With `APP_ENV=production`, `/metrics` is served only on `admin.listen`: every shipped
+/// deployment sets it, declares its port and (Kubernetes) tells Prometheus to scrape it there.
+#[test]
+fn the_shipped_deployments_serve_metrics_on_an_admin_port_of_their_own() {
+    let admin_port = |listen: &str| -> u64 {
+        listen
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("admin.listen {listen:?} names a port"))
+    };
+
+    let dockerfile = repository_file("Dockerfile");
+    let listen = dockerfile
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("ATTIO_WEBHOOKS__ADMIN__LISTEN="))
+        .expect("the image sets ATTIO_WEBHOOKS__ADMIN__LISTEN");
+    let port = admin_port(listen.trim_end_matches('\\').trim());
+    assert!(
+        dockerfile
+            .lines()
+            .any(|l| l.strip_prefix("EXPOSE ").map(str::trim) == Some(&port.to_string())),
+        "the image exposes the admin port {port}"
+    );
+
+    let objects = kubernetes_objects();
+    let pod = &objects["Deployment"][0]["spec"]["template"];
+    let container = &seq(&pod["spec"]["containers"], "containers")[0];
+    let env = seq(&container["env"], "env");
+    let listen = env
+        .iter()
+        .find(|e| e["name"].as_str() == Some("ATTIO_WEBHOOKS__ADMIN__LISTEN"))
+        .and_then(|e| e["value"].as_str())
+        .expect("the deployment sets ATTIO_WEBHOOKS__ADMIN__LISTEN");
+    let port = admin_port(listen);
+    assert!(
+        seq(&container["ports"], "ports")
+            .iter()
+            .any(|p| p["containerPort"].as_u64() == Some(port)),
+        "the container declares the admin port {port}"
+    );
+    let annotations = &pod["metadata"]["annotations"];
+    assert_eq!(
+        annotations["prometheus.io/port"].as_str(),
+        Some(port.to_string().as_str())
+    );
+    assert_eq!(annotations["prometheus.io/path"].as_str(), Some("/metrics"));
+
+    let compose_path = deploy_dir().join("compose/compose.yaml");
+    let documents = yaml_documents();
+    let services = documents[&compose_path][0]["services"]
+        .as_mapping()
+        .unwrap();
+    for (name, service) in services {
+        let is_daemon = service["image"]
+            .as_str()
+            .is_some_and(|i| i.starts_with("attio-webhooks"));
+        if !is_daemon {
+            continue;
+        }
+        let listen = service["environment"]["ATTIO_WEBHOOKS__ADMIN__LISTEN"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name:?} sets ATTIO_WEBHOOKS__ADMIN__LISTEN"));
+        let port = admin_port(listen);
+        assert!(
+            strings(&service["expose"]).contains(&port.to_string()),
+            "{name:?} exposes the admin port {port}"
+        );
+    }
 }
