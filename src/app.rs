@@ -12,6 +12,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::auth::Auth;
+use crate::api::ApiState;
 use crate::attio::rate_limit::SharedRateLimit;
 use crate::attio::AttioClient;
 use crate::config::{QueueBackend, Settings};
@@ -19,10 +21,11 @@ use crate::dedupe::{self, ClaimOwner, DedupeStore, EmbeddedDedupe, RedisDedupe};
 use crate::enrich::Enricher;
 use crate::ingress::connections::{self, ConnectionLimits};
 use crate::ingress::{self, IngressState};
-use crate::journal::history::Retention;
+use crate::journal::history::{Changes, Retention};
 use crate::journal::{Journal, JournalLock, RedisJournal, SqliteJournal};
 use crate::routing::{closest_event_type, RouteTable};
 use crate::sinks::{FileReopener, Sinks};
+use crate::worker::outage::Outages;
 use crate::worker::{self, Pipeline, Worker};
 
 /// Connections open at once on the admin listener (probes, metrics): enough for every scraper
@@ -75,6 +78,8 @@ pub struct Application {
     /// Reopens the `jsonl` sinks' files on SIGHUP.
     file_sinks: FileReopener,
     settings: Settings,
+    /// The events API and console's shared state, when they are served.
+    api: Option<Arc<ApiState>>,
 }
 
 impl Application {
@@ -177,6 +182,9 @@ impl Application {
             crate::mirror::sync::Scheduled::from_settings(&settings, attio.as_ref())?;
         let file_sinks = sinks.file_reopener();
         let enricher = Enricher::new(attio, &settings.enrichment);
+        let changes = Changes::default();
+        let outages = Arc::new(Outages::default());
+        let api_enricher = enricher.clone();
 
         let (handoff, worker) = worker::channel(
             Pipeline {
@@ -187,8 +195,9 @@ impl Application {
                 enricher,
                 settings: settings.worker.clone(),
                 collapser: Default::default(),
-                outages: Default::default(),
+                outages: outages.clone(),
                 unrecorded: Default::default(),
+                changes: changes.clone(),
             },
             settings.queue.channel_capacity,
         );
@@ -207,10 +216,50 @@ impl Application {
             handoff,
             dedupe: dedupe.clone(),
             metrics_on_main: settings.metrics_on_main_listener(),
+            changes: changes.clone(),
         });
         crate::metrics::handle();
-        let router = ingress::router(&settings.server.path, state.clone());
-        let admin = admin_listener.map(|listener| (listener, ingress::admin_router(state)));
+        let mut router = ingress::router(&settings.server.path, state.clone());
+        let mut admin = admin_listener.map(|listener| (listener, ingress::admin_router(state)));
+        // The API and console go where the metrics go: the admin listener when there is one.
+        let console_addr = match &admin {
+            Some((listener, _)) => listener.local_addr(),
+            None => listener.local_addr(),
+        }
+        .map_err(|source| StartError::Bind {
+            addr,
+            source,
+            setting: "server.listen or admin.listen",
+        })?;
+        let api = if settings.admin.token.is_none() && !console_addr.ip().is_loopback() {
+            tracing::warn!(
+                listen = %console_addr,
+                "the events API and console are not served: without an admin token they are \
+                 served only on a loopback address (set ATTIO_WEBHOOKS_ADMIN_TOKEN)"
+            );
+            None
+        } else {
+            Some(Arc::new(ApiState {
+                journal: journal.clone(),
+                dedupe: dedupe.clone(),
+                changes,
+                outages,
+                enricher: api_enricher,
+                auth: Auth::new(settings.admin.token.as_ref()),
+                started: std::time::Instant::now(),
+                throughput: Default::default(),
+                shutdown: CancellationToken::new(),
+            }))
+        };
+        if let Some(api) = &api {
+            let served = crate::api::router(api.clone()).merge(crate::console::router(api.clone()));
+            match admin.take() {
+                Some((listener, admin_router)) => {
+                    admin = Some((listener, admin_router.merge(served)))
+                }
+                None => router = router.merge(served),
+            }
+        }
         Ok(Application {
             listener,
             router,
@@ -221,7 +270,14 @@ impl Application {
             scheduled_sync,
             file_sinks,
             settings,
+            api,
         })
+    }
+
+    /// Where the console is served, when it is.
+    pub fn console_addr(&self) -> Option<SocketAddr> {
+        self.api.as_ref()?;
+        self.admin_addr().or_else(|| self.local_addr().ok())
     }
 
     /// The bound port (useful when `server.listen` asked for port 0).
@@ -250,6 +306,7 @@ impl Application {
             scheduled_sync,
             file_sinks,
             settings,
+            api,
         } = self;
         if settings.uses_development_secret() {
             tracing::warn!(
@@ -282,6 +339,33 @@ impl Application {
         let sync_task =
             scheduled_sync.map(|scheduled| tokio::spawn(scheduled.run(sync_stop.clone())));
         let reopen_on_hangup = tokio::spawn(reopen_on_hangup(file_sinks));
+        if let Some(api) = &api {
+            let at = match &admin {
+                Some((listener, _)) => listener.local_addr(),
+                None => listener.local_addr(),
+            };
+            if let Ok(at) = at {
+                let access = if api.auth.has_token() {
+                    "sign in with the admin token"
+                } else {
+                    "no admin token: open to local requests only"
+                };
+                tracing::info!(
+                    console = %format!("http://{at}/console"),
+                    api = %format!("http://{at}/api/v1"),
+                    "console and events API ({access})"
+                );
+            }
+            // Open streams end when the daemon begins to stop, so the graceful shutdown does
+            // not wait for them.
+            let stop = api.shutdown.clone();
+            let begun = shutdown.clone();
+            tokio::spawn(async move {
+                begun.cancelled().await;
+                stop.cancel();
+            });
+            tokio::spawn(crate::api::count_throughput(api.clone()));
+        }
         let worker_stop = CancellationToken::new();
         let worker_task = worker.map(|worker| tokio::spawn(worker.run(worker_stop.clone())));
         let upkeep_stop = CancellationToken::new();

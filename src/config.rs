@@ -791,6 +791,13 @@ impl Settings {
         if self.is_production() && self.uses_development_secret() {
             return Err(ConfigError::DevelopmentSecretInProduction);
         }
+        if for_daemon && self.is_production() && self.admin.token.is_none() {
+            return Err(ConfigError::invalid(
+                "admin.token",
+                "is required with APP_ENV=production: set ATTIO_WEBHOOKS_ADMIN_TOKEN to a long \
+                 random secret (the events API and the console need it)",
+            ));
+        }
         if self.storage.history.is_zero() {
             return Err(ConfigError::invalid(
                 "storage.history",

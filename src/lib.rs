@@ -39,20 +39,26 @@
 //! - `sinks`: one file per sink kind (jsonl/stdout, http, redis_stream, command, postgres).
 //! - `mirror`: what the `postgres` sink and `sync` keep in PostgreSQL: tables and typed views
 //!   equal to Attio (settings, SQL store with embedded migrations, view mapping, sync).
+//! - `api`: the events API (`/api/v1`: history, replay, unparsed, status, stream) and who may
+//!   use it (`api::auth`: admin token, console sessions, throttled failures, same-origin
+//!   mutations).
+//! - `console`: the web console (`/console`), server-rendered pages over the API.
 //! - `app`: builds the daemon from settings; graceful shutdown.
 //! - `telemetry`: logging (`serve` writes from a thread of its own, so a stalled stderr drops
 //!   lines instead of stalling the daemon).
 //! - `metrics`: Prometheus registry and metric names.
-//! - `cli`: the command line: `serve`, `dead-letters list|show|replay`, `unparsed list|show|delete`,
+//! - `cli`: the command line: `serve`, `events list|show|tail|replay`, `dead-letters list|show|replay`, `unparsed list|show|delete`,
 //!   `journal check|recover`,
 //!   `webhooks list|get|create|update|delete` (Attio subscriptions), `sync` (fill and
 //!   reconcile a `postgres` sink from Attio), and the developer tools
 //!   `send`, `sign`, `verify`, `check-config`.
 
+pub mod api;
 pub mod app;
 pub mod attio;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod dedupe;
 pub mod enrich;
 pub mod event;

@@ -9,6 +9,7 @@
 
 mod check_config;
 mod dead_letters;
+mod events;
 mod journal;
 mod secret;
 mod send;
@@ -77,6 +78,8 @@ pub enum Command {
     Verify(sign::VerifyArgs),
     /// Load and validate the settings as `serve` would, and print them with secrets redacted.
     CheckConfig(check_config::CheckConfigArgs),
+    /// The event history of a running daemon (through its API): list, show, tail, replay.
+    Events(events::EventsArgs),
     /// Inspect events that used up their attempts and replay them.
     DeadLetters(dead_letters::DeadLettersArgs),
     /// Show the signed bodies that were not deliveries (answered 202 stored_unparsed), and
@@ -101,6 +104,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Sign(args) => sign::sign(args, options),
         Command::Verify(args) => sign::verify(args, options),
         Command::CheckConfig(args) => check_config::run(args, options),
+        Command::Events(args) => events::run(args, options),
         Command::DeadLetters(args) => dead_letters::run(args, options),
         Command::Unparsed(args) => unparsed::run(args, options),
         Command::Journal(args) => journal::run(args, options),

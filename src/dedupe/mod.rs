@@ -71,6 +71,16 @@ impl DedupeStore {
         }
     }
 
+    /// Forgets that the event was done, so that a replay of a delivered event is worked on
+    /// again. A live claim is left alone.
+    pub async fn forget(&self, id: &str) -> Result<(), DedupeError> {
+        match self {
+            DedupeStore::Redis(store) => store.forget(id).await,
+            // The embedded store keeps no done marks (the journal is the record).
+            DedupeStore::Embedded(_) => Ok(()),
+        }
+    }
+
     /// Reachability, for readiness.
     pub async fn ping(&self) -> Result<(), DedupeError> {
         match self {

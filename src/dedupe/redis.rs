@@ -230,6 +230,19 @@ impl RedisDedupe {
         Ok(())
     }
 
+    /// Deletes the event's done mark (and nothing else: a live claim stays).
+    pub async fn forget(&self, id: &str) -> Result<(), DedupeError> {
+        let mut connection = self.connection.clone();
+        let _: i64 = redis::Script::new(
+            "if redis.call('GET', KEYS[1]) == 'done' then return redis.call('DEL', KEYS[1]) end return 0",
+        )
+        .key(self.key(id))
+        .invoke_async(&mut connection)
+        .await
+        .map_err(redis_error)?;
+        Ok(())
+    }
+
     pub async fn release(&self, id: &str, token: &ClaimToken) -> Result<(), DedupeError> {
         let mut connection = self.connection.clone();
         let _: i64 = self

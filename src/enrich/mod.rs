@@ -368,6 +368,16 @@ pub struct Enricher {
     active: Option<Active>,
 }
 
+impl Enricher {
+    /// Attio's state for the status API: `None` when enrichment is disabled, else how long its
+    /// circuit breaker stays open (`Some(None)`: closed, requests flow).
+    pub fn attio_unavailable_for(&self) -> Option<Option<Duration>> {
+        self.active
+            .as_ref()
+            .map(|active| active.client.unavailable_for())
+    }
+}
+
 #[derive(Clone)]
 struct Active {
     client: AttioClient,

@@ -39,6 +39,8 @@ pub struct IngressState {
     pub dedupe: DedupeStore,
     /// Serve `/metrics` on the main listener (`Settings::metrics_on_main_listener`).
     pub metrics_on_main: bool,
+    /// Accepted events are announced here to live views.
+    pub changes: crate::journal::history::Changes,
 }
 
 /// The admin listener's routes (`admin.listen`): probes and metrics, no webhook endpoint.

@@ -14,6 +14,7 @@ use serde_json::json;
 
 use super::{IngressError, IngressState, REQUEST_ID_HEADER};
 use crate::event::{delivery_key_from_header, derived_delivery_key, parse_delivery, HeaderKey};
+use crate::journal::history::EventStatus;
 use crate::journal::{AppendOutcome, MalformedDelivery, NewDelivery};
 use crate::signature::{self, LEGACY_SIGNATURE_HEADER, SIGNATURE_HEADER};
 
@@ -183,6 +184,11 @@ async fn handle(
             span.in_scope(
                 || tracing::info!(events = count, event_types = ?event_types, "delivery accepted"),
             );
+            for event in &events {
+                state
+                    .changes
+                    .publish(&event.id, &event.event_type, EventStatus::Pending);
+            }
             if let (Some(handoff), Some(reservation)) = (&state.handoff, reservation) {
                 handoff.offer(reservation, events);
             }

@@ -442,6 +442,50 @@ impl StoredSinks {
     }
 }
 
+/// A change of an event's status, as the stream (`/api/v1/stream`) tells it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    pub id: String,
+    pub event_type: String,
+    pub status: EventStatus,
+    /// RFC 3339.
+    pub at: String,
+}
+
+/// Where this process announces status changes (ingress: accepted; worker: its outcomes;
+/// replays). Publishing with nobody listening costs a failed send and nothing else. A replica
+/// announces only what it did itself.
+#[derive(Debug, Clone)]
+pub struct Changes {
+    sender: tokio::sync::broadcast::Sender<Change>,
+}
+
+impl Default for Changes {
+    fn default() -> Changes {
+        // A listener that falls further behind than this skips ahead (and is told so).
+        let (sender, _) = tokio::sync::broadcast::channel(1024);
+        Changes { sender }
+    }
+}
+
+impl Changes {
+    pub fn publish(&self, id: &str, event_type: &str, status: EventStatus) {
+        if self.sender.receiver_count() == 0 {
+            return;
+        }
+        let _ = self.sender.send(Change {
+            id: id.to_string(),
+            event_type: event_type.to_string(),
+            status,
+            at: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        });
+    }
+
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Change> {
+        self.sender.subscribe()
+    }
+}
+
 /// A signed body that was not a delivery, listed without its body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UnparsedSummary {

@@ -35,7 +35,7 @@ use crate::config::{RetryPolicy, RouteEnrich, WorkerSettings};
 use crate::dedupe::{ClaimOutcome, DedupeStore};
 use crate::enrich::{Enricher, Enrichment, EnrichmentStatus};
 use crate::event::EventKind;
-use crate::journal::history::AttemptRecord;
+use crate::journal::history::{AttemptRecord, Changes, EventStatus};
 use crate::journal::{Journal, JournaledEvent, SinkProgress};
 use crate::routing::{EventDimensions, RouteTable};
 use crate::sinks::{SinkError, SinkLine, Sinks};
@@ -171,10 +171,13 @@ pub struct Pipeline {
     pub settings: WorkerSettings,
     /// Groups of events delivered as one line to routes with `collapse = true`.
     pub collapser: collapse::Collapser,
-    /// Dependencies that are down, logged once per outage rather than once per event.
-    pub outages: outage::Outages,
+    /// Dependencies that are down, logged once per outage rather than once per event (shared
+    /// with the status API).
+    pub outages: Arc<outage::Outages>,
     /// Outcomes the journal could not record, and the pause while it cannot write.
     pub unrecorded: unrecorded::Unrecorded,
+    /// Where outcomes are announced to live views.
+    pub changes: Changes,
 }
 
 pub struct Worker {
@@ -413,6 +416,17 @@ pub async fn process(
     ticket: order::Ticket,
 ) -> Outcome {
     let outcome = attempt(pipeline, event, ticket).await;
+    let status = match &outcome {
+        Outcome::Delivered { .. } | Outcome::Duplicate => Some(EventStatus::Delivered),
+        Outcome::Retrying { .. } => Some(EventStatus::Retrying),
+        Outcome::DeadLettered => Some(EventStatus::Dead),
+        Outcome::Deferred => None,
+    };
+    if let Some(status) = status {
+        pipeline
+            .changes
+            .publish(&event.id, &event.event_type, status);
+    }
     let label = match &outcome {
         Outcome::Delivered { .. } => "delivered",
         Outcome::Duplicate => {

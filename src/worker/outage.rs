@@ -41,6 +41,17 @@ impl Default for Outages {
 }
 
 impl Outages {
+    /// Every sink seen so far, with how long it has been down (`None`: up).
+    pub fn sinks_down(&self) -> Vec<(String, Option<Duration>)> {
+        let sinks = self.sinks.lock().unwrap_or_else(|p| p.into_inner());
+        let mut states: Vec<_> = sinks
+            .iter()
+            .map(|(name, outage)| (name.clone(), outage.down_for()))
+            .collect();
+        states.sort();
+        states
+    }
+
     /// The outage tracker of the sink `name`.
     pub fn sink(&self, name: &str) -> Arc<Outage> {
         let mut sinks = self.sinks.lock().unwrap_or_else(|p| p.into_inner());
@@ -88,6 +99,14 @@ enum Line {
 }
 
 impl Outage {
+    /// How long the dependency has been down, or `None` while it is up.
+    pub fn down_for(&self) -> Option<Duration> {
+        if !self.is_down.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.lock().down.as_ref().map(|down| down.since.elapsed())
+    }
+
     pub fn new(name: impl Into<String>) -> Outage {
         Outage {
             name: name.into(),

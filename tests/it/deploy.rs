@@ -111,7 +111,8 @@ fn strings(value: &Value) -> Vec<String> {
 
 /// The daemon accepts a deployment's config file (with the secrets the environment supplies).
 fn assert_daemon_accepts(config: &str, origin: &str) {
-    let secrets = "[webhook]\nsecrets = [\"s\"]\n[redis]\nurl = \"redis://redis:6379\"\n";
+    let secrets = "[webhook]\nsecrets = [\"s\"]\n[redis]\nurl = \"redis://redis:6379\"\n\
+                   [admin]\ntoken = \"t\"\n";
     let settings = Settings::from_toml_layers("production", &[config, secrets])
         .unwrap_or_else(|e| panic!("{origin}: the daemon refuses this config: {e}"));
     assert_eq!(

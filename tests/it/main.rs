@@ -6,6 +6,7 @@ mod fake_attio;
 mod fake_workspace;
 mod helpers;
 
+mod api;
 mod attio_client;
 mod attio_edges;
 mod cli;

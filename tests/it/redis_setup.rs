@@ -288,7 +288,11 @@ async fn a_redis_without_aof_is_named_with_what_it_would_lose_and_refused_in_pro
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let production = [("APP_ENV", "production"), ("ATTIO_WEBHOOK_SECRET", SECRET)];
+    let production = [
+        ("APP_ENV", "production"),
+        ("ATTIO_WEBHOOK_SECRET", SECRET),
+        ("ATTIO_WEBHOOKS_ADMIN_TOKEN", "admin-token"),
+    ];
 
     // Without AOF: a warning outside production...
     let config = queue_config(dir.path(), &volatile.url(), "", "");
