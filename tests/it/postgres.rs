@@ -426,12 +426,48 @@ async fn every_subscribable_event_type_lands_as_the_right_row_change() {
     )
     .await;
     schema.wait_for("SELECT 1 FROM information_schema.columns WHERE table_schema = '$schema' AND table_name = 'sales_pipeline' AND column_name = 'owner'").await;
+    // A renamed list attribute: the view's column follows its new slug.
+    let priority_id = fake.rename_attribute(list, "priority", "urgency");
+    send(
+        &app,
+        &schema,
+        event(
+            "list-attribute.updated",
+            json!({"list_id": list, "attribute_id": priority_id}),
+            json!({}),
+        ),
+    )
+    .await;
+    schema.wait_for("SELECT 1 FROM information_schema.columns WHERE table_schema = '$schema' AND table_name = 'sales_pipeline' AND column_name = 'urgency'").await;
     send(
         &app,
         &schema,
         event("list.updated", json!({"list_id": list}), json!({})),
     )
     .await;
+    // A list created later is recorded under its slug.
+    let partners = uuid();
+    fake.add_list(
+        &partners,
+        "partners",
+        vec![attribute(&partners, "tier", "text", false)],
+    );
+    send(
+        &app,
+        &schema,
+        event("list.created", json!({"list_id": partners}), json!({})),
+    )
+    .await;
+    let row = schema
+        .one(&format!(
+            "SELECT api_slug, deleted_at IS NULL FROM $schema.lists WHERE list_id = '{partners}'"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, String>(0), row.get::<_, bool>(1)),
+        ("partners".to_string(), true)
+    );
 
     // Deletes: each sets deleted_at and takes the row out of the views.
     fake.remove_entry(list, &entry);
@@ -527,7 +563,7 @@ async fn every_subscribable_event_type_lands_as_the_right_row_change() {
         .one("SELECT count(*) FROM $schema.events")
         .await
         .unwrap();
-    assert_eq!(row.get::<_, i64>(0), 23, "one row per event sent");
+    assert_eq!(row.get::<_, i64>(0), 25, "one row per event sent");
 }
 
 #[tokio::test]
