@@ -229,7 +229,11 @@ async fn production_daemon(dir: &std::path::Path, extra: &str) -> Daemon {
     let mut daemon = Daemon::start(
         dir,
         &config,
-        &[("ATTIO_WEBHOOK_SECRET", SECRET), ("APP_ENV", "production")],
+        &[
+            ("ATTIO_WEBHOOK_SECRET", SECRET),
+            ("APP_ENV", "production"),
+            ("ATTIO_WEBHOOKS_ADMIN_TOKEN", "observability-admin-token"),
+        ],
     );
     daemon.wait_healthy(Duration::from_secs(20)).await;
     daemon
