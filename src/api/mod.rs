@@ -136,7 +136,9 @@ pub fn router(state: Arc<ApiState>) -> Router {
         )
         .route("/api/v1/status", get(status))
         .route("/api/v1/stream", get(stream))
-        .layer(axum::middleware::from_fn_with_state(
+        // route_layer: only these routes need a session/token; a path no route matches stays a
+        // 404 on the listener the API shares (not a redirect to the login page).
+        .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_auth,
         ))

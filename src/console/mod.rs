@@ -44,7 +44,9 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/console/unparsed/{id}/delete", post(delete_unparsed))
         .route("/console/status", get(status))
         .route("/console/logout", post(logout))
-        .layer(axum::middleware::from_fn_with_state(
+        // route_layer: only these routes need a session/token; a path no route matches stays a
+        // 404 on the listener the API shares (not a redirect to the login page).
+        .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_session,
         ));
