@@ -157,15 +157,9 @@ pub fn run(args: EventsArgs, options: LoadOptions) -> ExitCode {
         .admin_token
         .clone()
         .or_else(|| settings.as_ref().and_then(|s| s.admin.token.clone()));
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match super::runtime() {
         Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let client = Client {
         http: reqwest::Client::new(),

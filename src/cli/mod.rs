@@ -93,6 +93,18 @@ pub enum Command {
     Sync(sync::SyncArgs),
 }
 
+/// The single-threaded runtime a one-shot command runs on; when it cannot be built, the error
+/// is printed and the exit code to return comes back.
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| {
+            eprintln!("error: cannot start the async runtime: {error}");
+            ExitCode::FAILURE
+        })
+}
+
 pub fn run(cli: Cli) -> ExitCode {
     let options = crate::config::LoadOptions {
         config_dir: None,

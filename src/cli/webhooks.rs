@@ -163,15 +163,9 @@ fn usage(message: impl Into<String>) -> WebhooksError {
 
 pub fn run(args: WebhooksArgs, options: LoadOptions) -> ExitCode {
     let json_output = args.json;
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match super::runtime() {
         Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(execute(args, options)) {
         Ok(()) => ExitCode::SUCCESS,
