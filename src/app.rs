@@ -247,7 +247,6 @@ impl Application {
                 enricher: api_enricher,
                 auth: Auth::new(settings.admin.token.as_ref()),
                 started: std::time::Instant::now(),
-                throughput: Default::default(),
                 shutdown: CancellationToken::new(),
             }))
         };
@@ -364,7 +363,6 @@ impl Application {
                 begun.cancelled().await;
                 stop.cancel();
             });
-            tokio::spawn(crate::api::count_throughput(api.clone()));
         }
         let worker_stop = CancellationToken::new();
         let worker_task = worker.map(|worker| tokio::spawn(worker.run(worker_stop.clone())));
