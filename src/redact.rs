@@ -3,7 +3,7 @@
 //!
 //! In: URLs that may carry credentials, secrets, and the messages of the `config` crate and
 //! serde (which quote the values they refuse). Out: the same with every credential replaced by a
-//! marker. A leaf: the modules that own a settings type (`config`, `routing`, `sinks`, `mirror`)
+//! marker. A leaf: the modules that own a settings type (`config`, `sinks`, `mirror`)
 //! and the ones that log a URL all use it, and it uses none of them.
 
 use std::collections::BTreeMap;
@@ -11,6 +11,9 @@ use std::collections::BTreeMap;
 use secrecy::SecretString;
 use serde::Serializer;
 
+/// A message of the `config` crate or serde without the values it quotes (`string "..."`
+/// becomes `a string`) and without the source lines a TOML syntax error shows: either may be a
+/// secret.
 pub(crate) fn redact_quoted_values(message: &str) -> String {
     let mut out = String::with_capacity(message.len());
     for line in message.lines() {
