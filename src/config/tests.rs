@@ -696,3 +696,105 @@ fn redaction_skips_escaped_quotes_and_keeps_the_rest() {
         "invalid type: a string, expected an integer for key `x`"
     );
 }
+
+#[test]
+fn the_configuration_carries_the_listeners_the_redis_queue_the_routes_and_the_sinks_parsed() {
+    let config = Config::from_toml(
+        "test",
+        r#"
+[webhook]
+secrets = ["s"]
+[server]
+listen = "127.0.0.1:9000"
+[admin]
+listen = "127.0.0.1:9001"
+[queue]
+backend = "redis"
+[redis]
+url = "redis://127.0.0.1:6379/2"
+key_prefix = "crm"
+[sinks.stream]
+kind = "redis_stream"
+key = "events"
+[[routes]]
+name = "launches"
+events = ["spaceship.launched"]
+sinks = ["stream"]
+enrich = false
+"#,
+    )
+    .unwrap();
+    assert_eq!(config.listen, SocketAddr::from(([127, 0, 0, 1], 9000)));
+    assert_eq!(
+        config.admin_listen,
+        Some(SocketAddr::from(([127, 0, 0, 1], 9001)))
+    );
+    let Queue::Redis(redis) = &config.queue else {
+        panic!(
+            "queue.backend = \"redis\" gives the Redis queue: {:?}",
+            config.queue
+        );
+    };
+    assert_eq!(redis.key_prefix, "crm");
+    assert_eq!(
+        config.queue.redis().map(|r| r.key_prefix.as_str()),
+        Some("crm")
+    );
+    assert_eq!(
+        config.routes.unknown_event_types(),
+        vec![("launches".to_string(), "spaceship.launched".to_string())],
+        "the routes are compiled"
+    );
+    let SinkKind::RedisStream(stream) = &config.sinks["stream"].kind else {
+        panic!("the stream sink: {:?}", config.sinks);
+    };
+    assert!(
+        stream.url.is_some(),
+        "a stream without its own url inherits redis.url"
+    );
+}
+
+#[test]
+fn the_embedded_queue_names_its_journal_and_shares_dedupe_through_redis_when_it_is_set() {
+    let config = Config::from_toml(
+        "test",
+        "[webhook]\nsecrets = [\"s\"]\n[storage]\npath = \"/var/lib/attio\"\nsync = \"normal\"\n",
+    )
+    .unwrap();
+    let Queue::Embedded {
+        journal,
+        sync,
+        redis,
+    } = &config.queue
+    else {
+        panic!("the embedded queue by default: {:?}", config.queue);
+    };
+    assert_eq!(journal, &PathBuf::from("/var/lib/attio/journal.sqlite3"));
+    assert_eq!(*sync, SyncMode::Normal);
+    assert!(redis.is_none());
+    assert!(config.admin_listen.is_none());
+    assert!(
+        config.sinks.contains_key("stdout"),
+        "no routes: the stdout sink"
+    );
+
+    let with_redis = Config::from_toml(
+        "test",
+        "[webhook]\nsecrets = [\"s\"]\n[redis]\nurl = \"redis://127.0.0.1:6379\"\n",
+    )
+    .unwrap();
+    assert!(matches!(
+        &with_redis.queue,
+        Queue::Embedded { redis: Some(_), .. }
+    ));
+}
+
+#[test]
+fn serve_listen_replaces_the_parsed_address_and_names_the_key_when_it_is_bad() {
+    let mut config = Config::from_toml("test", "[webhook]\nsecrets = [\"s\"]").unwrap();
+    config.listen_on("127.0.0.1:7000".to_string()).unwrap();
+    assert_eq!(config.listen, SocketAddr::from(([127, 0, 0, 1], 7000)));
+    assert_eq!(config.settings.server.listen, "127.0.0.1:7000");
+    let error = config.listen_on("localhost".to_string()).unwrap_err();
+    assert!(error.to_string().contains("`server.listen`"), "{error}");
+}

@@ -20,6 +20,7 @@ use crate::redact::redacted_url;
 use crate::routing::RouteTable;
 
 impl Config {
+    /// Checks every setting, stopping at the first bad one, and returns the parsed values.
     /// `for_daemon`: the settings `serve` runs with (a webhook secret is required, and routes
     /// must be able to match); tools that only share the file skip those two checks.
     pub(super) fn parse(settings: Settings, for_daemon: bool) -> Result<Config, ConfigError> {
