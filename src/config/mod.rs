@@ -156,6 +156,9 @@ impl Config {
     }
 }
 
+/// Every setting as written, the layers applied (what `check-config` prints, secrets redacted).
+/// The daemon runs with the [`Config`] parsed from it; the tools that read only a few keys take
+/// it as it is.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
