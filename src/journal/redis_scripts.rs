@@ -290,21 +290,6 @@ redis.call('ZADD', KEYS[2], seq, seq)
 return seq
 "#;
 
-/// The oldest dead deliveries, without their bodies.
-///
-/// KEYS: 1 dead deliveries. ARGV: 1 limit (at least 1), 2 hash key prefix.
-/// Returns {seq, key or nil, received_at, reason, body length} per delivery.
-pub const DEAD_DELIVERIES: &str = r#"
-local out = {}
-for _, seq in ipairs(redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)) do
-    local key = ARGV[2] .. seq
-    local fields = redis.call('HMGET', key, 'key', 'received_at', 'reason')
-    out[#out + 1] = {tonumber(seq), fields[1], fields[2] or '', fields[3] or '',
-        redis.call('HSTRLEN', key, 'body')}
-end
-return out
-"#;
-
 /// Forgets consumers (replicas that are gone) with nothing pending and no activity for a while.
 /// XAUTOCLAIM already moved their entries; this only keeps XINFO readable.
 ///
