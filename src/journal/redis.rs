@@ -136,6 +136,8 @@ struct Scripts {
     hand_back: redis::Script,
     history_batch: redis::Script,
     purge_history: redis::Script,
+    purge_dead: redis::Script,
+    purge_unparsed: redis::Script,
 }
 
 impl Scripts {
@@ -153,6 +155,8 @@ impl Scripts {
             hand_back: redis::Script::new(scripts::HAND_BACK),
             history_batch: redis::Script::new(scripts::HISTORY_BATCH),
             purge_history: redis::Script::new(scripts::PURGE_HISTORY),
+            purge_dead: redis::Script::new(scripts::PURGE_DEAD),
+            purge_unparsed: redis::Script::new(scripts::PURGE_UNPARSED),
         }
     }
 }
@@ -376,6 +380,49 @@ impl RedisJournal {
             ("sink_attempts", json_map(&progress.sink_attempts)),
             ("failed_sinks", json_list(&progress.sinks_failed)),
         ]
+    }
+
+    /// Deletes the dead letters that died before `died_before_ms`, [`PAGE`] per script call.
+    async fn purge_dead(&self, died_before_ms: i64) -> Result<u64, JournalError> {
+        let mut purged = 0;
+        loop {
+            let deleted: u64 = self
+                .inner
+                .scripts
+                .purge_dead
+                .key(self.inner.keys.dead())
+                .key(self.inner.keys.history())
+                .arg(self.inner.keys.event_prefix())
+                .arg(died_before_ms)
+                .arg(PAGE)
+                .invoke_async(&mut self.connection())
+                .await?;
+            purged += deleted;
+            if deleted < PAGE as u64 {
+                return Ok(purged);
+            }
+        }
+    }
+
+    /// Deletes the unparsed deliveries received before `received_before` (RFC 3339).
+    async fn purge_unparsed(&self, received_before: &str) -> Result<u64, JournalError> {
+        let mut purged = 0;
+        loop {
+            let (deleted, finished): (u64, u8) = self
+                .inner
+                .scripts
+                .purge_unparsed
+                .key(self.inner.keys.dead_deliveries())
+                .arg(self.inner.keys.dead_delivery_prefix())
+                .arg(received_before)
+                .arg(PAGE)
+                .invoke_async(&mut self.connection())
+                .await?;
+            purged += deleted;
+            if finished == 1 {
+                return Ok(purged);
+            }
+        }
     }
 
     /// Dead letters from rank `start`, oldest first, at most `count`.
@@ -772,8 +819,9 @@ impl Backend for RedisJournal {
         Ok(())
     }
 
-    /// Delivery markers expire by themselves; this deletes history older than `retention` and
-    /// forgets replicas long gone.
+    /// Delivery markers expire by themselves; this deletes history older than `retention` (dead
+    /// letters by their time of death and unparsed deliveries by the time received, in their own
+    /// window) and forgets replicas long gone.
     async fn purge(&self, _keep: Duration, retention: Retention) -> Result<u64, JournalError> {
         let now = Utc::now();
         let history_before = now.timestamp_millis()
@@ -805,6 +853,12 @@ impl Backend for RedisJournal {
             if finished == 1 {
                 break;
             }
+        }
+        if let Some(keep) = retention.dead_letters {
+            let died_before =
+                now.timestamp_millis() - i64::try_from(millis(keep)).unwrap_or(i64::MAX / 2);
+            purged += self.purge_dead(died_before).await?;
+            purged += self.purge_unparsed(&dead_before).await?;
         }
         let removed: u64 = self
             .inner

@@ -54,7 +54,7 @@ on_both_backends!(
     replay_of_delivered_events_repeats_every_sink_or_only_the_one_named,
     unparsed_deliveries_are_kept_listed_shown_and_deleted,
     history_filters_and_pages_alike,
-    purge_deletes_delivered_history_and_old_dead_letters,
+    purge_keeps_each_kind_for_its_own_window,
     the_backlog_counts_pending_events_only,
 );
 
@@ -697,7 +697,7 @@ async fn history_filters_and_pages_alike(journal: &Journal) {
     assert_eq!(two.next_cursor, None, "no third match");
 }
 
-async fn purge_deletes_delivered_history_and_old_dead_letters(journal: &Journal) {
+async fn purge_keeps_each_kind_for_its_own_window(journal: &Journal) {
     three_outcomes(journal).await;
     let keep_dead = Retention {
         history: Duration::ZERO,
@@ -723,17 +723,34 @@ async fn purge_deletes_delivered_history_and_old_dead_letters(journal: &Journal)
         ),
         "the delivery key is kept for `keep`"
     );
-    let keep_nothing = Retention {
-        history: Duration::ZERO,
+    journal
+        .append_malformed(MalformedDelivery {
+            key: None,
+            received_at: Utc::now(),
+            request_id: None,
+            reason: "not JSON".to_string(),
+            body: b"x".to_vec(),
+        })
+        .await
+        .unwrap();
+    // Dead letters and unparsed deliveries go by their own window, even when the history's is
+    // longer.
+    let short_dead_letter_window = Retention {
+        history: Duration::from_secs(3600),
         dead_letters: Some(Duration::ZERO),
     };
-    // Dead letters are kept by time of death, to the microsecond: let that time pass.
+    // Kept by time of death (or receipt), to the microsecond: let that time pass.
     tokio::time::sleep(Duration::from_millis(5)).await;
     journal
-        .purge(Duration::from_secs(3600), keep_nothing)
+        .purge(Duration::from_secs(3600), short_dead_letter_window)
         .await
         .unwrap();
     assert!(journal.dead_letters(10).await.unwrap().is_empty());
+    assert!(journal.history_event("k:2").await.unwrap().is_none());
+    assert!(
+        journal.unparsed(10, None).await.unwrap().is_empty(),
+        "the unparsed delivery left with the dead letters"
+    );
     assert_eq!(
         page_ids(&list(journal, |_| {}).await),
         ["k:1"],
