@@ -53,10 +53,10 @@ const MAX_BATCH: usize = 2048;
 /// Requests that may wait for the writer before callers wait to enqueue.
 const QUEUE_DEPTH: usize = 16 * 1024;
 /// How long a failed commit keeps `probe` failing, unless a write succeeds meanwhile.
-pub const WRITE_FAILURE_REMEMBERED: Duration = Duration::from_secs(5);
+const WRITE_FAILURE_REMEMBERED: Duration = Duration::from_secs(5);
 /// Below this much free space on the journal's filesystem, `probe` fails: the next deliveries
 /// would likely not fit.
-pub const MIN_FREE_BYTES: u64 = 256 * 1024;
+const MIN_FREE_BYTES: u64 = 256 * 1024;
 
 /// What the writer thread is asked.
 enum Request {
