@@ -342,7 +342,7 @@ impl Backend for SqliteJournal {
     /// The event is delivered: it stays in the history with what the attempt learnt.
     async fn complete(&self, id: &str, record: &AttemptRecord) -> Result<(), JournalError> {
         let id = id.to_string();
-        let record = Box::new(record.clone());
+        let record = record.clone();
         self.transact(
             Access::Write,
             move |tx| sqlite::complete(tx, &id, &record),
