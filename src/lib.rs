@@ -28,7 +28,8 @@
 //! - `journal`: durable store of accepted deliveries (SQLite with group commit, or a Redis
 //!   stream shared by replicas), dead letters, signed bodies that were not deliveries
 //!   (`journal::repair`: check and recover a damaged SQLite journal), and the event history
-//!   with its one query interface (`journal::history`).
+//!   with its one query interface (`journal::history`). Both backends keep one contract
+//!   (`journal::Backend`, tested on both by `tests/it/journal_contract.rs`).
 //! - `worker`: takes events from the channel and the journal, drives them to the sinks
 //!   (`worker::collapse`: one line for the updates that shared a fetch, on `collapse = true` routes;
 //!   `worker::order`: the events of one delivery about one record reach the sinks in their order;
