@@ -20,6 +20,7 @@ mod lock;
 pub mod redis;
 pub mod redis_persistence;
 mod redis_scripts;
+mod redo;
 pub mod repair;
 mod sqlite;
 
