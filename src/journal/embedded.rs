@@ -435,16 +435,14 @@ impl Backend for SqliteJournal {
 
     async fn reschedule(
         &self,
-        id: &str,
-        attempts: u32,
+        event: &JournaledEvent,
         next_attempt_at: DateTime<Utc>,
         error: Option<&str>,
-        sinks_done: &[String],
     ) -> Result<(), JournalError> {
-        let id = id.to_string();
+        let (id, attempts) = (event.id.clone(), event.attempts);
+        let sinks_done = event.sinks_done.clone();
         let next_ms = next_attempt_at.timestamp_millis();
         let error = error.map(str::to_string);
-        let sinks_done = sinks_done.to_vec();
         self.transact(
             Access::Write,
             move |tx| sqlite::reschedule(tx, &id, attempts, next_ms, error.as_deref(), &sinks_done),
