@@ -612,7 +612,7 @@ impl AttioClient {
                 (started.elapsed() + delay <= inner.retry_total).then_some(delay)
             })
             .notify(|error: &AttioError, delay: Duration| {
-                metrics::counter!("attio_webhooks_attio_retries_total", "endpoint" => endpoint)
+                metrics::counter!(crate::metrics::ATTIO_RETRIES, "endpoint" => endpoint)
                     .increment(1);
                 tracing::debug!(endpoint, %error, retry_in = ?delay, "Attio request failed; retrying");
                 if inner.one_shot {
@@ -731,8 +731,7 @@ impl AttioClient {
         let waited = started.elapsed();
         if !waited.is_zero() {
             // A float total (the metrics crate's counters are integers).
-            metrics::gauge!("attio_webhooks_attio_rate_limit_wait_seconds_total")
-                .increment(waited.as_secs_f64());
+            metrics::gauge!(crate::metrics::ATTIO_RATE_LIMIT_WAIT).increment(waited.as_secs_f64());
         }
         permit
     }
@@ -740,7 +739,7 @@ impl AttioClient {
 
 fn count(endpoint: &'static str, status: &str) {
     metrics::counter!(
-        "attio_webhooks_attio_requests_total",
+        crate::metrics::ATTIO_REQUESTS,
         "endpoint" => endpoint,
         "status" => status.to_string()
     )

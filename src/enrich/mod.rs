@@ -472,7 +472,7 @@ impl Enricher {
         let started = Instant::now();
         let window = settle.map_or(active.window, |settle| settle.max(active.window));
         let enrichment = active.run(subject, plan, window).await;
-        metrics::histogram!("attio_webhooks_enrichment_duration_seconds")
+        metrics::histogram!(crate::metrics::ENRICHMENT_DURATION)
             .record(started.elapsed().as_secs_f64());
         enrichment
     }
