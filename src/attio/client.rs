@@ -27,7 +27,7 @@ use crate::attio::models::{
     Attribute, CallRecording, Comment, CreatedWebhook, Envelope, List, ListEntry, NewWebhook, Note,
     Object, Record, Task, TokenInfo, Webhook, WebhookUpdate, WorkspaceMember,
 };
-use crate::attio::rate_limit::{Permit, RateLimit, SharedRateLimit};
+use crate::attio::rate_limit::{RateLimits, SharedRateLimit};
 use crate::attio::retry::{parse_retry_after, FullJitter};
 use crate::config::AttioSettings;
 
@@ -80,11 +80,8 @@ impl std::fmt::Debug for AttioClient {
 struct Inner {
     http: reqwest::Client,
     base: Url,
-    reads: RateLimit,
-    writes: RateLimit,
+    limits: RateLimits,
     breaker: CircuitBreaker,
-    /// Set by a 429: no request goes out before this instant.
-    paused_until: Mutex<Option<tokio::time::Instant>>,
     retry_initial: Duration,
     retry_max_delay: Duration,
     retry_total: Duration,
@@ -189,14 +186,12 @@ impl AttioClient {
             inner: Arc::new(Inner {
                 http,
                 base,
-                reads: RateLimit::new("reads", settings.read_rate, settings, shared.as_ref()),
-                writes: RateLimit::new("writes", settings.write_rate, settings, shared.as_ref()),
+                limits: RateLimits::new(settings, shared.as_ref()),
                 breaker: CircuitBreaker::new(
                     settings.breaker_threshold,
                     settings.breaker_cooldown,
                     settings.connect_timeout + settings.request_timeout,
                 ),
-                paused_until: Mutex::new(None),
                 retry_initial: settings.retry_initial,
                 retry_max_delay: settings.retry_max_delay,
                 retry_total: settings.retry_total,
@@ -637,7 +632,7 @@ impl AttioClient {
             return Err(AttioError::CircuitOpen { retry_in });
         }
         // Held until the answer is in (or the attempt failed): see `attio::rate_limit`.
-        let _slot = self.wait_for_turn(call.is_read()).await;
+        let _slot = inner.limits.wait_for_turn(call.is_read()).await;
         if let Some(hook) = &self.on_send {
             hook();
         }
@@ -674,9 +669,7 @@ impl AttioClient {
             inner.breaker.record_success();
         }
         if status.as_u16() == 429 {
-            // Attio counts per workspace: every other request of ours would be refused too.
-            let wait = retry_after.unwrap_or(Duration::from_secs(1));
-            self.pause(wait);
+            inner.limits.refused(retry_after);
         }
         Err(error)
     }
@@ -695,45 +688,6 @@ impl AttioClient {
             self.inner.breaker.record_outage();
         }
         error
-    }
-
-    fn pause(&self, wait: Duration) {
-        let until = tokio::time::Instant::now() + wait;
-        let mut paused = self
-            .inner
-            .paused_until
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if paused.is_none_or(|current| current < until) {
-            *paused = Some(until);
-        }
-    }
-
-    /// Waits out a pause Attio asked for, then for a slot of the shared rate limiter.
-    async fn wait_for_turn(&self, read: bool) -> Permit<'_> {
-        let started = tokio::time::Instant::now();
-        let paused = *self
-            .inner
-            .paused_until
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(until) = paused {
-            if until > started {
-                tokio::time::sleep_until(until).await;
-            }
-        }
-        let limiter = if read {
-            &self.inner.reads
-        } else {
-            &self.inner.writes
-        };
-        let permit = limiter.acquire().await;
-        let waited = started.elapsed();
-        if !waited.is_zero() {
-            // A float total (the metrics crate's counters are integers).
-            metrics::gauge!(crate::metrics::ATTIO_RATE_LIMIT_WAIT).increment(waited.as_secs_f64());
-        }
-        permit
     }
 }
 
