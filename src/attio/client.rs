@@ -22,7 +22,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::attio::breaker::{Admission, CircuitBreaker};
-use crate::attio::error::AttioError;
+use crate::attio::error::{AttioError, Cause};
 use crate::attio::models::{
     Attribute, CallRecording, Comment, CreatedWebhook, Envelope, List, ListEntry, NewWebhook, Note,
     Object, Record, Task, TokenInfo, Webhook, WebhookUpdate, WorkspaceMember,
@@ -144,16 +144,22 @@ impl AttioClient {
         one_shot: bool,
     ) -> Result<AttioClient, AttioError> {
         let base = Url::parse(&settings.base_url).map_err(|e| {
-            AttioError::InvalidRequest(format!(
-                "attio.base_url {:?}: {e}",
-                crate::config::redacted_url(&settings.base_url)
+            AttioError::InvalidRequest(Cause::new(
+                format!(
+                    "attio.base_url {:?}: {e}",
+                    crate::config::redacted_url(&settings.base_url)
+                ),
+                e,
             ))
         })?;
         if base.cannot_be_a_base() {
-            return Err(AttioError::InvalidRequest(format!(
-                "attio.base_url {:?} cannot have paths",
-                crate::config::redacted_url(&settings.base_url)
-            )));
+            return Err(AttioError::InvalidRequest(
+                format!(
+                    "attio.base_url {:?} cannot have paths",
+                    crate::config::redacted_url(&settings.base_url)
+                )
+                .into(),
+            ));
         }
         let mut authorization = HeaderValue::from_str(&format!(
             "Bearer {}",
@@ -161,7 +167,7 @@ impl AttioClient {
         ))
         .map_err(|_| {
             AttioError::InvalidRequest(
-                "the Attio API key contains characters that cannot be sent in a header".to_string(),
+                "the Attio API key contains characters that cannot be sent in a header".into(),
             )
         })?;
         // Keeps the value out of reqwest's and hyper's Debug output.
@@ -180,7 +186,10 @@ impl AttioClient {
             .gzip(true)
             .build()
             .map_err(|e| {
-                AttioError::InvalidRequest(format!("cannot build the HTTP client: {e}"))
+                AttioError::InvalidRequest(Cause::new(
+                    format!("cannot build the HTTP client: {e}"),
+                    e,
+                ))
             })?;
         Ok(AttioClient {
             inner: Arc::new(Inner {
@@ -373,7 +382,9 @@ impl AttioClient {
             "offset": offset,
             "sorts": [{"attribute": "created_at", "direction": "asc"}]
         }))
-        .map_err(|e| AttioError::InvalidRequest(format!("cannot encode the body: {e}")))?;
+        .map_err(|e| {
+            AttioError::InvalidRequest(Cause::new(format!("cannot encode the body: {e}"), e))
+        })?;
         let answer = self
             .execute(Call {
                 endpoint,
@@ -548,8 +559,9 @@ impl AttioClient {
         data: &B,
     ) -> Result<T, AttioError> {
         let url = self.url(segments, &[])?;
-        let body = serde_json::to_vec(&Envelope { data })
-            .map_err(|e| AttioError::InvalidRequest(format!("cannot encode the body: {e}")))?;
+        let body = serde_json::to_vec(&Envelope { data }).map_err(|e| {
+            AttioError::InvalidRequest(Cause::new(format!("cannot encode the body: {e}"), e))
+        })?;
         let answer = self
             .execute(Call {
                 endpoint,
@@ -566,14 +578,14 @@ impl AttioClient {
         let mut url = self.inner.base.clone();
         {
             let mut path = url.path_segments_mut().map_err(|_| {
-                AttioError::InvalidRequest("attio.base_url cannot have paths".to_string())
+                AttioError::InvalidRequest("attio.base_url cannot have paths".into())
             })?;
             path.pop_if_empty();
             for segment in segments {
                 if segment.is_empty() || *segment == "." || *segment == ".." {
-                    return Err(AttioError::InvalidRequest(format!(
-                        "{segment:?} is not a valid id"
-                    )));
+                    return Err(AttioError::InvalidRequest(
+                        format!("{segment:?} is not a valid id").into(),
+                    ));
                 }
                 path.push(segment);
             }
@@ -645,7 +657,7 @@ impl AttioClient {
         }
         let response = match request.send().await {
             Ok(response) => response,
-            Err(error) => return Err(self.transport_failed(call.endpoint, &error)),
+            Err(error) => return Err(self.transport_failed(call.endpoint, error)),
         };
         let status = response.status();
         let retry_after = response
@@ -655,7 +667,7 @@ impl AttioClient {
             .and_then(|v| parse_retry_after(v, SystemTime::now()));
         let body = match response.bytes().await {
             Ok(body) => body,
-            Err(error) => return Err(self.transport_failed(call.endpoint, &error)),
+            Err(error) => return Err(self.transport_failed(call.endpoint, error)),
         };
         count(call.endpoint, status.as_str());
         if status.is_success() {
@@ -674,7 +686,7 @@ impl AttioClient {
         Err(error)
     }
 
-    fn transport_failed(&self, endpoint: &'static str, error: &reqwest::Error) -> AttioError {
+    fn transport_failed(&self, endpoint: &'static str, error: reqwest::Error) -> AttioError {
         let error = AttioError::from_transport(error);
         count(
             endpoint,
@@ -701,5 +713,5 @@ fn count(endpoint: &'static str, status: &str) {
 }
 
 fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, AttioError> {
-    serde_json::from_slice(body).map_err(|e| AttioError::Decode(e.to_string()))
+    serde_json::from_slice(body).map_err(|e| AttioError::Decode(Cause::new(e.to_string(), e)))
 }

@@ -223,10 +223,10 @@ pub enum SendError {
          receiver's certificate (or its CA's) as a PEM file (-----BEGIN CERTIFICATE-----)"
     )]
     BadCertificate { path: String, reason: String },
-    #[error("cannot build the HTTP client: {0}")]
-    Client(String),
+    #[error("cannot build the HTTP client: {}", error_chain(.0))]
+    Client(#[source] reqwest::Error),
     #[error("cannot start the async runtime: {0}")]
-    Runtime(String),
+    Runtime(#[source] std::io::Error),
 }
 
 /// What each delivery's body is.
@@ -296,7 +296,7 @@ pub fn run(args: SendArgs, options: LoadOptions) -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("error: {}", SendError::Runtime(error.to_string()));
+            eprintln!("error: {}", SendError::Runtime(error));
             return ExitCode::FAILURE;
         }
     };
@@ -469,9 +469,7 @@ fn client(plan: &Plan) -> Result<reqwest::Client, SendError> {
             .tls_danger_accept_invalid_certs(true)
             .tls_danger_accept_invalid_hostnames(true);
     }
-    builder
-        .build()
-        .map_err(|e| SendError::Client(error_chain(&e)))
+    builder.build().map_err(SendError::Client)
 }
 
 /// The headers of one delivery, as Attio sends them.

@@ -459,9 +459,9 @@ impl Enricher {
             Ok(plan) => plan,
             Err(MissingId(key)) => {
                 return Enrichment {
-                    error: Some(AttioError::InvalidRequest(format!(
-                        "the {kind} event carries no `{key}`"
-                    ))),
+                    error: Some(AttioError::InvalidRequest(
+                        format!("the {kind} event carries no `{key}`").into(),
+                    )),
                     ..Enrichment::bare(EnrichmentStatus::Failed)
                 }
             }
@@ -646,7 +646,7 @@ impl Active {
                 (answer, Some(joined))
             }
             Err(_) => (
-                Err(AttioError::Connect("shared fetch abandoned".to_string())),
+                Err(AttioError::Connect("shared fetch abandoned".into())),
                 None,
             ),
         }
@@ -656,7 +656,7 @@ impl Active {
 /// One request for `subject`; the answer's `data` as JSON.
 async fn fetch(client: &AttioClient, subject: &Subject) -> Result<Value, AttioError> {
     fn json<T: Serialize>(value: T) -> Result<Value, AttioError> {
-        serde_json::to_value(value).map_err(|e| AttioError::Decode(e.to_string()))
+        serde_json::to_value(value).map_err(|e| AttioError::Decode(e.to_string().into()))
     }
     match subject {
         Subject::Record {
