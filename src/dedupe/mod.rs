@@ -35,8 +35,6 @@ pub enum DedupeError {
     /// The Redis URL or its TLS settings cannot be used; in words that never repeat the URL.
     #[error("redis: redis URL {0}")]
     Url(String),
-    #[error("embedded store: {0}")]
-    Embedded(String),
 }
 
 #[derive(Clone)]
