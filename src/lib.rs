@@ -14,7 +14,11 @@
 //! ```
 //!
 //! Modules, in the order an event meets them:
-//! - `config`: layered settings (embedded defaults < files < environment), validated at start.
+//! - `config`: layered settings (embedded defaults < files < environment), checked at start and
+//!   parsed into what the daemon runs with (`config::load`, `config::validate`); the settings of
+//!   routes and sinks are their own modules' (`routing::settings`, `sinks::settings`).
+//! - `redact`, `settings_format`: leaves under every settings type: what of a setting may be
+//!   shown (URLs without credentials, secrets as markers), and durations written with a unit.
 //! - `ingress`: the HTTP edge: webhook endpoint, health and readiness, errors → status codes.
 //! - `signature`: Attio's HMAC-SHA256 over the raw body; the only maker of a `VerifiedBody`.
 //! - `event`: the delivery envelope, event kinds (with `Unknown`), event identity, where each
@@ -24,7 +28,8 @@
 //! - `journal`: durable store of accepted deliveries (SQLite with group commit, or a Redis
 //!   stream shared by replicas), dead letters, signed bodies that were not deliveries
 //!   (`journal::repair`: check and recover a damaged SQLite journal), and the event history
-//!   with its one query interface (`journal::history`).
+//!   with its one query interface (`journal::history`). Both backends keep one contract
+//!   (`journal::Backend`, tested on both by `tests/it/journal_contract.rs`).
 //! - `worker`: takes events from the channel and the journal, drives them to the sinks
 //!   (`worker::collapse`: one line for the updates that shared a fetch, on `collapse = true` routes;
 //!   `worker::order`: the events of one delivery about one record reach the sinks in their order;
@@ -66,7 +71,9 @@ pub mod ingress;
 pub mod journal;
 pub mod metrics;
 pub mod mirror;
+pub mod redact;
 pub mod routing;
+mod settings_format;
 pub mod signature;
 pub mod sinks;
 pub mod telemetry;

@@ -147,7 +147,7 @@ impl AttioClient {
             AttioError::InvalidRequest(Cause::new(
                 format!(
                     "attio.base_url {:?}: {e}",
-                    crate::config::redacted_url(&settings.base_url)
+                    crate::redact::redacted_url(&settings.base_url)
                 ),
                 e,
             ))
@@ -156,7 +156,7 @@ impl AttioClient {
             return Err(AttioError::InvalidRequest(
                 format!(
                     "attio.base_url {:?} cannot have paths",
-                    crate::config::redacted_url(&settings.base_url)
+                    crate::redact::redacted_url(&settings.base_url)
                 )
                 .into(),
             ));

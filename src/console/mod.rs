@@ -606,7 +606,8 @@ async fn delete_unparsed(State(state): State<Arc<ApiState>>, Path(id): Path<Stri
     let Ok(number) = id.parse::<i64>() else {
         return error_page(ApiError::NotFound(id));
     };
-    match state.journal.delete_unparsed(number).await {
+    let selection = crate::journal::UnparsedSelection::Ids(vec![number]);
+    match state.journal.delete_unparsed(&selection).await {
         Ok(_) => Redirect::to("/console/unparsed").into_response(),
         Err(error) => error_page(error.into()),
     }
@@ -668,7 +669,7 @@ async fn status(State(state): State<Arc<ApiState>>) -> Response {
     } else {
         format!("<table><thead><tr><th scope=\"col\">Sink</th><th scope=\"col\">State</th><th scope=\"col\">Down since</th></tr></thead><tbody>{sinks}</tbody></table>")
     };
-    let (counts, interval) = state.throughput.counts();
+    let (counts, interval) = state.changes.throughput().counts();
     let body = format!(
         r#"<dl class="facts">
 <dt>Version</dt><dd>{version}</dd>

@@ -148,6 +148,12 @@ pub fn connect_with(
     ca_file: Option<&Path>,
 ) -> Result<ConnectionManager, DedupeError> {
     let client = client(url, ca_file).map_err(DedupeError::Url)?;
+    connect_client(client)
+}
+
+/// [`connect`] with a client already made by [`client`] (the configuration parses `redis.url`
+/// into one at start).
+pub fn connect_client(client: redis::Client) -> Result<ConnectionManager, DedupeError> {
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
         .set_response_timeout(Some(Duration::from_secs(5)))

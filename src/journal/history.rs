@@ -10,7 +10,7 @@
 //! backends cannot drift apart.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -458,18 +458,26 @@ pub struct Change {
 #[derive(Debug, Clone)]
 pub struct Changes {
     sender: tokio::sync::broadcast::Sender<Change>,
+    /// Counted here rather than by a listener of the stream, so that no task wakes up per event.
+    throughput: std::sync::Arc<Throughput>,
 }
 
 impl Default for Changes {
     fn default() -> Changes {
         // A listener that falls further behind than this skips ahead (and is told so).
         let (sender, _) = tokio::sync::broadcast::channel(1024);
-        Changes { sender }
+        Changes {
+            sender,
+            throughput: Default::default(),
+        }
     }
 }
 
 impl Changes {
     pub fn publish(&self, id: &str, event_type: &str, status: EventStatus) {
+        if matches!(status, EventStatus::Delivered | EventStatus::Dead) {
+            self.throughput.record();
+        }
         if self.sender.receiver_count() == 0 {
             return;
         }
@@ -483,6 +491,75 @@ impl Changes {
 
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Change> {
         self.sender.subscribe()
+    }
+
+    /// Events this process finished recently, for the status page's chart.
+    pub fn throughput(&self) -> &Throughput {
+        &self.throughput
+    }
+}
+
+/// Events finished (delivered or dead) per interval over the last few minutes, counted where this
+/// process announces them ([`Changes::publish`]): the status page's throughput chart.
+#[derive(Debug)]
+pub struct Throughput {
+    started: Instant,
+    buckets: std::sync::Mutex<std::collections::VecDeque<(u64, u64)>>,
+}
+
+/// Seconds per bar of the chart.
+pub const THROUGHPUT_INTERVAL: u64 = 10;
+/// Bars kept (5 minutes).
+const THROUGHPUT_BARS: u64 = 30;
+
+impl Default for Throughput {
+    fn default() -> Throughput {
+        Throughput {
+            started: Instant::now(),
+            buckets: std::sync::Mutex::default(),
+        }
+    }
+}
+
+impl Throughput {
+    fn now(&self) -> u64 {
+        self.started.elapsed().as_secs() / THROUGHPUT_INTERVAL
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<(u64, u64)>> {
+        // One push or read at a time: a poisoned lock holds no broken state.
+        self.buckets.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn record(&self) {
+        let now = self.now();
+        let mut buckets = self.lock();
+        match buckets.back_mut() {
+            Some((bucket, count)) if *bucket == now => *count += 1,
+            _ => buckets.push_back((now, 1)),
+        }
+        while buckets
+            .front()
+            .is_some_and(|(bucket, _)| *bucket + THROUGHPUT_BARS <= now)
+        {
+            buckets.pop_front();
+        }
+    }
+
+    /// The counts of the last bars, oldest first, and the seconds per bar.
+    pub fn counts(&self) -> (Vec<u64>, u64) {
+        let now = self.now();
+        let buckets = self.lock();
+        let first = (now + 1).saturating_sub(THROUGHPUT_BARS);
+        let counts = (first..=now)
+            .map(|bar| {
+                buckets
+                    .iter()
+                    .find(|(bucket, _)| *bucket == bar)
+                    .map_or(0, |(_, count)| *count)
+            })
+            .collect();
+        (counts, THROUGHPUT_INTERVAL)
     }
 }
 
@@ -595,249 +672,5 @@ mod tests {
         };
         assert_eq!(query(0).page_size(), 50);
         assert_eq!(query(10_000).page_size(), 500);
-    }
-
-    /// The same scenario on both journals: they must answer alike.
-    mod both_journals {
-        use std::collections::BTreeMap;
-        use std::time::Duration;
-
-        use chrono::Utc;
-
-        use super::super::*;
-        use crate::event::ParsedEvent;
-        use crate::journal::{
-            AppendOutcome, Journal, MalformedDelivery, NewDelivery, RedisJournal, ReplaySelection,
-            SinkProgress, SqliteJournal,
-        };
-
-        fn delivery() -> NewDelivery {
-            let types = ["record.updated", "record.created", "note.created"];
-            NewDelivery {
-                key: "k".to_string(),
-                key_derived: false,
-                webhook_id: Some("w".to_string()),
-                received_at: Utc::now(),
-                request_id: Some("r".to_string()),
-                events: types
-                    .iter()
-                    .map(|t| ParsedEvent {
-                        event_type: t.to_string(),
-                        raw: format!("{{\"event_type\":\"{t}\"}}"),
-                    })
-                    .collect(),
-            }
-        }
-
-        fn failure(attempts: u32) -> SinkProgress {
-            SinkProgress {
-                attempts,
-                last_error: "out: 503".to_string(),
-                sinks_done: Vec::new(),
-                sink_attempts: BTreeMap::from([("out".to_string(), attempts)]),
-                sinks_failed: vec!["out".to_string()],
-            }
-        }
-
-        fn ids(page: &EventPage) -> Vec<&str> {
-            page.data.iter().map(|e| e.id.as_str()).collect()
-        }
-
-        async fn list(journal: &Journal, change: impl FnOnce(&mut HistoryQuery)) -> EventPage {
-            let mut query = HistoryQuery::default();
-            change(&mut query);
-            journal.history(&query).await.unwrap()
-        }
-
-        async fn scenario(journal: Journal) {
-            let AppendOutcome::Stored(_) = journal.append(delivery()).await.unwrap() else {
-                panic!("stored");
-            };
-            assert_eq!(journal.due(10).await.unwrap().len(), 3);
-            let delivered = AttemptRecord {
-                enrichment: Some("ok".into()),
-                object: Some("deals".into()),
-                record_id: Some("rec-1".into()),
-                data: Some(r#"{"a":1}"#.into()),
-                sinks_done: vec!["out".into()],
-                sinks_delivered: BTreeMap::from([("out".into(), "2026-01-01T00:00:00Z".into())]),
-                ..AttemptRecord::default()
-            };
-            journal.complete("k:0", &delivered).await.unwrap();
-            let failed = AttemptRecord {
-                enrichment: Some("disabled".into()),
-                sink_errors: BTreeMap::from([("out".into(), "503".into())]),
-                ..AttemptRecord::default()
-            };
-            let later = Utc::now() + chrono::Duration::hours(1);
-            journal
-                .retry_sinks("k:1", &failure(1), later, &failed)
-                .await
-                .unwrap();
-            journal
-                .dead_letter_sinks("k:2", &failure(3), &failed)
-                .await
-                .unwrap();
-
-            let all = list(&journal, |_| {}).await;
-            assert_eq!(ids(&all), ["k:2", "k:1", "k:0"], "newest first");
-            let statuses: Vec<EventStatus> = all.data.iter().map(|e| e.status).collect();
-            assert_eq!(
-                statuses,
-                [
-                    EventStatus::Dead,
-                    EventStatus::Retrying,
-                    EventStatus::Delivered
-                ]
-            );
-            assert_eq!(all.next_cursor, None);
-            let delivered_only = list(&journal, |q| q.status = Some(EventStatus::Delivered)).await;
-            assert_eq!(ids(&delivered_only), ["k:0"]);
-            let family = list(&journal, |q| q.event_type = Some("record.*".into())).await;
-            assert_eq!(ids(&family), ["k:1", "k:0"]);
-            assert_eq!(
-                ids(&list(&journal, |q| q.q = Some("rec-1".into())).await),
-                ["k:0"]
-            );
-            assert_eq!(
-                ids(&list(&journal, |q| q.q = Some("k:1".into())).await),
-                ["k:1"]
-            );
-            assert_eq!(
-                list(&journal, |q| q.q = Some("k".into())).await.data.len(),
-                3
-            );
-            assert_eq!(
-                ids(&list(&journal, |q| q.object = Some("deals".into())).await),
-                ["k:0"]
-            );
-            assert_eq!(
-                list(&journal, |q| q.sink = Some("out".into()))
-                    .await
-                    .data
-                    .len(),
-                3
-            );
-            assert!(list(&journal, |q| q.sink = Some("other".into()))
-                .await
-                .data
-                .is_empty());
-            let future = Utc::now() + chrono::Duration::minutes(1);
-            assert!(list(&journal, |q| q.since = Some(future))
-                .await
-                .data
-                .is_empty());
-
-            let mut cursor = None;
-            let mut paged = Vec::new();
-            for _ in 0..3 {
-                let page = list(&journal, |q| {
-                    q.limit = 1;
-                    q.cursor = cursor;
-                })
-                .await;
-                paged.extend(ids(&page).iter().map(|s| s.to_string()));
-                cursor = page.next_cursor.map(|c| c.parse().unwrap());
-            }
-            assert_eq!(paged, ["k:2", "k:1", "k:0"]);
-            assert_eq!(cursor, None, "the last page says there is no next one");
-
-            let detail = journal.history_event("k:0").await.unwrap().unwrap();
-            assert_eq!(detail.status, EventStatus::Delivered);
-            assert_eq!(detail.enrichment.as_deref(), Some("ok"));
-            assert_eq!(detail.data.as_ref().map(|d| d.get()), Some(r#"{"a":1}"#));
-            assert_eq!(detail.event.get(), r#"{"event_type":"record.updated"}"#);
-            assert_eq!(detail.sinks.len(), 1);
-            assert_eq!(detail.sinks[0].status, EventStatus::Delivered);
-            assert!(detail.sinks[0].delivered_at.is_some());
-            let retrying = journal.history_event("k:1").await.unwrap().unwrap();
-            assert_eq!(retrying.sinks[0].status, EventStatus::Retrying);
-            assert_eq!(retrying.sinks[0].attempts, 1);
-            assert_eq!(retrying.sinks[0].last_error.as_deref(), Some("503"));
-            let dead = journal.history_event("k:2").await.unwrap().unwrap();
-            assert_eq!(dead.sinks[0].status, EventStatus::Dead);
-            assert!(journal.history_event("nope").await.unwrap().is_none());
-
-            let ids_named = ReplaySelection::Ids(vec!["k:0".into()]);
-            let refused = journal.replay(&ids_named, None, false).await.unwrap();
-            assert!(refused.replayed.is_empty(), "dead-letters replay leaves it");
-            let report = journal.replay(&ids_named, None, true).await.unwrap();
-            assert_eq!(report.replayed, ["k:0"]);
-            let due = journal.due(10).await.unwrap();
-            assert_eq!(due.len(), 1);
-            assert!(due[0].sinks_done.is_empty(), "every sink gets it again");
-            journal.complete("k:0", &delivered).await.unwrap();
-
-            let keep_nothing = Retention {
-                history: Duration::ZERO,
-                dead_letters: None,
-            };
-            journal
-                .purge(Duration::from_secs(3600), keep_nothing)
-                .await
-                .unwrap();
-            assert_eq!(
-                ids(&list(&journal, |_| {}).await),
-                ["k:2", "k:1"],
-                "the delivered event left; the retrying and the dead one stay"
-            );
-
-            journal
-                .append_malformed(MalformedDelivery {
-                    key: Some("bad".into()),
-                    received_at: Utc::now(),
-                    request_id: None,
-                    reason: "not JSON".into(),
-                    body: b"\xffnot json".to_vec(),
-                })
-                .await
-                .unwrap();
-            let unparsed = journal.unparsed(10, None).await.unwrap();
-            assert_eq!(unparsed.len(), 1);
-            assert_eq!(unparsed[0].key.as_deref(), Some("bad"));
-            let one = journal.unparsed_delivery(unparsed[0].id).await.unwrap();
-            assert_eq!(one.unwrap().body, b"\xffnot json");
-            assert!(journal.delete_unparsed(unparsed[0].id).await.unwrap());
-            assert!(!journal.delete_unparsed(unparsed[0].id).await.unwrap());
-            assert!(journal.unparsed(10, None).await.unwrap().is_empty());
-        }
-
-        #[tokio::test]
-        async fn the_embedded_journal_keeps_and_answers_history() {
-            let dir = tempfile::tempdir().unwrap();
-            let journal = SqliteJournal::open(&dir.path().join("j.sqlite3")).unwrap();
-            scenario(Journal::Sqlite(journal)).await;
-        }
-
-        #[tokio::test]
-        async fn the_redis_journal_keeps_and_answers_history() {
-            let url = secrecy::SecretString::from("redis://127.0.0.1:6379");
-            let connection = crate::dedupe::redis::connect(&url).unwrap();
-            let prefix = format!("unit-{}", uuid::Uuid::new_v4().simple());
-            let journal = RedisJournal::new(
-                connection.clone(),
-                &prefix,
-                Duration::from_secs(60),
-                Duration::from_secs(3600),
-            );
-            scenario(Journal::Redis(journal)).await;
-            let mut connection = connection;
-            let keys: Vec<String> = redis::cmd("SCAN")
-                .arg(0)
-                .arg("MATCH")
-                .arg(format!("{{{prefix}}}*"))
-                .arg("COUNT")
-                .arg(10_000)
-                .query_async::<(String, Vec<String>)>(&mut connection)
-                .await
-                .map(|(_, keys)| keys)
-                .unwrap_or_default();
-            for key in keys {
-                let _: Result<i64, _> = redis::cmd("DEL")
-                    .arg(key)
-                    .query_async(&mut connection)
-                    .await;
-            }
-        }
     }
 }
