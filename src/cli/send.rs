@@ -225,8 +225,6 @@ pub enum SendError {
     BadCertificate { path: String, reason: String },
     #[error("cannot build the HTTP client: {}", error_chain(.0))]
     Client(#[source] reqwest::Error),
-    #[error("cannot start the async runtime: {0}")]
-    Runtime(#[source] std::io::Error),
 }
 
 /// What each delivery's body is.
@@ -290,15 +288,9 @@ pub fn run(args: SendArgs, options: LoadOptions) -> ExitCode {
     if args.dry_run {
         return dry_run(&plan);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match super::multi_thread_runtime(None) {
         Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: {}", SendError::Runtime(error));
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async move {
         let client = match client(&plan) {
