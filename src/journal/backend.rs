@@ -57,14 +57,12 @@ pub trait Backend: Send + Sync {
     ) -> impl Future<Output = Result<(), JournalError>> + Send;
 
     /// Puts the event back for a later attempt without a sink having failed (the worker defers
-    /// it). `attempts` is its count of failed attempts.
+    /// it), with its attempts and the sinks done as they are in `event`.
     fn reschedule(
         &self,
-        id: &str,
-        attempts: u32,
+        event: &JournaledEvent,
         next_attempt_at: DateTime<Utc>,
         error: Option<&str>,
-        sinks_done: &[String],
     ) -> impl Future<Output = Result<(), JournalError>> + Send;
 
     /// Records a failed attempt: due again at `next_attempt_at` for the sinks not yet done.

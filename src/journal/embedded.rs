@@ -39,6 +39,8 @@ use super::history::{
     AttemptRecord, EventDetail, EventPage, HistoryQuery, Retention, UnparsedDelivery,
     UnparsedSummary,
 };
+use super::lock::JournalLock;
+use super::redo::{self, RedoLog, RedoRecord};
 use super::sqlite::{
     self, count_pending, damaged_or_storage, data_version, migrate, read_existing, PURGE_BATCH,
     SCHEMA,
@@ -47,11 +49,20 @@ use super::{
     AppendOutcome, DeadLetter, DeadLetterQuery, JournalError, JournaledEvent, MalformedDelivery,
     NewDelivery, ReplayReport, ReplaySelection, SinkProgress, StoredEvent, UnparsedSelection,
 };
+use crate::event::ParsedEvent;
 
 /// Most requests applied in one transaction.
 const MAX_BATCH: usize = 2048;
 /// Requests that may wait for the writer before callers wait to enqueue.
 const QUEUE_DEPTH: usize = 16 * 1024;
+/// Longest the writer keeps one transaction open over batches made durable by the redo log:
+/// how far the history connection (and other processes) may lag behind what was answered.
+const COMMIT_INTERVAL: Duration = Duration::from_millis(50);
+/// The transaction is committed once no request came for this long, so that a quiet daemon's
+/// database is as new as its answers.
+const IDLE_COMMIT: Duration = Duration::from_millis(2);
+/// Most logged operations in one transaction (bounds its dirty pages in memory).
+const MAX_LOGGED_PER_TRANSACTION: usize = 20_000;
 /// How long a failed commit keeps `probe` failing, unless a write succeeds meanwhile.
 const WRITE_FAILURE_REMEMBERED: Duration = Duration::from_secs(5);
 /// Below this much free space on the journal's filesystem, `probe` fails: the next deliveries
@@ -71,7 +82,14 @@ enum Request {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Access {
     Read,
+    /// A write answered only once the transaction that holds it is committed.
     Write,
+    /// A write made durable by its record in the redo log (appends and completions, the writes
+    /// of every event): answered once the record is on the disk, committed later.
+    Logged,
+    /// A read of the history connection follows: commit what the writer holds, so that it sees
+    /// every write answered before.
+    Commit,
 }
 
 /// One request to the writer, whatever its result type: it runs inside the batch's transaction
@@ -80,6 +98,8 @@ trait Operation: Send {
     fn access(&self) -> Access;
     /// Runs the operation in `tx`. Returns how the backlog changes if the batch commits.
     fn apply(&mut self, tx: &Transaction<'_>) -> i64;
+    /// For a [`Access::Logged`] operation that succeeded: its redo-log record.
+    fn redo(&mut self) -> Option<Vec<u8>>;
     /// Answers the caller: the kept result when the batch committed, else the commit's error
     /// (every caller of a failed batch learns that nothing of it was stored).
     fn answer(self: Box<Self>, commit: Result<(), JournalError>);
@@ -92,6 +112,7 @@ type Reply<T> = oneshot::Sender<Result<T, JournalError>>;
 struct Pending<T, F> {
     access: Access,
     run: Option<F>,
+    redo: Option<Vec<u8>>,
     backlog_change: fn(&T) -> i64,
     result: Option<Result<T, JournalError>>,
     reply: Reply<T>,
@@ -114,6 +135,13 @@ where
         let change = result.as_ref().map(self.backlog_change).unwrap_or(0);
         self.result = Some(result);
         change
+    }
+
+    fn redo(&mut self) -> Option<Vec<u8>> {
+        match &self.result {
+            Some(Ok(_)) => self.redo.take(),
+            _ => None,
+        }
     }
 
     fn answer(self: Box<Self>, commit: Result<(), JournalError>) {
@@ -146,6 +174,9 @@ pub struct SqliteJournal {
     write_failure: Arc<Mutex<Option<(Instant, String)>>>,
     /// The directory of the database, whose filesystem's free space `probe` checks.
     directory: Arc<Path>,
+    /// Whether the writer keeps its transaction open over batches, with the redo log
+    /// (`journal::redo`) making each batch durable.
+    redo: bool,
 }
 
 impl SqliteJournal {
@@ -155,8 +186,26 @@ impl SqliteJournal {
         Self::open_with(path, SyncMode::Full)
     }
 
-    /// Opens with the given durability of commits (`storage.sync`).
+    /// Opens with the given durability of commits (`storage.sync`), for a tool that shares the
+    /// journal with a running daemon: every batch is committed, and the daemon's redo log is left
+    /// to the daemon.
     pub fn open_with(path: &Path, sync: SyncMode) -> Result<SqliteJournal, JournalError> {
+        Self::open_inner(path, sync, false)
+    }
+
+    /// Opens the journal for the process that holds its lock (the daemon): the writer keeps its
+    /// transaction open over many batches and makes each one durable with the redo log, which
+    /// costs far fewer bytes written per event (see `journal::redo`). Records that a crash left
+    /// in the log are applied first.
+    pub fn open_owned(
+        path: &Path,
+        sync: SyncMode,
+        _lock: &JournalLock,
+    ) -> Result<SqliteJournal, JournalError> {
+        Self::open_inner(path, sync, true)
+    }
+
+    fn open_inner(path: &Path, sync: SyncMode, redo: bool) -> Result<SqliteJournal, JournalError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| {
                 JournalError::Storage(format!(
@@ -188,29 +237,34 @@ impl SqliteJournal {
             [],
             |row| row.get(0),
         )?;
+        let mut writer = Writer {
+            backlog: Arc::new(AtomicU64::new(0)),
+            seen_version: 0,
+            write_failure: Arc::new(Mutex::new(None)),
+            redo: None,
+            needs_recovery: false,
+        };
+        if redo {
+            // Room for the dirty pages of a transaction held over many batches.
+            connection.pragma_update(None, "cache_size", -32_768)?;
+            writer.redo = Some(RedoLog::open(path, sync == SyncMode::Full)?);
+            writer.recover(&mut connection)?;
+        }
         let reader = Connection::open(path).map_err(|e| {
             JournalError::Storage(format!("cannot open journal {}: {e}", path.display()))
         })?;
         reader.busy_timeout(Duration::from_secs(5))?;
         reader.pragma_update(None, "query_only", "ON")?;
-        let pending = count_pending(&connection)?;
-        let data_version = data_version(&connection)?;
-        let backlog = Arc::new(AtomicU64::new(pending));
+        writer
+            .backlog
+            .store(count_pending(&connection)?, Ordering::Relaxed);
+        writer.seen_version = data_version(&connection)?;
+        let backlog = writer.backlog.clone();
+        let write_failure = writer.write_failure.clone();
         let (requests, receiver) = mpsc::channel(QUEUE_DEPTH);
-        let writer_backlog = backlog.clone();
-        let write_failure = Arc::new(Mutex::new(None));
-        let writer_failure = write_failure.clone();
         std::thread::Builder::new()
             .name("journal-writer".to_string())
-            .spawn(move || {
-                writer_loop(
-                    connection,
-                    receiver,
-                    writer_backlog,
-                    data_version,
-                    &writer_failure,
-                )
-            })
+            .spawn(move || writer.run(connection, receiver))
             .map_err(|e| JournalError::Storage(format!("cannot start journal writer: {e}")))?;
         let directory = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
             Some(dir) => dir.to_path_buf(),
@@ -223,6 +277,7 @@ impl SqliteJournal {
             reader: Arc::new(std::sync::Mutex::new(reader)),
             write_failure,
             directory: Arc::from(directory),
+            redo,
         })
     }
 
@@ -242,10 +297,24 @@ impl SqliteJournal {
         run: impl FnOnce(&Transaction<'_>) -> Result<T, JournalError> + Send + 'static,
         backlog_change: fn(&T) -> i64,
     ) -> Result<T, JournalError> {
+        self.transact_logged(access, run, backlog_change, None)
+            .await
+    }
+
+    /// [`Self::transact`] for an operation with its redo-log record (made here, on the caller's
+    /// task, rather than on the writer thread).
+    async fn transact_logged<T: Send + 'static>(
+        &self,
+        access: Access,
+        run: impl FnOnce(&Transaction<'_>) -> Result<T, JournalError> + Send + 'static,
+        backlog_change: fn(&T) -> i64,
+        redo: Option<Vec<u8>>,
+    ) -> Result<T, JournalError> {
         let (reply, answer) = oneshot::channel();
         let operation = Pending {
             access,
             run: Some(run),
+            redo,
             backlog_change,
             result: None,
             reply,
@@ -262,6 +331,11 @@ impl SqliteJournal {
         &self,
         query: impl FnOnce(&Connection) -> Result<T, JournalError> + Send + 'static,
     ) -> Result<T, JournalError> {
+        // Reads-your-writes: the writer commits what it holds (answered writes may still be in
+        // its open transaction, durable through the redo log) before the history is read.
+        if self.redo {
+            self.transact(Access::Commit, |_| Ok(()), unchanged).await?;
+        }
         let reader = self.reader.clone();
         tokio::task::spawn_blocking(move || {
             // A panic inside a query leaves nothing half-written on a read-only connection.
@@ -309,13 +383,15 @@ impl Backend for SqliteJournal {
     }
 
     async fn append(&self, delivery: NewDelivery) -> Result<AppendOutcome, JournalError> {
-        self.transact(
-            Access::Write,
+        let redo = self.redo.then(|| redo::encode_append(&delivery));
+        self.transact_logged(
+            Access::Logged,
             move |tx| sqlite::append(tx, delivery),
             |outcome| match outcome {
                 AppendOutcome::Stored(events) => events.len() as i64,
                 AppendOutcome::Duplicate => 0,
             },
+            redo,
         )
         .await
     }
@@ -343,10 +419,15 @@ impl Backend for SqliteJournal {
     async fn complete(&self, id: &str, record: &AttemptRecord) -> Result<(), JournalError> {
         let id = id.to_string();
         let record = record.clone();
-        self.transact(
-            Access::Write,
-            move |tx| sqlite::complete(tx, &id, &record),
+        let delivered_at = Utc::now();
+        let redo = self
+            .redo
+            .then(|| redo::encode_complete(&id, delivered_at, &record));
+        self.transact_logged(
+            Access::Logged,
+            move |tx| sqlite::complete(tx, &id, delivered_at, &record),
             |completed| -(*completed as i64),
+            redo,
         )
         .await
         .map(|_| ())
@@ -354,16 +435,14 @@ impl Backend for SqliteJournal {
 
     async fn reschedule(
         &self,
-        id: &str,
-        attempts: u32,
+        event: &JournaledEvent,
         next_attempt_at: DateTime<Utc>,
         error: Option<&str>,
-        sinks_done: &[String],
     ) -> Result<(), JournalError> {
-        let id = id.to_string();
+        let (id, attempts) = (event.id.clone(), event.attempts);
+        let sinks_done = event.sinks_done.clone();
         let next_ms = next_attempt_at.timestamp_millis();
         let error = error.map(str::to_string);
-        let sinks_done = sinks_done.to_vec();
         self.transact(
             Access::Write,
             move |tx| sqlite::reschedule(tx, &id, attempts, next_ms, error.as_deref(), &sinks_done),
@@ -591,85 +670,338 @@ fn apply_change(backlog: &AtomicU64, change: i64) {
     }
 }
 
-fn writer_loop(
-    mut connection: Connection,
-    mut receiver: mpsc::Receiver<Request>,
+/// The writer thread's state.
+struct Writer {
     backlog: Arc<AtomicU64>,
-    mut seen_version: i64,
-    write_failure: &Mutex<Option<(Instant, String)>>,
-) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = receiver.blocking_recv() {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match receiver.try_recv() {
-                Ok(request) => batch.push(request),
-                Err(_) => break,
-            }
-        }
-        let mut held = Vec::with_capacity(batch.len());
-        let mut close = None;
-        let mut writes = false;
-        let committed = match connection.transaction_with_behavior(TransactionBehavior::Immediate) {
-            Ok(tx) => {
-                resync_backlog(&tx, &mut seen_version, &backlog);
-                for request in batch.drain(..) {
-                    match request {
-                        Request::Close(done) => close = Some(done),
-                        Request::Run(mut operation) => {
-                            writes |= operation.access() == Access::Write;
-                            let change = operation.apply(&tx);
-                            held.push((operation, change));
-                        }
-                    }
-                }
-                tx.commit().map_err(|e| e.to_string())
-            }
+    /// `PRAGMA data_version` when this writer last looked (see [`resync_backlog`]).
+    seen_version: i64,
+    /// The last commit that failed, until a commit with a write succeeds.
+    write_failure: Arc<Mutex<Option<(Instant, String)>>>,
+    /// The redo log, for the daemon's journal (`None` for tools: every batch commits).
+    redo: Option<RedoLog>,
+    /// A transaction that held answered writes failed to commit: the database lacks what only
+    /// the redo log holds, and nothing else runs until the log is applied again.
+    needs_recovery: bool,
+}
+
+/// What the writer does with the transaction after a batch.
+enum Next {
+    /// Keep it open for the next batch.
+    Continue,
+    /// Commit it now (answering this batch after the commit).
+    Commit,
+}
+
+impl Writer {
+    fn run(mut self, mut connection: Connection, mut receiver: mpsc::Receiver<Request>) {
+        // A runtime of the thread's own, only to wait for the next request with a deadline
+        // while a transaction is open.
+        let clock = match tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+        {
+            Ok(clock) => Some(clock),
             Err(error) => {
-                // Nothing ran: every request is answered with the error below.
-                let message = error.to_string();
-                for request in batch.drain(..) {
-                    match request {
-                        Request::Close(done) => close = Some(done),
-                        Request::Run(operation) => {
-                            writes |= operation.access() == Access::Write;
-                            held.push((operation, 0));
-                        }
-                    }
-                }
-                Err(message)
+                tracing::warn!(%error, "journal writer cannot wait with a deadline; committing every batch");
+                self.redo = None;
+                None
             }
         };
-        match &committed {
-            Err(message) => {
-                tracing::error!(error = %message, "journal commit failed");
-                *write_failure.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some((Instant::now(), message.clone()));
-            }
-            Ok(()) if writes => {
-                *write_failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
-            }
-            Ok(()) => {}
-        }
-        // Answered only now, after the commit: on a failed commit every caller learns that
-        // nothing was stored, and the backlog changes only by what was committed.
-        for (operation, change) in held {
-            let commit = match &committed {
-                Ok(()) => {
-                    apply_change(&backlog, change);
-                    Ok(())
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while let Some(first) = receiver.blocking_recv() {
+            batch.push(first);
+            drain(&mut receiver, &mut batch);
+            if self.needs_recovery {
+                if let Err(error) = self.recover(&mut connection) {
+                    self.failed(&error.to_string());
+                    answer_unapplied(&mut batch, &error);
+                    continue;
                 }
-                Err(message) => Err(JournalError::Storage(format!("commit failed: {message}"))),
+            }
+            let tx = match connection.transaction_with_behavior(TransactionBehavior::Immediate) {
+                Ok(tx) => tx,
+                Err(error) => {
+                    let message = error.to_string();
+                    self.failed(&message);
+                    let error = JournalError::Storage(format!("commit failed: {message}"));
+                    answer_unapplied(&mut batch, &error);
+                    continue;
+                }
             };
-            operation.answer(commit);
+            resync_backlog(&tx, &mut self.seen_version, &self.backlog);
+            let began = Instant::now();
+            let mut logged = 0;
+            // Batches within one transaction until it is committed.
+            let close = loop {
+                let (held, next, close, writes) = self.apply_batch(&tx, &mut batch, &mut logged);
+                if close.is_some() || matches!(next, Next::Commit) {
+                    let committed = self.commit(tx, writes);
+                    answer(held, &committed, &self.backlog);
+                    break close;
+                }
+                // Durable through the redo log: answered now, committed later.
+                let written = match &mut self.redo {
+                    Some(redo) => redo.write_staged(),
+                    None => Ok(()),
+                };
+                match written {
+                    Ok(()) => {
+                        if writes {
+                            self.clear_failure();
+                        }
+                        answer(held, &Ok(()), &self.backlog);
+                    }
+                    Err(error) => {
+                        // Nothing of this batch is stored: the transaction is rolled back, and
+                        // what earlier batches answered is applied again from the log.
+                        drop(tx);
+                        self.needs_recovery = self.redo.as_ref().is_some_and(RedoLog::has_written);
+                        self.failed(&error.to_string());
+                        answer(held, &Err(error), &self.backlog);
+                        break None;
+                    }
+                }
+                if logged >= MAX_LOGGED_PER_TRANSACTION {
+                    let committed = self.commit(tx, false);
+                    if let Err(error) = committed {
+                        tracing::error!(%error, "journal commit failed; applying the redo log again");
+                    }
+                    break None;
+                }
+                let wait = COMMIT_INTERVAL
+                    .saturating_sub(began.elapsed())
+                    .min(IDLE_COMMIT);
+                let next = match &clock {
+                    Some(clock) if !wait.is_zero() => clock
+                        .block_on(async { tokio::time::timeout(wait, receiver.recv()).await })
+                        .ok(),
+                    _ => None,
+                };
+                match next {
+                    Some(Some(request)) => {
+                        batch.push(request);
+                        drain(&mut receiver, &mut batch);
+                    }
+                    // Nothing came in time, or the channel closed: commit what is held.
+                    Some(None) | None => {
+                        if let Err(error) = self.commit(tx, false) {
+                            tracing::error!(%error, "journal commit failed; applying the redo log again");
+                        }
+                        break None;
+                    }
+                }
+            };
+            if let Some(done) = close {
+                // Closed before answering (SQLite checkpoints the WAL and removes it), so that
+                // the caller finds the database whole in its one file.
+                drop(connection);
+                let _ = done.send(());
+                return;
+            }
         }
-        if let Some(done) = close {
-            // Closed before answering (SQLite checkpoints the WAL and removes it), so that the
-            // caller finds the database whole in its one file.
-            drop(connection);
-            let _ = done.send(());
-            return;
+    }
+
+    /// Applies one batch in `tx`. Returns the operations to answer with their backlog changes,
+    /// whether the transaction must be committed before they are answered, the close request if
+    /// one came, and whether the batch wrote.
+    #[allow(clippy::type_complexity)]
+    fn apply_batch(
+        &mut self,
+        tx: &Transaction<'_>,
+        batch: &mut Vec<Request>,
+        logged: &mut usize,
+    ) -> (
+        Vec<(Box<dyn Operation>, i64)>,
+        Next,
+        Option<oneshot::Sender<()>>,
+        bool,
+    ) {
+        let mut held = Vec::with_capacity(batch.len());
+        let mut next = if self.redo.is_some() {
+            Next::Continue
+        } else {
+            Next::Commit
+        };
+        let mut close = None;
+        let mut writes = false;
+        for request in batch.drain(..) {
+            match request {
+                Request::Close(done) => close = Some(done),
+                Request::Run(mut operation) => {
+                    let access = operation.access();
+                    let change = operation.apply(tx);
+                    match access {
+                        Access::Read => {}
+                        Access::Commit => next = Next::Commit,
+                        Access::Write => {
+                            writes = true;
+                            next = Next::Commit;
+                        }
+                        Access::Logged => {
+                            writes = true;
+                            if let (Some(redo), Some(record)) = (&mut self.redo, operation.redo()) {
+                                redo.stage(&record);
+                                *logged += 1;
+                            }
+                        }
+                    }
+                    held.push((operation, change));
+                }
+            }
         }
+        (held, next, close, writes)
+    }
+
+    /// Commits `tx`, recording the last redo-log record it holds; the log then starts again.
+    /// Records staged for this batch are not written: the commit makes them durable.
+    fn commit(&mut self, tx: Transaction<'_>, writes: bool) -> Result<(), JournalError> {
+        let mut last = None;
+        if let Some(redo) = &mut self.redo {
+            redo.discard_staged();
+            last = Some(redo.last_lsn());
+        }
+        let committed = match last {
+            Some(lsn) => sqlite::set_redo_lsn(&tx, lsn).and_then(|()| Ok(tx.commit()?)),
+            None => tx.commit().map_err(JournalError::from),
+        };
+        match &committed {
+            Ok(()) => {
+                if let (Some(redo), Some(lsn)) = (&mut self.redo, last) {
+                    redo.restart_after(lsn);
+                }
+                if writes {
+                    self.clear_failure();
+                }
+            }
+            Err(error) => {
+                self.needs_recovery = self.redo.as_ref().is_some_and(RedoLog::has_written);
+                self.failed(&error.to_string());
+            }
+        }
+        committed.map_err(|error| JournalError::Storage(format!("commit failed: {error}")))
+    }
+
+    /// Applies the redo log's records that the database does not hold yet (after a crash, or a
+    /// transaction that failed to commit), in one transaction, and starts the log again.
+    fn recover(&mut self, connection: &mut Connection) -> Result<(), JournalError> {
+        let Some(redo) = &mut self.redo else {
+            self.needs_recovery = false;
+            return Ok(());
+        };
+        let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let committed = sqlite::redo_lsn(&tx)?;
+        let records = redo.read_after(committed)?;
+        let mut last = committed;
+        let count = records.len();
+        for (lsn, record) in records {
+            apply_record(&tx, record)?;
+            last = lsn;
+        }
+        if count > 0 {
+            tracing::warn!(
+                records = count,
+                "journal: applied again what the redo log held and the database did not (the last run stopped without committing it)"
+            );
+        }
+        sqlite::set_redo_lsn(&tx, last)?;
+        let pending = count_pending(&tx)?;
+        tx.commit()?;
+        redo.restart_after(last);
+        self.backlog.store(pending, Ordering::Relaxed);
+        self.needs_recovery = false;
+        Ok(())
+    }
+
+    fn failed(&self, message: &str) {
+        tracing::error!(error = %message, "journal commit failed");
+        *self.write_failure.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((Instant::now(), message.to_string()));
+    }
+
+    fn clear_failure(&self) {
+        *self.write_failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+/// Applies one redo-log record again.
+fn apply_record(tx: &Transaction<'_>, record: RedoRecord) -> Result<(), JournalError> {
+    match record {
+        RedoRecord::Append {
+            key,
+            key_derived,
+            webhook_id,
+            received_at,
+            request_id,
+            events,
+        } => {
+            let events = events
+                .into_iter()
+                .map(|(event_type, raw)| ParsedEvent { event_type, raw })
+                .collect();
+            sqlite::append(
+                tx,
+                NewDelivery {
+                    key,
+                    key_derived,
+                    webhook_id,
+                    received_at,
+                    request_id,
+                    events,
+                },
+            )?;
+        }
+        RedoRecord::Complete {
+            id,
+            delivered_at,
+            record,
+        } => {
+            sqlite::complete(tx, &id, delivered_at, &record)?;
+        }
+    }
+    Ok(())
+}
+
+/// Takes whatever else is queued, up to a batch.
+fn drain(receiver: &mut mpsc::Receiver<Request>, batch: &mut Vec<Request>) {
+    while batch.len() < MAX_BATCH {
+        match receiver.try_recv() {
+            Ok(request) => batch.push(request),
+            Err(_) => break,
+        }
+    }
+}
+
+/// Answers every request of a batch that never reached a transaction with `error` (a close
+/// request is put back, to be taken with the next batch).
+fn answer_unapplied(batch: &mut Vec<Request>, error: &JournalError) {
+    let mut keep = Vec::new();
+    for request in batch.drain(..) {
+        match request {
+            Request::Run(operation) => {
+                operation.answer(Err(JournalError::Storage(error.to_string())))
+            }
+            close @ Request::Close(_) => keep.push(close),
+        }
+    }
+    batch.extend(keep);
+}
+
+/// Answers the operations of a batch once its fate is known; the backlog changes only by what
+/// was stored.
+fn answer(
+    held: Vec<(Box<dyn Operation>, i64)>,
+    stored: &Result<(), JournalError>,
+    backlog: &AtomicU64,
+) {
+    for (operation, change) in held {
+        let result = match stored {
+            Ok(()) => {
+                apply_change(backlog, change);
+                Ok(())
+            }
+            Err(error) => Err(JournalError::Storage(error.to_string())),
+        };
+        operation.answer(result);
     }
 }
 

@@ -3,24 +3,8 @@
 //! writing the same file, and migrating an older database.
 
 use super::*;
-use crate::event::ParsedEvent;
 use crate::journal::sqlite::SCHEMA;
-
-fn delivery(key: &str, events: usize) -> NewDelivery {
-    NewDelivery {
-        key: key.to_string(),
-        key_derived: false,
-        webhook_id: Some("w".to_string()),
-        received_at: Utc::now(),
-        request_id: None,
-        events: (0..events)
-            .map(|i| ParsedEvent {
-                event_type: "record.updated".to_string(),
-                raw: format!("{{\"event_type\":\"record.updated\",\"n\":{i}}}"),
-            })
-            .collect(),
-    }
-}
+use crate::journal::test_delivery as delivery;
 
 #[tokio::test]
 async fn appended_events_survive_reopening() {

@@ -90,7 +90,7 @@ impl Default for Retention {
 }
 
 /// What one attempt learnt about an event, written with its outcome.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttemptRecord {
     /// `ok`, `not_found`, `disabled`, `skipped` or `failed`; `None` when not enriched.
     pub enrichment: Option<String>,

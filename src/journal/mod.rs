@@ -20,6 +20,7 @@ mod lock;
 pub mod redis;
 pub mod redis_persistence;
 mod redis_scripts;
+mod redo;
 pub mod repair;
 mod sqlite;
 
@@ -254,20 +255,14 @@ impl Journal {
         on_backend!(self, backend => backend.complete(id, record).await)
     }
 
-    /// Puts the event back for a later attempt. `attempts` is the new count of failed attempts.
+    /// Puts the event back for a later attempt, its attempts and sinks done as in `event`.
     pub async fn reschedule(
         &self,
-        id: &str,
-        attempts: u32,
+        event: &JournaledEvent,
         next_attempt_at: DateTime<Utc>,
         error: Option<&str>,
-        sinks_done: &[String],
     ) -> Result<(), JournalError> {
-        on_backend!(self, backend => {
-            backend
-                .reschedule(id, attempts, next_attempt_at, error, sinks_done)
-                .await
-        })
+        on_backend!(self, backend => backend.reschedule(event, next_attempt_at, error).await)
     }
 
     /// Records a failed attempt: the event is due again at `next_attempt_at` for the sinks
@@ -394,6 +389,24 @@ impl Journal {
     /// Stops the writer after everything queued so far is committed.
     pub async fn close(&self) {
         on_backend!(self, backend => backend.close().await)
+    }
+}
+
+/// A delivery `key` of `events` `record.updated` events, for the backends' own tests.
+#[cfg(test)]
+pub(crate) fn test_delivery(key: &str, events: usize) -> NewDelivery {
+    NewDelivery {
+        key: key.to_string(),
+        key_derived: false,
+        webhook_id: Some("w".to_string()),
+        received_at: Utc::now(),
+        request_id: Some("r".to_string()),
+        events: (0..events)
+            .map(|i| ParsedEvent {
+                event_type: "record.updated".to_string(),
+                raw: format!("{{\"event_type\":\"record.updated\",\"n\":{i}}}"),
+            })
+            .collect(),
     }
 }
 

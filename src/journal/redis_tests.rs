@@ -4,7 +4,7 @@
 //! own key prefix.
 
 use super::*;
-use crate::event::ParsedEvent;
+use crate::journal::test_delivery as delivery;
 use secrecy::SecretString;
 
 const LEASE: Duration = Duration::from_millis(300);
@@ -17,22 +17,6 @@ fn journal(prefix: &str) -> RedisJournal {
 
 fn prefix() -> String {
     format!("unit-{}", uuid::Uuid::new_v4().simple())
-}
-
-fn delivery(key: &str, events: usize) -> NewDelivery {
-    NewDelivery {
-        key: key.to_string(),
-        key_derived: false,
-        webhook_id: Some("w".to_string()),
-        received_at: Utc::now(),
-        request_id: Some("r".to_string()),
-        events: (0..events)
-            .map(|i| ParsedEvent {
-                event_type: "record.updated".to_string(),
-                raw: format!("{{\"event_type\":\"record.updated\",\"n\":{i}}}"),
-            })
-            .collect(),
-    }
 }
 
 fn ids(events: &[JournaledEvent]) -> Vec<String> {
@@ -130,10 +114,11 @@ async fn complete_removes_the_event_and_lowers_the_backlog() {
 async fn reschedule_hides_the_event_until_its_time_and_keeps_its_progress() {
     let journal = journal(&prefix());
     stored(&journal, "k", 1).await;
-    journal.due(10).await.unwrap();
+    let mut event = journal.due(10).await.unwrap().remove(0);
+    (event.attempts, event.sinks_done) = (1, vec!["a".to_string()]);
     let soon = Utc::now() + chrono::Duration::milliseconds(1200);
     journal
-        .reschedule("k:0", 1, soon, Some("boom"), &["a".to_string()])
+        .reschedule(&event, soon, Some("boom"))
         .await
         .unwrap();
     assert_eq!(journal.backlog(), 1);
@@ -158,11 +143,8 @@ async fn a_retry_taken_by_a_crashed_replica_comes_back_after_the_lease() {
     let prefix = prefix();
     let crashed = journal(&prefix);
     stored(&crashed, "k", 1).await;
-    crashed.due(10).await.unwrap();
-    crashed
-        .reschedule("k:0", 1, Utc::now(), None, &[])
-        .await
-        .unwrap();
+    let event = crashed.due(10).await.unwrap().remove(0);
+    crashed.reschedule(&event, Utc::now(), None).await.unwrap();
     assert_eq!(crashed.due(10).await.unwrap().len(), 1);
     drop(crashed);
     let survivor = journal(&prefix);

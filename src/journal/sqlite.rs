@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
 use super::codec::{
@@ -220,6 +220,7 @@ pub(super) fn append_malformed(
 pub(super) fn complete(
     tx: &Transaction<'_>,
     id: &str,
+    delivered_at: DateTime<Utc>,
     record: &AttemptRecord,
 ) -> Result<usize, JournalError> {
     // The event stays, delivered, for the history: this update is the write that used
@@ -235,7 +236,7 @@ pub(super) fn complete(
              WHERE id = ?1 AND state = 'pending'",
         params![
             id,
-            rfc3339(Utc::now()),
+            rfc3339(delivered_at),
             json_list(&record.sinks_done),
             record.enrichment,
             record.object,
@@ -265,6 +266,27 @@ pub(super) fn reschedule(
                 last_error = COALESCE(?4, last_error), sinks_done = ?5
              WHERE id = ?1 AND state = 'pending'",
         params![id, attempts, next_ms, error, json_list(sinks_done)],
+    )?;
+    Ok(())
+}
+
+/// The last redo-log record (`journal::redo`) whose change this database holds; 0 for none.
+pub(super) fn redo_lsn(tx: &Transaction<'_>) -> Result<u64, JournalError> {
+    let lsn = tx
+        .query_row("SELECT value FROM meta WHERE key = 'redo_lsn'", [], |row| {
+            row.get::<_, String>(0)
+        })
+        .optional()?;
+    Ok(lsn.and_then(|text| text.parse().ok()).unwrap_or(0))
+}
+
+/// Records, in the transaction that holds their changes, the last redo-log record applied.
+pub(super) fn set_redo_lsn(tx: &Transaction<'_>, lsn: u64) -> Result<(), JournalError> {
+    exec(
+        tx,
+        "INSERT INTO meta (key, value) VALUES ('redo_lsn', ?1)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        params![lsn.to_string()],
     )?;
     Ok(())
 }

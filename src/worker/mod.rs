@@ -1003,10 +1003,7 @@ fn jittered(delay: Duration) -> Duration {
 async fn defer(pipeline: &Pipeline, event: &JournaledEvent, delay: Duration, error: Option<&str>) {
     let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
     let started = Instant::now();
-    let result = pipeline
-        .journal
-        .reschedule(&event.id, event.attempts, next, error, &event.sinks_done)
-        .await;
+    let result = pipeline.journal.reschedule(event, next, error).await;
     record(pipeline, event, started, result, None);
 }
 

@@ -48,6 +48,7 @@ on_both_backends!(
     a_delivery_key_is_stored_once,
     a_completed_event_stays_in_the_history_as_delivered,
     a_retry_keeps_per_sink_attempts_and_the_dead_letter_gets_them,
+    a_deferred_event_comes_back_with_its_attempts_and_sinks_done,
     dead_letters_are_listed_oldest_first_by_sink_and_event_type,
     replay_for_one_sink_counts_the_other_failed_sinks_done,
     replay_of_named_events_says_why_it_skipped_each_one,
@@ -336,6 +337,30 @@ async fn a_retry_keeps_per_sink_attempts_and_the_dead_letter_gets_them(journal: 
     assert_eq!(dead.status, EventStatus::Dead);
     let sink_b = dead.sinks.iter().find(|s| s.name == "b").unwrap();
     assert_eq!(sink_b.status, EventStatus::Dead);
+}
+
+async fn a_deferred_event_comes_back_with_its_attempts_and_sinks_done(journal: &Journal) {
+    let mut event = stored(journal, "k", 1).await.remove(0);
+    (event.attempts, event.sinks_done) = (2, vec!["a".to_string()]);
+    journal
+        .reschedule(&event, Utc::now(), Some("deferred"))
+        .await
+        .unwrap();
+    assert_eq!(journal.backlog(), 1);
+    let due = journal.due(10).await.unwrap();
+    assert_eq!(sorted_ids(&due), ["k:0"]);
+    assert_eq!(due[0].attempts, 2);
+    assert_eq!(due[0].sinks_done, ["a"]);
+    let stored = journal.event("k:0").await.unwrap().unwrap();
+    assert_eq!(stored.state, "pending");
+    assert_eq!(stored.last_error.as_deref(), Some("deferred"));
+    journal.reschedule(&event, Utc::now(), None).await.unwrap();
+    let stored = journal.event("k:0").await.unwrap().unwrap();
+    assert_eq!(
+        stored.last_error.as_deref(),
+        Some("deferred"),
+        "no error given: the last one stays"
+    );
 }
 
 async fn dead_letters_are_listed_oldest_first_by_sink_and_event_type(journal: &Journal) {
@@ -763,7 +788,7 @@ async fn the_backlog_counts_pending_events_only(journal: &Journal) {
     assert_eq!(journal.backlog(), 0);
     assert!(journal.oldest_pending_age().await.unwrap().is_none());
     journal.probe().await.unwrap();
-    stored(journal, "a", 2).await;
+    let deferred = stored(journal, "a", 2).await.remove(1);
     stored(journal, "b", 2).await;
     assert_eq!(journal.backlog(), 4);
     let age = journal.oldest_pending_age().await.unwrap().unwrap();
@@ -775,7 +800,7 @@ async fn the_backlog_counts_pending_events_only(journal: &Journal) {
     assert_eq!(journal.backlog(), 3, "complete: one fewer");
     let later = Utc::now() + chrono::Duration::hours(1);
     journal
-        .reschedule("a:1", 1, later, Some("deferred"), &[])
+        .reschedule(&deferred, later, Some("deferred"))
         .await
         .unwrap();
     journal
