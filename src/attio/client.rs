@@ -3,8 +3,8 @@
 //!
 //! In: typed calls (`get_record`, `list_webhooks`, ...). Out: typed models or an [`AttioError`].
 //! Every request, whoever makes it, passes the same gates in this order: the circuit breaker
-//! (refuse at once while Attio is down), a pause Attio asked for with `Retry-After`, and the
-//! rate limiter ([`crate::attio::rate_limit`]; reads and writes separately, docs/attio.md §6).
+//! (refuse at once while Attio is down), then [`crate::attio::rate_limit`]: a pause Attio asked
+//! for with `Retry-After`, and the rate limits (reads and writes separately, docs/attio.md §6).
 //! Transient failures are retried with full-jitter exponential backoff until
 //! `attio.retry_total` runs out. The API key lives only inside a sensitive header value; it is
 //! never logged nor part of an error.
