@@ -13,7 +13,9 @@
 #      last line written;
 #   3. memory: idle RSS and peak RSS (VmHWM) of the daemon during (2);
 #   4. scale-out mode (queue.backend = "redis", Redis AOF appendfsync always): 1 and 2 replicas
-#      (examples/scale_out_bench.rs, SCALE_OUT_DELIVERIES deliveries; SCALE_OUT=0 skips it).
+#      (examples/scale_out_bench.rs, SCALE_OUT_DELIVERIES deliveries; SCALE_OUT=0 skips it);
+#   5. the daemon's own CPU time per request, as a ratio to axum-bare's in the same run, for
+#      durable ingress (worker disabled) and end to end (bench/cpu.sh; CPU=0 skips it).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
@@ -75,7 +77,7 @@ source "$repo/bench/lib.sh"
 
 start_daemon() { # dir port extra-env... ; sets DAEMON_PID
   local dir=$1 port=$2; shift 2
-  env APP_ENV=production ATTIO_WEBHOOK_SECRET="$SECRET" "$@" \
+  env APP_ENV=production ATTIO_WEBHOOK_SECRET="$SECRET" ATTIO_WEBHOOKS_ADMIN_TOKEN="bench-admin-$RANDOM$RANDOM" "$@" \
     "$bin" serve --config "$dir/config.toml" --listen "127.0.0.1:$port" >/dev/null 2>"$dir/daemon.log" &
   DAEMON_PID=$!
   pids+=("$DAEMON_PID")
@@ -181,3 +183,10 @@ print(text)
 os.makedirs("bench/results", exist_ok=True)
 open("bench/results/latest.md", "w").write(text + "\n")
 PY
+
+# 5. CPU per request against axum-bare's (appended to bench/results/latest.md)
+if [ "${CPU:-1}" = 1 ]; then
+  log "CPU per request (bench/cpu.sh)"
+  BUILD=0 PEERS_DIR="$PEERS_DIR" bash "$repo/bench/cpu.sh" >/dev/null
+  { echo; sed -n '1,$p' bench/results/cpu.md; } | tee -a bench/results/latest.md
+fi

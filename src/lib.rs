@@ -25,7 +25,8 @@
 //!   kind carries its object / list / attribute.
 //! - `signature::properties`, `event::properties` (tests, and feature `fuzzing`): the promises
 //!   of both as checks shared by the property tests and the fuzz targets in `fuzz/`.
-//! - `journal`: durable store of accepted deliveries (SQLite with group commit, or a Redis
+//! - `journal`: durable store of accepted deliveries (SQLite, whose writer keeps a transaction
+//!   open over many batches and makes each batch durable in a redo log, `journal::redo`; or a Redis
 //!   stream shared by replicas), dead letters, signed bodies that were not deliveries
 //!   (`journal::repair`: check and recover a damaged SQLite journal), and the event history
 //!   with its one query interface (`journal::history`). Both backends keep one contract

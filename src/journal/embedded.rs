@@ -1,16 +1,26 @@
 //! The embedded journal: one SQLite database (WAL; `synchronous=FULL` by default, see
 //! `storage.sync`) under `storage.path`, and the thread that writes it.
 //!
-//! In: the [`Backend`] operations, from any task. Out: their answers, each sent only after the
-//! transaction that holds it is committed. The SQL itself is in `journal::sqlite`; this module
-//! owns the connections, the writer thread and the handle.
+//! In: the [`Backend`] operations, from any task. Out: their answers, each sent only once what
+//! it wrote is durable. The SQL itself is in `journal::sqlite`; this module owns the
+//! connections, the writer thread and the handle.
 //!
 //! One writer thread owns the connection. Requests queue on a channel; the thread takes
-//! everything queued, applies it in one transaction and commits once, then answers every caller.
-//! That is group commit: under load one disk flush covers many deliveries, and a caller is
-//! answered only after the flush that holds its data. A request is one operation of any kind: a
-//! closure over the transaction with its reply ([`Operation`]), so a new operation needs no new
-//! machinery here.
+//! everything queued (a batch) and applies it in a transaction. A request is one operation of
+//! any kind: a closure over the transaction with its reply ([`Operation`]), so a new operation
+//! needs no new machinery here. When the batch is durable depends on who opened the journal:
+//! - a tool (`SqliteJournal::open`): every batch is committed, then answered (group commit: one
+//!   disk flush covers the batch);
+//! - the daemon, under the journal's lock (`SqliteJournal::open_owned`): appends and
+//!   completions (the writes of every event, [`Access::Logged`]) are made durable by their
+//!   records in the redo log (`journal::redo`, one write and one `fdatasync` per batch) and
+//!   answered then, while the transaction stays open over further batches; it is committed
+//!   every [`COMMIT_INTERVAL`], when no request came for [`IDLE_COMMIT`], or at once for any
+//!   other write, which is answered after that commit. This writes far fewer bytes per event:
+//!   each commit writes a page once for all the batches that changed it. After a crash, or a
+//!   commit that failed, the log's records the database lacks are applied again before anything
+//!   else ([`Writer::recover`]). docs/architecture.md, "The embedded journal", says why and what
+//!   holds.
 //!
 //! Other processes may write the same database (`attio-webhooks dead-letters replay` while the
 //! daemon runs): every transaction begins IMMEDIATE, so writers queue on SQLite's lock (WAL,

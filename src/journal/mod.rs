@@ -7,8 +7,9 @@
 //! 2xx only after `append` returned, so nothing acknowledged lives only in memory.
 //!
 //! Every backend keeps one contract, [`Backend`]; [`Journal`] hands each call to the one in use.
-//! The embedded backend is SQLite with group commit ([`SqliteJournal`]: its writer thread in
-//! `embedded`, its SQL in `sqlite`); the scale-out backend is a Redis stream read through one
+//! The embedded backend is SQLite ([`SqliteJournal`]: its writer thread in `embedded`, its SQL
+//! in `sqlite`, and the redo log that lets the daemon's writer commit many batches at once in
+//! `redo`); the scale-out backend is a Redis stream read through one
 //! consumer group by every replica ([`redis`], its scripts in `redis_scripts`). Both write their
 //! fields through one codec (`codec`); the embedded journal's file lock is [`JournalLock`].
 
