@@ -18,7 +18,13 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 use tokio::sync::{oneshot, Notify};
 
+use super::deliver::deliver_to;
+use super::item::WorkItem;
+use super::Pipeline;
 use crate::attio::single_flight::Joined;
+use crate::enrich::{Enrichment, Plan};
+use crate::event::EventKind;
+use crate::journal::SinkProgress;
 use crate::sinks::{SinkError, SinkLine};
 
 /// Longest wait of a group's leader for the other members of its flight.
@@ -205,6 +211,113 @@ pub fn collapsed_line(members: &[&Member]) -> Result<SinkLine, SinkError> {
         event_type: first.line.event_type.clone(),
         json: Arc::from(json),
     })
+}
+
+/// Counts the event in its group, if it has one, with nothing to deliver together: every event
+/// of a shared flight arrives, so that the leader knows when the group is complete.
+pub fn count(pipeline: &Pipeline, group: Option<&Joined>) {
+    if let Some(shared) = group {
+        pipeline.collapser.arrive(shared, None);
+    }
+}
+
+/// The event's part in its group, if it has one: it arrives with its line and `together`, the
+/// collapsing sinks it still has to reach (none: it is only counted).
+pub fn join(
+    pipeline: &Pipeline,
+    group: Option<&Joined>,
+    item: &WorkItem,
+    enrichment: &Enrichment,
+    line: &SinkLine,
+    together: &[String],
+) -> Option<Role> {
+    let shared = group?;
+    let member = (!together.is_empty()).then(|| Member {
+        event_id: item.id.clone(),
+        position: shared.position,
+        attribute: changed_attribute(item, enrichment),
+        line: line.clone(),
+        sinks: together.to_vec(),
+    });
+    Some(pipeline.collapser.arrive(shared, member))
+}
+
+/// The line a collapsing sink gets for an update that shared its fetch with no other: the shape
+/// of a group of one. `None` for the events that are never collapsed.
+pub fn single_line(item: &WorkItem, enrichment: &Enrichment, line: &SinkLine) -> Option<SinkLine> {
+    if !matches!(
+        item.kind,
+        EventKind::RecordUpdated | EventKind::ListEntryUpdated
+    ) {
+        return None;
+    }
+    let member = Member {
+        event_id: item.id.clone(),
+        position: 0,
+        attribute: changed_attribute(item, enrichment),
+        line: line.clone(),
+        sinks: Vec::new(),
+    };
+    collapsed_line(&[&member]).ok()
+}
+
+/// The attribute an update names: its slug, or its id when the slug is unknown.
+fn changed_attribute(item: &WorkItem, enrichment: &Enrichment) -> Option<String> {
+    enrichment.attribute.clone().or_else(|| {
+        item.plan
+            .as_ref()
+            .ok()
+            .and_then(Plan::attribute_id)
+            .map(str::to_string)
+    })
+}
+
+/// This event's part in a collapsed delivery: the leader gathers its group and delivers one line
+/// per sink for the members that want it; a follower waits for the leader's results. Returns what
+/// each of this event's collapsing sinks answered.
+pub async fn deliver_together(pipeline: &Pipeline, role: Role, progress: &SinkProgress) -> Results {
+    match role {
+        Role::Counted => Results::new(),
+        // A leader that is gone (shutdown) leaves the result out: a transient failure.
+        Role::Follower(results) => results.await.unwrap_or_default(),
+        Role::Leader(leader) => {
+            let gathered = leader.gather().await;
+            let mut sinks: Vec<&str> = Vec::new();
+            for member in &gathered.members {
+                for sink in &member.sinks {
+                    if !sinks.contains(&sink.as_str()) {
+                        sinks.push(sink);
+                    }
+                }
+            }
+            let mut results = Results::new();
+            for name in sinks {
+                let members: Vec<&Member> = gathered
+                    .members
+                    .iter()
+                    .filter(|m| m.sinks.iter().any(|s| s == name))
+                    .collect();
+                let result = match collapsed_line(&members) {
+                    Ok(line) => {
+                        tracing::info!(sink = %name, events = members.len(), "delivering collapsed events as one line");
+                        deliver_to(pipeline, name, &line, progress).await
+                    }
+                    Err(error) => {
+                        metrics::counter!(
+                            crate::metrics::SINK_DELIVERIES,
+                            "sink" => name.to_string(),
+                            "outcome" => "error"
+                        )
+                        .increment(1);
+                        Err(error)
+                    }
+                };
+                results.insert(name.to_string(), result);
+            }
+            gathered.answer(&results);
+            results
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,105 @@
+//! The work item: one event as the worker carries it through its stages, its JSON read once.
+//!
+//! In: a [`JournaledEvent`] (from the channel or the journal) and whether route filters read the
+//! whole event. Out: a [`WorkItem`]: the event's identity and kind, its JSON read once (an
+//! [`EventView`]: the text the sink line copies verbatim, the ids, and the tree when filters need
+//! it), what enrichment would fetch ([`Plan`]), and where it stands with its sinks. Every stage
+//! borrows it; none parses the event again.
+
+use crate::enrich::{MissingId, Plan, Subject};
+use crate::event::{EventIds, EventKind, EventView, UnreadableEvent};
+use crate::journal::{JournaledEvent, SinkProgress};
+use crate::sinks::LineHead;
+
+/// One event on its way through the worker.
+#[derive(Debug)]
+pub struct WorkItem {
+    pub id: String,
+    pub delivery_key: String,
+    pub index: u32,
+    pub webhook_id: Option<String>,
+    pub event_type: String,
+    pub kind: EventKind,
+    /// RFC 3339, when the delivery was accepted.
+    pub received_at: String,
+    pub request_id: Option<String>,
+    /// The event's JSON, read once; an error for a damaged journal row.
+    pub json: Result<EventView, UnreadableEvent>,
+    /// What enrichment fetches and names for it, from its ids.
+    pub plan: Result<Plan, MissingId>,
+    /// Where it stands with its sinks before this attempt: failed attempts, the sinks that
+    /// took it, the failed attempts per sink.
+    pub progress: SinkProgress,
+}
+
+impl WorkItem {
+    /// Reads `event` once. `with_tree`: keep the whole event, for route filters.
+    pub fn new(event: JournaledEvent, with_tree: bool) -> WorkItem {
+        let JournaledEvent {
+            id,
+            delivery_key,
+            index,
+            webhook_id,
+            event_type,
+            received_at,
+            request_id,
+            raw,
+            attempts,
+            sinks_done,
+            sink_attempts,
+        } = event;
+        let kind = EventKind::parse(&event_type);
+        let json = EventView::read(raw, with_tree);
+        let ids = json.as_ref().map_or(&EventIds::NONE, EventView::ids);
+        let plan = crate::enrich::plan(&kind, ids);
+        WorkItem {
+            id,
+            delivery_key,
+            index,
+            webhook_id,
+            event_type,
+            kind,
+            received_at,
+            request_id,
+            json,
+            plan,
+            progress: SinkProgress {
+                attempts,
+                last_error: String::new(),
+                sinks_done,
+                sink_attempts,
+                sinks_failed: Vec::new(),
+            },
+        }
+    }
+
+    /// The event's ids (none when it could not be read).
+    pub fn ids(&self) -> &EventIds {
+        self.json.as_ref().map_or(&EventIds::NONE, EventView::ids)
+    }
+
+    /// The whole event, for route filters: `None` when it could not be read (or filters do not
+    /// read it).
+    pub fn tree(&self) -> Option<&serde_json::Value> {
+        self.json.as_ref().ok().and_then(EventView::tree)
+    }
+
+    /// What the event is about, for its delivery's order (`None`: unknown).
+    pub fn subject(&self) -> Option<Subject> {
+        self.plan
+            .as_ref()
+            .ok()
+            .and_then(|plan| plan.subject.clone())
+    }
+
+    /// The fields of its sink line before `event`.
+    pub fn head(&self) -> LineHead<'_> {
+        LineHead {
+            id: &self.id,
+            event_type: &self.event_type,
+            webhook_id: self.webhook_id.as_deref(),
+            delivery_key: &self.delivery_key,
+            received_at: &self.received_at,
+        }
+    }
+}
