@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use serde::Serialize;
 
 use crate::attio::AttioClient;
@@ -79,7 +80,8 @@ pub struct LineHead<'a> {
 pub struct SinkLine {
     pub id: Arc<str>,
     pub event_type: Arc<str>,
-    pub json: Arc<[u8]>,
+    /// Shared, not copied, by every sink it goes to.
+    pub json: Bytes,
 }
 
 impl SinkLine {
@@ -124,7 +126,8 @@ impl SinkLine {
         Ok(SinkLine {
             id: Arc::from(head.id),
             event_type: Arc::from(head.event_type),
-            json: Arc::from(line.0),
+            // Taken over as it is: no copy.
+            json: Bytes::from(line.0),
         })
     }
 }

@@ -209,7 +209,7 @@ pub fn collapsed_line(members: &[&Member]) -> Result<SinkLine, SinkError> {
     Ok(SinkLine {
         id: first.line.id.clone(),
         event_type: first.line.event_type.clone(),
-        json: Arc::from(json),
+        json: bytes::Bytes::from(json),
     })
 }
 

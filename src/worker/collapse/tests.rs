@@ -11,7 +11,7 @@ fn member(id: &str, attribute: Option<&str>, sinks: &[&str]) -> Member {
         line: SinkLine {
             id: Arc::from(id),
             event_type: Arc::from("record.updated"),
-            json: Arc::from(serde_json::to_vec(&json).unwrap()),
+            json: bytes::Bytes::from(serde_json::to_vec(&json).unwrap()),
         },
         sinks: sinks.iter().map(|s| s.to_string()).collect(),
     }
