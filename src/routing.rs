@@ -1015,6 +1015,66 @@ mod tests {
     }
 
     #[test]
+    fn after_enrichment_filters_read_its_fields_over_the_events_own_keys() {
+        let table = RouteTable::compile(
+            &[filtered(
+                "won deals",
+                &["a"],
+                serde_json::json!({"$and": [
+                    {"field": "object", "operator": "equals", "value": "deals"},
+                    {"field": "data.values.stage", "operator": "equals", "value": "won"},
+                    {"field": "enrichment", "operator": "equals", "value": "ok"},
+                    {"field": "object.api_slug", "operator": "equals", "value": null},
+                    {"field": "actor.type", "operator": "equals", "value": "workspace-member"}
+                ]}),
+            )],
+            &names(&["a"]),
+        )
+        .unwrap();
+        // The event's own `object` and `data` keys are not what filters see once it is enriched.
+        let event: Value = serde_json::json!({
+            "event_type": "record.updated", "object": "people", "data": {"values": {"stage": "lost"}},
+            "actor": {"type": "workspace-member", "id": "m"}
+        });
+        let data = serde_json::json!({"values": {"stage": "won"}});
+        let enriched = EnrichedFields {
+            enrichment: "ok",
+            object: Some("deals"),
+            list: None,
+            attribute: None,
+            data: Some(&data),
+        };
+        let routed = |enriched: Option<EnrichedFields<'_>>| {
+            let fields = FilterFields {
+                event: Some(&event),
+                enriched,
+            };
+            table.routed("record.updated", &fields, &none()).len()
+        };
+        assert_eq!(routed(Some(enriched)), 1);
+        assert_eq!(
+            routed(None),
+            0,
+            "without enrichment the event's own keys count"
+        );
+        let other = EnrichedFields {
+            object: Some("people"),
+            ..enriched
+        };
+        assert_eq!(routed(Some(other)), 0);
+        let unreadable = FilterFields {
+            event: None,
+            enriched: Some(enriched),
+        };
+        assert!(
+            table
+                .routed("record.updated", &unreadable, &none())
+                .is_empty(),
+            "an event that could not be read matches no filter"
+        );
+    }
+
+    #[test]
     fn or_filter_routes_events_matching_any_condition() {
         let table = RouteTable::compile(
             &[filtered(

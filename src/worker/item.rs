@@ -103,3 +103,61 @@ impl WorkItem {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn journaled(raw: &str) -> JournaledEvent {
+        JournaledEvent {
+            id: "k:0".to_string(),
+            delivery_key: "k".to_string(),
+            index: 0,
+            webhook_id: None,
+            event_type: "record.updated".to_string(),
+            received_at: "2026-12-07T00:00:00Z".to_string(),
+            request_id: None,
+            raw: raw.to_string(),
+            attempts: 2,
+            sinks_done: vec!["file".to_string()],
+            sink_attempts: Default::default(),
+        }
+    }
+
+    #[test]
+    fn an_item_is_planned_from_the_ids_read_once_and_keeps_the_event_text() {
+        let raw = r#"{"event_type":"record.updated","id":{"object_id":"o","record_id":"r","attribute_id":"a"}}"#;
+        let item = WorkItem::new(journaled(raw), false);
+        assert_eq!(item.kind, EventKind::RecordUpdated);
+        assert_eq!(
+            item.subject(),
+            Some(Subject::Record {
+                object_id: "o".into(),
+                record_id: "r".into()
+            })
+        );
+        assert_eq!(
+            item.plan.as_ref().ok().and_then(Plan::attribute_id),
+            Some("a")
+        );
+        assert_eq!(item.json.as_ref().map(EventView::raw).ok(), Some(raw));
+        assert!(item.tree().is_none());
+        assert!(WorkItem::new(journaled(raw), true).tree().is_some());
+        assert_eq!(item.progress.attempts, 2);
+        assert_eq!(item.progress.sinks_done, ["file"]);
+    }
+
+    #[test]
+    fn a_damaged_row_is_an_item_without_ids_whose_json_says_why() {
+        let item = WorkItem::new(journaled(r#"{"event_type":"record.upd"#), true);
+        let Err(unreadable) = &item.json else {
+            panic!("not JSON");
+        };
+        assert!(unreadable
+            .to_string()
+            .starts_with("stored event is not valid JSON: "));
+        assert_eq!(item.ids(), &EventIds::NONE);
+        assert_eq!(item.plan, Err(MissingId("object_id")));
+        assert!(item.tree().is_none());
+    }
+}
