@@ -1,8 +1,9 @@
 //! Enrichment: re-fetch what an event is about, and name its object, list and attribute.
 //!
-//! In: an event's kind and JSON (ids only, docs/attio.md §2) and how much the matching routes
-//! want it enriched. Out: an [`Enrichment`]: the fetched resource (the `data` member of Attio's answer),
-//! the resolved `object` / `list` / `attribute` slugs, and a status: `ok`, `not_found`
+//! In: an event's kind and [`Plan`] (made from the ids the worker read once, docs/attio.md §2)
+//! and how much the matching routes want it enriched. Out: an [`Enrichment`]: the fetched
+//! resource (the `data` member of Attio's answer), the resolved `object` / `list` /
+//! `attribute` slugs, and a status: `ok`, `not_found`
 //! (expected for `*.deleted`), `disabled` (no API key), `skipped` (nothing to fetch, or no
 //! route wants it) or `failed` (with the error, after the client's retries ran out).
 //!
