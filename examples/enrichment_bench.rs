@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use attio_webhooks::app::Application;
-use attio_webhooks::config::Settings;
+use attio_webhooks::config::Config;
 use attio_webhooks::signature::sign;
 use axum::body::Body;
 use axum::extract::State;
@@ -130,7 +130,7 @@ async fn start_fake(latency: Duration) -> (SocketAddr, Arc<Fake>) {
     (addr, fake)
 }
 
-fn settings(dir: &Path, attio: SocketAddr, options: &Options, worker: bool) -> Settings {
+fn settings(dir: &Path, attio: SocketAddr, options: &Options, worker: bool) -> Config {
     let toml = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\n\
          [webhook]\nsecrets = [\"{SECRET}\"]\n\
@@ -146,7 +146,7 @@ fn settings(dir: &Path, attio: SocketAddr, options: &Options, worker: bool) -> S
         options.window,
         dir.join("events.jsonl").display().to_string(),
     );
-    Settings::from_toml("test", &toml).expect("bench settings")
+    Config::from_toml("test", &toml).expect("bench settings")
 }
 
 fn body(n: usize, options: &Options) -> Vec<u8> {

@@ -1,6 +1,6 @@
 //! Builds the running daemon from settings and runs it until shutdown.
 //!
-//! In: validated [`Settings`]. Out: a bound listener ([`Application::port`] works with port 0 in
+//! In: a parsed [`Config`]. Out: a bound listener ([`Application::port`] works with port 0 in
 //! tests), the worker, and the background upkeep, all stopped in pipeline order on shutdown:
 //! first ingress (in-flight requests finish), then the worker (in-flight events finish or stay
 //! in the journal), then the journal (everything queued is committed).
@@ -16,14 +16,14 @@ use crate::api::auth::Auth;
 use crate::api::ApiState;
 use crate::attio::rate_limit::SharedRateLimit;
 use crate::attio::AttioClient;
-use crate::config::{QueueBackend, Settings};
+use crate::config::{Config, Queue, RedisTarget, Settings};
 use crate::dedupe::{self, ClaimOwner, DedupeStore, EmbeddedDedupe, RedisDedupe};
 use crate::enrich::Enricher;
 use crate::ingress::connections::{self, ConnectionLimits};
 use crate::ingress::{self, IngressState};
 use crate::journal::history::{Changes, Retention};
 use crate::journal::{Journal, JournalLock, RedisJournal, SqliteJournal};
-use crate::routing::{closest_event_type, RouteTable};
+use crate::routing::closest_event_type;
 use crate::sinks::{FileReopener, Sinks};
 use crate::worker::outage::Outages;
 use crate::worker::{self, Pipeline, Worker};
@@ -83,8 +83,15 @@ pub struct Application {
 }
 
 impl Application {
-    pub async fn build(settings: Settings) -> Result<Application, StartError> {
-        let addr = settings.listen_addr()?;
+    pub async fn build(config: Config) -> Result<Application, StartError> {
+        let Config {
+            listen: addr,
+            admin_listen,
+            queue,
+            routes,
+            sinks: sink_settings,
+            settings,
+        } = config;
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| StartError::Bind {
@@ -93,7 +100,7 @@ impl Application {
                 setting: "--listen or server.listen",
             })?;
 
-        let admin_listener = match settings.admin_addr()? {
+        let admin_listener = match admin_listen {
             Some(addr) => {
                 Some(
                     TcpListener::bind(addr)
@@ -108,60 +115,53 @@ impl Application {
             None => None,
         };
 
-        let redis = match &settings.redis.url {
-            Some(url) => Some(dedupe::redis::connect_with(
-                url,
-                settings.redis.tls_ca_file.as_deref(),
-            )?),
-            None => None,
-        };
-        // With Redis, replicas share Attio's rate limits through it too.
-        let shared_rate_limit = redis.clone().map(|connection| SharedRateLimit {
-            connection,
-            key_prefix: settings.redis.key_prefix.clone(),
-        });
         let mut journal_lock = None;
-        let (journal, dedupe) = match (settings.queue.backend, redis) {
-            (QueueBackend::Redis, Some(connection)) => {
+        let (journal, dedupe, redis) = match &queue {
+            Queue::Redis(redis) => {
+                let connection = dedupe::redis::connect_client(redis.client.clone())?;
                 check_redis_persistence(connection.clone(), &settings).await?;
                 let journal = Journal::Redis(
                     RedisJournal::new(
                         connection.clone(),
-                        &settings.redis.key_prefix,
+                        &redis.key_prefix,
                         settings.dedupe.claim_lease,
                         settings.dedupe.done_ttl,
                     )
                     .with_history(settings.storage.history),
                 );
-                (journal, redis_dedupe(connection, &settings, None))
+                let dedupe = redis_dedupe(connection.clone(), redis, &settings, None);
+                (journal, dedupe, Some((connection, redis)))
             }
-            (QueueBackend::Redis, None) => {
-                // Validation already refuses this; kept exhaustive rather than unreachable.
-                return Err(crate::config::ConfigError::Invalid {
-                    key: "queue.backend".to_string(),
-                    problem: "is \"redis\" but redis.url is not set (REDIS_URL)".to_string(),
-                }
-                .into());
-            }
-            (QueueBackend::Embedded, redis) => {
-                journal_lock = Some(JournalLock::acquire(&settings.journal_path())?);
-                let sqlite =
-                    SqliteJournal::open_with(&settings.journal_path(), settings.storage.sync)?;
-                let dedupe = match redis {
-                    Some(connection) => redis_dedupe(
-                        connection,
+            Queue::Embedded {
+                journal,
+                sync,
+                redis,
+            } => {
+                let redis = match redis {
+                    Some(redis) => {
+                        Some((dedupe::redis::connect_client(redis.client.clone())?, redis))
+                    }
+                    None => None,
+                };
+                journal_lock = Some(JournalLock::acquire(journal)?);
+                let sqlite = SqliteJournal::open_with(journal, *sync)?;
+                let dedupe = match &redis {
+                    Some((connection, redis)) => redis_dedupe(
+                        connection.clone(),
+                        redis,
                         &settings,
                         Some(ClaimOwner::new_instance(sqlite.id())),
                     ),
                     None => DedupeStore::Embedded(EmbeddedDedupe::new(settings.dedupe.claim_lease)),
                 };
-                (Journal::Sqlite(sqlite), dedupe)
+                (Journal::Sqlite(sqlite), dedupe, redis)
             }
         };
-        let routes_settings = settings.effective_routes();
-        let sink_settings = settings.effective_sinks();
-        let sink_names: Vec<String> = sink_settings.keys().cloned().collect();
-        let routes = RouteTable::compile(&routes_settings, &sink_names)?;
+        // With Redis, replicas share Attio's rate limits through it too.
+        let shared_rate_limit = redis.map(|(connection, redis)| SharedRateLimit {
+            connection,
+            key_prefix: redis.key_prefix.clone(),
+        });
         for (route, name) in routes.unknown_event_types() {
             match closest_event_type(&name) {
                 Some(hint) => {
@@ -247,7 +247,6 @@ impl Application {
                 enricher: api_enricher,
                 auth: Auth::new(settings.admin.token.as_ref()),
                 started: std::time::Instant::now(),
-                throughput: Default::default(),
                 shutdown: CancellationToken::new(),
             }))
         };
@@ -364,7 +363,6 @@ impl Application {
                 begun.cancelled().await;
                 stop.cancel();
             });
-            tokio::spawn(crate::api::count_throughput(api.clone()));
         }
         let worker_stop = CancellationToken::new();
         let worker_task = worker.map(|worker| tokio::spawn(worker.run(worker_stop.clone())));
@@ -372,7 +370,7 @@ impl Application {
         let upkeep = tokio::spawn(upkeep(
             journal.clone(),
             settings.dedupe.done_ttl,
-            settings.retention(),
+            retention(&settings),
             upkeep_stop.clone(),
         ));
         let metrics_upkeep = tokio::spawn(metrics_upkeep(upkeep_stop.clone()));
@@ -432,6 +430,14 @@ impl Application {
     }
 }
 
+/// How long history is kept (`storage.history`, `storage.dead_letter_history`).
+fn retention(settings: &Settings) -> Retention {
+    Retention {
+        history: settings.storage.history,
+        dead_letters: settings.storage.dead_letter_history,
+    }
+}
+
 /// Says at start where `/metrics` can be scraped, or why it is served nowhere.
 fn log_metrics_location(settings: &Settings, main: SocketAddr, admin: Option<SocketAddr>) {
     let mut places: Vec<String> = Vec::new();
@@ -488,7 +494,7 @@ fn build_attio_client(
     };
     if settings.attio.base_url.starts_with("http://") {
         tracing::warn!(
-            base_url = %crate::config::redacted_url(&settings.attio.base_url),
+            base_url = %crate::redact::redacted_url(&settings.attio.base_url),
             "attio.base_url is plain http: the API key travels unencrypted"
         );
     }
@@ -545,12 +551,13 @@ async fn check_redis_persistence(
 /// the claims it leaves if it is killed (see `dedupe::redis`).
 fn redis_dedupe(
     connection: redis::aio::ConnectionManager,
+    redis: &RedisTarget,
     settings: &Settings,
     owner: Option<ClaimOwner>,
 ) -> DedupeStore {
     let store = RedisDedupe::new(
         connection,
-        &settings.redis.key_prefix,
+        &redis.key_prefix,
         settings.dedupe.claim_lease,
         settings.dedupe.done_ttl,
     );

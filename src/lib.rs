@@ -14,7 +14,11 @@
 //! ```
 //!
 //! Modules, in the order an event meets them:
-//! - `config`: layered settings (embedded defaults < files < environment), validated at start.
+//! - `config`: layered settings (embedded defaults < files < environment), checked at start and
+//!   parsed into what the daemon runs with (`config::load`, `config::validate`); the settings of
+//!   routes and sinks are their own modules' (`routing::settings`, `sinks::settings`).
+//! - `redact`, `settings_format`: leaves under every settings type: what of a setting may be
+//!   shown (URLs without credentials, secrets as markers), and durations written with a unit.
 //! - `ingress`: the HTTP edge: webhook endpoint, health and readiness, errors → status codes.
 //! - `signature`: Attio's HMAC-SHA256 over the raw body; the only maker of a `VerifiedBody`.
 //! - `event`: the delivery envelope, event kinds (with `Unknown`), event identity, where each
@@ -69,7 +73,9 @@ pub mod ingress;
 pub mod journal;
 pub mod metrics;
 pub mod mirror;
+pub mod redact;
 pub mod routing;
+mod settings_format;
 pub mod signature;
 pub mod sinks;
 pub mod telemetry;

@@ -8,11 +8,13 @@
 //! the type, each of its `object` / `list` / `attribute` keys (if any) names the event's, and its
 //! optional `filter` (Attio's own filter shape) matches the event.
 
+pub mod settings;
+
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::config::{ConfigError, RouteEnrich, RouteSettings};
+use self::settings::{RouteEnrich, RouteError, RouteSettings};
 pub use crate::event::Dimension;
 use crate::event::{EventKind, SUBSCRIBABLE_EVENT_TYPES};
 
@@ -465,11 +467,11 @@ impl RouteTable {
     pub fn compile(
         routes: &[RouteSettings],
         sink_names: &[String],
-    ) -> Result<RouteTable, ConfigError> {
+    ) -> Result<RouteTable, RouteError> {
         let mut compiled = Vec::with_capacity(routes.len());
         for (index, route) in routes.iter().enumerate() {
             let key = format!("routes[{index}] ({:?})", route.name);
-            let invalid = |problem: String| ConfigError::Invalid {
+            let invalid = |problem: String| RouteError {
                 key: key.clone(),
                 problem,
             };

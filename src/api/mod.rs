@@ -47,7 +47,6 @@ pub struct ApiState {
     pub enricher: Enricher,
     pub auth: Auth,
     pub started: Instant,
-    pub throughput: Throughput,
     /// Ends the open streams when the daemon shuts down.
     pub shutdown: CancellationToken,
 }
@@ -545,84 +544,4 @@ async fn stream(State(state): State<Arc<ApiState>>) -> Response {
     Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response()
-}
-
-/// Events finished (delivered or dead) per interval over the last few minutes, counted from the
-/// status changes this process announces: the status page's throughput chart.
-pub struct Throughput {
-    started: Instant,
-    buckets: std::sync::Mutex<std::collections::VecDeque<(u64, u64)>>,
-}
-
-/// Seconds per bar of the chart.
-pub const THROUGHPUT_INTERVAL: u64 = 10;
-/// Bars kept (5 minutes).
-const THROUGHPUT_BARS: u64 = 30;
-
-impl Default for Throughput {
-    fn default() -> Throughput {
-        Throughput {
-            started: Instant::now(),
-            buckets: std::sync::Mutex::default(),
-        }
-    }
-}
-
-impl Throughput {
-    fn now(&self) -> u64 {
-        self.started.elapsed().as_secs() / THROUGHPUT_INTERVAL
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<(u64, u64)>> {
-        // One push or read at a time: a poisoned lock holds no broken state.
-        self.buckets.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub fn record(&self) {
-        let now = self.now();
-        let mut buckets = self.lock();
-        match buckets.back_mut() {
-            Some((bucket, count)) if *bucket == now => *count += 1,
-            _ => buckets.push_back((now, 1)),
-        }
-        while buckets
-            .front()
-            .is_some_and(|(bucket, _)| *bucket + THROUGHPUT_BARS <= now)
-        {
-            buckets.pop_front();
-        }
-    }
-
-    /// The counts of the last bars, oldest first, and the seconds per bar.
-    pub fn counts(&self) -> (Vec<u64>, u64) {
-        let now = self.now();
-        let buckets = self.lock();
-        let first = (now + 1).saturating_sub(THROUGHPUT_BARS);
-        let counts = (first..=now)
-            .map(|bar| {
-                buckets
-                    .iter()
-                    .find(|(bucket, _)| *bucket == bar)
-                    .map_or(0, |(_, count)| *count)
-            })
-            .collect();
-        (counts, THROUGHPUT_INTERVAL)
-    }
-}
-
-/// Counts finished events for [`Throughput`] until the daemon stops.
-pub async fn count_throughput(state: Arc<ApiState>) {
-    let mut changes = state.changes.subscribe();
-    loop {
-        tokio::select! {
-            _ = state.shutdown.cancelled() => return,
-            change = changes.recv() => match change {
-                Ok(change) if matches!(change.status, EventStatus::Delivered | EventStatus::Dead) => {
-                    state.throughput.record();
-                }
-                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-            },
-        }
-    }
 }

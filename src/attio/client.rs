@@ -149,13 +149,13 @@ impl AttioClient {
         let base = Url::parse(&settings.base_url).map_err(|e| {
             AttioError::InvalidRequest(format!(
                 "attio.base_url {:?}: {e}",
-                crate::config::redacted_url(&settings.base_url)
+                crate::redact::redacted_url(&settings.base_url)
             ))
         })?;
         if base.cannot_be_a_base() {
             return Err(AttioError::InvalidRequest(format!(
                 "attio.base_url {:?} cannot have paths",
-                crate::config::redacted_url(&settings.base_url)
+                crate::redact::redacted_url(&settings.base_url)
             )));
         }
         let mut authorization = HeaderValue::from_str(&format!(

@@ -13,8 +13,12 @@ use clap::Args;
 use serde::Serialize;
 
 use super::send::daemon_url;
-use crate::config::{ConfigError, LoadOptions, QueueBackend, Settings, ENV_PREFIX};
-use crate::routing::{closest_event_type, RouteTable};
+use crate::config::{
+    Config, ConfigError, LoadOptions, Queue, QueueBackend, Settings, SinkKind, SinkSettings,
+    ENV_PREFIX,
+};
+use crate::redact::redacted_url;
+use crate::routing::closest_event_type;
 
 #[derive(Debug, Args)]
 pub struct CheckConfigArgs {
@@ -35,8 +39,8 @@ struct Report {
 }
 
 pub fn run(args: CheckConfigArgs, options: LoadOptions) -> ExitCode {
-    let settings = match Settings::load(&options) {
-        Ok(settings) => settings,
+    let config = match Config::load(&options) {
+        Ok(config) => config,
         Err(error) => {
             if args.json {
                 println!(
@@ -49,8 +53,8 @@ pub fn run(args: CheckConfigArgs, options: LoadOptions) -> ExitCode {
         }
     };
     // What `serve` would fail on next: the journal directory it creates and writes.
-    if settings.queue.backend == QueueBackend::Embedded {
-        if let Err(error) = check_storage_path(&settings) {
+    if let Queue::Embedded { journal, .. } = &config.queue {
+        if let Err(error) = check_storage_path(&config.settings, journal) {
             if args.json {
                 println!(
                     "{}",
@@ -61,7 +65,7 @@ pub fn run(args: CheckConfigArgs, options: LoadOptions) -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let redis_warnings = match check_redis(&settings) {
+    let redis_warnings = match check_redis(&config) {
         Ok(warnings) => warnings,
         Err(refusal) => {
             if args.json {
@@ -74,7 +78,7 @@ pub fn run(args: CheckConfigArgs, options: LoadOptions) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut report = report(settings, &options);
+    let mut report = report(&config, &options);
     report.warnings.extend(redis_warnings);
     if args.json {
         match serde_json::to_string_pretty(&report) {
@@ -103,7 +107,7 @@ pub fn run(args: CheckConfigArgs, options: LoadOptions) -> ExitCode {
 /// for real (permissions alone do not tell: a read-only mount, a file in the way, root): missing
 /// directories are created, a probe file written and removed, and what was created is removed
 /// again, so the check leaves the disk as it found it.
-fn check_storage_path(settings: &Settings) -> Result<(), ConfigError> {
+fn check_storage_path(settings: &Settings, journal: &Path) -> Result<(), ConfigError> {
     let path = settings.storage.path.as_path();
     let invalid = |problem: String| ConfigError::Invalid {
         key: "storage.path".to_string(),
@@ -128,14 +132,13 @@ fn check_storage_path(settings: &Settings) -> Result<(), ConfigError> {
             written.map_err(|error| invalid(format!("which cannot be written ({error})")))
         })
         .and_then(|()| {
-            let journal = settings.journal_path();
             if !journal.exists() {
                 return Ok(());
             }
             std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
-                .open(&journal)
+                .open(journal)
                 .map(drop)
                 .map_err(|error| {
                     invalid(format!(
@@ -151,17 +154,18 @@ fn check_storage_path(settings: &Settings) -> Result<(), ConfigError> {
     result
 }
 
-fn report(settings: Settings, options: &LoadOptions) -> Report {
+fn report(config: &Config, options: &LoadOptions) -> Report {
+    let settings = &config.settings;
     let mut effective = settings.clone();
     // Show what runs: without routes the daemon adds a stdout sink and a catch-all route.
-    effective.sinks = settings.effective_sinks();
+    effective.sinks = config.sinks.clone();
     effective.routes = settings.effective_routes();
     Report {
         valid: true,
         environment: settings.environment.clone(),
         sources: sources(&settings.environment, options),
-        webhook_url: daemon_url(&settings),
-        warnings: warnings(&settings),
+        webhook_url: daemon_url(settings),
+        warnings: warnings(config),
         settings: effective,
     }
 }
@@ -203,7 +207,8 @@ fn sources(environment: &str, options: &LoadOptions) -> Vec<String> {
     sources
 }
 
-fn warnings(settings: &Settings) -> Vec<String> {
+fn warnings(config: &Config) -> Vec<String> {
+    let settings = &config.settings;
     let mut warnings = Vec::new();
     if settings.uses_development_secret() {
         warnings.push(
@@ -219,18 +224,13 @@ fn warnings(settings: &Settings) -> Vec<String> {
                 .to_string(),
         );
     }
-    if let Ok(table) = RouteTable::compile(
-        &settings.routes,
-        &settings.effective_sinks().into_keys().collect::<Vec<_>>(),
-    ) {
-        for (route, event_type) in table.unknown_event_types() {
-            let hint = closest_event_type(&event_type)
-                .map(|known| format!(" (did you mean {known:?}?)"))
-                .unwrap_or_default();
-            warnings.push(format!(
-                "route {route:?} names {event_type:?}, which is not an Attio event type{hint}"
-            ));
-        }
+    for (route, event_type) in config.routes.unknown_event_types() {
+        let hint = closest_event_type(&event_type)
+            .map(|known| format!(" (did you mean {known:?}?)"))
+            .unwrap_or_default();
+        warnings.push(format!(
+            "route {route:?} names {event_type:?}, which is not an Attio event type{hint}"
+        ));
     }
     warnings
 }
@@ -238,20 +238,18 @@ fn warnings(settings: &Settings) -> Vec<String> {
 /// With the Redis queue: what `serve` would say about Redis's persistence at start, as
 /// warnings, or its refusal to start (`APP_ENV=production` on a Redis without AOF). A Redis that
 /// cannot be reached is a warning: `serve` starts without it too.
-fn check_redis(settings: &Settings) -> Result<Vec<String>, String> {
+fn check_redis(config: &Config) -> Result<Vec<String>, String> {
     use crate::journal::redis_persistence::{Persistence, Risk, CHECK_TIMEOUT};
-    let (QueueBackend::Redis, Some(url)) = (settings.queue.backend, &settings.redis.url) else {
+    let Queue::Redis(redis) = &config.queue else {
         return Ok(Vec::new());
     };
+    let settings = &config.settings;
     let not_checked = |why: String| {
         Ok(vec![format!(
             "Redis's persistence was not checked ({why}): the daemon checks it when it starts"
         )])
     };
-    let client = match crate::dedupe::redis::client(url, settings.redis.tls_ca_file.as_deref()) {
-        Ok(client) => client,
-        Err(problem) => return not_checked(format!("redis.url {problem}")),
-    };
+    let client = &redis.client;
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -310,10 +308,10 @@ fn summary(report: &Report) -> String {
             }
         },
         match settings.queue.backend {
-            crate::config::QueueBackend::Embedded => {
+            QueueBackend::Embedded => {
                 format!("journal: {}", settings.journal_path().display())
             }
-            crate::config::QueueBackend::Redis => format!(
+            QueueBackend::Redis => format!(
                 "journal: Redis stream {{{}}}:events shared by every replica (docs/scale-out.md)",
                 settings.redis.key_prefix
             ),
@@ -352,14 +350,13 @@ fn summary(report: &Report) -> String {
     lines.iter().map(|line| format!("# {line}\n")).collect()
 }
 
-fn describe_sink(sink: &crate::config::SinkSettings) -> String {
-    use crate::config::SinkKind;
+fn describe_sink(sink: &SinkSettings) -> String {
     match &sink.kind {
         SinkKind::Jsonl { path } => format!("jsonl, {}", path.display()),
         SinkKind::Stdout {} => "stdout".to_string(),
         SinkKind::Http(http) => format!(
             "http, {}{}",
-            crate::config::redacted_url(&http.url),
+            redacted_url(&http.url),
             if http.secret.is_some() {
                 " (signed)"
             } else {
@@ -373,7 +370,7 @@ fn describe_sink(sink: &crate::config::SinkSettings) -> String {
             postgres
                 .url
                 .as_deref()
-                .map(crate::config::redacted_url)
+                .map(redacted_url)
                 .unwrap_or_else(|| "DATABASE_URL".to_string()),
             postgres.schema
         ),

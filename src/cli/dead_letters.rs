@@ -14,7 +14,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
-use crate::config::{LoadOptions, QueueBackend, Settings};
+use crate::config::{Config, LoadOptions, Queue, Settings};
 use crate::event::printable;
 use crate::journal::{
     DeadLetter, DeadLetterQuery, Journal, RedisJournal, ReplaySelection, SqliteJournal,
@@ -67,41 +67,41 @@ pub enum Action {
     },
 }
 
-/// The daemon's settings, for a tool that works on its journal; the exit code (the error
-/// printed) when they do not load or name a journal the daemon never wrote.
-pub(super) fn journal_settings(options: &LoadOptions) -> Result<Settings, ExitCode> {
-    let settings = match Settings::load_without_secret(options) {
-        Ok(settings) => settings,
+/// The daemon's configuration, for a tool that works on its journal; the exit code (the error
+/// printed) when it does not load or names a journal the daemon never wrote.
+pub(super) fn journal_settings(options: &LoadOptions) -> Result<Config, ExitCode> {
+    let config = match Config::load_without_secret(options) {
+        Ok(config) => config,
         Err(error) => {
             eprintln!("error: {error}");
             return Err(ExitCode::from(2));
         }
     };
-    let path = settings.journal_path();
-    if settings.queue.backend == QueueBackend::Embedded && !path.is_file() {
-        eprintln!(
-            "error: no journal at {} (storage.path = {}): the daemon has not run with these \
-             settings; pass the same --config as `serve`",
-            path.display(),
-            settings.storage.path.display()
-        );
-        return Err(ExitCode::from(2));
+    if let Queue::Embedded { journal, .. } = &config.queue {
+        if !journal.is_file() {
+            eprintln!(
+                "error: no journal at {} (storage.path = {}): the daemon has not run with these \
+                 settings; pass the same --config as `serve`",
+                journal.display(),
+                config.settings.storage.path.display()
+            );
+            return Err(ExitCode::from(2));
+        }
     }
-    Ok(settings)
+    Ok(config)
 }
 
 pub fn run(args: DeadLettersArgs, options: LoadOptions) -> ExitCode {
-    let settings = match journal_settings(&options) {
-        Ok(settings) => settings,
+    let config = match journal_settings(&options) {
+        Ok(config) => config,
         Err(code) => return code,
     };
     if let Action::Replay {
         sink: Some(sink), ..
     } = &args.action
     {
-        let sinks = settings.effective_sinks();
-        if !sinks.contains_key(sink) {
-            let names: Vec<&str> = sinks.keys().map(String::as_str).collect();
+        if !config.sinks.contains_key(sink) {
+            let names: Vec<&str> = config.sinks.keys().map(String::as_str).collect();
             eprintln!(
                 "error: --sink {sink:?} is not a configured sink; configured: {}",
                 names.join(", ")
@@ -114,14 +114,14 @@ pub fn run(args: DeadLettersArgs, options: LoadOptions) -> ExitCode {
         Err(code) => return code,
     };
     runtime.block_on(async move {
-        let journal = match open_journal(&settings) {
+        let journal = match open_journal(&config) {
             Ok(journal) => journal,
             Err(error) => {
                 eprintln!("error: {error}");
                 return ExitCode::FAILURE;
             }
         };
-        let code = match act(&journal, args.action, &settings).await {
+        let code = match act(&journal, args.action, &config.settings).await {
             Ok(code) => code,
             Err(error) => {
                 eprintln!("error: {error}");
@@ -133,24 +133,20 @@ pub fn run(args: DeadLettersArgs, options: LoadOptions) -> ExitCode {
     })
 }
 
-/// The journal the daemon uses with these settings.
-pub(super) fn open_journal(settings: &Settings) -> Result<Journal, String> {
-    match (settings.queue.backend, &settings.redis.url) {
-        (QueueBackend::Redis, Some(url)) => {
-            let connection =
-                crate::dedupe::redis::connect_with(url, settings.redis.tls_ca_file.as_deref())
-                    .map_err(|e| e.to_string())?;
+/// The journal the daemon uses with this configuration.
+pub(super) fn open_journal(config: &Config) -> Result<Journal, String> {
+    match &config.queue {
+        Queue::Redis(redis) => {
+            let connection = crate::dedupe::redis::connect_client(redis.client.clone())
+                .map_err(|e| e.to_string())?;
             Ok(Journal::Redis(RedisJournal::new(
                 connection,
-                &settings.redis.key_prefix,
-                settings.dedupe.claim_lease,
-                settings.dedupe.done_ttl,
+                &redis.key_prefix,
+                config.settings.dedupe.claim_lease,
+                config.settings.dedupe.done_ttl,
             )))
         }
-        (QueueBackend::Redis, None) => {
-            Err("queue.backend is \"redis\" but redis.url is not set (REDIS_URL)".to_string())
-        }
-        (QueueBackend::Embedded, _) => SqliteJournal::open(&settings.journal_path())
+        Queue::Embedded { journal, .. } => SqliteJournal::open(journal)
             .map(Journal::Sqlite)
             .map_err(|e| e.to_string()),
     }

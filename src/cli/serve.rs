@@ -6,7 +6,7 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{shutdown_signal, Application};
-use crate::config::{LoadOptions, Settings};
+use crate::config::{Config, LoadOptions};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -16,22 +16,21 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs, options: LoadOptions) -> ExitCode {
-    let mut settings = match Settings::load(&options) {
-        Ok(settings) => settings,
+    let mut config = match Config::load(&options) {
+        Ok(config) => config,
         Err(error) => {
             eprintln!("error: {error}");
             return ExitCode::from(2);
         }
     };
     if let Some(listen) = args.listen {
-        settings.server.listen = listen;
-        if let Err(error) = settings.listen_addr() {
+        if let Err(error) = config.listen_on(listen) {
             eprintln!("error: --listen: {error}");
             return ExitCode::from(2);
         }
     }
     // Held until `run` returns: dropping it writes out the lines still queued for stderr.
-    let _log_writer = crate::telemetry::init(&settings.log);
+    let _log_writer = crate::telemetry::init(&config.settings.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -43,7 +42,7 @@ pub fn run(args: ServeArgs, options: LoadOptions) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let application = match Application::build(settings).await {
+        let application = match Application::build(config).await {
             Ok(application) => application,
             Err(error) => {
                 // Once, on stderr as every other refusal to start is; not also as a log line.

@@ -64,8 +64,8 @@ const HOW_TO_DELETE: &str = "These bodies are never retried. Once read (and the 
      delete them: `attio-webhooks unparsed delete ID...` or `attio-webhooks unparsed delete --all`.";
 
 pub fn run(args: UnparsedArgs, options: LoadOptions) -> ExitCode {
-    let settings = match journal_settings(&options) {
-        Ok(settings) => settings,
+    let config = match journal_settings(&options) {
+        Ok(config) => config,
         Err(code) => return code,
     };
     let runtime = match super::runtime() {
@@ -73,7 +73,7 @@ pub fn run(args: UnparsedArgs, options: LoadOptions) -> ExitCode {
         Err(code) => return code,
     };
     runtime.block_on(async move {
-        let journal = match open_journal(&settings) {
+        let journal = match open_journal(&config) {
             Ok(journal) => journal,
             Err(error) => {
                 eprintln!("error: {error}");

@@ -400,7 +400,7 @@ fn check_base_url(base_url: &str) -> Result<(), WebhooksError> {
         Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => Ok(()),
         _ => Err(usage(format!(
             "--base-url must be an http(s) URL such as https://api.attio.com, got {:?}",
-            crate::config::redacted_url(base_url)
+            crate::redact::redacted_url(base_url)
         ))),
     }
 }

@@ -668,7 +668,7 @@ async fn status(State(state): State<Arc<ApiState>>) -> Response {
     } else {
         format!("<table><thead><tr><th scope=\"col\">Sink</th><th scope=\"col\">State</th><th scope=\"col\">Down since</th></tr></thead><tbody>{sinks}</tbody></table>")
     };
-    let (counts, interval) = state.throughput.counts();
+    let (counts, interval) = state.changes.throughput().counts();
     let body = format!(
         r#"<dl class="facts">
 <dt>Version</dt><dd>{version}</dd>

@@ -153,6 +153,12 @@ pub fn connect_with(
 ) -> Result<ConnectionManager, DedupeError> {
     let client = client(url, ca_file)
         .map_err(|problem| DedupeError::Redis(format!("redis URL {problem}")))?;
+    connect_client(client)
+}
+
+/// [`connect`] with a client already made by [`client`] (the configuration parses `redis.url`
+/// into one at start).
+pub fn connect_client(client: redis::Client) -> Result<ConnectionManager, DedupeError> {
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
         .set_response_timeout(Some(Duration::from_secs(5)))

@@ -10,7 +10,7 @@
 //! backends cannot drift apart.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -458,18 +458,26 @@ pub struct Change {
 #[derive(Debug, Clone)]
 pub struct Changes {
     sender: tokio::sync::broadcast::Sender<Change>,
+    /// Counted here rather than by a listener of the stream, so that no task wakes up per event.
+    throughput: std::sync::Arc<Throughput>,
 }
 
 impl Default for Changes {
     fn default() -> Changes {
         // A listener that falls further behind than this skips ahead (and is told so).
         let (sender, _) = tokio::sync::broadcast::channel(1024);
-        Changes { sender }
+        Changes {
+            sender,
+            throughput: Default::default(),
+        }
     }
 }
 
 impl Changes {
     pub fn publish(&self, id: &str, event_type: &str, status: EventStatus) {
+        if matches!(status, EventStatus::Delivered | EventStatus::Dead) {
+            self.throughput.record();
+        }
         if self.sender.receiver_count() == 0 {
             return;
         }
@@ -483,6 +491,75 @@ impl Changes {
 
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Change> {
         self.sender.subscribe()
+    }
+
+    /// Events this process finished recently, for the status page's chart.
+    pub fn throughput(&self) -> &Throughput {
+        &self.throughput
+    }
+}
+
+/// Events finished (delivered or dead) per interval over the last few minutes, counted where this
+/// process announces them ([`Changes::publish`]): the status page's throughput chart.
+#[derive(Debug)]
+pub struct Throughput {
+    started: Instant,
+    buckets: std::sync::Mutex<std::collections::VecDeque<(u64, u64)>>,
+}
+
+/// Seconds per bar of the chart.
+pub const THROUGHPUT_INTERVAL: u64 = 10;
+/// Bars kept (5 minutes).
+const THROUGHPUT_BARS: u64 = 30;
+
+impl Default for Throughput {
+    fn default() -> Throughput {
+        Throughput {
+            started: Instant::now(),
+            buckets: std::sync::Mutex::default(),
+        }
+    }
+}
+
+impl Throughput {
+    fn now(&self) -> u64 {
+        self.started.elapsed().as_secs() / THROUGHPUT_INTERVAL
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<(u64, u64)>> {
+        // One push or read at a time: a poisoned lock holds no broken state.
+        self.buckets.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn record(&self) {
+        let now = self.now();
+        let mut buckets = self.lock();
+        match buckets.back_mut() {
+            Some((bucket, count)) if *bucket == now => *count += 1,
+            _ => buckets.push_back((now, 1)),
+        }
+        while buckets
+            .front()
+            .is_some_and(|(bucket, _)| *bucket + THROUGHPUT_BARS <= now)
+        {
+            buckets.pop_front();
+        }
+    }
+
+    /// The counts of the last bars, oldest first, and the seconds per bar.
+    pub fn counts(&self) -> (Vec<u64>, u64) {
+        let now = self.now();
+        let buckets = self.lock();
+        let first = (now + 1).saturating_sub(THROUGHPUT_BARS);
+        let counts = (first..=now)
+            .map(|bar| {
+                buckets
+                    .iter()
+                    .find(|(bucket, _)| *bucket == bar)
+                    .map_or(0, |(_, count)| *count)
+            })
+            .collect();
+        (counts, THROUGHPUT_INTERVAL)
     }
 }
 

@@ -133,7 +133,7 @@ pub fn is_plain_identifier(name: &str) -> bool {
 
 fn redact_url<S: Serializer>(url: &Option<String>, serializer: S) -> Result<S::Ok, S::Error> {
     match url {
-        Some(url) => serializer.serialize_str(&crate::config::redacted_url(url)),
+        Some(url) => serializer.serialize_str(&crate::redact::redacted_url(url)),
         None => serializer.serialize_none(),
     }
 }

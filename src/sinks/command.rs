@@ -14,8 +14,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
+use super::settings::CommandSinkSettings;
 use super::{SinkError, SinkLine};
-use crate::config::CommandSinkSettings;
 
 /// Bytes of standard output and of standard error kept for the log.
 const OUTPUT_LIMIT: usize = 4096;

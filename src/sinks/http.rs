@@ -22,55 +22,16 @@ use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use sha2::Sha256;
 use tokio::sync::Semaphore;
 
+use super::settings::HttpSinkSettings;
+pub use super::settings::{check_header, decode_secret, ATTEMPT_HEADER, SECRET_PREFIX};
 use super::{SinkError, SinkLine};
-use crate::config::HttpSinkSettings;
 
-/// The prefix of a Standard Webhooks secret; the rest is the base64 of the key.
-pub const SECRET_PREFIX: &str = "whsec_";
-/// Header carrying the attempt number (1 for the first try) of this event at this sink.
-pub const ATTEMPT_HEADER: &str = "attio-webhooks-attempt";
 /// Most bytes of a refusing receiver's answer quoted in the error.
 const ERROR_BODY_LIMIT: usize = 200;
 /// A `Retry-After` beyond this is not honoured as such: the sink's own backoff applies.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
 
-const RESERVED_HEADERS: [&str; 5] = [
-    "webhook-id",
-    "webhook-timestamp",
-    "webhook-signature",
-    "content-type",
-    ATTEMPT_HEADER,
-];
-
 type HmacSha256 = Hmac<Sha256>;
-
-/// The signing key of a `whsec_<base64>` secret. The error never repeats the secret.
-pub fn decode_secret(secret: &str) -> Result<Vec<u8>, String> {
-    let Some(encoded) = secret.trim().strip_prefix(SECRET_PREFIX) else {
-        return Err(format!(
-            "must be a Standard Webhooks secret: {SECRET_PREFIX} followed by base64, for example \
-             \"{SECRET_PREFIX}$(openssl rand -base64 32)\""
-        ));
-    };
-    let key = BASE64
-        .decode(encoded)
-        .map_err(|_| format!("the part after {SECRET_PREFIX} is not valid base64"))?;
-    if key.is_empty() {
-        return Err(format!("has no key after {SECRET_PREFIX}"));
-    }
-    Ok(key)
-}
-
-/// Checks one configured static header.
-pub fn check_header(name: &str, value: &str) -> Result<(), String> {
-    let parsed = HeaderName::from_bytes(name.as_bytes())
-        .map_err(|_| format!("{name:?} is not a valid header name"))?;
-    if RESERVED_HEADERS.contains(&parsed.as_str()) {
-        return Err(format!("{name:?} is set by the sink itself"));
-    }
-    HeaderValue::from_str(value).map_err(|_| "is not a valid header value".to_string())?;
-    Ok(())
-}
 
 /// `v1,<base64 HMAC-SHA256(key, "{id}.{timestamp}.{body}")>`.
 pub fn signature(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> Result<String, SinkError> {

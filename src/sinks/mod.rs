@@ -11,6 +11,7 @@ pub mod http;
 pub mod line_writer;
 pub mod postgres;
 pub mod redis_stream;
+pub mod settings;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,8 +20,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::Serialize;
 
+use self::settings::{SinkKind, SinkRetrySettings, SinkSettings};
 use crate::attio::AttioClient;
-use crate::config::{SinkKind, SinkRetrySettings, SinkSettings};
 use crate::enrich::Enrichment;
 use crate::event::EventView;
 

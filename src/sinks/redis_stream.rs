@@ -10,8 +10,8 @@
 use redis::aio::ConnectionManager;
 use secrecy::SecretString;
 
+use super::settings::RedisStreamSinkSettings;
 use super::{SinkError, SinkLine};
-use crate::config::RedisStreamSinkSettings;
 
 /// Field names of every stream entry.
 pub const FIELD_EVENT_ID: &str = "event_id";

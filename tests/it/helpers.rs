@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use attio_webhooks::app::Application;
-use attio_webhooks::config::Settings;
+use attio_webhooks::config::Config;
 use attio_webhooks::signature::sign;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -129,9 +129,9 @@ impl TestAppBuilder {
             storage.display().to_string(),
             self.worker_enabled,
         );
-        let settings = Settings::from_toml_layers("test", &[&toml, &self.extra_toml])
+        let config = Config::from_toml_layers("test", &[&toml, &self.extra_toml])
             .unwrap_or_else(|e| panic!("test settings invalid: {e}\n{toml}"));
-        let application = Application::build(settings).await.expect("app builds");
+        let application = Application::build(config).await.expect("app builds");
         let addr = application.local_addr().unwrap();
         let admin_addr = application.admin_addr();
         let shutdown = CancellationToken::new();

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use attio_webhooks::app::Application;
-use attio_webhooks::config::Settings;
+use attio_webhooks::config::Config;
 use attio_webhooks::dedupe::{ClaimOutcome, ClaimOwner, RedisDedupe};
 
 use super::{jsonl_sink, read_sink, sink_path};
@@ -182,7 +182,7 @@ async fn a_second_daemon_on_the_same_journal_is_refused_while_the_first_runs() {
              [storage]\npath = {:?}\n",
             dir.path().join("data").display().to_string()
         );
-        Settings::from_toml_layers("test", &[&toml]).unwrap()
+        Config::from_toml_layers("test", &[&toml]).unwrap()
     };
     let first = Application::build(settings())
         .await
