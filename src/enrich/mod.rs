@@ -19,9 +19,10 @@ use serde_json::Value;
 
 use crate::attio::single_flight::{Closes, Joined, SingleFlight};
 use crate::attio::{AttioClient, AttioError, AttributeParent, SchemaCache, SchemaKey};
-use crate::config::{EnrichmentSettings, RouteEnrich};
+use crate::config::EnrichmentSettings;
 pub use crate::event::EventIds;
 use crate::event::EventKind;
+use crate::routing::settings::RouteEnrich;
 use crate::routing::{DimensionValue, EventDimensions, Names};
 
 /// How enrichment of one event ended.

@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use rand::RngExt;
 
-use crate::config::{RetryPolicy, RouteEnrich, WorkerSettings};
+use crate::config::{RetryPolicy, WorkerSettings};
 use crate::enrich::{Enricher, Enrichment, EnrichmentStatus};
 use crate::journal::SinkProgress;
+use crate::routing::settings::RouteEnrich;
 use crate::sinks::{SinkError, Sinks};
 
 /// How soon an event is looked at again when the dedupe store could not be reached, or another

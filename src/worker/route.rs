@@ -13,9 +13,9 @@ use super::backoff::{self, attio_down, enrichment_failure};
 use super::item::WorkItem;
 use super::Pipeline;
 use crate::attio::single_flight::Joined;
-use crate::config::RouteEnrich;
 use crate::enrich::{Enrichment, EnrichmentStatus};
 use crate::journal::history::AttemptRecord;
+use crate::routing::settings::RouteEnrich;
 use crate::routing::{EnrichedFields, EventDimensions, FilterFields, RoutedSink};
 use crate::sinks::{SinkError, SinkLine};
 
