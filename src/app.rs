@@ -143,8 +143,9 @@ impl Application {
                     }
                     None => None,
                 };
-                journal_lock = Some(JournalLock::acquire(journal)?);
-                let sqlite = SqliteJournal::open_with(journal, *sync)?;
+                let lock = JournalLock::acquire(journal)?;
+                let sqlite = SqliteJournal::open_owned(journal, *sync, &lock)?;
+                journal_lock = Some(lock);
                 let dedupe = match &redis {
                     Some((connection, redis)) => redis_dedupe(
                         connection.clone(),

@@ -28,7 +28,8 @@
 //! - `journal`: durable store of accepted deliveries (SQLite with group commit, or a Redis
 //!   stream shared by replicas), dead letters, signed bodies that were not deliveries
 //!   (`journal::repair`: check and recover a damaged SQLite journal), and the event history
-//!   with its one query interface (`journal::history`).
+//!   with its one query interface (`journal::history`). Both backends keep one contract
+//!   (`journal::Backend`, tested on both by `tests/it/journal_contract.rs`).
 //! - `worker`: takes events from the channel and the journal, reads each one once into a work
 //!   item (`worker::item`) and drives it to the sinks, one module per stage (`worker::claim`,
 //!   `worker::route`, `worker::deliver`, `worker::settle`; `worker::backoff`: when an event comes

@@ -30,7 +30,7 @@ use crate::enrich::Enricher;
 use crate::journal::history::{
     Changes, EventStatus, HistoryQuery, UnparsedSummary, DEFAULT_LIMIT, MAX_LIMIT,
 };
-use crate::journal::{Journal, JournalError, ReplayReport, ReplaySelection};
+use crate::journal::{Journal, JournalError, ReplayReport, ReplaySelection, UnparsedSelection};
 use crate::worker::outage::Outages;
 
 use self::auth::{Auth, Refusal};
@@ -442,7 +442,8 @@ async fn delete_unparsed(
     State(state): State<Arc<ApiState>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    if state.journal.delete_unparsed(unparsed_id(&id)?).await? {
+    let selection = UnparsedSelection::Ids(vec![unparsed_id(&id)?]);
+    if !state.journal.delete_unparsed(&selection).await?.is_empty() {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
         Err(ApiError::NotFound(format!("no unparsed delivery {id:?}")))

@@ -16,7 +16,8 @@ use serde::Serialize;
 
 use super::dead_letters::{journal_settings, open_journal};
 use crate::config::LoadOptions;
-use crate::journal::{DeadDeliveryBody, DeadDeliverySelection, Journal, JournalError};
+use crate::journal::history::UnparsedDelivery;
+use crate::journal::{Journal, JournalError, UnparsedSelection};
 
 #[derive(Debug, Args)]
 pub struct UnparsedArgs {
@@ -96,9 +97,9 @@ async fn act(journal: &Journal, action: Action) -> Result<ExitCode, JournalError
     match action {
         Action::List { json, limit } => {
             let mut bodies = Vec::new();
-            for listed in journal.dead_deliveries(limit).await? {
+            for id in oldest(journal, limit).await? {
                 // Deleted between the two reads: nothing to show.
-                if let Some(body) = journal.dead_delivery(listed.seq).await? {
+                if let Some(body) = journal.unparsed_delivery(id).await? {
                     bodies.push(body);
                 }
             }
@@ -123,7 +124,7 @@ async fn act(journal: &Journal, action: Action) -> Result<ExitCode, JournalError
             body_only,
             json,
         } => {
-            let Some(body) = journal.dead_delivery(id).await? else {
+            let Some(body) = journal.unparsed_delivery(id).await? else {
                 eprintln!(
                     "error: no unparsed body {id} in the journal (`attio-webhooks unparsed list` \
                      shows them)"
@@ -147,11 +148,11 @@ async fn act(journal: &Journal, action: Action) -> Result<ExitCode, JournalError
         }
         Action::Delete { ids, all } => {
             let selection = if all {
-                DeadDeliverySelection::All
+                UnparsedSelection::All
             } else {
-                DeadDeliverySelection::Seqs(ids.clone())
+                UnparsedSelection::Ids(ids.clone())
             };
-            let deleted = journal.delete_dead_deliveries(&selection).await?;
+            let deleted = journal.delete_unparsed(&selection).await?;
             for id in &deleted {
                 println!("deleted {id}");
             }
@@ -165,6 +166,25 @@ async fn act(journal: &Journal, action: Action) -> Result<ExitCode, JournalError
             } else {
                 ExitCode::FAILURE
             })
+        }
+    }
+}
+
+/// The ids of the oldest `limit` kept bodies, oldest first. The journal lists newest first (as
+/// the API and the console page); there are few such bodies, so their summaries are read whole.
+async fn oldest(journal: &Journal, limit: usize) -> Result<Vec<i64>, JournalError> {
+    const PAGE: usize = 500;
+    let mut oldest = std::collections::VecDeque::with_capacity(limit.min(PAGE));
+    let mut before = None;
+    loop {
+        let page = journal.unparsed(PAGE, before).await?;
+        before = page.last().map(|summary| summary.id);
+        for summary in &page {
+            oldest.push_front(summary.id);
+            oldest.truncate(limit);
+        }
+        if page.len() < PAGE {
+            return Ok(oldest.into_iter().collect());
         }
     }
 }
@@ -184,8 +204,8 @@ struct Shown {
     body_base64: Option<String>,
 }
 
-impl From<&DeadDeliveryBody> for Shown {
-    fn from(kept: &DeadDeliveryBody) -> Shown {
+impl From<&UnparsedDelivery> for Shown {
+    fn from(kept: &UnparsedDelivery) -> Shown {
         let (body, body_base64) = match std::str::from_utf8(&kept.body) {
             Ok(text) => (Some(text.to_string()), None),
             Err(_) => (
@@ -194,11 +214,11 @@ impl From<&DeadDeliveryBody> for Shown {
             ),
         };
         Shown {
-            id: kept.seq,
-            received_at: kept.received_at.clone(),
-            idempotency_key: kept.key.clone(),
-            request_id: kept.request_id.clone(),
-            reason: kept.reason.clone(),
+            id: kept.summary.id,
+            received_at: kept.summary.received_at.clone(),
+            idempotency_key: kept.summary.key.clone(),
+            request_id: kept.summary.request_id.clone(),
+            reason: kept.summary.reason.clone(),
             size: kept.body.len(),
             body,
             body_base64,
@@ -212,15 +232,15 @@ fn to_json(value: &impl Serialize) -> String {
 }
 
 /// What is known about a body, before the body itself.
-fn header(kept: &DeadDeliveryBody) -> String {
+fn header(kept: &UnparsedDelivery) -> String {
     format!(
         "id               {}\nreceived at      {}\nidempotency key  {}\nrequest id       {}\n\
          reason           {}\nsize             {} bytes\n\n",
-        kept.seq,
-        kept.received_at,
-        kept.key.as_deref().unwrap_or("-"),
-        kept.request_id.as_deref().unwrap_or("-"),
-        kept.reason,
+        kept.summary.id,
+        kept.summary.received_at,
+        kept.summary.key.as_deref().unwrap_or("-"),
+        kept.summary.request_id.as_deref().unwrap_or("-"),
+        kept.summary.reason,
         kept.body.len(),
     )
 }
@@ -239,16 +259,16 @@ fn preview(body: &[u8]) -> String {
 }
 
 /// A plain-text table, one body per line.
-fn table(bodies: &[DeadDeliveryBody]) -> String {
+fn table(bodies: &[UnparsedDelivery]) -> String {
     let header = ["ID", "RECEIVED AT", "SIZE", "REASON", "BODY"];
     let rows: Vec<[String; 5]> = bodies
         .iter()
         .map(|kept| {
             [
-                kept.seq.to_string(),
-                kept.received_at.clone(),
+                kept.summary.id.to_string(),
+                kept.summary.received_at.clone(),
                 kept.body.len().to_string(),
-                kept.reason.replace('\n', " "),
+                kept.summary.reason.replace('\n', " "),
                 preview(&kept.body),
             ]
         })
@@ -279,6 +299,7 @@ fn table(bodies: &[DeadDeliveryBody]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::journal::history::UnparsedSummary;
 
     #[test]
     fn a_preview_is_one_line_with_control_bytes_escaped_and_cut_to_fit() {
@@ -291,12 +312,15 @@ mod tests {
 
     #[test]
     fn a_body_that_is_not_utf8_is_shown_as_base64_in_json() {
-        let kept = DeadDeliveryBody {
-            seq: 1,
-            key: None,
-            received_at: "t".to_string(),
-            request_id: None,
-            reason: "r".to_string(),
+        let kept = UnparsedDelivery {
+            summary: UnparsedSummary {
+                id: 1,
+                key: None,
+                received_at: "t".to_string(),
+                request_id: None,
+                reason: "r".to_string(),
+                body_len: 2,
+            },
             body: vec![0xff, 0xfe],
         };
         let shown = Shown::from(&kept);

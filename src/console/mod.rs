@@ -606,7 +606,8 @@ async fn delete_unparsed(State(state): State<Arc<ApiState>>, Path(id): Path<Stri
     let Ok(number) = id.parse::<i64>() else {
         return error_page(ApiError::NotFound(id));
     };
-    match state.journal.delete_unparsed(number).await {
+    let selection = crate::journal::UnparsedSelection::Ids(vec![number]);
+    match state.journal.delete_unparsed(&selection).await {
         Ok(_) => Redirect::to("/console/unparsed").into_response(),
         Err(error) => error_page(error.into()),
     }

@@ -4,16 +4,25 @@
 //! `reschedule`, `retry_sinks`, `dead_letter_sinks`), replays from `dead-letters replay`. Out:
 //! events due for processing (`due`), dead letters, the backlog size, and the event history
 //! (delivered events stay, delivered, for `storage.history`: see [`history`]). Ingress answers
-//! 2xx only after `append` returned, so nothing acknowledged lives only in memory. The embedded
-//! backend is SQLite with group commit ([`sqlite`]); the scale-out backend is a Redis stream read
-//! through one consumer group by every replica ([`redis`]).
+//! 2xx only after `append` returned, so nothing acknowledged lives only in memory.
+//!
+//! Every backend keeps one contract, [`Backend`]; [`Journal`] hands each call to the one in use.
+//! The embedded backend is SQLite with group commit ([`SqliteJournal`]: its writer thread in
+//! `embedded`, its SQL in `sqlite`); the scale-out backend is a Redis stream read through one
+//! consumer group by every replica ([`redis`], its scripts in `redis_scripts`). Both write their
+//! fields through one codec (`codec`); the embedded journal's file lock is [`JournalLock`].
 
+mod backend;
+mod codec;
+mod embedded;
 pub mod history;
+mod lock;
 pub mod redis;
 pub mod redis_persistence;
 mod redis_scripts;
+mod redo;
 pub mod repair;
-pub mod sqlite;
+mod sqlite;
 
 use std::collections::BTreeMap;
 
@@ -27,8 +36,10 @@ use self::history::{
     UnparsedSummary,
 };
 
+pub use self::backend::Backend;
+pub use self::embedded::SqliteJournal;
+pub use self::lock::JournalLock;
 pub use self::redis::RedisJournal;
-pub use sqlite::{JournalLock, SqliteJournal};
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -187,33 +198,11 @@ pub struct DeadLetter {
     pub sink_attempts: BTreeMap<String, u32>,
 }
 
-/// A stored body that was signed but not a delivery.
-#[derive(Debug, Clone, Serialize)]
-pub struct DeadDelivery {
-    pub seq: i64,
-    pub key: Option<String>,
-    pub received_at: String,
-    pub reason: String,
-    pub body_len: usize,
-}
-
-/// A stored body that was signed but not a delivery, with the body itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadDeliveryBody {
-    pub seq: i64,
-    pub key: Option<String>,
-    pub received_at: String,
-    pub request_id: Option<String>,
-    pub reason: String,
-    /// The bytes exactly as they were received (not necessarily UTF-8, nor JSON).
-    pub body: Vec<u8>,
-}
-
-/// Which dead deliveries to delete.
+/// Which unparsed deliveries to delete.
 #[derive(Debug, Clone)]
-pub enum DeadDeliverySelection {
+pub enum UnparsedSelection {
     All,
-    Seqs(Vec<i64>),
+    Ids(Vec<i64>),
 }
 
 /// The journal backends (`queue.backend`).
@@ -223,101 +212,59 @@ pub enum Journal {
     Redis(RedisJournal),
 }
 
+/// Hands a call to the backend in use: `on_backend!(self, backend => backend.probe().await)`.
+macro_rules! on_backend {
+    ($journal:expr, $backend:ident => $call:expr) => {
+        match $journal {
+            Journal::Sqlite($backend) => $call,
+            Journal::Redis($backend) => $call,
+        }
+    };
+}
+
+/// Every operation of the [`Backend`] contract, handed to the backend in use (their documents are
+/// on [`Backend`]).
 impl Journal {
     /// Whether ingress hands freshly stored events straight to this process's worker. The
     /// embedded journal does (the worker skips the journal for them). The Redis journal does not:
     /// an event must be read through the consumer group so that a crash of this replica leaves it
     /// pending for another; ingress only wakes the worker up.
     pub fn hands_off_directly(&self) -> bool {
-        match self {
-            Journal::Sqlite(_) => true,
-            Journal::Redis(_) => false,
-        }
+        on_backend!(self, backend => backend.hands_off_directly())
     }
 
     /// The backend's name, for logs and readiness.
     pub fn name(&self) -> &'static str {
-        match self {
-            Journal::Sqlite(_) => "embedded",
-            Journal::Redis(_) => "redis",
-        }
+        on_backend!(self, backend => backend.name())
     }
 
     pub async fn append(&self, delivery: NewDelivery) -> Result<AppendOutcome, JournalError> {
-        match self {
-            Journal::Sqlite(j) => j.append(delivery).await,
-            Journal::Redis(j) => j.append(delivery).await,
-        }
+        on_backend!(self, backend => backend.append(delivery).await)
     }
 
     pub async fn append_malformed(&self, delivery: MalformedDelivery) -> Result<(), JournalError> {
-        match self {
-            Journal::Sqlite(j) => j.append_malformed(delivery).await,
-            Journal::Redis(j) => j.append_malformed(delivery).await,
-        }
+        on_backend!(self, backend => backend.append_malformed(delivery).await)
     }
 
     pub async fn due(&self, limit: usize) -> Result<Vec<JournaledEvent>, JournalError> {
-        match self {
-            Journal::Sqlite(j) => j.due(limit).await,
-            Journal::Redis(j) => j.due(limit).await,
-        }
+        on_backend!(self, backend => backend.due(limit).await)
     }
 
     /// The event is delivered; it stays in the history (`storage.history`) with `record`.
     pub async fn complete(&self, id: &str, record: &AttemptRecord) -> Result<(), JournalError> {
-        match self {
-            Journal::Sqlite(j) => j.complete(id, record).await,
-            Journal::Redis(j) => j.complete(id, record).await,
-        }
+        on_backend!(self, backend => backend.complete(id, record).await)
     }
 
-    /// Puts the event back for a later attempt. `attempts` is the new count of failed attempts.
+    /// Puts the event `id` back for a later attempt, its attempts and sinks done as in
+    /// `progress`.
     pub async fn reschedule(
         &self,
         id: &str,
-        attempts: u32,
+        progress: &SinkProgress,
         next_attempt_at: DateTime<Utc>,
         error: Option<&str>,
-        sinks_done: &[String],
     ) -> Result<(), JournalError> {
-        match self {
-            Journal::Sqlite(j) => {
-                j.reschedule(id, attempts, next_attempt_at, error, sinks_done)
-                    .await
-            }
-            Journal::Redis(j) => {
-                j.reschedule(id, attempts, next_attempt_at, error, sinks_done)
-                    .await
-            }
-        }
-    }
-
-    pub async fn dead_letter(
-        &self,
-        id: &str,
-        attempts: u32,
-        error: &str,
-        failed_sinks: &[String],
-        sinks_done: &[String],
-    ) -> Result<(), JournalError> {
-        match self {
-            Journal::Sqlite(j) => {
-                j.dead_letter(id, attempts, error, failed_sinks, sinks_done)
-                    .await
-            }
-            Journal::Redis(j) => {
-                j.dead_letter(id, attempts, error, failed_sinks, sinks_done)
-                    .await
-            }
-        }
-    }
-
-    pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, JournalError> {
-        match self {
-            Journal::Sqlite(j) => j.dead_letters(limit).await,
-            Journal::Redis(j) => j.dead_letters(limit).await,
-        }
+        on_backend!(self, backend => backend.reschedule(id, progress, next_attempt_at, error).await)
     }
 
     /// Records a failed attempt: the event is due again at `next_attempt_at` for the sinks
@@ -329,13 +276,11 @@ impl Journal {
         next_attempt_at: DateTime<Utc>,
         record: &AttemptRecord,
     ) -> Result<(), JournalError> {
-        match self {
-            Journal::Sqlite(j) => {
-                j.record_sinks(id, progress, Some(next_attempt_at), record)
-                    .await
-            }
-            Journal::Redis(j) => j.retry_sinks(id, progress, next_attempt_at, record).await,
-        }
+        on_backend!(self, backend => {
+            backend
+                .retry_sinks(id, progress, next_attempt_at, record)
+                .await
+        })
     }
 
     /// Moves the event to the dead letters, recording which sinks failed and why.
@@ -345,10 +290,7 @@ impl Journal {
         progress: &SinkProgress,
         record: &AttemptRecord,
     ) -> Result<(), JournalError> {
-        match self {
-            Journal::Sqlite(j) => j.record_sinks(id, progress, None, record).await,
-            Journal::Redis(j) => j.dead_letter_sinks(id, progress, record).await,
-        }
+        on_backend!(self, backend => backend.dead_letter_sinks(id, progress, record).await)
     }
 
     /// Dead letters matching `query`, oldest first.
@@ -356,18 +298,17 @@ impl Journal {
         &self,
         query: &DeadLetterQuery,
     ) -> Result<Vec<DeadLetter>, JournalError> {
-        match self {
-            Journal::Sqlite(j) => j.list_dead_letters(query).await,
-            Journal::Redis(j) => j.list_dead_letters(query).await,
-        }
+        on_backend!(self, backend => backend.list_dead_letters(query).await)
+    }
+
+    /// The oldest `limit` dead letters.
+    pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, JournalError> {
+        on_backend!(self, backend => backend.dead_letters(limit).await)
     }
 
     /// One event still in the journal (pending or dead), with its stored JSON.
     pub async fn event(&self, id: &str) -> Result<Option<StoredEvent>, JournalError> {
-        match self {
-            Journal::Sqlite(j) => j.event(id).await,
-            Journal::Redis(j) => j.event(id).await,
-        }
+        on_backend!(self, backend => backend.event(id).await)
     }
 
     /// Puts dead letters back to pending with their attempts reset, due at once. With `sink`,
@@ -381,26 +322,17 @@ impl Journal {
         sink: Option<&str>,
         delivered_too: bool,
     ) -> Result<ReplayReport, JournalError> {
-        match self {
-            Journal::Sqlite(j) => j.replay(selection, sink, delivered_too).await,
-            Journal::Redis(j) => j.replay(selection, sink, delivered_too).await,
-        }
+        on_backend!(self, backend => backend.replay(selection, sink, delivered_too).await)
     }
 
     /// Events kept in the history matching `query`, newest first.
     pub async fn history(&self, query: &HistoryQuery) -> Result<EventPage, JournalError> {
-        match self {
-            Journal::Sqlite(j) => j.history(query).await,
-            Journal::Redis(j) => j.history(query).await,
-        }
+        on_backend!(self, backend => backend.history(query).await)
     }
 
     /// Everything kept about one event (`None`: unknown, or older than the history window).
     pub async fn history_event(&self, id: &str) -> Result<Option<EventDetail>, JournalError> {
-        match self {
-            Journal::Sqlite(j) => j.history_event(id).await,
-            Journal::Redis(j) => j.history_event(id).await,
-        }
+        on_backend!(self, backend => backend.history_event(id).await)
     }
 
     /// Unparsed deliveries (signed bodies that were not deliveries), newest first; `before`: a
@@ -410,81 +342,40 @@ impl Journal {
         limit: usize,
         before: Option<i64>,
     ) -> Result<Vec<UnparsedSummary>, JournalError> {
-        match self {
-            Journal::Sqlite(j) => j.unparsed(limit, before).await,
-            Journal::Redis(j) => j.unparsed(limit, before).await,
-        }
+        on_backend!(self, backend => backend.unparsed(limit, before).await)
     }
 
-    /// One unparsed delivery with its raw body.
+    /// One unparsed delivery with its raw body, for inspection (`unparsed show`, the API, the
+    /// console).
     pub async fn unparsed_delivery(
         &self,
         id: i64,
     ) -> Result<Option<UnparsedDelivery>, JournalError> {
-        match self {
-            Journal::Sqlite(j) => j.unparsed_delivery(id).await,
-            Journal::Redis(j) => j.unparsed_delivery(id).await,
-        }
+        on_backend!(self, backend => backend.unparsed_delivery(id).await)
     }
 
-    /// Deletes one unparsed delivery; false when there was none with this id.
-    pub async fn delete_unparsed(&self, id: i64) -> Result<bool, JournalError> {
-        match self {
-            Journal::Sqlite(j) => j.delete_unparsed(id).await,
-            Journal::Redis(j) => j.delete_unparsed(id).await,
-        }
-    }
-
-    pub async fn dead_deliveries(&self, limit: usize) -> Result<Vec<DeadDelivery>, JournalError> {
-        match self {
-            Journal::Sqlite(j) => j.dead_deliveries(limit).await,
-            Journal::Redis(j) => j.dead_deliveries(limit).await,
-        }
-    }
-
-    /// One dead delivery (a signed body that was not a delivery) with its body, for
-    /// inspection (`unparsed show`, the console).
-    pub async fn dead_delivery(&self, seq: i64) -> Result<Option<DeadDeliveryBody>, JournalError> {
-        match self {
-            Journal::Sqlite(j) => j.dead_delivery(seq).await,
-            Journal::Redis(j) => j.dead_delivery(seq).await,
-        }
-    }
-
-    /// Deletes dead deliveries once they have been looked at; returns the ones deleted (a seq
-    /// that is not there is left out).
-    pub async fn delete_dead_deliveries(
+    /// Deletes unparsed deliveries once they have been looked at; returns the ones deleted (an
+    /// id that is not there is left out).
+    pub async fn delete_unparsed(
         &self,
-        selection: &DeadDeliverySelection,
+        selection: &UnparsedSelection,
     ) -> Result<Vec<i64>, JournalError> {
-        match self {
-            Journal::Sqlite(j) => j.delete_dead_deliveries(selection).await,
-            Journal::Redis(j) => j.delete_dead_deliveries(selection).await,
-        }
+        on_backend!(self, backend => backend.delete_unparsed(selection).await)
     }
 
     /// Pending events (accepted, not yet done nor dead).
     pub fn backlog(&self) -> u64 {
-        match self {
-            Journal::Sqlite(j) => j.backlog(),
-            Journal::Redis(j) => j.backlog(),
-        }
+        on_backend!(self, backend => backend.backlog())
     }
 
     /// How long the oldest pending event has waited, if any is pending.
     pub async fn oldest_pending_age(&self) -> Result<Option<std::time::Duration>, JournalError> {
-        match self {
-            Journal::Sqlite(j) => j.oldest_pending_age().await,
-            Journal::Redis(j) => j.oldest_pending_age().await,
-        }
+        on_backend!(self, backend => backend.oldest_pending_age().await)
     }
 
     /// A write that proves the journal accepts data, for readiness.
     pub async fn probe(&self) -> Result<(), JournalError> {
-        match self {
-            Journal::Sqlite(j) => j.probe().await,
-            Journal::Redis(j) => j.probe().await,
-        }
+        on_backend!(self, backend => backend.probe().await)
     }
 
     /// Forgets delivery keys older than `keep` and history older than `retention`, so the
@@ -494,18 +385,30 @@ impl Journal {
         keep: std::time::Duration,
         retention: Retention,
     ) -> Result<u64, JournalError> {
-        match self {
-            Journal::Sqlite(j) => j.purge(keep, retention).await,
-            Journal::Redis(j) => j.purge(keep, retention).await,
-        }
+        on_backend!(self, backend => backend.purge(keep, retention).await)
     }
 
     /// Stops the writer after everything queued so far is committed.
     pub async fn close(&self) {
-        match self {
-            Journal::Sqlite(j) => j.close().await,
-            Journal::Redis(j) => j.close().await,
-        }
+        on_backend!(self, backend => backend.close().await)
+    }
+}
+
+/// A delivery `key` of `events` `record.updated` events, for the backends' own tests.
+#[cfg(test)]
+pub(crate) fn test_delivery(key: &str, events: usize) -> NewDelivery {
+    NewDelivery {
+        key: key.to_string(),
+        key_derived: false,
+        webhook_id: Some("w".to_string()),
+        received_at: Utc::now(),
+        request_id: Some("r".to_string()),
+        events: (0..events)
+            .map(|i| ParsedEvent {
+                event_type: "record.updated".to_string(),
+                raw: format!("{{\"event_type\":\"record.updated\",\"n\":{i}}}"),
+            })
+            .collect(),
     }
 }
 

@@ -30,18 +30,23 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use redis::aio::ConnectionManager;
 
+use super::backend::Backend;
+use super::codec::{
+    json_list, json_map, json_texts, kept_data_json, parse_list, parse_map, parse_texts, rfc3339,
+    stored_event_json,
+};
 use super::history::{
     AttemptRecord, EventDetail, EventPage, EventStatus, EventSummary, FilterView, HistoryQuery,
     Retention, StoredSinks, UnparsedDelivery, UnparsedSummary,
 };
 use super::redis_scripts as scripts;
 use super::{
-    AppendOutcome, DeadDelivery, DeadDeliveryBody, DeadDeliverySelection, DeadLetter,
-    DeadLetterQuery, JournalError, JournaledEvent, MalformedDelivery, NewDelivery, ReplayReport,
-    ReplaySelection, SinkProgress, SkippedReplay, StoredEvent,
+    AppendOutcome, DeadLetter, DeadLetterQuery, JournalError, JournaledEvent, MalformedDelivery,
+    NewDelivery, ReplayReport, ReplaySelection, SinkProgress, SkippedReplay, StoredEvent,
+    UnparsedSelection,
 };
 
 /// The one consumer group every replica reads through.
@@ -127,11 +132,12 @@ struct Scripts {
     dead_letters: redis::Script,
     replay: redis::Script,
     append_malformed: redis::Script,
-    dead_deliveries: redis::Script,
     forget_consumers: redis::Script,
     hand_back: redis::Script,
     history_batch: redis::Script,
     purge_history: redis::Script,
+    purge_dead: redis::Script,
+    purge_unparsed: redis::Script,
 }
 
 impl Scripts {
@@ -145,11 +151,12 @@ impl Scripts {
             dead_letters: redis::Script::new(scripts::DEAD_LETTERS),
             replay: redis::Script::new(scripts::REPLAY),
             append_malformed: redis::Script::new(scripts::APPEND_MALFORMED),
-            dead_deliveries: redis::Script::new(scripts::DEAD_DELIVERIES),
             forget_consumers: redis::Script::new(scripts::FORGET_CONSUMERS),
             hand_back: redis::Script::new(scripts::HAND_BACK),
             history_batch: redis::Script::new(scripts::HISTORY_BATCH),
             purge_history: redis::Script::new(scripts::PURGE_HISTORY),
+            purge_dead: redis::Script::new(scripts::PURGE_DEAD),
+            purge_unparsed: redis::Script::new(scripts::PURGE_UNPARSED),
         }
     }
 }
@@ -262,92 +269,6 @@ impl RedisJournal {
         }
     }
 
-    pub async fn append(&self, delivery: NewDelivery) -> Result<AppendOutcome, JournalError> {
-        let keys = &self.inner.keys;
-        let received_at = rfc3339(delivery.received_at);
-        let received_ms = delivery.received_at.timestamp_millis().to_string();
-        let mut shared: Vec<&str> = vec![
-            "delivery_key",
-            &delivery.key,
-            "received_at",
-            &received_at,
-            "received_ms",
-            &received_ms,
-            "key_derived",
-            if delivery.key_derived { "1" } else { "0" },
-        ];
-        if let Some(webhook_id) = &delivery.webhook_id {
-            shared.extend(["webhook_id", webhook_id]);
-        }
-        if let Some(request_id) = &delivery.request_id {
-            shared.extend(["request_id", request_id]);
-        }
-        let mut invocation = self.inner.scripts.append.prepare_invoke();
-        invocation
-            .key(keys.delivery(&delivery.key))
-            .key(keys.stream())
-            .key(keys.pending())
-            .key(keys.history())
-            .key(keys.history_seq())
-            .arg(millis(self.inner.delivery_ttl))
-            .arg(&received_ms)
-            .arg(shared.len())
-            .arg(&shared);
-        let mut stored = Vec::with_capacity(delivery.events.len());
-        for (index, event) in delivery.events.into_iter().enumerate() {
-            let id = crate::event::event_id(&delivery.key, index);
-            invocation
-                .key(keys.event(&id))
-                .arg(&id)
-                .arg(index)
-                .arg(&event.event_type)
-                .arg(&event.raw);
-            stored.push(JournaledEvent {
-                id,
-                delivery_key: delivery.key.clone(),
-                index: index as u32,
-                webhook_id: delivery.webhook_id.clone(),
-                event_type: event.event_type,
-                received_at: received_at.clone(),
-                request_id: delivery.request_id.clone(),
-                raw: event.raw,
-                attempts: 0,
-                sinks_done: Vec::new(),
-                sink_attempts: BTreeMap::new(),
-            });
-        }
-        let backlog: i64 = invocation.invoke_async(&mut self.connection()).await?;
-        if backlog < 0 {
-            return Ok(AppendOutcome::Duplicate);
-        }
-        self.set_backlog(backlog);
-        Ok(AppendOutcome::Stored(stored))
-    }
-
-    pub async fn append_malformed(&self, delivery: MalformedDelivery) -> Result<(), JournalError> {
-        let keys = &self.inner.keys;
-        let received_at = rfc3339(delivery.received_at);
-        let mut invocation = self.inner.scripts.append_malformed.prepare_invoke();
-        invocation
-            .key(keys.dead_delivery_seq())
-            .key(keys.dead_deliveries())
-            .arg(keys.dead_delivery_prefix())
-            .arg("received_at")
-            .arg(&received_at)
-            .arg("reason")
-            .arg(&delivery.reason)
-            .arg("body")
-            .arg(&delivery.body[..]);
-        if let Some(key) = &delivery.key {
-            invocation.arg("key").arg(key);
-        }
-        if let Some(request_id) = &delivery.request_id {
-            invocation.arg("request_id").arg(request_id);
-        }
-        let _: i64 = invocation.invoke_async(&mut self.connection()).await?;
-        Ok(())
-    }
-
     /// Creates the consumer group (and the stream) unless this process already did. Reading from
     /// "0" on creation: entries added before the group existed are consumed too.
     async fn ensure_group(&self) -> Result<(), JournalError> {
@@ -369,25 +290,6 @@ impl RedisJournal {
         }
         self.inner.group_ready.store(true, Ordering::Relaxed);
         Ok(())
-    }
-
-    /// Events for this replica: stale entries of crashed replicas, retries now due, new entries.
-    /// Each returned event is held by this replica until its outcome is recorded (or a lease).
-    pub async fn due(&self, limit: usize) -> Result<Vec<JournaledEvent>, JournalError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        self.ensure_group().await?;
-        match self.due_once(limit).await {
-            // Redis lost its data (no persistence) or someone deleted the stream: make the group
-            // again and carry on with whatever is there.
-            Err(error) if error.to_string().contains("NOGROUP") => {
-                self.inner.group_ready.store(false, Ordering::Relaxed);
-                self.ensure_group().await?;
-                self.due_once(limit).await
-            }
-            other => other,
-        }
     }
 
     async fn due_once(&self, limit: usize) -> Result<Vec<JournaledEvent>, JournalError> {
@@ -470,51 +372,6 @@ impl RedisJournal {
         Ok(())
     }
 
-    pub async fn complete(&self, id: &str, record: &AttemptRecord) -> Result<(), JournalError> {
-        let mut fields = history_fields(record);
-        fields.push(("sinks_done", json_list(&record.sinks_done)));
-        fields.push(("failed_sinks", "[]".to_string()));
-        fields.push(("delivered_at", rfc3339(Utc::now())));
-        self.record(id, Outcome::Complete, &fields).await
-    }
-
-    pub async fn reschedule(
-        &self,
-        id: &str,
-        attempts: u32,
-        next_attempt_at: DateTime<Utc>,
-        error: Option<&str>,
-        sinks_done: &[String],
-    ) -> Result<(), JournalError> {
-        let mut fields = vec![
-            ("attempts", attempts.to_string()),
-            ("sinks_done", json_list(sinks_done)),
-        ];
-        if let Some(error) = error {
-            fields.push(("last_error", error.to_string()));
-        }
-        let at_ms = next_attempt_at.timestamp_millis();
-        self.record(id, Outcome::Retry { at_ms }, &fields).await
-    }
-
-    pub async fn dead_letter(
-        &self,
-        id: &str,
-        attempts: u32,
-        error: &str,
-        failed_sinks: &[String],
-        sinks_done: &[String],
-    ) -> Result<(), JournalError> {
-        let fields = [
-            ("attempts", attempts.to_string()),
-            ("last_error", error.to_string()),
-            ("failed_sinks", json_list(failed_sinks)),
-            ("sinks_done", json_list(sinks_done)),
-            ("dead_at", rfc3339(Utc::now())),
-        ];
-        self.record(id, Outcome::Dead, &fields).await
-    }
-
     fn progress_fields(progress: &SinkProgress) -> Vec<(&'static str, String)> {
         vec![
             ("attempts", progress.attempts.to_string()),
@@ -525,31 +382,47 @@ impl RedisJournal {
         ]
     }
 
-    /// A failed attempt: due again at `next_attempt_at` for the sinks not yet done.
-    pub async fn retry_sinks(
-        &self,
-        id: &str,
-        progress: &SinkProgress,
-        next_attempt_at: DateTime<Utc>,
-        record: &AttemptRecord,
-    ) -> Result<(), JournalError> {
-        let at_ms = next_attempt_at.timestamp_millis();
-        let mut fields = Self::progress_fields(progress);
-        fields.extend(history_fields(record));
-        self.record(id, Outcome::Retry { at_ms }, &fields).await
+    /// Deletes the dead letters that died before `died_before_ms`, [`PAGE`] per script call.
+    async fn purge_dead(&self, died_before_ms: i64) -> Result<u64, JournalError> {
+        let mut purged = 0;
+        loop {
+            let deleted: u64 = self
+                .inner
+                .scripts
+                .purge_dead
+                .key(self.inner.keys.dead())
+                .key(self.inner.keys.history())
+                .arg(self.inner.keys.event_prefix())
+                .arg(died_before_ms)
+                .arg(PAGE)
+                .invoke_async(&mut self.connection())
+                .await?;
+            purged += deleted;
+            if deleted < PAGE as u64 {
+                return Ok(purged);
+            }
+        }
     }
 
-    /// The event joins the dead letters with the sinks that failed and why.
-    pub async fn dead_letter_sinks(
-        &self,
-        id: &str,
-        progress: &SinkProgress,
-        record: &AttemptRecord,
-    ) -> Result<(), JournalError> {
-        let mut fields = Self::progress_fields(progress);
-        fields.extend(history_fields(record));
-        fields.push(("dead_at", rfc3339(Utc::now())));
-        self.record(id, Outcome::Dead, &fields).await
+    /// Deletes the unparsed deliveries received before `received_before` (RFC 3339).
+    async fn purge_unparsed(&self, received_before: &str) -> Result<u64, JournalError> {
+        let mut purged = 0;
+        loop {
+            let (deleted, finished): (u64, u8) = self
+                .inner
+                .scripts
+                .purge_unparsed
+                .key(self.inner.keys.dead_deliveries())
+                .arg(self.inner.keys.dead_delivery_prefix())
+                .arg(received_before)
+                .arg(PAGE)
+                .invoke_async(&mut self.connection())
+                .await?;
+            purged += deleted;
+            if finished == 1 {
+                return Ok(purged);
+            }
+        }
     }
 
     /// Dead letters from rank `start`, oldest first, at most `count`.
@@ -571,19 +444,177 @@ impl RedisJournal {
             .await?;
         Ok(rows.into_iter().filter_map(dead_letter_from_row).collect())
     }
+}
 
-    /// The oldest `limit` dead letters.
-    pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, JournalError> {
-        let query = DeadLetterQuery {
-            sink: None,
-            event_type: None,
-            limit,
-        };
-        self.list_dead_letters(&query).await
+impl Backend for RedisJournal {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn hands_off_directly(&self) -> bool {
+        false
+    }
+
+    async fn append(&self, delivery: NewDelivery) -> Result<AppendOutcome, JournalError> {
+        let keys = &self.inner.keys;
+        let received_at = rfc3339(delivery.received_at);
+        let received_ms = delivery.received_at.timestamp_millis().to_string();
+        let mut shared: Vec<&str> = vec![
+            "delivery_key",
+            &delivery.key,
+            "received_at",
+            &received_at,
+            "received_ms",
+            &received_ms,
+            "key_derived",
+            if delivery.key_derived { "1" } else { "0" },
+        ];
+        if let Some(webhook_id) = &delivery.webhook_id {
+            shared.extend(["webhook_id", webhook_id]);
+        }
+        if let Some(request_id) = &delivery.request_id {
+            shared.extend(["request_id", request_id]);
+        }
+        let mut invocation = self.inner.scripts.append.prepare_invoke();
+        invocation
+            .key(keys.delivery(&delivery.key))
+            .key(keys.stream())
+            .key(keys.pending())
+            .key(keys.history())
+            .key(keys.history_seq())
+            .arg(millis(self.inner.delivery_ttl))
+            .arg(&received_ms)
+            .arg(shared.len())
+            .arg(&shared);
+        let mut stored = Vec::with_capacity(delivery.events.len());
+        for (index, event) in delivery.events.into_iter().enumerate() {
+            let id = crate::event::event_id(&delivery.key, index);
+            invocation
+                .key(keys.event(&id))
+                .arg(&id)
+                .arg(index)
+                .arg(&event.event_type)
+                .arg(&event.raw);
+            stored.push(JournaledEvent {
+                id,
+                delivery_key: delivery.key.clone(),
+                index: index as u32,
+                webhook_id: delivery.webhook_id.clone(),
+                event_type: event.event_type,
+                received_at: received_at.clone(),
+                request_id: delivery.request_id.clone(),
+                raw: event.raw,
+                attempts: 0,
+                sinks_done: Vec::new(),
+                sink_attempts: BTreeMap::new(),
+            });
+        }
+        let backlog: i64 = invocation.invoke_async(&mut self.connection()).await?;
+        if backlog < 0 {
+            return Ok(AppendOutcome::Duplicate);
+        }
+        self.set_backlog(backlog);
+        Ok(AppendOutcome::Stored(stored))
+    }
+
+    async fn append_malformed(&self, delivery: MalformedDelivery) -> Result<(), JournalError> {
+        let keys = &self.inner.keys;
+        let received_at = rfc3339(delivery.received_at);
+        let mut invocation = self.inner.scripts.append_malformed.prepare_invoke();
+        invocation
+            .key(keys.dead_delivery_seq())
+            .key(keys.dead_deliveries())
+            .arg(keys.dead_delivery_prefix())
+            .arg("received_at")
+            .arg(&received_at)
+            .arg("reason")
+            .arg(&delivery.reason)
+            .arg("body")
+            .arg(&delivery.body[..]);
+        if let Some(key) = &delivery.key {
+            invocation.arg("key").arg(key);
+        }
+        if let Some(request_id) = &delivery.request_id {
+            invocation.arg("request_id").arg(request_id);
+        }
+        let _: i64 = invocation.invoke_async(&mut self.connection()).await?;
+        Ok(())
+    }
+
+    /// Events for this replica: stale entries of crashed replicas, retries now due, new entries.
+    /// Each returned event is held by this replica until its outcome is recorded (or a lease).
+    async fn due(&self, limit: usize) -> Result<Vec<JournaledEvent>, JournalError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.ensure_group().await?;
+        match self.due_once(limit).await {
+            // Redis lost its data (no persistence) or someone deleted the stream: make the group
+            // again and carry on with whatever is there.
+            Err(error) if error.to_string().contains("NOGROUP") => {
+                self.inner.group_ready.store(false, Ordering::Relaxed);
+                self.ensure_group().await?;
+                self.due_once(limit).await
+            }
+            other => other,
+        }
+    }
+
+    async fn complete(&self, id: &str, record: &AttemptRecord) -> Result<(), JournalError> {
+        let mut fields = history_fields(record);
+        fields.push(("sinks_done", json_list(&record.sinks_done)));
+        fields.push(("failed_sinks", "[]".to_string()));
+        fields.push(("delivered_at", rfc3339(Utc::now())));
+        self.record(id, Outcome::Complete, &fields).await
+    }
+
+    async fn reschedule(
+        &self,
+        id: &str,
+        progress: &SinkProgress,
+        next_attempt_at: DateTime<Utc>,
+        error: Option<&str>,
+    ) -> Result<(), JournalError> {
+        let mut fields = vec![
+            ("attempts", progress.attempts.to_string()),
+            ("sinks_done", json_list(&progress.sinks_done)),
+        ];
+        if let Some(error) = error {
+            fields.push(("last_error", error.to_string()));
+        }
+        let at_ms = next_attempt_at.timestamp_millis();
+        self.record(id, Outcome::Retry { at_ms }, &fields).await
+    }
+
+    /// A failed attempt: due again at `next_attempt_at` for the sinks not yet done.
+    async fn retry_sinks(
+        &self,
+        id: &str,
+        progress: &SinkProgress,
+        next_attempt_at: DateTime<Utc>,
+        record: &AttemptRecord,
+    ) -> Result<(), JournalError> {
+        let at_ms = next_attempt_at.timestamp_millis();
+        let mut fields = Self::progress_fields(progress);
+        fields.extend(history_fields(record));
+        self.record(id, Outcome::Retry { at_ms }, &fields).await
+    }
+
+    /// The event joins the dead letters with the sinks that failed and why.
+    async fn dead_letter_sinks(
+        &self,
+        id: &str,
+        progress: &SinkProgress,
+        record: &AttemptRecord,
+    ) -> Result<(), JournalError> {
+        let mut fields = Self::progress_fields(progress);
+        fields.extend(history_fields(record));
+        fields.push(("dead_at", rfc3339(Utc::now())));
+        self.record(id, Outcome::Dead, &fields).await
     }
 
     /// Dead letters matching `query`, oldest first.
-    pub async fn list_dead_letters(
+    async fn list_dead_letters(
         &self,
         query: &DeadLetterQuery,
     ) -> Result<Vec<DeadLetter>, JournalError> {
@@ -603,7 +634,7 @@ impl RedisJournal {
     }
 
     /// One event still in the journal (pending or dead), with its stored JSON.
-    pub async fn event(&self, id: &str) -> Result<Option<StoredEvent>, JournalError> {
+    async fn event(&self, id: &str) -> Result<Option<StoredEvent>, JournalError> {
         let fields: Vec<String> = redis::cmd("HGETALL")
             .arg(self.inner.keys.event(id))
             .query_async(&mut self.connection())
@@ -614,8 +645,7 @@ impl RedisJournal {
         let mut fields = pairs(fields);
         let take = |fields: &mut BTreeMap<String, String>, name: &str| fields.remove(name);
         let raw = take(&mut fields, "raw").unwrap_or_default();
-        let event = serde_json::value::RawValue::from_string(raw)
-            .map_err(|e| JournalError::Storage(format!("stored event {id} is not JSON: {e}")))?;
+        let event = stored_event_json(id, raw)?;
         Ok(Some(StoredEvent {
             id: id.to_string(),
             state: take(&mut fields, "state").unwrap_or_default(),
@@ -637,7 +667,7 @@ impl RedisJournal {
     /// Puts dead letters back in the queue, due at once, with their attempts reset. With `sink`,
     /// only events that failed on that sink, and only that sink is tried again (the other sinks
     /// that failed count as done). Same rules and report as the embedded journal.
-    pub async fn replay(
+    async fn replay(
         &self,
         selection: &ReplaySelection,
         sink: Option<&str>,
@@ -711,64 +741,14 @@ impl RedisJournal {
         Ok(report)
     }
 
-    pub async fn dead_deliveries(&self, limit: usize) -> Result<Vec<DeadDelivery>, JournalError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let keys = &self.inner.keys;
-        let rows: Vec<(i64, Option<String>, String, String, i64)> = self
-            .inner
-            .scripts
-            .dead_deliveries
-            .key(keys.dead_deliveries())
-            .arg(limit)
-            .arg(keys.dead_delivery_prefix())
-            .invoke_async(&mut self.connection())
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(seq, key, received_at, reason, body_len)| DeadDelivery {
-                seq,
-                key,
-                received_at,
-                reason,
-                body_len: body_len.max(0) as usize,
-            })
-            .collect())
-    }
-
-    pub async fn dead_delivery(&self, seq: i64) -> Result<Option<DeadDeliveryBody>, JournalError> {
-        let key = format!("{}{seq}", self.inner.keys.dead_delivery_prefix());
-        let mut fields: std::collections::HashMap<String, Vec<u8>> = redis::cmd("HGETALL")
-            .arg(&key)
-            .query_async(&mut self.connection())
-            .await?;
-        let Some(body) = fields.remove("body") else {
-            return Ok(None);
-        };
-        let mut text = |name: &str| {
-            fields
-                .remove(name)
-                .map(|value| String::from_utf8_lossy(&value).into_owned())
-        };
-        Ok(Some(DeadDeliveryBody {
-            seq,
-            key: text("key"),
-            received_at: text("received_at").unwrap_or_default(),
-            request_id: text("request_id"),
-            reason: text("reason").unwrap_or_default(),
-            body,
-        }))
-    }
-
-    pub async fn delete_dead_deliveries(
+    async fn delete_unparsed(
         &self,
-        selection: &DeadDeliverySelection,
+        selection: &UnparsedSelection,
     ) -> Result<Vec<i64>, JournalError> {
         let keys = &self.inner.keys;
         let seqs = match selection {
-            DeadDeliverySelection::Seqs(seqs) => seqs.clone(),
-            DeadDeliverySelection::All => {
+            UnparsedSelection::Ids(ids) => ids.clone(),
+            UnparsedSelection::All => {
                 let all: Vec<i64> = redis::cmd("ZRANGE")
                     .arg(keys.dead_deliveries())
                     .arg(0)
@@ -800,12 +780,12 @@ impl RedisJournal {
     /// Pending events across every replica, as of this replica's last exchange with Redis (each
     /// append, outcome, worker poll and probe refreshes it): cheap enough for ingress to read per
     /// request.
-    pub fn backlog(&self) -> u64 {
+    fn backlog(&self) -> u64 {
         self.inner.backlog.load(Ordering::Relaxed)
     }
 
     /// How long the oldest pending event (on any replica) has waited, if any is pending.
-    pub async fn oldest_pending_age(&self) -> Result<Option<Duration>, JournalError> {
+    async fn oldest_pending_age(&self) -> Result<Option<Duration>, JournalError> {
         let oldest: Vec<(String, f64)> = redis::cmd("ZRANGE")
             .arg(self.inner.keys.pending())
             .arg(0)
@@ -821,7 +801,7 @@ impl RedisJournal {
 
     /// A write, so readiness also fails when Redis refuses writes (read-only replica, failed
     /// persistence, out of memory), not only when it is unreachable.
-    pub async fn probe(&self) -> Result<(), JournalError> {
+    async fn probe(&self) -> Result<(), JournalError> {
         let keys = &self.inner.keys;
         let (backlog,): (i64,) = redis::pipe()
             .cmd("SET")
@@ -838,9 +818,10 @@ impl RedisJournal {
         Ok(())
     }
 
-    /// Delivery markers expire by themselves; this deletes history older than `retention` and
-    /// forgets replicas long gone.
-    pub async fn purge(&self, _keep: Duration, retention: Retention) -> Result<u64, JournalError> {
+    /// Delivery markers expire by themselves; this deletes history older than `retention` (dead
+    /// letters by their time of death and unparsed deliveries by the time received, in their own
+    /// window) and forgets replicas long gone.
+    async fn purge(&self, _keep: Duration, retention: Retention) -> Result<u64, JournalError> {
         let now = Utc::now();
         let history_before = now.timestamp_millis()
             - i64::try_from(millis(retention.history)).unwrap_or(i64::MAX / 2);
@@ -872,6 +853,12 @@ impl RedisJournal {
                 break;
             }
         }
+        if let Some(keep) = retention.dead_letters {
+            let died_before =
+                now.timestamp_millis() - i64::try_from(millis(keep)).unwrap_or(i64::MAX / 2);
+            purged += self.purge_dead(died_before).await?;
+            purged += self.purge_unparsed(&dead_before).await?;
+        }
         let removed: u64 = self
             .inner
             .scripts
@@ -889,7 +876,7 @@ impl RedisJournal {
     /// and filters them here (with the rules both journals share), looking at no more than
     /// [`HISTORY_SCAN`] events per call: a rare filter over a long history answers a short page
     /// with a cursor to go on from.
-    pub async fn history(&self, query: &HistoryQuery) -> Result<EventPage, JournalError> {
+    async fn history(&self, query: &HistoryQuery) -> Result<EventPage, JournalError> {
         let size = query.page_size();
         let mut cursor = query
             .cursor
@@ -938,7 +925,7 @@ impl RedisJournal {
     }
 
     /// Everything kept about one event.
-    pub async fn history_event(&self, id: &str) -> Result<Option<EventDetail>, JournalError> {
+    async fn history_event(&self, id: &str) -> Result<Option<EventDetail>, JournalError> {
         let fields: Vec<String> = redis::cmd("HGETALL")
             .arg(self.inner.keys.event(id))
             .query_async(&mut self.connection())
@@ -957,7 +944,9 @@ impl RedisJournal {
             errors: parse_texts(&take("sink_errors").unwrap_or_default()),
             delivered: parse_texts(&take("sinks_delivered").unwrap_or_default()),
         };
-        let row = super::sqlite::EventDetailRow {
+        let event = take("raw").unwrap_or_default();
+        let event = stored_event_json(id, event)?;
+        Ok(Some(EventDetail {
             id: id.to_string(),
             event_type: take("event_type").unwrap_or_default(),
             status,
@@ -973,16 +962,15 @@ impl RedisJournal {
             list: take("list").filter(|v| !v.is_empty()),
             record_id: take("record_id").filter(|v| !v.is_empty()),
             enrichment: take("enrichment").filter(|v| !v.is_empty()),
+            event,
+            data: kept_data_json(take("data")),
             data_omitted: take("data_omitted").as_deref() == Some("1"),
             sinks: sinks.records(status),
-        };
-        let event = take("raw").unwrap_or_default();
-        let data = take("data").filter(|v| !v.is_empty());
-        Ok(Some(row.into_detail(event, data)?))
+        }))
     }
 
     /// Unparsed deliveries, newest first, below `before` when given.
-    pub async fn unparsed(
+    async fn unparsed(
         &self,
         limit: usize,
         before: Option<i64>,
@@ -1038,10 +1026,7 @@ impl RedisJournal {
     }
 
     /// One unparsed delivery with its body.
-    pub async fn unparsed_delivery(
-        &self,
-        id: i64,
-    ) -> Result<Option<UnparsedDelivery>, JournalError> {
+    async fn unparsed_delivery(&self, id: i64) -> Result<Option<UnparsedDelivery>, JournalError> {
         let key = self.inner.keys.dead_delivery(id);
         let (fields, body): (Vec<Option<String>>, Option<Vec<u8>>) = redis::pipe()
             .cmd("HMGET")
@@ -1073,25 +1058,11 @@ impl RedisJournal {
         }))
     }
 
-    /// Deletes one unparsed delivery; false when there was none with this id.
-    pub async fn delete_unparsed(&self, id: i64) -> Result<bool, JournalError> {
-        let (deleted, _): (i64, i64) = redis::pipe()
-            .atomic()
-            .cmd("DEL")
-            .arg(self.inner.keys.dead_delivery(id))
-            .cmd("ZREM")
-            .arg(self.inner.keys.dead_deliveries())
-            .arg(id)
-            .query_async(&mut self.connection())
-            .await?;
-        Ok(deleted > 0)
-    }
-
     /// On shutdown, after the worker stopped: entries this replica read but did not finish go
     /// back to the end of the stream, so the other replicas take them now rather than after the
     /// lease. (An event whose processing outlived the shutdown grace may then run twice at the
     /// same time; the dedupe claim lets only one of them deliver.)
-    pub async fn close(&self) {
+    async fn close(&self) {
         loop {
             let given: Result<u64, redis::RedisError> = self
                 .inner
@@ -1207,14 +1178,6 @@ fn history_fields(record: &AttemptRecord) -> Vec<(&'static str, String)> {
     fields
 }
 
-fn json_texts(map: &BTreeMap<String, String>) -> String {
-    serde_json::to_string(map).unwrap_or_else(|_| "{}".to_string())
-}
-
-fn parse_texts(text: &str) -> BTreeMap<String, String> {
-    serde_json::from_str(text).unwrap_or_default()
-}
-
 /// Whether a dead letter passes the `dead-letters list` filters.
 fn matches(letter: &DeadLetter, query: &DeadLetterQuery) -> bool {
     let sink = query
@@ -1298,498 +1261,6 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn json_list(items: &[String]) -> String {
-    serde_json::to_string(items).unwrap_or_else(|_| "[]".to_string())
-}
-
-fn json_map(map: &BTreeMap<String, u32>) -> String {
-    serde_json::to_string(map).unwrap_or_else(|_| "{}".to_string())
-}
-
-fn parse_list(text: &str) -> Vec<String> {
-    serde_json::from_str(text).unwrap_or_default()
-}
-
-fn parse_map(text: &str) -> BTreeMap<String, u32> {
-    serde_json::from_str(text).unwrap_or_default()
-}
-
-fn rfc3339(time: DateTime<Utc>) -> String {
-    time.to_rfc3339_opts(SecondsFormat::Micros, true)
-}
-
 #[cfg(test)]
-mod tests {
-    //! These talk to the real Redis on 127.0.0.1:6379, each under its own key prefix.
-
-    use super::*;
-    use crate::event::ParsedEvent;
-    use secrecy::SecretString;
-
-    const LEASE: Duration = Duration::from_millis(300);
-
-    fn journal(prefix: &str) -> RedisJournal {
-        let url = SecretString::from("redis://127.0.0.1:6379");
-        let connection = crate::dedupe::redis::connect(&url).unwrap();
-        RedisJournal::new(connection, prefix, LEASE, Duration::from_secs(3600))
-    }
-
-    fn prefix() -> String {
-        format!("unit-{}", uuid::Uuid::new_v4().simple())
-    }
-
-    fn delivery(key: &str, events: usize) -> NewDelivery {
-        NewDelivery {
-            key: key.to_string(),
-            key_derived: false,
-            webhook_id: Some("w".to_string()),
-            received_at: Utc::now(),
-            request_id: Some("r".to_string()),
-            events: (0..events)
-                .map(|i| ParsedEvent {
-                    event_type: "record.updated".to_string(),
-                    raw: format!("{{\"event_type\":\"record.updated\",\"n\":{i}}}"),
-                })
-                .collect(),
-        }
-    }
-
-    fn ids(events: &[JournaledEvent]) -> Vec<String> {
-        let mut ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
-        ids.sort();
-        ids
-    }
-
-    async fn stored(journal: &RedisJournal, key: &str, events: usize) -> Vec<JournaledEvent> {
-        match journal.append(delivery(key, events)).await.unwrap() {
-            AppendOutcome::Stored(events) => events,
-            AppendOutcome::Duplicate => panic!("expected {key} to be stored"),
-        }
-    }
-
-    #[tokio::test]
-    async fn appended_events_are_handed_out_once_exactly_as_stored() {
-        let journal = journal(&prefix());
-        let events = stored(&journal, "k1", 2).await;
-        assert_eq!(events[1].id, "k1:1");
-        assert_eq!(journal.backlog(), 2);
-        let due = journal.due(10).await.unwrap();
-        assert_eq!(due, events);
-        assert!(
-            journal.due(10).await.unwrap().is_empty(),
-            "read entries stay with this consumer until their outcome or the lease"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_delivery_key_is_stored_once_across_replicas() {
-        let prefix = prefix();
-        let first = journal(&prefix);
-        let second = journal(&prefix);
-        stored(&first, "k", 1).await;
-        assert!(matches!(
-            second.append(delivery("k", 1)).await.unwrap(),
-            AppendOutcome::Duplicate
-        ));
-        assert_eq!(ids(&second.due(10).await.unwrap()), vec!["k:0"]);
-        assert!(first.due(10).await.unwrap().is_empty());
-    }
-
-    #[tokio::test]
-    async fn replicas_share_the_queue_without_handing_out_an_event_twice() {
-        let prefix = prefix();
-        let first = journal(&prefix);
-        let second = journal(&prefix);
-        for n in 0..20 {
-            stored(&first, &format!("k{n}"), 1).await;
-        }
-        let mut all = first.due(7).await.unwrap();
-        assert_eq!(all.len(), 7);
-        all.extend(second.due(100).await.unwrap());
-        all.extend(first.due(100).await.unwrap());
-        let mut ids = ids(&all);
-        assert_eq!(ids.len(), 20);
-        ids.dedup();
-        assert_eq!(ids.len(), 20);
-        assert_eq!(second.backlog(), 20, "backlog is shared");
-    }
-
-    #[tokio::test]
-    async fn complete_removes_the_event_and_lowers_the_backlog() {
-        let prefix = prefix();
-        let journal = journal(&prefix);
-        stored(&journal, "k", 2).await;
-        journal.due(10).await.unwrap();
-        journal
-            .complete("k:0", &AttemptRecord::default())
-            .await
-            .unwrap();
-        assert_eq!(journal.backlog(), 1);
-        journal
-            .complete("k:0", &AttemptRecord::default())
-            .await
-            .unwrap();
-        assert_eq!(journal.backlog(), 1, "completing twice counts once");
-        let mut redis = journal.connection();
-        let length: u64 = redis::cmd("XLEN")
-            .arg(format!("{{{prefix}}}:events"))
-            .query_async(&mut redis)
-            .await
-            .unwrap();
-        assert_eq!(length, 1, "the finished entry is deleted from the stream");
-        tokio::time::sleep(LEASE * 2).await;
-        assert_eq!(
-            ids(&journal.due(10).await.unwrap()),
-            vec!["k:1"],
-            "only the unfinished one comes back after the lease"
-        );
-    }
-
-    #[tokio::test]
-    async fn reschedule_hides_the_event_until_its_time_and_keeps_its_progress() {
-        let journal = journal(&prefix());
-        stored(&journal, "k", 1).await;
-        journal.due(10).await.unwrap();
-        let soon = Utc::now() + chrono::Duration::milliseconds(1200);
-        journal
-            .reschedule("k:0", 1, soon, Some("boom"), &["a".to_string()])
-            .await
-            .unwrap();
-        assert_eq!(journal.backlog(), 1);
-        tokio::time::sleep(LEASE * 2).await;
-        assert!(
-            journal.due(10).await.unwrap().is_empty(),
-            "a retry is not reclaimed before its time"
-        );
-        tokio::time::sleep(Duration::from_millis(800)).await;
-        let due = journal.due(10).await.unwrap();
-        assert_eq!(due.len(), 1);
-        assert_eq!(due[0].attempts, 1);
-        assert_eq!(due[0].sinks_done, vec!["a"]);
-        assert!(
-            journal.due(10).await.unwrap().is_empty(),
-            "a retry being worked on is hidden"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_retry_taken_by_a_crashed_replica_comes_back_after_the_lease() {
-        let prefix = prefix();
-        let crashed = journal(&prefix);
-        stored(&crashed, "k", 1).await;
-        crashed.due(10).await.unwrap();
-        crashed
-            .reschedule("k:0", 1, Utc::now(), None, &[])
-            .await
-            .unwrap();
-        assert_eq!(crashed.due(10).await.unwrap().len(), 1);
-        drop(crashed);
-        let survivor = journal(&prefix);
-        assert!(survivor.due(10).await.unwrap().is_empty());
-        tokio::time::sleep(LEASE + Duration::from_millis(100)).await;
-        assert_eq!(ids(&survivor.due(10).await.unwrap()), vec!["k:0"]);
-    }
-
-    #[tokio::test]
-    async fn entries_left_by_a_crashed_replica_are_reclaimed_after_the_lease() {
-        let prefix = prefix();
-        let crashed = journal(&prefix);
-        stored(&crashed, "k", 3).await;
-        assert_eq!(crashed.due(10).await.unwrap().len(), 3);
-        drop(crashed);
-        let survivor = journal(&prefix);
-        assert!(
-            survivor.due(10).await.unwrap().is_empty(),
-            "not before the lease"
-        );
-        tokio::time::sleep(LEASE + Duration::from_millis(100)).await;
-        let reclaimed = survivor.due(10).await.unwrap();
-        assert_eq!(ids(&reclaimed), vec!["k:0", "k:1", "k:2"]);
-        for event in &reclaimed {
-            survivor
-                .complete(&event.id, &AttemptRecord::default())
-                .await
-                .unwrap();
-        }
-        assert_eq!(survivor.backlog(), 0);
-    }
-
-    #[tokio::test]
-    async fn closing_hands_unfinished_entries_to_the_other_replicas_at_once() {
-        let prefix = prefix();
-        let leaving = journal(&prefix);
-        stored(&leaving, "k", 2).await;
-        assert_eq!(leaving.due(10).await.unwrap().len(), 2);
-        leaving
-            .complete("k:0", &AttemptRecord::default())
-            .await
-            .unwrap();
-        leaving.close().await;
-        let other = journal(&prefix);
-        assert_eq!(ids(&other.due(10).await.unwrap()), vec!["k:1"]);
-    }
-
-    fn progress(attempts: u32, done: &[&str], failed: &[&str]) -> SinkProgress {
-        SinkProgress {
-            attempts,
-            last_error: failed
-                .iter()
-                .map(|s| format!("{s}: down"))
-                .collect::<Vec<_>>()
-                .join("; "),
-            sinks_done: done.iter().map(|s| s.to_string()).collect(),
-            sink_attempts: failed.iter().map(|s| (s.to_string(), attempts)).collect(),
-            sinks_failed: failed.iter().map(|s| s.to_string()).collect(),
-        }
-    }
-
-    #[tokio::test]
-    async fn retry_sinks_keeps_per_sink_progress_for_the_next_attempt() {
-        let journal = journal(&prefix());
-        stored(&journal, "k", 1).await;
-        journal.due(10).await.unwrap();
-        journal
-            .retry_sinks(
-                "k:0",
-                &progress(1, &["a"], &["b"]),
-                Utc::now(),
-                &AttemptRecord::default(),
-            )
-            .await
-            .unwrap();
-        let due = journal.due(10).await.unwrap();
-        assert_eq!(due.len(), 1);
-        assert_eq!(due[0].attempts, 1);
-        assert_eq!(due[0].sinks_done, vec!["a"]);
-        assert_eq!(due[0].sink_attempts.get("b"), Some(&1));
-        let stored = journal.event("k:0").await.unwrap().unwrap();
-        assert_eq!(stored.state, "pending");
-        assert_eq!(stored.last_error.as_deref(), Some("b: down"));
-        assert_eq!(stored.failed_sinks, vec!["b"]);
-        assert_eq!(
-            stored.event.get(),
-            r#"{"event_type":"record.updated","n":0}"#
-        );
-    }
-
-    #[tokio::test]
-    async fn dead_letters_are_listed_by_sink_and_event_type_and_shown() {
-        let journal = journal(&prefix());
-        stored(&journal, "k", 3).await;
-        journal.due(10).await.unwrap();
-        journal
-            .dead_letter_sinks("k:0", &progress(5, &[], &["a"]), &AttemptRecord::default())
-            .await
-            .unwrap();
-        journal
-            .dead_letter_sinks(
-                "k:1",
-                &progress(5, &["a"], &["b"]),
-                &AttemptRecord::default(),
-            )
-            .await
-            .unwrap();
-        assert_eq!(journal.backlog(), 1);
-        let all = journal.dead_letters(10).await.unwrap();
-        assert_eq!(ids_of(&all), vec!["k:0", "k:1"]);
-        assert_eq!(all[1].failed_sinks, vec!["b"]);
-        assert_eq!(all[1].sinks_done, vec!["a"]);
-        assert_eq!(all[1].sink_attempts.get("b"), Some(&5));
-        assert_eq!(all[0].last_error.as_deref(), Some("a: down"));
-        assert_eq!(all[0].attempts, 5);
-        assert!(all[0].dead_at.is_some());
-        assert_eq!(journal.dead_letters(1).await.unwrap().len(), 1);
-        let query = |sink: Option<&str>, event_type: Option<&str>| DeadLetterQuery {
-            sink: sink.map(str::to_string),
-            event_type: event_type.map(str::to_string),
-            limit: 10,
-        };
-        let by_sink = journal.list_dead_letters(&query(Some("b"), None)).await;
-        assert_eq!(ids_of(&by_sink.unwrap()), vec!["k:1"]);
-        let family = journal
-            .list_dead_letters(&query(None, Some("record.*")))
-            .await;
-        assert_eq!(family.unwrap().len(), 2);
-        let other = journal
-            .list_dead_letters(&query(None, Some("note.created")))
-            .await;
-        assert!(other.unwrap().is_empty());
-        let shown = journal.event("k:1").await.unwrap().unwrap();
-        assert_eq!(shown.state, "dead");
-        assert!(journal.event("nope:0").await.unwrap().is_none());
-
-        journal
-            .complete("k:0", &AttemptRecord::default())
-            .await
-            .unwrap();
-        assert_eq!(
-            journal.dead_letters(10).await.unwrap().len(),
-            2,
-            "complete does not touch a dead letter"
-        );
-    }
-
-    fn ids_of(letters: &[DeadLetter]) -> Vec<String> {
-        letters.iter().map(|l| l.id.clone()).collect()
-    }
-
-    #[tokio::test]
-    async fn replay_puts_dead_letters_back_and_reports_what_it_skipped() {
-        let journal = journal(&prefix());
-        stored(&journal, "k", 3).await;
-        journal.due(10).await.unwrap();
-        journal
-            .dead_letter_sinks("k:0", &progress(5, &[], &["a"]), &AttemptRecord::default())
-            .await
-            .unwrap();
-        journal
-            .dead_letter_sinks(
-                "k:1",
-                &progress(5, &["c"], &["a", "b"]),
-                &AttemptRecord::default(),
-            )
-            .await
-            .unwrap();
-
-        // Only sink b: k:1 comes back with a counted as done; k:0 did not fail on b.
-        let report = journal
-            .replay(&ReplaySelection::All, Some("b"), false)
-            .await
-            .unwrap();
-        assert_eq!(report.replayed, vec!["k:1"]);
-        assert!(report.skipped.is_empty(), "--all skips silently");
-        let replayed = journal.due(10).await.unwrap();
-        assert_eq!(ids(&replayed), vec!["k:1"]);
-        assert_eq!(replayed[0].attempts, 0);
-        assert!(replayed[0].sink_attempts.is_empty());
-        let mut done = replayed[0].sinks_done.clone();
-        done.sort();
-        assert_eq!(done, vec!["a", "c"], "only b is tried again");
-
-        let named = ReplaySelection::Ids(vec![
-            "k:0".to_string(),
-            "k:2".to_string(),
-            "gone:0".to_string(),
-        ]);
-        let report = journal.replay(&named, None, false).await.unwrap();
-        assert_eq!(report.replayed, vec!["k:0"]);
-        let reasons: Vec<(&str, &str)> = report
-            .skipped
-            .iter()
-            .map(|s| (s.id.as_str(), s.reason.as_str()))
-            .collect();
-        assert_eq!(
-            reasons,
-            vec![
-                ("k:2", "not a dead letter (it is pending)"),
-                (
-                    "gone:0",
-                    "not in the journal (unknown, or older than storage.history)"
-                )
-            ]
-        );
-        assert!(journal.dead_letters(10).await.unwrap().is_empty());
-        assert_eq!(journal.backlog(), 3);
-        assert!(journal.oldest_pending_age().await.unwrap().is_some());
-    }
-
-    #[tokio::test]
-    async fn malformed_deliveries_are_kept_and_listed_without_their_bodies() {
-        let journal = journal(&prefix());
-        journal
-            .append_malformed(MalformedDelivery {
-                key: Some("bad".to_string()),
-                received_at: Utc::now(),
-                request_id: None,
-                reason: "no events".to_string(),
-                body: b"{\"x\":1}".to_vec(),
-            })
-            .await
-            .unwrap();
-        journal
-            .append_malformed(MalformedDelivery {
-                key: None,
-                received_at: Utc::now(),
-                request_id: None,
-                reason: "not json".to_string(),
-                body: vec![0xff, 0x00, 0x01],
-            })
-            .await
-            .unwrap();
-        let dead = journal.dead_deliveries(10).await.unwrap();
-        assert_eq!(dead.len(), 2);
-        assert_eq!(dead[0].seq, 1);
-        assert_eq!(dead[0].key.as_deref(), Some("bad"));
-        assert_eq!(dead[0].body_len, 7);
-        assert_eq!(dead[1].key, None);
-        assert_eq!(dead[1].reason, "not json");
-        assert_eq!(dead[1].body_len, 3);
-        // One body whole, bytes intact; deleting named ones, then all.
-        let kept = journal.dead_delivery(2).await.unwrap().unwrap();
-        assert_eq!(kept.body, vec![0xff, 0x00, 0x01]);
-        assert_eq!(kept.reason, "not json");
-        assert_eq!(kept.key, None);
-        assert_eq!(journal.dead_delivery(3).await.unwrap(), None);
-        let deleted = journal
-            .delete_dead_deliveries(&DeadDeliverySelection::Seqs(vec![2, 9]))
-            .await
-            .unwrap();
-        assert_eq!(deleted, vec![2], "a seq that is not there is left out");
-        assert_eq!(journal.dead_delivery(2).await.unwrap(), None);
-        assert_eq!(journal.dead_deliveries(10).await.unwrap().len(), 1);
-        let deleted = journal
-            .delete_dead_deliveries(&DeadDeliverySelection::All)
-            .await
-            .unwrap();
-        assert_eq!(deleted, vec![1]);
-        assert!(journal.dead_deliveries(10).await.unwrap().is_empty());
-    }
-
-    #[tokio::test]
-    async fn probe_fails_while_redis_is_unreachable() {
-        let url = SecretString::from("redis://127.0.0.1:1");
-        let connection = crate::dedupe::redis::connect(&url).unwrap();
-        let journal = RedisJournal::new(connection, &prefix(), LEASE, LEASE);
-        assert!(journal.probe().await.is_err());
-        assert!(journal.append(delivery("k", 1)).await.is_err());
-        assert!(journal.due(10).await.is_err());
-        let healthy = self::journal(&prefix());
-        healthy.probe().await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn the_queue_comes_back_after_its_keys_were_lost() {
-        let prefix = prefix();
-        let journal = journal(&prefix);
-        stored(&journal, "a", 1).await;
-        journal.due(10).await.unwrap();
-        // Redis restarted without persistence: the stream and its group are gone.
-        let mut redis = journal.connection();
-        let _: i64 = redis::cmd("DEL")
-            .arg(format!("{{{prefix}}}:events"))
-            .query_async(&mut redis)
-            .await
-            .unwrap();
-        stored(&journal, "b", 1).await;
-        assert_eq!(ids(&journal.due(10).await.unwrap()), vec!["b:0"]);
-    }
-
-    #[test]
-    fn every_key_carries_the_prefix_hash_tag() {
-        let keys = Keys::new("p");
-        for key in [
-            keys.stream(),
-            keys.event("d:0"),
-            keys.retry(),
-            keys.dead(),
-            keys.delivery("d"),
-            keys.pending(),
-            keys.dead_deliveries(),
-            keys.dead_delivery_seq(),
-            keys.probe(),
-            format!("{}1", keys.dead_delivery_prefix()),
-        ] {
-            assert!(key.starts_with("{p}:"), "{key}");
-        }
-    }
-}
+#[path = "redis_tests.rs"]
+mod tests;

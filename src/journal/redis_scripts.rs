@@ -290,21 +290,6 @@ redis.call('ZADD', KEYS[2], seq, seq)
 return seq
 "#;
 
-/// The oldest dead deliveries, without their bodies.
-///
-/// KEYS: 1 dead deliveries. ARGV: 1 limit (at least 1), 2 hash key prefix.
-/// Returns {seq, key or nil, received_at, reason, body length} per delivery.
-pub const DEAD_DELIVERIES: &str = r#"
-local out = {}
-for _, seq in ipairs(redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)) do
-    local key = ARGV[2] .. seq
-    local fields = redis.call('HMGET', key, 'key', 'received_at', 'reason')
-    out[#out + 1] = {tonumber(seq), fields[1], fields[2] or '', fields[3] or '',
-        redis.call('HSTRLEN', key, 'body')}
-end
-return out
-"#;
-
 /// Forgets consumers (replicas that are gone) with nothing pending and no activity for a while.
 /// XAUTOCLAIM already moved their entries; this only keeps XINFO readable.
 ///
@@ -431,4 +416,49 @@ if #ids < tonumber(ARGV[4]) then
     return {deleted, kept, 1}
 end
 return {deleted, kept, 0}
+"#;
+
+/// Deletes dead letters that died before a time, whenever they were received (their window,
+/// `storage.dead_letter_history`, may be shorter than the history's).
+///
+/// KEYS: 1 dead letters, 2 history. ARGV: 1 event hash key prefix, 2 died before (unix ms), 3 most
+/// per call. Returns how many were deleted (fewer than the most: nothing older is left).
+pub const PURGE_DEAD: &str = r#"
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[2], 'LIMIT', 0,
+    tonumber(ARGV[3]))
+for _, id in ipairs(ids) do
+    local key = ARGV[1] .. id
+    -- Checked here, atomically: a replay may have taken it back to pending meanwhile.
+    local state = redis.call('HGET', key, 'state')
+    if state == 'dead' or not state then
+        redis.call('DEL', key)
+        redis.call('ZREM', KEYS[2], id)
+    end
+    redis.call('ZREM', KEYS[1], id)
+end
+return #ids
+"#;
+
+/// Deletes unparsed deliveries received before a time, oldest first (their ids grow with the
+/// time received, so the first one kept ends the purge).
+///
+/// KEYS: 1 dead deliveries. ARGV: 1 hash key prefix, 2 received before (RFC 3339, as stored),
+/// 3 most per call. Returns {deleted, finished (1) or not (0)}.
+pub const PURGE_UNPARSED: &str = r#"
+local seqs = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[3]) - 1)
+local deleted = 0
+for _, seq in ipairs(seqs) do
+    local key = ARGV[1] .. seq
+    local received = redis.call('HGET', key, 'received_at')
+    if received and received >= ARGV[2] then
+        return {deleted, 1}
+    end
+    redis.call('DEL', key)
+    redis.call('ZREM', KEYS[1], seq)
+    deleted = deleted + 1
+end
+if #seqs < tonumber(ARGV[3]) then
+    return {deleted, 1}
+end
+return {deleted, 0}
 "#;

@@ -126,13 +126,7 @@ pub async fn defer(
     let started = Instant::now();
     let result = pipeline
         .journal
-        .reschedule(
-            &item.id,
-            item.progress.attempts,
-            after(delay),
-            error,
-            &item.progress.sinks_done,
-        )
+        .reschedule(&item.id, &item.progress, after(delay), error)
         .await;
     record(pipeline, &item.id, started, result, None);
     Outcome::Deferred

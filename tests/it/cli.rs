@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use attio_webhooks::cli::templates::TEMPLATES;
 use attio_webhooks::config::DEVELOPMENT_SECRET;
+use attio_webhooks::journal::Backend;
 use attio_webhooks::signature::sign;
 use axum::http::HeaderMap;
 use serde_json::Value;

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use attio_webhooks::journal::Backend;
 use serde_json::{json, Value};
 
 use crate::fake_attio::FakeAttio;

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use attio_webhooks::journal::Backend;
 use attio_webhooks::signature::sign;
 use serde_json::Value;
 
@@ -230,10 +231,11 @@ async fn signed_non_json_and_non_envelope_bodies_are_kept_not_lost() {
     let journal =
         attio_webhooks::journal::SqliteJournal::open(&stopped.storage.join("journal.sqlite3"))
             .unwrap();
-    let dead = journal.dead_deliveries(10).await.unwrap();
+    // Newest first.
+    let dead = journal.unparsed(10, None).await.unwrap();
     assert_eq!(dead.len(), 4);
-    assert_eq!(dead[0].body_len, 5);
-    assert_eq!(dead[2].key.as_deref(), Some("bad-2"));
+    assert_eq!(dead[3].body_len, 5);
+    assert_eq!(dead[1].key.as_deref(), Some("bad-2"));
 }
 
 #[tokio::test]
@@ -259,7 +261,7 @@ async fn signed_json_arrays_are_kept_as_dead_deliveries_not_accepted() {
     let journal =
         attio_webhooks::journal::SqliteJournal::open(&stopped.storage.join("journal.sqlite3"))
             .unwrap();
-    assert_eq!(journal.dead_deliveries(10).await.unwrap().len(), 2);
+    assert_eq!(journal.unparsed(10, None).await.unwrap().len(), 2);
 }
 
 #[tokio::test]

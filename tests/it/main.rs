@@ -16,6 +16,7 @@ mod deploy;
 mod enrichment;
 mod faults;
 mod ingress;
+mod journal_contract;
 mod lifecycle;
 mod memory;
 mod observability;

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use attio_webhooks::journal::Backend;
 use redis::AsyncCommands;
 use serde_json::Value;
 

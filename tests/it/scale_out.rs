@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use attio_webhooks::journal::RedisJournal;
+use attio_webhooks::journal::{Backend, RedisJournal};
 use secrecy::SecretString;
 use serde_json::Value;
 

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use attio_webhooks::journal::{DeadLetter, SqliteJournal};
+use attio_webhooks::journal::{Backend, DeadLetter, SqliteJournal};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use base64::Engine;

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use attio_webhooks::journal::SqliteJournal;
+use attio_webhooks::journal::{Backend, SqliteJournal};
 use axum::http::{HeaderMap, StatusCode};
 
 use super::Load;

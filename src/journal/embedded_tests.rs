@@ -1,0 +1,140 @@
+//! The embedded journal's own behaviour, beyond the contract both backends keep
+//! (`tests/it/journal_contract.rs`): reopening, the journal's id, group commit, other processes
+//! writing the same file, and migrating an older database.
+
+use super::*;
+use crate::journal::sqlite::SCHEMA;
+use crate::journal::test_delivery as delivery;
+
+#[tokio::test]
+async fn appended_events_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.sqlite3");
+    let journal = SqliteJournal::open(&path).unwrap();
+    let AppendOutcome::Stored(events) = journal.append(delivery("k1", 2)).await.unwrap() else {
+        panic!("expected stored");
+    };
+    assert_eq!(events[1].id, "k1:1");
+    journal.close().await;
+    let journal = SqliteJournal::open(&path).unwrap();
+    assert_eq!(journal.backlog(), 2);
+    let due = journal.due(10).await.unwrap();
+    assert_eq!(due, events);
+}
+
+#[tokio::test]
+async fn a_copied_journal_takes_its_own_id_and_a_moved_one_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let original = dir.path().join("j.sqlite3");
+    let journal = SqliteJournal::open(&original).unwrap();
+    let id = journal.id().to_string();
+    journal.close().await;
+
+    let journal = SqliteJournal::open(&original).unwrap();
+    assert_eq!(journal.id(), id, "reopening keeps the id");
+    journal.close().await;
+
+    let moved = dir.path().join("moved.sqlite3");
+    std::fs::rename(&original, &moved).unwrap();
+    let journal = SqliteJournal::open(&moved).unwrap();
+    assert_eq!(
+        journal.id(),
+        id,
+        "a move within the file system keeps the id"
+    );
+    journal.close().await;
+
+    let copy = dir.path().join("copy.sqlite3");
+    std::fs::copy(&moved, &copy).unwrap();
+    let copied = SqliteJournal::open(&copy).unwrap();
+    let copy_id = copied.id().to_string();
+    assert_ne!(copy_id, id, "a copy takes an id of its own");
+    copied.close().await;
+    let journal = SqliteJournal::open(&moved).unwrap();
+    assert_eq!(journal.id(), id, "the original keeps its id");
+    journal.close().await;
+    let copied = SqliteJournal::open(&copy).unwrap();
+    assert_eq!(
+        copied.id(),
+        copy_id,
+        "the copy keeps its new id from then on"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_appends_are_group_committed_and_all_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = SqliteJournal::open(&dir.path().join("j.sqlite3")).unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let journal = journal.clone();
+        tasks.push(tokio::spawn(async move {
+            journal.append(delivery(&format!("k{i}"), 1)).await
+        }));
+    }
+    for task in tasks {
+        assert!(matches!(task.await.unwrap(), Ok(AppendOutcome::Stored(_))));
+    }
+    assert_eq!(journal.backlog(), 200);
+    assert_eq!(journal.due(1000).await.unwrap().len(), 200);
+}
+
+fn progress(attempts: u32, done: &[&str], failed: &[&str]) -> SinkProgress {
+    SinkProgress {
+        attempts,
+        last_error: format!("{}: boom", failed.join(",")),
+        sinks_done: done.iter().map(|s| s.to_string()).collect(),
+        sink_attempts: failed.iter().map(|s| (s.to_string(), attempts)).collect(),
+        sinks_failed: failed.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+#[tokio::test]
+async fn a_replay_by_another_process_is_counted_in_the_backlog() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.sqlite3");
+    let daemon = SqliteJournal::open(&path).unwrap();
+    daemon.append(delivery("k", 1)).await.unwrap();
+    daemon
+        .dead_letter_sinks("k:0", &progress(1, &[], &["a"]), &AttemptRecord::default())
+        .await
+        .unwrap();
+    assert_eq!(daemon.backlog(), 0);
+    // The CLI opens its own connection while the daemon's is open.
+    let cli = SqliteJournal::open(&path).unwrap();
+    let report = cli
+        .replay(&ReplaySelection::All, None, false)
+        .await
+        .unwrap();
+    assert_eq!(report.replayed, vec!["k:0"]);
+    cli.close().await;
+    let due = daemon.due(10).await.unwrap();
+    assert_eq!(due.len(), 1, "the daemon sees the replayed event");
+    assert_eq!(daemon.backlog(), 1, "and counts it");
+    daemon
+        .complete("k:0", &AttemptRecord::default())
+        .await
+        .unwrap();
+    assert_eq!(daemon.backlog(), 0);
+}
+
+#[tokio::test]
+async fn a_journal_from_before_per_sink_attempts_is_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.sqlite3");
+    let old = Connection::open(&path).unwrap();
+    let old_schema = SCHEMA.replace(",\n    sink_attempts TEXT NOT NULL DEFAULT '{}'", "");
+    assert!(!old_schema.contains("sink_attempts"));
+    old.execute_batch(&old_schema).unwrap();
+    old.execute(
+        "INSERT INTO events (id, delivery_key, idx, event_type, received_at, event)
+         VALUES ('k:0', 'k', 0, 'record.updated', 'now', '{}')",
+        [],
+    )
+    .unwrap();
+    drop(old);
+    let journal = SqliteJournal::open(&path).unwrap();
+    let due = journal.due(10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert!(due[0].sink_attempts.is_empty());
+}
