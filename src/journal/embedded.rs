@@ -190,7 +190,7 @@ impl SqliteJournal {
     /// journal with a running daemon: every batch is committed, and the daemon's redo log is left
     /// to the daemon.
     pub fn open_with(path: &Path, sync: SyncMode) -> Result<SqliteJournal, JournalError> {
-        Self::open_inner(path, sync, false)
+        Self::open_inner(path, sync, None)
     }
 
     /// Opens the journal for the process that holds its lock (the daemon): the writer keeps its
@@ -202,10 +202,24 @@ impl SqliteJournal {
         sync: SyncMode,
         _lock: &JournalLock,
     ) -> Result<SqliteJournal, JournalError> {
-        Self::open_inner(path, sync, true)
+        Self::open_inner(path, sync, Some(CommitPolicy::default()))
     }
 
-    fn open_inner(path: &Path, sync: SyncMode, redo: bool) -> Result<SqliteJournal, JournalError> {
+    /// [`Self::open_owned`] with its own commit policy, for tests that need a transaction held
+    /// open.
+    #[cfg(test)]
+    fn open_owned_with_policy(
+        path: &Path,
+        policy: CommitPolicy,
+    ) -> Result<SqliteJournal, JournalError> {
+        Self::open_inner(path, SyncMode::Full, Some(policy))
+    }
+
+    fn open_inner(
+        path: &Path,
+        sync: SyncMode,
+        redo: Option<CommitPolicy>,
+    ) -> Result<SqliteJournal, JournalError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| {
                 JournalError::Storage(format!(
@@ -243,8 +257,9 @@ impl SqliteJournal {
             write_failure: Arc::new(Mutex::new(None)),
             redo: None,
             needs_recovery: false,
+            policy: redo.unwrap_or_default(),
         };
-        if redo {
+        if redo.is_some() {
             // Room for the dirty pages of a transaction held over many batches.
             connection.pragma_update(None, "cache_size", -32_768)?;
             writer.redo = Some(RedoLog::open(path, sync == SyncMode::Full)?);
@@ -277,7 +292,7 @@ impl SqliteJournal {
             reader: Arc::new(std::sync::Mutex::new(reader)),
             write_failure,
             directory: Arc::from(directory),
-            redo,
+            redo: redo.is_some(),
         })
     }
 
@@ -683,6 +698,25 @@ struct Writer {
     /// A transaction that held answered writes failed to commit: the database lacks what only
     /// the redo log holds, and nothing else runs until the log is applied again.
     needs_recovery: bool,
+    policy: CommitPolicy,
+}
+
+/// When the writer commits a transaction held over batches.
+#[derive(Debug, Clone, Copy)]
+struct CommitPolicy {
+    /// At the latest this long after it began.
+    interval: Duration,
+    /// Once no request came for this long.
+    idle: Duration,
+}
+
+impl Default for CommitPolicy {
+    fn default() -> CommitPolicy {
+        CommitPolicy {
+            interval: COMMIT_INTERVAL,
+            idle: IDLE_COMMIT,
+        }
+    }
 }
 
 /// What the writer does with the transaction after a batch.
@@ -769,9 +803,11 @@ impl Writer {
                     }
                     break None;
                 }
-                let wait = COMMIT_INTERVAL
+                let wait = self
+                    .policy
+                    .interval
                     .saturating_sub(began.elapsed())
-                    .min(IDLE_COMMIT);
+                    .min(self.policy.idle);
                 let next = match &clock {
                     Some(clock) if !wait.is_zero() => clock
                         .block_on(async { tokio::time::timeout(wait, receiver.recv()).await })

@@ -3,6 +3,7 @@
 //! writing the same file, and migrating an older database.
 
 use super::*;
+use crate::journal::history::EventStatus;
 use crate::journal::sqlite::SCHEMA;
 use crate::journal::test_delivery as delivery;
 
@@ -137,4 +138,87 @@ async fn a_journal_from_before_per_sink_attempts_is_migrated() {
     let due = journal.due(10).await.unwrap();
     assert_eq!(due.len(), 1);
     assert!(due[0].sink_attempts.is_empty());
+}
+
+/// What a machine that stops at once leaves of `path`: the files as they are on disk.
+fn crash_copy(path: &std::path::Path, to: &std::path::Path) {
+    for suffix in ["", "-wal", ".redo"] {
+        let mut from = path.as_os_str().to_owned();
+        from.push(suffix);
+        let mut into = to.as_os_str().to_owned();
+        into.push(suffix);
+        if std::path::Path::new(&from).exists() {
+            std::fs::copy(&from, &into).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn answered_writes_that_were_not_committed_yet_come_back_from_the_redo_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.sqlite3");
+    let hold = CommitPolicy {
+        interval: Duration::from_secs(3600),
+        idle: Duration::from_secs(3600),
+    };
+    let journal = SqliteJournal::open_owned_with_policy(&path, hold).unwrap();
+    for key in ["a", "b", "c"] {
+        assert!(matches!(
+            journal.append(delivery(key, 1)).await.unwrap(),
+            AppendOutcome::Stored(_)
+        ));
+    }
+    let record = AttemptRecord {
+        sinks_done: vec!["file".to_string()],
+        ..AttemptRecord::default()
+    };
+    journal.complete("b:0", &record).await.unwrap();
+    assert_eq!(journal.backlog(), 2);
+
+    // Every answer above was given while the writer still held its transaction open.
+    let crashed = dir.path().join("crashed.sqlite3");
+    crash_copy(&path, &crashed);
+    let tool = SqliteJournal::open(&crashed).unwrap();
+    assert_eq!(tool.backlog(), 0, "the database alone holds none of it");
+    tool.close().await;
+
+    let lock = JournalLock::acquire(&crashed).unwrap();
+    let recovered = SqliteJournal::open_owned(&crashed, SyncMode::Full, &lock).unwrap();
+    assert_eq!(recovered.backlog(), 2);
+    let mut due: Vec<String> = recovered
+        .due(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|event| event.id)
+        .collect();
+    due.sort();
+    assert_eq!(due, vec!["a:0", "c:0"]);
+    let delivered = recovered.history_event("b:0").await.unwrap().unwrap();
+    assert_eq!(delivered.status, EventStatus::Delivered);
+    // Applied once: a second start finds nothing more to apply.
+    recovered.close().await;
+    let again = SqliteJournal::open_owned(&crashed, SyncMode::Full, &lock).unwrap();
+    assert_eq!(again.backlog(), 2);
+    assert!(matches!(
+        again.append(delivery("a", 1)).await.unwrap(),
+        AppendOutcome::Duplicate
+    ));
+    again.close().await;
+    journal.close().await;
+}
+
+#[tokio::test]
+async fn a_history_read_sees_every_write_answered_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let hold = CommitPolicy {
+        interval: Duration::from_secs(3600),
+        idle: Duration::from_secs(3600),
+    };
+    let journal =
+        SqliteJournal::open_owned_with_policy(&dir.path().join("j.sqlite3"), hold).unwrap();
+    journal.append(delivery("seen", 1)).await.unwrap();
+    let page = journal.history(&HistoryQuery::default()).await.unwrap();
+    assert_eq!(page.data.len(), 1);
+    journal.close().await;
 }
