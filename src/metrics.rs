@@ -124,7 +124,8 @@ fn describe() {
         "Requests to Attio's API, by endpoint and status"
     );
     metrics::describe_counter!(ATTIO_RETRIES, "Retries of Attio requests, by endpoint");
-    metrics::describe_counter!(
+    // A float total, recorded as a gauge (the metrics crate's counters are integers).
+    metrics::describe_gauge!(
         ATTIO_RATE_LIMIT_WAIT,
         metrics::Unit::Seconds,
         "Time spent waiting for the client-side rate limiter"

@@ -55,18 +55,6 @@ pub fn dropped_lines() -> u64 {
         .map_or(0, |counter| counter.dropped_lines() as u64)
 }
 
-/// Logging for commands before settings are loaded, and for one-shot tools.
-pub fn init_default() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(colour())
-        .with_target(false)
-        .try_init();
-}
-
 /// Colour only for a person at a terminal: a file, a pipe or a log collector would keep the
 /// escape codes as text. `NO_COLOR` (any non-empty value) turns it off there too.
 fn colour() -> bool {

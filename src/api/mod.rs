@@ -179,6 +179,19 @@ fn given(value: &Option<String>) -> Option<String> {
         .map(str::to_string)
 }
 
+/// A page's `limit`: from 1 to [`MAX_LIMIT`], [`DEFAULT_LIMIT`] when not given.
+fn page_limit(limit: &Option<String>) -> Result<usize, ApiError> {
+    given(limit)
+        .map(|l| match l.parse::<usize>() {
+            Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+            _ => Err(ApiError::BadRequest(format!(
+                "limit must be a number from 1 to {MAX_LIMIT}, got {l:?}"
+            ))),
+        })
+        .transpose()
+        .map(|limit| limit.unwrap_or(DEFAULT_LIMIT))
+}
+
 fn time(name: &str, value: &Option<String>) -> Result<Option<DateTime<Utc>>, ApiError> {
     given(value)
         .map(|text| {
@@ -205,15 +218,7 @@ impl ListParams {
                 })
             })
             .transpose()?;
-        let limit = given(&self.limit)
-            .map(|l| match l.parse::<usize>() {
-                Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
-                _ => Err(ApiError::BadRequest(format!(
-                    "limit must be a number from 1 to {MAX_LIMIT}, got {l:?}"
-                ))),
-            })
-            .transpose()?
-            .unwrap_or(DEFAULT_LIMIT);
+        let limit = page_limit(&self.limit)?;
         let cursor = given(&self.cursor)
             .map(|c| {
                 c.parse::<u64>().map_err(|_| {
@@ -383,15 +388,7 @@ async fn list_unparsed(
     State(state): State<Arc<ApiState>>,
     Query(params): Query<UnparsedParams>,
 ) -> Result<Response, ApiError> {
-    let limit = given(&params.limit)
-        .map(|l| match l.parse::<usize>() {
-            Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
-            _ => Err(ApiError::BadRequest(format!(
-                "limit must be a number from 1 to {MAX_LIMIT}, got {l:?}"
-            ))),
-        })
-        .transpose()?
-        .unwrap_or(DEFAULT_LIMIT);
+    let limit = page_limit(&params.limit)?;
     let before = given(&params.cursor)
         .map(|c| {
             c.parse::<i64>().map_err(|_| {

@@ -3,8 +3,8 @@
 //!
 //! In: typed calls (`get_record`, `list_webhooks`, ...). Out: typed models or an [`AttioError`].
 //! Every request, whoever makes it, passes the same gates in this order: the circuit breaker
-//! (refuse at once while Attio is down), a pause Attio asked for with `Retry-After`, and the
-//! rate limiter ([`crate::attio::rate_limit`]; reads and writes separately, docs/attio.md §6).
+//! (refuse at once while Attio is down), then [`crate::attio::rate_limit`]: a pause Attio asked
+//! for with `Retry-After`, and the rate limits (reads and writes separately, docs/attio.md §6).
 //! Transient failures are retried with full-jitter exponential backoff until
 //! `attio.retry_total` runs out. The API key lives only inside a sensitive header value; it is
 //! never logged nor part of an error.
@@ -22,12 +22,12 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::attio::breaker::{Admission, CircuitBreaker};
-use crate::attio::error::AttioError;
+use crate::attio::error::{AttioError, Cause};
 use crate::attio::models::{
     Attribute, CallRecording, Comment, CreatedWebhook, Envelope, List, ListEntry, NewWebhook, Note,
     Object, Record, Task, TokenInfo, Webhook, WebhookUpdate, WorkspaceMember,
 };
-use crate::attio::rate_limit::{Permit, RateLimit, SharedRateLimit};
+use crate::attio::rate_limit::{RateLimits, SharedRateLimit};
 use crate::attio::retry::{parse_retry_after, FullJitter};
 use crate::config::AttioSettings;
 
@@ -80,11 +80,8 @@ impl std::fmt::Debug for AttioClient {
 struct Inner {
     http: reqwest::Client,
     base: Url,
-    reads: RateLimit,
-    writes: RateLimit,
+    limits: RateLimits,
     breaker: CircuitBreaker,
-    /// Set by a 429: no request goes out before this instant.
-    paused_until: Mutex<Option<tokio::time::Instant>>,
     retry_initial: Duration,
     retry_max_delay: Duration,
     retry_total: Duration,
@@ -147,16 +144,22 @@ impl AttioClient {
         one_shot: bool,
     ) -> Result<AttioClient, AttioError> {
         let base = Url::parse(&settings.base_url).map_err(|e| {
-            AttioError::InvalidRequest(format!(
-                "attio.base_url {:?}: {e}",
-                crate::redact::redacted_url(&settings.base_url)
+            AttioError::InvalidRequest(Cause::new(
+                format!(
+                    "attio.base_url {:?}: {e}",
+                    crate::redact::redacted_url(&settings.base_url)
+                ),
+                e,
             ))
         })?;
         if base.cannot_be_a_base() {
-            return Err(AttioError::InvalidRequest(format!(
-                "attio.base_url {:?} cannot have paths",
-                crate::redact::redacted_url(&settings.base_url)
-            )));
+            return Err(AttioError::InvalidRequest(
+                format!(
+                    "attio.base_url {:?} cannot have paths",
+                    crate::redact::redacted_url(&settings.base_url)
+                )
+                .into(),
+            ));
         }
         let mut authorization = HeaderValue::from_str(&format!(
             "Bearer {}",
@@ -164,7 +167,7 @@ impl AttioClient {
         ))
         .map_err(|_| {
             AttioError::InvalidRequest(
-                "the Attio API key contains characters that cannot be sent in a header".to_string(),
+                "the Attio API key contains characters that cannot be sent in a header".into(),
             )
         })?;
         // Keeps the value out of reqwest's and hyper's Debug output.
@@ -183,20 +186,21 @@ impl AttioClient {
             .gzip(true)
             .build()
             .map_err(|e| {
-                AttioError::InvalidRequest(format!("cannot build the HTTP client: {e}"))
+                AttioError::InvalidRequest(Cause::new(
+                    format!("cannot build the HTTP client: {e}"),
+                    e,
+                ))
             })?;
         Ok(AttioClient {
             inner: Arc::new(Inner {
                 http,
                 base,
-                reads: RateLimit::new("reads", settings.read_rate, settings, shared.as_ref()),
-                writes: RateLimit::new("writes", settings.write_rate, settings, shared.as_ref()),
+                limits: RateLimits::new(settings, shared.as_ref()),
                 breaker: CircuitBreaker::new(
                     settings.breaker_threshold,
                     settings.breaker_cooldown,
                     settings.connect_timeout + settings.request_timeout,
                 ),
-                paused_until: Mutex::new(None),
                 retry_initial: settings.retry_initial,
                 retry_max_delay: settings.retry_max_delay,
                 retry_total: settings.retry_total,
@@ -378,7 +382,9 @@ impl AttioClient {
             "offset": offset,
             "sorts": [{"attribute": "created_at", "direction": "asc"}]
         }))
-        .map_err(|e| AttioError::InvalidRequest(format!("cannot encode the body: {e}")))?;
+        .map_err(|e| {
+            AttioError::InvalidRequest(Cause::new(format!("cannot encode the body: {e}"), e))
+        })?;
         let answer = self
             .execute(Call {
                 endpoint,
@@ -553,8 +559,9 @@ impl AttioClient {
         data: &B,
     ) -> Result<T, AttioError> {
         let url = self.url(segments, &[])?;
-        let body = serde_json::to_vec(&Envelope { data })
-            .map_err(|e| AttioError::InvalidRequest(format!("cannot encode the body: {e}")))?;
+        let body = serde_json::to_vec(&Envelope { data }).map_err(|e| {
+            AttioError::InvalidRequest(Cause::new(format!("cannot encode the body: {e}"), e))
+        })?;
         let answer = self
             .execute(Call {
                 endpoint,
@@ -571,14 +578,14 @@ impl AttioClient {
         let mut url = self.inner.base.clone();
         {
             let mut path = url.path_segments_mut().map_err(|_| {
-                AttioError::InvalidRequest("attio.base_url cannot have paths".to_string())
+                AttioError::InvalidRequest("attio.base_url cannot have paths".into())
             })?;
             path.pop_if_empty();
             for segment in segments {
                 if segment.is_empty() || *segment == "." || *segment == ".." {
-                    return Err(AttioError::InvalidRequest(format!(
-                        "{segment:?} is not a valid id"
-                    )));
+                    return Err(AttioError::InvalidRequest(
+                        format!("{segment:?} is not a valid id").into(),
+                    ));
                 }
                 path.push(segment);
             }
@@ -612,7 +619,7 @@ impl AttioClient {
                 (started.elapsed() + delay <= inner.retry_total).then_some(delay)
             })
             .notify(|error: &AttioError, delay: Duration| {
-                metrics::counter!("attio_webhooks_attio_retries_total", "endpoint" => endpoint)
+                metrics::counter!(crate::metrics::ATTIO_RETRIES, "endpoint" => endpoint)
                     .increment(1);
                 tracing::debug!(endpoint, %error, retry_in = ?delay, "Attio request failed; retrying");
                 if inner.one_shot {
@@ -637,7 +644,7 @@ impl AttioClient {
             return Err(AttioError::CircuitOpen { retry_in });
         }
         // Held until the answer is in (or the attempt failed): see `attio::rate_limit`.
-        let _slot = self.wait_for_turn(call.is_read()).await;
+        let _slot = inner.limits.wait_for_turn(call.is_read()).await;
         if let Some(hook) = &self.on_send {
             hook();
         }
@@ -650,7 +657,7 @@ impl AttioClient {
         }
         let response = match request.send().await {
             Ok(response) => response,
-            Err(error) => return Err(self.transport_failed(call.endpoint, &error)),
+            Err(error) => return Err(self.transport_failed(call.endpoint, error)),
         };
         let status = response.status();
         let retry_after = response
@@ -660,7 +667,7 @@ impl AttioClient {
             .and_then(|v| parse_retry_after(v, SystemTime::now()));
         let body = match response.bytes().await {
             Ok(body) => body,
-            Err(error) => return Err(self.transport_failed(call.endpoint, &error)),
+            Err(error) => return Err(self.transport_failed(call.endpoint, error)),
         };
         count(call.endpoint, status.as_str());
         if status.is_success() {
@@ -674,14 +681,12 @@ impl AttioClient {
             inner.breaker.record_success();
         }
         if status.as_u16() == 429 {
-            // Attio counts per workspace: every other request of ours would be refused too.
-            let wait = retry_after.unwrap_or(Duration::from_secs(1));
-            self.pause(wait);
+            inner.limits.refused(retry_after);
         }
         Err(error)
     }
 
-    fn transport_failed(&self, endpoint: &'static str, error: &reqwest::Error) -> AttioError {
+    fn transport_failed(&self, endpoint: &'static str, error: reqwest::Error) -> AttioError {
         let error = AttioError::from_transport(error);
         count(
             endpoint,
@@ -696,51 +701,11 @@ impl AttioClient {
         }
         error
     }
-
-    fn pause(&self, wait: Duration) {
-        let until = tokio::time::Instant::now() + wait;
-        let mut paused = self
-            .inner
-            .paused_until
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if paused.is_none_or(|current| current < until) {
-            *paused = Some(until);
-        }
-    }
-
-    /// Waits out a pause Attio asked for, then for a slot of the shared rate limiter.
-    async fn wait_for_turn(&self, read: bool) -> Permit<'_> {
-        let started = tokio::time::Instant::now();
-        let paused = *self
-            .inner
-            .paused_until
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(until) = paused {
-            if until > started {
-                tokio::time::sleep_until(until).await;
-            }
-        }
-        let limiter = if read {
-            &self.inner.reads
-        } else {
-            &self.inner.writes
-        };
-        let permit = limiter.acquire().await;
-        let waited = started.elapsed();
-        if !waited.is_zero() {
-            // A float total (the metrics crate's counters are integers).
-            metrics::gauge!("attio_webhooks_attio_rate_limit_wait_seconds_total")
-                .increment(waited.as_secs_f64());
-        }
-        permit
-    }
 }
 
 fn count(endpoint: &'static str, status: &str) {
     metrics::counter!(
-        "attio_webhooks_attio_requests_total",
+        crate::metrics::ATTIO_REQUESTS,
         "endpoint" => endpoint,
         "status" => status.to_string()
     )
@@ -748,5 +713,5 @@ fn count(endpoint: &'static str, status: &str) {
 }
 
 fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, AttioError> {
-    serde_json::from_slice(body).map_err(|e| AttioError::Decode(e.to_string()))
+    serde_json::from_slice(body).map_err(|e| AttioError::Decode(Cause::new(e.to_string(), e)))
 }

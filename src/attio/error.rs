@@ -6,14 +6,14 @@
 //! 404 `not_found`, an answer that cannot be read), and carries Attio's `code` and `message`.
 //! Nothing here ever holds the API key or a request body.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::attio::models::ErrorBody;
 
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone)]
 pub enum AttioError {
     /// Attio answered with a non-2xx status.
-    #[error("Attio answered {status} {code}: {message}")]
     Api {
         status: u16,
         /// Attio's `type` (`invalid_request_error`, `auth_error`, `rate_limit_error`, ...).
@@ -24,19 +24,99 @@ pub enum AttioError {
         /// How long Attio asked us to wait (`Retry-After`), if it said.
         retry_after: Option<Duration>,
     },
-    #[error("request to Attio timed out")]
     Timeout,
-    #[error("cannot reach Attio: {0}")]
-    Connect(String),
+    Connect(Cause),
     /// A 2xx answer whose body is not the JSON we expect.
-    #[error("Attio's answer could not be read: {0}")]
-    Decode(String),
+    Decode(Cause),
     /// The circuit breaker is open: Attio failed repeatedly and is left alone for a while.
-    #[error("Attio is unavailable (circuit breaker open); next try in {}ms", retry_in.as_millis())]
-    CircuitOpen { retry_in: Duration },
+    CircuitOpen {
+        retry_in: Duration,
+    },
     /// The request could not be built (an id that cannot be a path segment, ...).
-    #[error("invalid request to Attio: {0}")]
-    InvalidRequest(String),
+    InvalidRequest(Cause),
+}
+
+impl std::fmt::Display for AttioError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AttioError::Api {
+                status,
+                code,
+                message,
+                ..
+            } => write!(f, "Attio answered {status} {code}: {message}"),
+            AttioError::Timeout => f.write_str("request to Attio timed out"),
+            AttioError::Connect(cause) => write!(f, "cannot reach Attio: {cause}"),
+            AttioError::Decode(cause) => write!(f, "Attio's answer could not be read: {cause}"),
+            AttioError::CircuitOpen { retry_in } => write!(
+                f,
+                "Attio is unavailable (circuit breaker open); next try in {}ms",
+                retry_in.as_millis()
+            ),
+            AttioError::InvalidRequest(cause) => write!(f, "invalid request to Attio: {cause}"),
+        }
+    }
+}
+
+/// Written by hand rather than derived so that the source is the underlying error itself (the
+/// reqwest or serde error), not the [`Cause`] that carries it.
+impl std::error::Error for AttioError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            AttioError::Connect(cause)
+            | AttioError::Decode(cause)
+            | AttioError::InvalidRequest(cause) => cause.source(),
+            AttioError::Api { .. } | AttioError::Timeout | AttioError::CircuitOpen { .. } => None,
+        }
+    }
+}
+
+/// What an [`AttioError`] says went wrong below it: the words it shows, and the underlying error
+/// when there is one, kept as the error's source. Shared (`Arc`) so that the error stays `Clone`
+/// (the coalesced fetches hand one answer to every waiter).
+#[derive(Debug, Clone)]
+pub struct Cause {
+    text: String,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl Cause {
+    /// `text` (which usually quotes `source`) shown, `source` kept.
+    pub fn new(
+        text: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Cause {
+        Cause {
+            text: text.into(),
+            source: Some(Arc::new(source)),
+        }
+    }
+
+    /// The underlying error, when there is one.
+    pub fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|error| error as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// A cause in words only: nothing underneath.
+impl From<String> for Cause {
+    fn from(text: String) -> Cause {
+        Cause { text, source: None }
+    }
+}
+
+impl From<&str> for Cause {
+    fn from(text: &str) -> Cause {
+        Cause::from(text.to_string())
+    }
 }
 
 impl AttioError {
@@ -124,13 +204,13 @@ impl AttioError {
     }
 
     /// Classifies a transport error from reqwest. Its text names the URL, never headers.
-    pub(crate) fn from_transport(error: &reqwest::Error) -> AttioError {
+    pub(crate) fn from_transport(error: reqwest::Error) -> AttioError {
         if error.is_timeout() {
             AttioError::Timeout
         } else if error.is_decode() {
-            AttioError::Decode(error.to_string())
+            AttioError::Decode(Cause::new(error.to_string(), error))
         } else {
-            AttioError::Connect(describe(error))
+            AttioError::Connect(Cause::new(describe(&error), error))
         }
     }
 }
@@ -149,6 +229,8 @@ fn describe(error: &(dyn std::error::Error + 'static)) -> String {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
+
     use super::*;
 
     fn api(status: u16, code: &str) -> AttioError {
@@ -193,6 +275,20 @@ mod tests {
         );
         assert_eq!(error.retry_after(), Some(Duration::from_secs(1)));
         assert!(!error.is_outage(), "a 429 does not open the breaker");
+    }
+
+    #[test]
+    fn an_underlying_error_is_kept_as_the_source_and_the_message_stays_in_words() {
+        let json = serde_json::from_slice::<Value>(b"{").unwrap_err();
+        let text = json.to_string();
+        let error = AttioError::Decode(Cause::new(text.clone(), json));
+        assert_eq!(
+            error.to_string(),
+            format!("Attio's answer could not be read: {text}")
+        );
+        let source = std::error::Error::source(&error).expect("a source");
+        assert_eq!(source.to_string(), text);
+        assert!(std::error::Error::source(&AttioError::Decode("words".into())).is_none());
     }
 
     #[test]

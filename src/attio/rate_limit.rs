@@ -1,8 +1,10 @@
 //! The Attio client's rate limits: how many requests of one kind (reads or writes) may reach
 //! Attio in any one second.
 //!
-//! In: a request about to be sent. Out: a [`Permit`] to send it, held until its answer came
-//! back. Each process has its own limiter ([`Limiter`]). With Redis configured the limit is also
+//! In: a request about to be sent, and Attio's 429 answers. Out: a [`Permit`] to send it, held
+//! until its answer came back. [`RateLimits`] is what the client holds: a pause Attio asked for
+//! with a 429's `Retry-After`, then the limit of the request's kind. Each process has its own
+//! limiter ([`Limiter`]). With Redis configured the limit is also
 //! shared by every replica ([`SharedRateLimit`]): a sliding window of slots in one Redis sorted
 //! set, taken and freed by Lua scripts, so that N replicas together stay within Attio's limit
 //! instead of sending N times it. While Redis does not answer, each process falls back to its
@@ -69,8 +71,62 @@ end
 return 0
 "#;
 
+/// Every wait a request makes before it goes out, apart from the circuit breaker: a pause Attio
+/// asked for, then the limit of its kind (reads and writes are counted apart).
+pub struct RateLimits {
+    reads: RateLimit,
+    writes: RateLimit,
+    /// Set by a 429: no request goes out before this instant.
+    paused_until: Mutex<Option<tokio::time::Instant>>,
+}
+
+impl RateLimits {
+    pub fn new(settings: &AttioSettings, shared: Option<&SharedRateLimit>) -> RateLimits {
+        RateLimits {
+            reads: RateLimit::new("reads", settings.read_rate, settings, shared),
+            writes: RateLimit::new("writes", settings.write_rate, settings, shared),
+            paused_until: Mutex::new(None),
+        }
+    }
+
+    /// Attio answered 429: no request goes out until `retry_after` (a second when Attio did not
+    /// say) has passed.
+    pub fn refused(&self, retry_after: Option<Duration>) {
+        // Attio counts per workspace: every other request of ours would be refused too.
+        let wait = retry_after.unwrap_or(Duration::from_secs(1));
+        self.pause(wait);
+    }
+
+    fn pause(&self, wait: Duration) {
+        let until = tokio::time::Instant::now() + wait;
+        let mut paused = self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
+        if paused.is_none_or(|current| current < until) {
+            *paused = Some(until);
+        }
+    }
+
+    /// Waits out a pause Attio asked for, then for a slot of the shared rate limiter.
+    pub async fn wait_for_turn(&self, read: bool) -> Permit<'_> {
+        let started = tokio::time::Instant::now();
+        let paused = *self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(until) = paused {
+            if until > started {
+                tokio::time::sleep_until(until).await;
+            }
+        }
+        let limiter = if read { &self.reads } else { &self.writes };
+        let permit = limiter.acquire().await;
+        let waited = started.elapsed();
+        if !waited.is_zero() {
+            // A float total (the metrics crate's counters are integers).
+            metrics::gauge!(crate::metrics::ATTIO_RATE_LIMIT_WAIT).increment(waited.as_secs_f64());
+        }
+        permit
+    }
+}
+
 /// The limits of one kind of request: this process's, and with Redis the replicas' shared one.
-pub struct RateLimit {
+struct RateLimit {
     local: Limiter,
     shared: Option<Arc<SharedWindow>>,
 }

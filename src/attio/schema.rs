@@ -90,7 +90,7 @@ impl SchemaCache {
                 answer
             })
             .await
-            .map_err(|_| AttioError::Connect("schema look-up abandoned".to_string()))?;
+            .map_err(|_| AttioError::Connect("schema look-up abandoned".into()))?;
         match answer.0 {
             Err(error) if error.is_not_found() => Ok(None),
             other => other,

@@ -38,31 +38,27 @@ struct Report {
     settings: Settings,
 }
 
+/// Says why the settings are not valid (also as JSON with `--json`): exit code 2.
+fn invalid_settings(args: &CheckConfigArgs, error: &dyn std::fmt::Display) -> ExitCode {
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({ "valid": false, "error": error.to_string() })
+        );
+    }
+    eprintln!("error: {error}");
+    ExitCode::from(2)
+}
+
 pub fn run(args: CheckConfigArgs, options: LoadOptions) -> ExitCode {
     let config = match Config::load(&options) {
         Ok(config) => config,
-        Err(error) => {
-            if args.json {
-                println!(
-                    "{}",
-                    serde_json::json!({ "valid": false, "error": error.to_string() })
-                );
-            }
-            eprintln!("error: {error}");
-            return ExitCode::from(2);
-        }
+        Err(error) => return invalid_settings(&args, &error),
     };
     // What `serve` would fail on next: the journal directory it creates and writes.
     if let Queue::Embedded { journal, .. } = &config.queue {
         if let Err(error) = check_storage_path(&config.settings, journal) {
-            if args.json {
-                println!(
-                    "{}",
-                    serde_json::json!({ "valid": false, "error": error.to_string() })
-                );
-            }
-            eprintln!("error: {error}");
-            return ExitCode::from(2);
+            return invalid_settings(&args, &error);
         }
     }
     let redis_warnings = match check_redis(&config) {

@@ -96,13 +96,26 @@ pub enum Command {
 /// The single-threaded runtime a one-shot command runs on; when it cannot be built, the error
 /// is printed and the exit code to return comes back.
 pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|error| {
-            eprintln!("error: cannot start the async runtime: {error}");
-            ExitCode::FAILURE
-        })
+    built(tokio::runtime::Builder::new_current_thread().enable_all())
+}
+
+/// [`runtime`] on several threads, for the commands that do many things at once (`serve`,
+/// `send`, `sync`); `worker_threads` defaults to one a core.
+pub(crate) fn multi_thread_runtime(
+    worker_threads: Option<usize>,
+) -> Result<tokio::runtime::Runtime, ExitCode> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = worker_threads {
+        builder.worker_threads(threads);
+    }
+    built(builder.enable_all())
+}
+
+fn built(builder: &mut tokio::runtime::Builder) -> Result<tokio::runtime::Runtime, ExitCode> {
+    builder.build().map_err(|error| {
+        eprintln!("error: cannot start the async runtime: {error}");
+        ExitCode::FAILURE
+    })
 }
 
 pub fn run(cli: Cli) -> ExitCode {

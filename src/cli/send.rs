@@ -223,10 +223,8 @@ pub enum SendError {
          receiver's certificate (or its CA's) as a PEM file (-----BEGIN CERTIFICATE-----)"
     )]
     BadCertificate { path: String, reason: String },
-    #[error("cannot build the HTTP client: {0}")]
-    Client(String),
-    #[error("cannot start the async runtime: {0}")]
-    Runtime(String),
+    #[error("cannot build the HTTP client: {}", error_chain(.0))]
+    Client(#[source] reqwest::Error),
 }
 
 /// What each delivery's body is.
@@ -290,15 +288,9 @@ pub fn run(args: SendArgs, options: LoadOptions) -> ExitCode {
     if args.dry_run {
         return dry_run(&plan);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match super::multi_thread_runtime(None) {
         Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: {}", SendError::Runtime(error.to_string()));
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async move {
         let client = match client(&plan) {
@@ -469,9 +461,7 @@ fn client(plan: &Plan) -> Result<reqwest::Client, SendError> {
             .tls_danger_accept_invalid_certs(true)
             .tls_danger_accept_invalid_hostnames(true);
     }
-    builder
-        .build()
-        .map_err(|e| SendError::Client(error_chain(&e)))
+    builder.build().map_err(SendError::Client)
 }
 
 /// The headers of one delivery, as Attio sends them.

@@ -31,15 +31,9 @@ pub fn run(args: ServeArgs, options: LoadOptions) -> ExitCode {
     }
     // Held until `run` returns: dropping it writes out the lines still queued for stderr.
     let _log_writer = crate::telemetry::init(&config.settings.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match super::multi_thread_runtime(None) {
         Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async move {
         let application = match Application::build(config).await {

@@ -31,9 +31,10 @@ pub enum ClaimOutcome {
 #[derive(Debug, thiserror::Error)]
 pub enum DedupeError {
     #[error("redis: {0}")]
-    Redis(String),
-    #[error("embedded store: {0}")]
-    Embedded(String),
+    Redis(#[from] ::redis::RedisError),
+    /// The Redis URL or its TLS settings cannot be used; in words that never repeat the URL.
+    #[error("redis: redis URL {0}")]
+    Url(String),
 }
 
 #[derive(Clone)]

@@ -82,10 +82,6 @@ pub struct RedisDedupe {
     release: redis::Script,
 }
 
-fn redis_error(error: redis::RedisError) -> DedupeError {
-    DedupeError::Redis(error.to_string())
-}
-
 /// A Redis client for `url` (not connected yet). With `ca_file`, a `rediss://` connection also
 /// trusts the PEM certificates in that file (a private CA), besides the system's. The error says
 /// what is wrong in words and never repeats the URL, which may hold a password.
@@ -151,8 +147,7 @@ pub fn connect_with(
     url: &SecretString,
     ca_file: Option<&Path>,
 ) -> Result<ConnectionManager, DedupeError> {
-    let client = client(url, ca_file)
-        .map_err(|problem| DedupeError::Redis(format!("redis URL {problem}")))?;
+    let client = client(url, ca_file).map_err(DedupeError::Url)?;
     connect_client(client)
 }
 
@@ -164,7 +159,7 @@ pub fn connect_client(client: redis::Client) -> Result<ConnectionManager, Dedupe
         .set_response_timeout(Some(Duration::from_secs(5)))
         .set_number_of_retries(2)
         .set_max_delay(Duration::from_millis(500));
-    ConnectionManager::new_lazy_with_config(client, config).map_err(redis_error)
+    ConnectionManager::new_lazy_with_config(client, config).map_err(DedupeError::Redis)
 }
 
 impl RedisDedupe {
@@ -215,7 +210,7 @@ impl RedisDedupe {
             .arg(&this_process)
             .invoke_async(&mut connection)
             .await
-            .map_err(redis_error)?;
+            .map_err(DedupeError::Redis)?;
         match outcome.as_str() {
             "fresh" => Ok(ClaimOutcome::Fresh(ClaimToken(value))),
             "taken_over" => {
@@ -232,7 +227,7 @@ impl RedisDedupe {
         let _: () = connection
             .pset_ex(self.key(id), "done", millis(self.done_ttl))
             .await
-            .map_err(redis_error)?;
+            .map_err(DedupeError::Redis)?;
         Ok(())
     }
 
@@ -245,7 +240,7 @@ impl RedisDedupe {
         .key(self.key(id))
         .invoke_async(&mut connection)
         .await
-        .map_err(redis_error)?;
+        .map_err(DedupeError::Redis)?;
         Ok(())
     }
 
@@ -257,7 +252,7 @@ impl RedisDedupe {
             .arg(&token.0)
             .invoke_async(&mut connection)
             .await
-            .map_err(redis_error)?;
+            .map_err(DedupeError::Redis)?;
         Ok(())
     }
 
@@ -266,7 +261,7 @@ impl RedisDedupe {
         let _: String = redis::cmd("PING")
             .query_async(&mut connection)
             .await
-            .map_err(redis_error)?;
+            .map_err(DedupeError::Redis)?;
         Ok(())
     }
 }

@@ -457,9 +457,9 @@ impl Enricher {
             Ok(plan) => plan,
             Err(MissingId(key)) => {
                 return Enrichment {
-                    error: Some(AttioError::InvalidRequest(format!(
-                        "the {kind} event carries no `{key}`"
-                    ))),
+                    error: Some(AttioError::InvalidRequest(
+                        format!("the {kind} event carries no `{key}`").into(),
+                    )),
                     ..Enrichment::bare(EnrichmentStatus::Failed)
                 }
             }
@@ -470,7 +470,7 @@ impl Enricher {
         let started = Instant::now();
         let window = settle.map_or(active.window, |settle| settle.max(active.window));
         let enrichment = active.run(subject, plan, window).await;
-        metrics::histogram!("attio_webhooks_enrichment_duration_seconds")
+        metrics::histogram!(crate::metrics::ENRICHMENT_DURATION)
             .record(started.elapsed().as_secs_f64());
         enrichment
     }
@@ -644,7 +644,7 @@ impl Active {
                 (answer, Some(joined))
             }
             Err(_) => (
-                Err(AttioError::Connect("shared fetch abandoned".to_string())),
+                Err(AttioError::Connect("shared fetch abandoned".into())),
                 None,
             ),
         }
@@ -654,7 +654,7 @@ impl Active {
 /// One request for `subject`; the answer's `data` as JSON.
 async fn fetch(client: &AttioClient, subject: &Subject) -> Result<Value, AttioError> {
     fn json<T: Serialize>(value: T) -> Result<Value, AttioError> {
-        serde_json::to_value(value).map_err(|e| AttioError::Decode(e.to_string()))
+        serde_json::to_value(value).map_err(|e| AttioError::Decode(e.to_string().into()))
     }
     match subject {
         Subject::Record {

@@ -62,7 +62,7 @@ const COMMIT_INTERVAL: Duration = Duration::from_millis(50);
 /// database is as new as its answers.
 const IDLE_COMMIT: Duration = Duration::from_millis(2);
 /// Most logged operations in one transaction (bounds its dirty pages in memory).
-const MAX_LOGGED_PER_TRANSACTION: usize = 20_000;
+const MAX_LOGGED_PER_TRANSACTION: usize = 4_096;
 /// How long a failed commit keeps `probe` failing, unless a write succeeds meanwhile.
 const WRITE_FAILURE_REMEMBERED: Duration = Duration::from_secs(5);
 /// Below this much free space on the journal's filesystem, `probe` fails: the next deliveries
@@ -260,8 +260,6 @@ impl SqliteJournal {
             policy: redo.unwrap_or_default(),
         };
         if redo.is_some() {
-            // Room for the dirty pages of a transaction held over many batches.
-            connection.pragma_update(None, "cache_size", -32_768)?;
             writer.redo = Some(RedoLog::open(path, sync == SyncMode::Full)?);
             writer.recover(&mut connection)?;
         }
@@ -708,6 +706,9 @@ struct CommitPolicy {
     interval: Duration,
     /// Once no request came for this long.
     idle: Duration,
+    /// A batch smaller than this waits `group_window` for more before it is written.
+    group_target: usize,
+    group_window: Duration,
 }
 
 impl Default for CommitPolicy {
@@ -715,6 +716,16 @@ impl Default for CommitPolicy {
         CommitPolicy {
             interval: COMMIT_INTERVAL,
             idle: IDLE_COMMIT,
+            group_target: std::env::var("XP_TARGET")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(16),
+            group_window: Duration::from_micros(
+                std::env::var("XP_WINDOW_US")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(200),
+            ),
         }
     }
 }
@@ -745,7 +756,7 @@ impl Writer {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         while let Some(first) = receiver.blocking_recv() {
             batch.push(first);
-            drain(&mut receiver, &mut batch);
+            self.gather(&mut receiver, &mut batch);
             if self.needs_recovery {
                 if let Err(error) = self.recover(&mut connection) {
                     self.failed(&error.to_string());
@@ -817,7 +828,7 @@ impl Writer {
                 match next {
                     Some(Some(request)) => {
                         batch.push(request);
-                        drain(&mut receiver, &mut batch);
+                        self.gather(&mut receiver, &mut batch);
                     }
                     // Nothing came in time, or the channel closed: commit what is held.
                     Some(None) | None => {
@@ -835,6 +846,20 @@ impl Writer {
                 let _ = done.send(());
                 return;
             }
+        }
+    }
+
+    /// Takes what is queued; with the redo log, a small batch first waits a moment for more, so
+    /// that one `fdatasync` covers several deliveries (each costs the kernel the same whatever
+    /// it holds).
+    fn gather(&self, receiver: &mut mpsc::Receiver<Request>, batch: &mut Vec<Request>) {
+        drain(receiver, batch);
+        if self.redo.is_some()
+            && batch.len() < self.policy.group_target
+            && !self.policy.group_window.is_zero()
+        {
+            std::thread::sleep(self.policy.group_window);
+            drain(receiver, batch);
         }
     }
 

@@ -160,6 +160,7 @@ async fn answered_writes_that_were_not_committed_yet_come_back_from_the_redo_log
     let hold = CommitPolicy {
         interval: Duration::from_secs(3600),
         idle: Duration::from_secs(3600),
+        ..CommitPolicy::default()
     };
     let journal = SqliteJournal::open_owned_with_policy(&path, hold).unwrap();
     for key in ["a", "b", "c"] {
@@ -214,6 +215,7 @@ async fn a_history_read_sees_every_write_answered_before_it() {
     let hold = CommitPolicy {
         interval: Duration::from_secs(3600),
         idle: Duration::from_secs(3600),
+        ..CommitPolicy::default()
     };
     let journal =
         SqliteJournal::open_owned_with_policy(&dir.path().join("j.sqlite3"), hold).unwrap();

@@ -7,6 +7,7 @@
 //! guarded by `fetched_at`, so an older fetch never overwrites a newer row.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -25,13 +26,17 @@ const LOCK_MIGRATIONS: i32 = 0x6d69_6772;
 const LOCK_VIEWS: i32 = 0x7669_6577;
 const LOCK_SYNC: i32 = 0x7379_6e63;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
 pub struct StoreError {
     pub message: String,
     /// The database refused this row (a constraint, a value of the wrong type): trying the same
     /// write again cannot help.
     pub permanent: bool,
+    /// The database's, the pool's or the file system's own error, when there is one. Shared
+    /// (`Arc`) so that one failed batch can answer each of its writers.
+    #[source]
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
 
 impl StoreError {
@@ -39,6 +44,7 @@ impl StoreError {
         StoreError {
             message: message.into(),
             permanent: false,
+            source: None,
         }
     }
 
@@ -46,7 +52,14 @@ impl StoreError {
         StoreError {
             message: message.into(),
             permanent: true,
+            source: None,
         }
+    }
+
+    /// This error, caused by `source` (which its message already quotes).
+    fn caused_by(mut self, source: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+        self.source = Some(Arc::new(source));
+        self
     }
 }
 
@@ -59,9 +72,15 @@ impl From<tokio_postgres::Error> for StoreError {
                 // row; everything else (connections, locks, a restarting server) may pass.
                 let permanent = code.starts_with("22") || code.starts_with("23");
                 let message = format!("PostgreSQL refused the write ({code}): {}", db.message());
-                StoreError { message, permanent }
+                StoreError {
+                    message,
+                    permanent,
+                    source: None,
+                }
+                .caused_by(error)
             }
-            None => StoreError::transient(format!("PostgreSQL is unavailable: {error}")),
+            None => StoreError::transient(format!("PostgreSQL is unavailable: {error}"))
+                .caused_by(error),
         }
     }
 }
@@ -70,7 +89,8 @@ impl From<deadpool_postgres::PoolError> for StoreError {
     fn from(error: deadpool_postgres::PoolError) -> StoreError {
         match error {
             deadpool_postgres::PoolError::Backend(error) => error.into(),
-            other => StoreError::transient(format!("PostgreSQL is unavailable: {other}")),
+            other => StoreError::transient(format!("PostgreSQL is unavailable: {other}"))
+                .caused_by(other),
         }
     }
 }
@@ -319,6 +339,7 @@ impl Store {
             if let Some(file) = &settings.password_file {
                 let password = std::fs::read_to_string(file).map_err(|e| {
                     StoreError::permanent(format!("{label}.password_file {}: {e}", file.display()))
+                        .caused_by(e)
                 })?;
                 config.password(password.trim_end_matches(['\r', '\n']));
             } else if let Ok(password) = std::env::var("PGPASSWORD") {
@@ -338,18 +359,20 @@ impl Store {
         if let Some(file) = &settings.ca_file {
             let pem = std::fs::read(file).map_err(|e| {
                 StoreError::permanent(format!("{label}.ca_file {}: {e}", file.display()))
+                    .caused_by(e)
             })?;
             let certificate = native_tls::Certificate::from_pem(&pem).map_err(|e| {
                 StoreError::permanent(format!("{label}.ca_file {}: {e}", file.display()))
+                    .caused_by(e)
             })?;
             tls.add_root_certificate(certificate);
         }
         if !settings.tls_verify {
             tls.danger_accept_invalid_certs(true);
         }
-        let tls = tls
-            .build()
-            .map_err(|e| StoreError::permanent(format!("{label}: TLS cannot start: {e}")))?;
+        let tls = tls.build().map_err(|e| {
+            StoreError::permanent(format!("{label}: TLS cannot start: {e}")).caused_by(e)
+        })?;
         let manager = Manager::from_config(
             config,
             postgres_native_tls::MakeTlsConnector::new(tls),
@@ -363,7 +386,7 @@ impl Store {
             .wait_timeout(Some(Duration::from_secs(10)))
             .create_timeout(Some(Duration::from_secs(10)))
             .build()
-            .map_err(|e| StoreError::permanent(format!("{label}: {e}")))?;
+            .map_err(|e| StoreError::permanent(format!("{label}: {e}")).caused_by(e))?;
         Ok(Store {
             pool,
             schema: settings.schema.clone(),

@@ -288,10 +288,7 @@ async fn write_batches(store: Store, mut queue: mpsc::Receiver<Job>, batch_size:
             }
             Err(error) => {
                 for job in jobs {
-                    let _ = job.done.send(Err(StoreError {
-                        message: error.message.clone(),
-                        permanent: error.permanent,
-                    }));
+                    let _ = job.done.send(Err(error.clone()));
                 }
             }
         }

@@ -109,12 +109,10 @@ impl TestAppBuilder {
             .clone()
             .unwrap_or_else(|| dir.path().join("data"));
         let sink_path = dir.path().join("events.jsonl");
-        let routes = self.routes_toml.clone().unwrap_or_else(|| {
-            format!(
-                "[sinks.file]\nkind = \"jsonl\"\npath = {:?}\n\n[[routes]]\nname = \"all\"\nevents = [\"*\"]\nsinks = [\"file\"]\n",
-                sink_path.display().to_string()
-            )
-        });
+        let routes = self
+            .routes_toml
+            .clone()
+            .unwrap_or_else(|| jsonl_sink(&sink_path));
         let redis = match &self.redis_prefix {
             Some(prefix) => format!("[redis]\nurl = \"{REDIS_URL}\"\nkey_prefix = \"{prefix}\"\n"),
             None => String::new(),
@@ -276,6 +274,74 @@ pub struct TestStopped {
     pub dir: tempfile::TempDir,
     pub sink_path: PathBuf,
     pub storage: PathBuf,
+}
+
+/// The sections of a daemon's config.toml that the tests repeat, in the order they are added.
+#[derive(Debug, Default)]
+pub struct ConfigToml {
+    text: String,
+}
+
+impl ConfigToml {
+    pub fn new() -> ConfigToml {
+        ConfigToml::default()
+    }
+
+    /// `[storage]`: the journal under `path`.
+    pub fn storage(self, path: &Path) -> ConfigToml {
+        self.raw(&format!(
+            "[storage]\npath = {:?}",
+            path.display().to_string()
+        ))
+    }
+
+    /// `[worker]` retrying within a test's patience (from 50 ms, at most 200 ms, looking every
+    /// 100 ms); `extra` holds more `[worker]` keys, one a line.
+    pub fn fast_worker(self, extra: &str) -> ConfigToml {
+        self.raw(&format!(
+            "[worker]\n{extra}retry_initial = \"50ms\"\nretry_max = \"200ms\"\npoll_interval = \"100ms\""
+        ))
+    }
+
+    /// `[redis]` at `url`, keys under `prefix`.
+    pub fn redis(self, url: &str, prefix: &str) -> ConfigToml {
+        self.raw(&format!(
+            "[redis]\nurl = \"{url}\"\nkey_prefix = \"{prefix}\""
+        ))
+    }
+
+    /// A jsonl sink `file` at `path` and a route `all` that sends it every event.
+    pub fn jsonl_for_all(self, path: &Path) -> ConfigToml {
+        self.raw(&jsonl_sink(path))
+    }
+
+    /// Any other text, as it is, on lines of its own.
+    pub fn raw(mut self, text: &str) -> ConfigToml {
+        self.text.push_str(text);
+        if !self.text.ends_with('\n') {
+            self.text.push('\n');
+        }
+        self
+    }
+
+    pub fn build(self) -> String {
+        self.text
+    }
+
+    /// Writes `dir/config.toml` and returns its path.
+    pub fn write(self, dir: &Path) -> PathBuf {
+        let path = dir.join("config.toml");
+        std::fs::write(&path, self.text).unwrap();
+        path
+    }
+}
+
+/// A jsonl sink `file` at `path` and a route `all` that sends it every event.
+pub fn jsonl_sink(path: &Path) -> String {
+    format!(
+        "[sinks.file]\nkind = \"jsonl\"\npath = {:?}\n\n[[routes]]\nname = \"all\"\nevents = [\"*\"]\nsinks = [\"file\"]\n",
+        path.display().to_string()
+    )
 }
 
 pub fn read_jsonl(path: &Path) -> Vec<Value> {

@@ -8,21 +8,17 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::helpers::{
-    post_signed_to, read_jsonl, record_updated_body, send_distinct_to, wait_for_jsonl, Daemon,
-    SECRET,
+    post_signed_to, read_jsonl, record_updated_body, send_distinct_to, wait_for_jsonl, ConfigToml,
+    Daemon, SECRET,
 };
 
 fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
-    let sink = dir.join("events.jsonl");
-    let config = format!(
-        "[storage]\npath = {:?}\n[worker]\nretry_initial = \"50ms\"\nretry_max = \"200ms\"\npoll_interval = \"100ms\"\n{extra}\n\
-         [sinks.file]\nkind = \"jsonl\"\npath = {:?}\n[[routes]]\nname = \"all\"\nevents = [\"*\"]\nsinks = [\"file\"]\n",
-        dir.join("data").display().to_string(),
-        sink.display().to_string()
-    );
-    let path = dir.join("config.toml");
-    std::fs::write(&path, config).unwrap();
-    path
+    ConfigToml::new()
+        .storage(&dir.join("data"))
+        .fast_worker("")
+        .raw(extra)
+        .jsonl_for_all(&dir.join("events.jsonl"))
+        .write(dir)
 }
 
 /// Runs the binary to completion and returns (exit code, stderr).

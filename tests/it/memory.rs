@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::faults::{env_usize, jsonl_sink};
-use crate::helpers::{post_signed_to, record_updated_body, Daemon, SECRET};
+use crate::faults::env_usize;
+use crate::helpers::{post_signed_to, record_updated_body, ConfigToml, Daemon, SECRET};
 
 /// Anonymous resident memory of `pid`, KiB.
 fn rss_anon_kib(pid: u32) -> u64 {
@@ -73,16 +73,11 @@ async fn anonymous_memory_stays_flat_under_load_when_nobody_scrapes_metrics() {
     let allowed_growth = env_usize("SOAK_GROWTH_KIB", 160) as u64;
     let worker = std::env::var("SOAK_WORKER").is_ok_and(|v| v == "true" || v == "1");
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[storage]\npath = {:?}\nsync = \"normal\"\n[worker]\nenabled = {worker}\n{}",
-            dir.path().join("data").display().to_string(),
-            jsonl_sink(&dir.path().join("events.jsonl")),
-        ),
-    )
-    .unwrap();
+    let config = ConfigToml::new()
+        .storage(&dir.path().join("data"))
+        .raw(&format!("sync = \"normal\"\n[worker]\nenabled = {worker}"))
+        .jsonl_for_all(&dir.path().join("events.jsonl"))
+        .write(dir.path());
     let mut daemon = Daemon::start(dir.path(), &config, &[("ATTIO_WEBHOOK_SECRET", SECRET)]);
     daemon.wait_healthy(Duration::from_secs(20)).await;
     let pid = daemon.child.id();

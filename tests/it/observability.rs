@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::helpers::{
-    record_updated_body, send_distinct_to, wait_for_jsonl, Daemon, TestApp, SECRET,
+    record_updated_body, send_distinct_to, wait_for_jsonl, ConfigToml, Daemon, TestApp, SECRET,
 };
 
 /// The value of one series in a Prometheus text exposition (0 when absent).
@@ -106,19 +106,11 @@ async fn a_stalled_log_pipe_does_not_stall_ingress() {
     const DELIVERIES: usize = 600;
     let dir = tempfile::tempdir().unwrap();
     let sink = dir.path().join("events.jsonl");
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[storage]\npath = {:?}\n\
-             [log]\nlevel = \"debug\"\nqueue_lines = 50\n\
-             [sinks.file]\nkind = \"jsonl\"\npath = {:?}\n\
-             [[routes]]\nname = \"all\"\nevents = [\"*\"]\nsinks = [\"file\"]\n",
-            dir.path().join("data").display().to_string(),
-            sink.display().to_string(),
-        ),
-    )
-    .unwrap();
+    let config = ConfigToml::new()
+        .storage(&dir.path().join("data"))
+        .raw("[log]\nlevel = \"debug\"\nqueue_lines = 50")
+        .jsonl_for_all(&sink)
+        .write(dir.path());
     // Standard error is a pipe that nobody reads: once its buffer (64 KiB on Linux) is full, a
     // write to it blocks. Debug logs fill it within the first hundred deliveries.
     let (mut daemon, _unread) =
@@ -159,16 +151,10 @@ fn proc_status(pid: u32, field: &str) -> f64 {
 async fn metrics_report_the_process_memory_cpu_file_descriptors_and_start_time() {
     let dir = tempfile::tempdir().unwrap();
     let sink = dir.path().join("events.jsonl");
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[storage]\npath = {:?}\n{}",
-            dir.path().join("data").display().to_string(),
-            crate::faults::jsonl_sink(&sink),
-        ),
-    )
-    .unwrap();
+    let config = ConfigToml::new()
+        .storage(&dir.path().join("data"))
+        .jsonl_for_all(&sink)
+        .write(dir.path());
     let started = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -217,15 +203,10 @@ async fn metrics_report_the_process_memory_cpu_file_descriptors_and_start_time()
 
 /// A daemon with `APP_ENV=production` and `extra` settings.
 async fn production_daemon(dir: &std::path::Path, extra: &str) -> Daemon {
-    let config = dir.join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[storage]\npath = {:?}\n{extra}\n",
-            dir.join("data").display().to_string()
-        ),
-    )
-    .unwrap();
+    let config = ConfigToml::new()
+        .storage(&dir.join("data"))
+        .raw(extra)
+        .write(dir);
     let mut daemon = Daemon::start(
         dir,
         &config,

@@ -7,28 +7,22 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::helpers::{
-    binary, free_port, post_signed_to, record_updated_body, unique_prefix, wait_for_jsonl, Daemon,
-    RedisServer, SECRET,
+    binary, free_port, post_signed_to, record_updated_body, unique_prefix, wait_for_jsonl,
+    ConfigToml, Daemon, RedisServer, SECRET,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
 
 /// A config for the Redis queue; `extra` adds keys (sections must not repeat `[queue]`).
 fn queue_config(dir: &Path, redis_url: &str, extra_redis: &str, extra: &str) -> PathBuf {
-    let config = format!(
-        "[storage]\npath = {:?}\n\
-         [queue]\nbackend = \"redis\"\n{extra}\n\
-         [redis]\nurl = \"{redis_url}\"\nkey_prefix = \"{}\"\n{extra_redis}\n\
-         [worker]\nretry_initial = \"50ms\"\nretry_max = \"200ms\"\npoll_interval = \"100ms\"\n\
-         [sinks.file]\nkind = \"jsonl\"\npath = {:?}\n\
-         [[routes]]\nname = \"all\"\nevents = [\"*\"]\nsinks = [\"file\"]\n",
-        dir.join("data").display().to_string(),
-        unique_prefix(),
-        dir.join("events.jsonl").display().to_string(),
-    );
-    let path = dir.join("config.toml");
-    std::fs::write(&path, config).unwrap();
-    path
+    ConfigToml::new()
+        .storage(&dir.join("data"))
+        .raw(&format!("[queue]\nbackend = \"redis\"\n{extra}"))
+        .redis(redis_url, &unique_prefix())
+        .raw(extra_redis)
+        .fast_worker("")
+        .jsonl_for_all(&dir.join("events.jsonl"))
+        .write(dir)
 }
 
 /// Runs the binary to completion: (exit code, stdout and stderr together).

@@ -14,8 +14,8 @@ use secrecy::SecretString;
 use serde_json::Value;
 
 use crate::helpers::{
-    post_signed_to, read_jsonl, record_updated_body, unique_prefix, Daemon, RedisServer, TestApp,
-    REDIS_URL, SECRET,
+    post_signed_to, read_jsonl, record_updated_body, unique_prefix, ConfigToml, Daemon,
+    RedisServer, TestApp, REDIS_URL, SECRET,
 };
 
 /// TOML that puts an app on the Redis queue at `url` under `prefix`, with a short lease so that
@@ -188,17 +188,12 @@ fn start_replica(root: &Path, name: &str, prefix: &str) -> (Daemon, PathBuf) {
     let dir = root.join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let sink = dir.join("events.jsonl");
-    let config = format!(
-        "{}[storage]\npath = {:?}\n\
-         [worker]\nconcurrency = 16\nretry_initial = \"50ms\"\nretry_max = \"200ms\"\npoll_interval = \"100ms\"\n\
-         [sinks.file]\nkind = \"jsonl\"\npath = {:?}\n\
-         [[routes]]\nname = \"all\"\nevents = [\"*\"]\nsinks = [\"file\"]\n",
-        redis_queue(REDIS_URL, prefix),
-        dir.join("data").display().to_string(),
-        sink.display().to_string(),
-    );
-    let config_path = dir.join("config.toml");
-    std::fs::write(&config_path, config).unwrap();
+    let config_path = ConfigToml::new()
+        .raw(&redis_queue(REDIS_URL, prefix))
+        .storage(&dir.join("data"))
+        .fast_worker("concurrency = 16\n")
+        .jsonl_for_all(&sink)
+        .write(&dir);
     // The host name starts the replica's consumer name in the group.
     let daemon = Daemon::start(
         &dir,

@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub use crate::helpers::jsonl_sink;
 use crate::helpers::{post_signed_to, record_updated_body};
 
 /// A number from the environment (the long versions), or the quick default.
@@ -323,14 +324,6 @@ pub fn busiest_second(instants: &[Instant]) -> usize {
         busiest = busiest.max(end - start + 1);
     }
     busiest
-}
-
-/// A jsonl sink and a route sending everything to it.
-pub fn jsonl_sink(path: &Path) -> String {
-    format!(
-        "[sinks.file]\nkind = \"jsonl\"\npath = {:?}\n\n[[routes]]\nname = \"all\"\nevents = [\"*\"]\nsinks = [\"file\"]\n",
-        path.display().to_string()
-    )
 }
 
 pub fn sink_path(dir: &Path) -> PathBuf {

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::{read_sink, tally};
-use crate::helpers::{post_signed_to, record_updated_body, Daemon, SECRET};
+use crate::helpers::{post_signed_to, record_updated_body, ConfigToml, Daemon, SECRET};
 
 /// How soon a file sink notices, without a signal, that its path names another file or none:
 /// it looks at most every second, before writing.
@@ -56,17 +56,11 @@ fn hang_up(daemon: &Daemon) {
 async fn a_moved_or_deleted_jsonl_file_is_reopened_and_sighup_reopens_it_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let sink = dir.path().join("events.jsonl");
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[storage]\npath = {:?}\n[worker]\npoll_interval = \"100ms\"\n\
-             [log]\nlevel = \"info\"\n{}",
-            dir.path().join("data").display().to_string(),
-            super::jsonl_sink(&sink)
-        ),
-    )
-    .unwrap();
+    let config = ConfigToml::new()
+        .storage(&dir.path().join("data"))
+        .raw("[worker]\npoll_interval = \"100ms\"\n[log]\nlevel = \"info\"")
+        .jsonl_for_all(&sink)
+        .write(dir.path());
     let mut daemon = Daemon::start(dir.path(), &config, &[("ATTIO_WEBHOOK_SECRET", SECRET)]);
     daemon.wait_healthy(Duration::from_secs(20)).await;
     let client = reqwest::Client::new();

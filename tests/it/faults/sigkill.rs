@@ -9,8 +9,8 @@
 
 use std::time::{Duration, Instant};
 
-use super::{env_usize, jsonl_sink, sink_path, wait_for_all, Load};
-use crate::helpers::{free_port, unique_prefix, Daemon, REDIS_URL, SECRET};
+use super::{env_usize, sink_path, wait_for_all, Load};
+use crate::helpers::{free_port, unique_prefix, ConfigToml, Daemon, REDIS_URL, SECRET};
 
 /// Events in flight in the worker at once.
 const CONCURRENCY: usize = 16;
@@ -21,20 +21,13 @@ async fn sigkill_during_a_load_loses_no_acknowledged_event_and_repeats_are_bound
     let kills = env_usize("FAULTS_KILLS", 3);
     let dir = tempfile::tempdir().unwrap();
     let sink = sink_path(dir.path());
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[storage]\npath = {:?}\n\
-             [worker]\nconcurrency = {CONCURRENCY}\nretry_initial = \"50ms\"\nretry_max = \"200ms\"\npoll_interval = \"100ms\"\n\
-             [dedupe]\nclaim_lease = \"10m\"\ndone_ttl = \"10m\"\n\
-             [redis]\nurl = \"{REDIS_URL}\"\nkey_prefix = \"{}\"\n{}",
-            dir.path().join("data").display().to_string(),
-            unique_prefix(),
-            jsonl_sink(&sink)
-        ),
-    )
-    .unwrap();
+    let config = ConfigToml::new()
+        .storage(&dir.path().join("data"))
+        .fast_worker(&format!("concurrency = {CONCURRENCY}\n"))
+        .raw("[dedupe]\nclaim_lease = \"10m\"\ndone_ttl = \"10m\"")
+        .redis(REDIS_URL, &unique_prefix())
+        .jsonl_for_all(&sink)
+        .write(dir.path());
     let port = free_port();
     let env = [("ATTIO_WEBHOOK_SECRET", SECRET)];
     let mut daemon = Daemon::start_on(port, dir.path(), &config, &env);

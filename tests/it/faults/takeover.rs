@@ -9,24 +9,18 @@ use attio_webhooks::config::Config;
 use attio_webhooks::dedupe::{ClaimOutcome, ClaimOwner, RedisDedupe};
 
 use super::{jsonl_sink, read_sink, sink_path};
-use crate::helpers::{send_distinct_to, unique_prefix, Daemon, REDIS_URL, SECRET};
+use crate::helpers::{send_distinct_to, unique_prefix, ConfigToml, Daemon, REDIS_URL, SECRET};
 
 const EVENTS: usize = 20;
 
 fn config(dir: &std::path::Path, prefix: &str, sinks: &str) -> std::path::PathBuf {
-    let path = dir.join("config.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[storage]\npath = {:?}\n\
-             [worker]\nretry_initial = \"50ms\"\nretry_max = \"200ms\"\npoll_interval = \"100ms\"\n\
-             [dedupe]\nclaim_lease = \"10m\"\ndone_ttl = \"10m\"\n\
-             [redis]\nurl = \"{REDIS_URL}\"\nkey_prefix = \"{prefix}\"\n{sinks}",
-            dir.join("data").display().to_string(),
-        ),
-    )
-    .unwrap();
-    path
+    ConfigToml::new()
+        .storage(&dir.join("data"))
+        .fast_worker("")
+        .raw("[dedupe]\nclaim_lease = \"10m\"\ndone_ttl = \"10m\"")
+        .redis(REDIS_URL, prefix)
+        .raw(sinks)
+        .write(dir)
 }
 
 #[tokio::test]
