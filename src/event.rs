@@ -585,7 +585,9 @@ impl EventIds {
         beside: [const { None }; ID_KEYS.len()],
     };
 
-    /// The ids of an event's JSON text; none when it is not an object of the usual shape.
+    /// The ids of an event's JSON text; none when it is not an object of the usual shape. The
+    /// worker reads them with the rest of the event ([`EventView::read`]); this is for tests.
+    #[cfg(test)]
     pub fn parse(raw: &str) -> EventIds {
         serde_json::from_str(raw).unwrap_or_default()
     }
