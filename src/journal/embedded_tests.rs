@@ -224,3 +224,39 @@ async fn a_history_read_sees_every_write_answered_before_it() {
     assert_eq!(page.data.len(), 1);
     journal.close().await;
 }
+
+#[tokio::test]
+async fn the_purge_forgets_the_oldest_delivery_keys_and_keeps_the_younger_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = SqliteJournal::open(&dir.path().join("j.sqlite3")).unwrap();
+    let hours_ago = |hours: i64| Utc::now() - chrono::Duration::hours(hours);
+    // Received in this order: two old keys, then a young one.
+    for (key, received_at) in [
+        ("old-1", hours_ago(5)),
+        ("old-2", hours_ago(4)),
+        ("young", hours_ago(1)),
+    ] {
+        let mut delivery = delivery(key, 0);
+        delivery.received_at = received_at;
+        journal.append(delivery).await.unwrap();
+    }
+    let retention = Retention {
+        history: Duration::from_secs(7 * 24 * 3600),
+        dead_letters: None,
+    };
+    let purged = journal
+        .purge(Duration::from_secs(2 * 3600), retention)
+        .await
+        .unwrap();
+    assert_eq!(purged, 2);
+    // A forgotten key is stored again; a kept one is still a duplicate.
+    assert!(matches!(
+        journal.append(delivery("old-1", 0)).await.unwrap(),
+        AppendOutcome::Stored(_)
+    ));
+    assert!(matches!(
+        journal.append(delivery("young", 0)).await.unwrap(),
+        AppendOutcome::Duplicate
+    ));
+    journal.close().await;
+}

@@ -42,8 +42,7 @@ const MAX_PAYLOAD: usize = 64 * 1024 * 1024;
 const KEEP_FILE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// One change the log makes durable.
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
-#[serde(tag = "op", rename_all = "snake_case")]
+#[derive(Debug, PartialEq)]
 pub(super) enum RedoRecord {
     Append {
         key: String,
@@ -61,39 +60,38 @@ pub(super) enum RedoRecord {
     },
 }
 
-/// The same records, borrowed, for encoding without copying the events.
-#[derive(Serialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-enum RedoRef<'a> {
-    Append {
-        key: &'a str,
-        key_derived: bool,
-        webhook_id: Option<&'a str>,
-        received_at: DateTime<Utc>,
-        request_id: Option<&'a str>,
-        events: Vec<(&'a str, &'a str)>,
-    },
-    Complete {
-        id: &'a str,
-        delivered_at: DateTime<Utc>,
-        record: &'a AttemptRecord,
-    },
-}
+/// How a payload begins: an append is written field by field (its events' JSON goes in as it
+/// is, where JSON would escape every quote of it); a completion is JSON.
+const APPEND: u8 = b'A';
 
 /// The payload of an append, made by the caller (off the writer thread).
 pub(super) fn encode_append(delivery: &NewDelivery) -> Vec<u8> {
-    encode(&RedoRef::Append {
-        key: &delivery.key,
-        key_derived: delivery.key_derived,
-        webhook_id: delivery.webhook_id.as_deref(),
-        received_at: delivery.received_at,
-        request_id: delivery.request_id.as_deref(),
-        events: delivery
-            .events
-            .iter()
-            .map(|event| (event.event_type.as_str(), event.raw.as_str()))
-            .collect(),
-    })
+    let size = delivery
+        .events
+        .iter()
+        .map(|event| event.event_type.len() + event.raw.len() + 8)
+        .sum::<usize>()
+        + delivery.key.len()
+        + 128;
+    let mut out = Vec::with_capacity(size);
+    out.push(APPEND);
+    put_text(&mut out, &delivery.key);
+    out.push(u8::from(delivery.key_derived));
+    put_optional(&mut out, delivery.webhook_id.as_deref());
+    out.extend_from_slice(
+        &delivery
+            .received_at
+            .timestamp_nanos_opt()
+            .unwrap_or_default()
+            .to_le_bytes(),
+    );
+    put_optional(&mut out, delivery.request_id.as_deref());
+    out.extend_from_slice(&(delivery.events.len() as u32).to_le_bytes());
+    for event in &delivery.events {
+        put_text(&mut out, &event.event_type);
+        put_text(&mut out, &event.raw);
+    }
+    out
 }
 
 /// The payload of a completion.
@@ -102,16 +100,104 @@ pub(super) fn encode_complete(
     delivered_at: DateTime<Utc>,
     record: &AttemptRecord,
 ) -> Vec<u8> {
-    encode(&RedoRef::Complete {
+    #[derive(Serialize)]
+    struct Complete<'a> {
+        id: &'a str,
+        delivered_at: DateTime<Utc>,
+        record: &'a AttemptRecord,
+    }
+    // Serializing strings, a time and string maps cannot fail.
+    serde_json::to_vec(&Complete {
         id,
         delivered_at,
         record,
     })
+    .unwrap_or_default()
 }
 
-fn encode(record: &RedoRef<'_>) -> Vec<u8> {
-    // Serializing these types cannot fail: strings, booleans, a time and string maps.
-    serde_json::to_vec(record).unwrap_or_default()
+/// Reads a payload back.
+pub(super) fn decode(payload: &[u8]) -> Result<RedoRecord, String> {
+    if payload.first() != Some(&APPEND) {
+        #[derive(Deserialize)]
+        struct Complete {
+            id: String,
+            delivered_at: DateTime<Utc>,
+            record: AttemptRecord,
+        }
+        let complete: Complete = serde_json::from_slice(payload).map_err(|e| e.to_string())?;
+        return Ok(RedoRecord::Complete {
+            id: complete.id,
+            delivered_at: complete.delivered_at,
+            record: complete.record,
+        });
+    }
+    let mut input = Reader(&payload[1..]);
+    let key = input.text()?;
+    let key_derived = input.take(1)?[0] != 0;
+    let webhook_id = input.optional()?;
+    let nanos = i64::from_le_bytes(input.array()?);
+    let received_at = DateTime::from_timestamp_nanos(nanos);
+    let request_id = input.optional()?;
+    let count = u32::from_le_bytes(input.array()?) as usize;
+    let mut events = Vec::with_capacity(count.min(1024));
+    for _ in 0..count {
+        events.push((input.text()?, input.text()?));
+    }
+    Ok(RedoRecord::Append {
+        key,
+        key_derived,
+        webhook_id,
+        received_at,
+        request_id,
+        events,
+    })
+}
+
+fn put_text(out: &mut Vec<u8>, text: &str) {
+    out.extend_from_slice(&(text.len() as u32).to_le_bytes());
+    out.extend_from_slice(text.as_bytes());
+}
+
+fn put_optional(out: &mut Vec<u8>, text: Option<&str>) {
+    match text {
+        Some(text) => {
+            out.push(1);
+            put_text(out, text);
+        }
+        None => out.push(0),
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, count: usize) -> Result<&'a [u8], String> {
+        if self.0.len() < count {
+            return Err("record ends early".to_string());
+        }
+        let (taken, rest) = self.0.split_at(count);
+        self.0 = rest;
+        Ok(taken)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
+        self.take(N)?
+            .try_into()
+            .map_err(|_| "record ends early".to_string())
+    }
+
+    fn text(&mut self) -> Result<String, String> {
+        let length = u32::from_le_bytes(self.array()?) as usize;
+        let bytes = self.take(length)?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| "text is not UTF-8".to_string())
+    }
+
+    fn optional(&mut self) -> Result<Option<String>, String> {
+        match self.take(1)?[0] {
+            0 => Ok(None),
+            _ => self.text().map(Some),
+        }
+    }
 }
 
 /// The log file, owned by the writer thread of the daemon that holds the journal's lock.
@@ -175,7 +261,7 @@ impl RedoLog {
         })?;
         Ok(read_records(&bytes, committed_lsn)
             .into_iter()
-            .filter_map(|(lsn, payload)| match serde_json::from_slice(payload) {
+            .filter_map(|(lsn, payload)| match decode(payload) {
                 Ok(record) => Some((lsn, record)),
                 Err(error) => {
                     // Only a bug could write a record whose CRC is right and whose JSON is not.

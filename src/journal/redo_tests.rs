@@ -98,7 +98,7 @@ fn append_and_complete_records_decode_to_what_was_encoded() {
             raw: r#"{"event_type":"task.created"}"#.to_string(),
         }],
     };
-    let decoded: RedoRecord = serde_json::from_slice(&encode_append(&delivery)).unwrap();
+    let decoded = decode(&encode_append(&delivery)).unwrap();
     assert_eq!(
         decoded,
         RedoRecord::Append {
@@ -118,7 +118,7 @@ fn append_and_complete_records_decode_to_what_was_encoded() {
         ..AttemptRecord::default()
     };
     let at = Utc::now();
-    let decoded: RedoRecord = serde_json::from_slice(&encode_complete("k:0", at, &record)).unwrap();
+    let decoded = decode(&encode_complete("k:0", at, &record)).unwrap();
     assert_eq!(
         decoded,
         RedoRecord::Complete {
@@ -127,4 +127,20 @@ fn append_and_complete_records_decode_to_what_was_encoded() {
             record,
         }
     );
+}
+
+#[test]
+fn a_damaged_append_record_is_refused_not_misread() {
+    let delivery = NewDelivery {
+        key: "k".to_string(),
+        key_derived: true,
+        webhook_id: None,
+        received_at: Utc::now(),
+        request_id: Some("r".to_string()),
+        events: Vec::new(),
+    };
+    let payload = encode_append(&delivery);
+    for cut in 1..payload.len() {
+        assert!(decode(&payload[..cut]).is_err(), "cut at {cut}");
+    }
 }
