@@ -32,7 +32,10 @@ source "$repo/bench/lib.sh"
 
 log() { echo "cpu: $*" >&2; }
 
-cargo build --release --quiet --bin attio-webhooks --example loadgen
+# BUILD=0: use the binaries as they are (when comparing builds made elsewhere).
+if [ "${BUILD:-1}" = 1 ]; then
+  cargo build --release --quiet --bin attio-webhooks --example loadgen
+fi
 loadgen=$repo/target/release/examples/loadgen
 binaries=()
 if [ $# -ge 1 ]; then
@@ -42,7 +45,7 @@ else
 fi
 mkdir -p target/bench-peers
 cp -r "$PEERS_DIR"/axum-bare target/bench-peers/
-(cd target/bench-peers/axum-bare && cargo build --release --quiet)
+(cd target/bench-peers/axum-bare && cargo build --release --quiet 2>/dev/null)
 bare_bin=$repo/target/bench-peers/axum-bare/target/release/axum-bare
 
 work=$(mktemp -d)
