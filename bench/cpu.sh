@@ -110,7 +110,7 @@ daemon_run() {
     extra+=(REDIS_URL="$REDIS_URL" ATTIO_WEBHOOKS__REDIS__KEY_PREFIX="$BENCH_PREFIX-$label" ATTIO_WEBHOOKS__DEDUPE__DONE_TTL=15m)
   fi
   # From an empty working directory, so that an older binary does not read this checkout's config/.
-  (cd "$dir" && exec env APP_ENV=production ATTIO_WEBHOOK_SECRET="$SECRET" ATTIO_WEBHOOKS_ADMIN_TOKEN=bench-admin-token "${extra[@]}" \
+  (cd "$dir" && exec env ATTIO_WEBHOOK_SECRET="$SECRET" "${extra[@]}" \
     "$binary" serve --config "$dir/config.toml" --listen "127.0.0.1:$port" >/dev/null 2>"$dir/daemon.log") &
   pid=$!
   if ! wait_port "$port"; then log "$binary did not start:"; tail -n 5 "$dir/daemon.log" >&2; exit 1; fi

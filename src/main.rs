@@ -7,7 +7,8 @@ use clap::Parser;
 
 /// mimalloc rather than the system allocator: the daemon allocates on one thread and frees on
 /// another for every event (ingress, the journal writer, the worker, the sinks), and glibc's
-/// arenas showed in profiles as lock contention and as a tenth of the CPU per event.
+/// arenas showed in profiles as lock contention and as a tenth of the CPU per event. Built without
+/// transparent huge pages (`no_thp`): with them, idle RSS rose from 18 to 31 MB.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
