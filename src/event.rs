@@ -495,6 +495,282 @@ pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(escaped)
 }
 
+/// One event's JSON, read once: when the worker takes the event up (`worker::item`). It holds
+/// the text exactly as stored (checked to be JSON, written verbatim into the sink line), the ids
+/// enrichment and routing need ([`EventIds`]), and the whole tree only when a route filter reads
+/// arbitrary fields. Every later stage reads this instead of parsing the text again.
+#[derive(Debug)]
+pub struct EventView {
+    raw: String,
+    ids: EventIds,
+    tree: Option<serde_json::Value>,
+}
+
+/// A stored event whose text is not JSON: a damaged journal row (ingress stores only events
+/// that parse). No sink can take it and no filter matches it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("stored event is not valid JSON: {0}")]
+pub struct UnreadableEvent(String);
+
+impl EventView {
+    /// Reads `raw` once. `with_tree`: also keep the whole tree, for route filters.
+    pub fn read(raw: String, with_tree: bool) -> Result<EventView, UnreadableEvent> {
+        if with_tree {
+            // A text that is JSON but not a tree serde_json can hold (never from ingress, which
+            // reads every event through in full) falls back to the ids alone: filters then
+            // cannot match it, as before.
+            if let Ok(tree) = serde_json::from_str::<serde_json::Value>(&raw) {
+                let ids = EventIds::deserialize(&tree).unwrap_or_default();
+                return Ok(EventView {
+                    raw,
+                    ids,
+                    tree: Some(tree),
+                });
+            }
+        }
+        // The ids are taken while the rest is skipped, which checks it is JSON all the same.
+        match serde_json::from_str::<EventIds>(&raw) {
+            Ok(ids) => Ok(EventView {
+                raw,
+                ids,
+                tree: None,
+            }),
+            Err(error) => Err(UnreadableEvent(error.to_string())),
+        }
+    }
+
+    /// The event's JSON exactly as stored: valid JSON, as Attio sent it.
+    pub fn raw(&self) -> &str {
+        &self.raw
+    }
+
+    pub fn ids(&self) -> &EventIds {
+        &self.ids
+    }
+
+    /// The whole event, when it was read with its tree.
+    pub fn tree(&self) -> Option<&serde_json::Value> {
+        self.tree.as_ref()
+    }
+}
+
+/// The ids an event carries: in `id`, and beside it (comments and entries put some there).
+/// Only these keys are kept; only non-empty strings count.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventIds {
+    inside: [Option<String>; ID_KEYS.len()],
+    beside: [Option<String>; ID_KEYS.len()],
+}
+
+/// The id keys enrichment and routing read (docs/attio.md §2).
+pub const ID_KEYS: [&str; 12] = [
+    "object_id",
+    "record_id",
+    "attribute_id",
+    "list_id",
+    "entry_id",
+    "parent_object_id",
+    "note_id",
+    "task_id",
+    "comment_id",
+    "workspace_member_id",
+    "meeting_id",
+    "call_recording_id",
+];
+
+impl EventIds {
+    /// No ids at all (an event that could not be read).
+    pub const NONE: EventIds = EventIds {
+        inside: [const { None }; ID_KEYS.len()],
+        beside: [const { None }; ID_KEYS.len()],
+    };
+
+    /// The ids of an event's JSON text; none when it is not an object of the usual shape. The
+    /// worker reads them with the rest of the event ([`EventView::read`]); this is for tests.
+    #[cfg(test)]
+    pub fn parse(raw: &str) -> EventIds {
+        serde_json::from_str(raw).unwrap_or_default()
+    }
+
+    /// `id.KEY`, else `KEY` beside `id`. `key` is one of [`ID_KEYS`] (any other is `None`).
+    pub fn get(&self, key: &str) -> Option<&str> {
+        let slot = ID_KEYS.iter().position(|known| *known == key)?;
+        self.inside[slot]
+            .as_deref()
+            .or(self.beside[slot].as_deref())
+    }
+}
+
+impl<'de> Deserialize<'de> for EventIds {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<EventIds, D::Error> {
+        deserializer.deserialize_any(ids::Event)
+    }
+}
+
+/// The visitors behind [`EventIds`]: one pass over the event that keeps the id keys and skips
+/// (while still checking) everything else. A duplicate key keeps its last value, as a JSON
+/// object read into a map does; a shape that is not an object yields no ids, never an error.
+mod ids {
+    use std::fmt;
+
+    use serde::de::{
+        self, Deserialize, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor,
+    };
+
+    use super::{EventIds, ID_KEYS};
+
+    /// Every other JSON value (null, booleans, numbers, and with `strings` also strings) yields
+    /// `$empty`.
+    macro_rules! scalars_yield {
+        ($empty:expr) => {
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok($empty)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok($empty)
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok($empty)
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Ok($empty)
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                Ok($empty)
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok($empty)
+            }
+        };
+        ($empty:expr, strings) => {
+            scalars_yield!($empty);
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+                Ok($empty)
+            }
+        };
+    }
+
+    /// A key of the event or of its `id`.
+    enum Key {
+        Id,
+        Known(usize),
+        Other,
+    }
+
+    impl<'de> Deserialize<'de> for Key {
+        fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Key, D::Error> {
+            struct KeyVisitor;
+            impl Visitor<'_> for KeyVisitor {
+                type Value = Key;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a key")
+                }
+                fn visit_str<E: de::Error>(self, key: &str) -> Result<Key, E> {
+                    Ok(match ID_KEYS.iter().position(|known| *known == key) {
+                        Some(slot) => Key::Known(slot),
+                        None if key == "id" => Key::Id,
+                        None => Key::Other,
+                    })
+                }
+            }
+            deserializer.deserialize_str(KeyVisitor)
+        }
+    }
+
+    type Slots = [Option<String>; ID_KEYS.len()];
+
+    /// The event itself: its `id` object and the known keys beside it.
+    pub(super) struct Event;
+
+    impl<'de> Visitor<'de> for Event {
+        type Value = EventIds;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an event")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<EventIds, A::Error> {
+            let mut ids = EventIds::default();
+            while let Some(key) = map.next_key::<Key>()? {
+                match key {
+                    Key::Id => ids.inside = map.next_value_seed(Inside)?,
+                    Key::Known(slot) => ids.beside[slot] = map.next_value::<Text>()?.0,
+                    Key::Other => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            Ok(ids)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<EventIds, A::Error> {
+            IgnoredAny.visit_seq(seq).map(|_| EventIds::default())
+        }
+        scalars_yield!(EventIds::default(), strings);
+    }
+
+    /// The event's `id` object.
+    struct Inside;
+
+    impl<'de> DeserializeSeed<'de> for Inside {
+        type Value = Slots;
+        fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Slots, D::Error> {
+            deserializer.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Inside {
+        type Value = Slots;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("the event's id")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Slots, A::Error> {
+            let mut slots = Slots::default();
+            while let Some(key) = map.next_key::<Key>()? {
+                match key {
+                    Key::Known(slot) => slots[slot] = map.next_value::<Text>()?.0,
+                    Key::Id | Key::Other => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            Ok(slots)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Slots, A::Error> {
+            IgnoredAny.visit_seq(seq).map(|_| Slots::default())
+        }
+        scalars_yield!(Slots::default(), strings);
+    }
+
+    /// A value kept only when it is a non-empty string.
+    struct Text(Option<String>);
+
+    impl<'de> Deserialize<'de> for Text {
+        fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Text, D::Error> {
+            deserializer.deserialize_any(TextVisitor)
+        }
+    }
+
+    struct TextVisitor;
+
+    impl<'de> Visitor<'de> for TextVisitor {
+        type Value = Text;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an id")
+        }
+        fn visit_str<E: de::Error>(self, text: &str) -> Result<Text, E> {
+            Ok(Text((!text.is_empty()).then(|| text.to_string())))
+        }
+        fn visit_string<E: de::Error>(self, text: String) -> Result<Text, E> {
+            Ok(Text((!text.is_empty()).then_some(text)))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Text, A::Error> {
+            IgnoredAny.visit_map(map).map(|_| Text(None))
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Text, A::Error> {
+            IgnoredAny.visit_seq(seq).map(|_| Text(None))
+        }
+        scalars_yield!(Text(None));
+    }
+}
+
 /// Parsing and identity promises as executable checks, shared by the property tests below and
 /// the `parse_delivery` fuzz target (`fuzz/`, feature `fuzzing`). Each check panics, naming the
 /// promise, when it is broken: that is how both harnesses report a failure.
@@ -645,6 +921,71 @@ pub mod properties {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_view_keeps_the_ids_in_and_beside_id_and_only_non_empty_strings() {
+        let raw = r#"{"event_type":"comment.created","id":{"workspace_id":"w","comment_id":"c",
+            "record_id":""},"object_id":"o","record_id":"r","list_id":7,"entry_id":{"x":"y"},
+            "actor":{"type":"workspace-member","id":"m"}}"#;
+        let view = EventView::read(raw.to_string(), false).unwrap();
+        let ids = view.ids();
+        assert_eq!(ids.get("comment_id"), Some("c"));
+        assert_eq!(ids.get("object_id"), Some("o"), "beside `id`");
+        assert_eq!(
+            ids.get("record_id"),
+            Some("r"),
+            "an empty one inside gives way"
+        );
+        assert_eq!(ids.get("list_id"), None, "not a string");
+        assert_eq!(ids.get("entry_id"), None);
+        assert_eq!(ids.get("workspace_id"), None, "not an id key");
+        assert_eq!(view.raw(), raw, "the text is kept as stored");
+        assert!(view.tree().is_none(), "no tree unless filters want one");
+    }
+
+    #[test]
+    fn ids_read_from_the_tree_equal_those_read_from_the_text() {
+        for raw in [
+            r#"{"event_type":"record.updated","id":{"object_id":"o","record_id":"r","attribute_id":"a"}}"#,
+            r#"{"event_type":"x","id":{"note_id":"n"},"id":{"task_id":"t"},"parent_object_id":"p"}"#,
+            r#"{"event_type":"x","id":"not an object","list_id":null}"#,
+        ] {
+            let text = EventView::read(raw.to_string(), false).unwrap();
+            let tree = EventView::read(raw.to_string(), true).unwrap();
+            assert!(tree.tree().is_some());
+            assert_eq!(text.ids(), tree.ids(), "{raw}");
+        }
+        let duplicated = EventView::read(
+            r#"{"id":{"note_id":"n"},"id":{"task_id":"t"}}"#.into(),
+            false,
+        )
+        .unwrap();
+        assert_eq!(duplicated.ids().get("note_id"), None, "the last `id` wins");
+        assert_eq!(duplicated.ids().get("task_id"), Some("t"));
+    }
+
+    #[test]
+    fn a_view_of_text_that_is_not_json_is_unreadable_and_other_shapes_have_no_ids() {
+        for broken in [
+            r#"{"event_type":"x""#,
+            r#"{"a":1} trailing"#,
+            "",
+            r#"{"a":tru}"#,
+        ] {
+            assert!(
+                EventView::read(broken.to_string(), false).is_err(),
+                "{broken}"
+            );
+            assert!(
+                EventView::read(broken.to_string(), true).is_err(),
+                "{broken}"
+            );
+        }
+        for shape in ["[1,2]", "\"text\"", "null", "3"] {
+            let view = EventView::read(shape.to_string(), false).unwrap();
+            assert_eq!(view.ids(), &EventIds::NONE, "{shape}");
+        }
+    }
 
     #[test]
     fn control_characters_are_escaped_for_people_and_the_rest_is_kept() {

@@ -31,8 +31,11 @@
 //!   (`journal::repair`: check and recover a damaged SQLite journal), and the event history
 //!   with its one query interface (`journal::history`). Both backends keep one contract
 //!   (`journal::Backend`, tested on both by `tests/it/journal_contract.rs`).
-//! - `worker`: takes events from the channel and the journal, drives them to the sinks
-//!   (`worker::collapse`: one line for the updates that shared a fetch, on `collapse = true` routes;
+//! - `worker`: takes events from the channel and the journal, reads each one once into a work
+//!   item (`worker::item`) and drives it to the sinks, one module per stage (`worker::claim`,
+//!   `worker::route`, `worker::deliver`, `worker::settle`; `worker::backoff`: when an event comes
+//!   back and when it is dead;
+//!   `worker::collapse`: one line for the updates that shared a fetch, on `collapse = true` routes;
 //!   `worker::order`: the events of one delivery about one record reach the sinks in their order;
 //!   `worker::outage`: a dependency that is down is logged once per outage, not per event;
 //!   `worker::unrecorded`: outcomes the journal could not record, kept until it can).

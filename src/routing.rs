@@ -1,8 +1,9 @@
 //! Routing: which sinks an event goes to.
 //!
 //! In: the configured `[[routes]]` (compiled and checked once at start) and an event (its type,
-//! its JSON, and its [`EventDimensions`]: the object, list and attribute it is about, as ids and
-//! as the slugs enrichment resolved). Out: the names of the sinks the event goes to: the union
+//! its [`FilterFields`]: the JSON the worker parsed once plus what enrichment added, and its
+//! [`EventDimensions`]: the object, list and attribute it is about, as ids and as the slugs
+//! enrichment resolved). Out: the names of the sinks the event goes to: the union
 //! of the sinks of every matching route. A route matches when one of its event patterns matches
 //! the type, each of its `object` / `list` / `attribute` keys (if any) names the event's, and its
 //! optional `filter` (Attio's own filter shape) matches the event.
@@ -279,8 +280,12 @@ impl EventFilter {
         }))
     }
 
-    pub fn matches(&self, event: &Value) -> bool {
-        let mut results = self.conditions.iter().map(|c| c.matches(event));
+    /// Whether the event holds. An event that could not be read matches no filter.
+    pub fn matches(&self, fields: &FilterFields<'_>) -> bool {
+        let Some(event) = fields.event else {
+            return false;
+        };
+        let mut results = self.conditions.iter().map(|c| c.matches(event, fields));
         match self.combine {
             Combine::All => results.all(|m| m),
             Combine::Any => results.any(|m| m),
@@ -342,16 +347,73 @@ impl Condition {
         })
     }
 
-    fn matches(&self, event: &Value) -> bool {
-        let found = self
-            .path
-            .iter()
-            .try_fold(event, |node, segment| node.get(segment))
-            .unwrap_or(&Value::Null);
-        let equal = *found == self.value;
+    fn matches(&self, event: &Value, fields: &FilterFields<'_>) -> bool {
+        let equal = match fields.find(event, &self.path) {
+            Found::Json(found) => *found == self.value,
+            Found::Text(found) => self.value.as_str() == Some(found),
+            Found::Null => self.value.is_null(),
+        };
         match self.operator {
             Operator::Equals => equal,
             Operator::NotEquals => !equal,
+        }
+    }
+}
+
+/// What a route filter reads of one event: its JSON (parsed once, by the worker; `None` when it
+/// could not be read, which no filter matches) and, when the routes wanted the event enriched,
+/// the fields enrichment adds at its top, which win over the event's own keys of those names.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FilterFields<'a> {
+    pub event: Option<&'a Value>,
+    pub enriched: Option<EnrichedFields<'a>>,
+}
+
+/// The fields a filter sees after enrichment: `enrichment` (the status), the resolved `object`,
+/// `list` and `attribute` slugs, and the fetched `data` (each `null` when absent).
+#[derive(Debug, Clone, Copy)]
+pub struct EnrichedFields<'a> {
+    pub enrichment: &'a str,
+    pub object: Option<&'a str>,
+    pub list: Option<&'a str>,
+    pub attribute: Option<&'a str>,
+    pub data: Option<&'a Value>,
+}
+
+/// What a filter's dot path leads to.
+enum Found<'a> {
+    Json(&'a Value),
+    Text(&'a str),
+    /// Missing, or `null`.
+    Null,
+}
+
+impl<'a> FilterFields<'a> {
+    /// Follows `path` (never empty: filters are checked at start) from the event's top.
+    fn find(&self, event: &'a Value, path: &[String]) -> Found<'a> {
+        let Some((first, rest)) = path.split_first() else {
+            return Found::Json(event);
+        };
+        let text = |value: Option<&'a str>| value.map_or(Found::Null, Found::Text);
+        let start = match self.enriched.filter(|_| event.is_object()) {
+            Some(enriched) => match first.as_str() {
+                "enrichment" => Found::Text(enriched.enrichment),
+                "object" => text(enriched.object),
+                "list" => text(enriched.list),
+                "attribute" => text(enriched.attribute),
+                "data" => enriched.data.map_or(Found::Null, Found::Json),
+                _ => event.get(first).map_or(Found::Null, Found::Json),
+            },
+            None => event.get(first).map_or(Found::Null, Found::Json),
+        };
+        match start {
+            Found::Json(node) => rest
+                .iter()
+                .try_fold(node, |node, segment| node.get(segment))
+                .map_or(Found::Null, Found::Json),
+            // A slug has no fields below it.
+            Found::Text(_) if !rest.is_empty() => Found::Null,
+            found => found,
         }
     }
 }
@@ -560,19 +622,28 @@ impl RouteTable {
         })
     }
 
-    /// The sinks an event goes to, each once, in configuration order. `event` is the event's
-    /// JSON (as filters see it), parsed only when a route with a filter matches the type;
-    /// `dimensions` is what the routes' `object` / `list` / `attribute` keys compare with.
+    /// The sink names [`RouteTable::routed`] gives for an event's JSON text, without enrichment.
+    #[cfg(test)]
     pub fn sinks_for(
         &self,
         event_type: &str,
         event: &str,
         dimensions: &EventDimensions,
     ) -> Vec<&str> {
-        self.routed(event_type, event, dimensions)
+        let event = serde_json::from_str::<Value>(event).ok();
+        let fields = FilterFields {
+            event: event.as_ref(),
+            enriched: None,
+        };
+        self.routed(event_type, &fields, dimensions)
             .into_iter()
             .map(|sink| sink.name)
             .collect()
+    }
+
+    /// Whether any route has a `filter` (only then does the worker keep an event's whole tree).
+    pub fn has_filters(&self) -> bool {
+        self.routes.iter().any(|route| route.filter.is_some())
     }
 
     /// Whether any route has `collapse = true`.
@@ -580,14 +651,15 @@ impl RouteTable {
         self.routes.iter().any(|route| route.collapse)
     }
 
-    /// [`RouteTable::sinks_for`], saying for each sink whether it takes collapsed lines.
+    /// The sinks an event goes to, each once, in configuration order, each saying whether it
+    /// takes collapsed lines. `fields` is what filters read; `dimensions` is what the routes'
+    /// `object` / `list` / `attribute` keys compare with.
     pub fn routed(
         &self,
         event_type: &str,
-        event: &str,
+        fields: &FilterFields<'_>,
         dimensions: &EventDimensions,
     ) -> Vec<RoutedSink<'_>> {
-        let mut parsed: Option<Option<Value>> = None;
         let mut sinks: Vec<RoutedSink<'_>> = Vec::new();
         for route in &self.routes {
             if !route.patterns.iter().any(|p| p.matches(event_type)) {
@@ -596,13 +668,8 @@ impl RouteTable {
             if !route.dimensions_hold(dimensions) {
                 continue;
             }
-            if let Some(filter) = &route.filter {
-                // Ingress stored only events that parsed, so `None` means a corrupt journal row;
-                // a filter cannot match what it cannot read.
-                let event = parsed.get_or_insert_with(|| serde_json::from_str(event).ok());
-                if !event.as_ref().is_some_and(|e| filter.matches(e)) {
-                    continue;
-                }
+            if route.filter.as_ref().is_some_and(|f| !f.matches(fields)) {
+                continue;
             }
             for sink in &route.sinks {
                 match sinks.iter_mut().find(|s| s.name == sink.as_str()) {
@@ -766,7 +833,7 @@ mod tests {
         )
         .unwrap();
         assert!(table.has_collapse());
-        let routed = table.routed("record.updated", "{}", &none());
+        let routed = table.routed("record.updated", &FilterFields::default(), &none());
         assert_eq!(
             routed,
             vec![
@@ -947,6 +1014,66 @@ mod tests {
         assert!(table
             .sinks_for("record.updated", &other_object, &none())
             .is_empty());
+    }
+
+    #[test]
+    fn after_enrichment_filters_read_its_fields_over_the_events_own_keys() {
+        let table = RouteTable::compile(
+            &[filtered(
+                "won deals",
+                &["a"],
+                serde_json::json!({"$and": [
+                    {"field": "object", "operator": "equals", "value": "deals"},
+                    {"field": "data.values.stage", "operator": "equals", "value": "won"},
+                    {"field": "enrichment", "operator": "equals", "value": "ok"},
+                    {"field": "object.api_slug", "operator": "equals", "value": null},
+                    {"field": "actor.type", "operator": "equals", "value": "workspace-member"}
+                ]}),
+            )],
+            &names(&["a"]),
+        )
+        .unwrap();
+        // The event's own `object` and `data` keys are not what filters see once it is enriched.
+        let event: Value = serde_json::json!({
+            "event_type": "record.updated", "object": "people", "data": {"values": {"stage": "lost"}},
+            "actor": {"type": "workspace-member", "id": "m"}
+        });
+        let data = serde_json::json!({"values": {"stage": "won"}});
+        let enriched = EnrichedFields {
+            enrichment: "ok",
+            object: Some("deals"),
+            list: None,
+            attribute: None,
+            data: Some(&data),
+        };
+        let routed = |enriched: Option<EnrichedFields<'_>>| {
+            let fields = FilterFields {
+                event: Some(&event),
+                enriched,
+            };
+            table.routed("record.updated", &fields, &none()).len()
+        };
+        assert_eq!(routed(Some(enriched)), 1);
+        assert_eq!(
+            routed(None),
+            0,
+            "without enrichment the event's own keys count"
+        );
+        let other = EnrichedFields {
+            object: Some("people"),
+            ..enriched
+        };
+        assert_eq!(routed(Some(other)), 0);
+        let unreadable = FilterFields {
+            event: None,
+            enriched: Some(enriched),
+        };
+        assert!(
+            table
+                .routed("record.updated", &unreadable, &none())
+                .is_empty(),
+            "an event that could not be read matches no filter"
+        );
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Enrichment: re-fetch what an event is about, and name its object, list and attribute.
 //!
-//! In: an event's kind and JSON (ids only, docs/attio.md §2) and how much the matching routes
-//! want it enriched. Out: an [`Enrichment`]: the fetched resource (the `data` member of Attio's answer),
-//! the resolved `object` / `list` / `attribute` slugs, and a status: `ok`, `not_found`
+//! In: an event's kind and [`Plan`] (made from the ids the worker read once, docs/attio.md §2)
+//! and how much the matching routes want it enriched. Out: an [`Enrichment`]: the fetched
+//! resource (the `data` member of Attio's answer), the resolved `object` / `list` /
+//! `attribute` slugs, and a status: `ok`, `not_found`
 //! (expected for `*.deleted`), `disabled` (no API key), `skipped` (nothing to fetch, or no
 //! route wants it) or `failed` (with the error, after the client's retries ran out).
 //!
@@ -13,13 +14,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde::Serialize;
+use serde_json::Value;
 
 use crate::attio::single_flight::{Closes, Joined, SingleFlight};
 use crate::attio::{AttioClient, AttioError, AttributeParent, SchemaCache, SchemaKey};
-use crate::config::{EnrichmentSettings, RouteEnrich};
+use crate::config::EnrichmentSettings;
+pub use crate::event::EventIds;
 use crate::event::EventKind;
+use crate::routing::settings::RouteEnrich;
 use crate::routing::{DimensionValue, EventDimensions, Names};
 
 /// How enrichment of one event ended.
@@ -137,26 +140,13 @@ pub struct Plan {
     pub invalidate: Vec<SchemaKey>,
 }
 
-/// The ids an event carries, in `id` and beside it (comments and entries put some there).
-#[derive(Debug, Default, Deserialize)]
-pub struct EventIds {
-    #[serde(default)]
-    id: Map<String, Value>,
-    #[serde(flatten)]
-    top: Map<String, Value>,
-}
-
-impl EventIds {
-    pub fn parse(raw: &str) -> EventIds {
-        // The event was parsed at ingress; a shape without ids simply yields nothing to fetch.
-        serde_json::from_str(raw).unwrap_or_default()
-    }
-
-    fn get(&self, key: &str) -> Option<String> {
-        [self.id.get(key), self.top.get(key)]
-            .into_iter()
-            .flatten()
-            .find_map(|v| v.as_str().filter(|s| !s.is_empty()).map(str::to_string))
+impl Plan {
+    /// The id of the attribute the event names, if any.
+    pub fn attribute_id(&self) -> Option<&str> {
+        match &self.attribute {
+            Some(SchemaKey::Attribute { attribute_id, .. }) => Some(attribute_id),
+            _ => None,
+        }
     }
 }
 
@@ -166,14 +156,14 @@ pub struct MissingId(pub &'static str);
 
 /// Decides, for each kind of event, what to fetch and which names to resolve (docs/attio.md §2).
 pub fn plan(kind: &EventKind, ids: &EventIds) -> Result<Plan, MissingId> {
-    let need = |key: &'static str| ids.get(key).ok_or(MissingId(key));
+    let id = |key: &'static str| ids.get(key).map(str::to_string);
+    let need = |key: &'static str| id(key).ok_or(MissingId(key));
     let attribute_of = |parent: AttributeParent, parent_id: &str| {
-        ids.get("attribute_id")
-            .map(|attribute_id| SchemaKey::Attribute {
-                parent,
-                parent_id: parent_id.to_string(),
-                attribute_id,
-            })
+        id("attribute_id").map(|attribute_id| SchemaKey::Attribute {
+            parent,
+            parent_id: parent_id.to_string(),
+            attribute_id,
+        })
     };
     let plan = match kind {
         EventKind::RecordCreated
@@ -204,7 +194,7 @@ pub fn plan(kind: &EventKind, ids: &EventIds) -> Result<Plan, MissingId> {
                     list_id: list_id.clone(),
                     entry_id,
                 }),
-                object_id: ids.get("parent_object_id"),
+                object_id: id("parent_object_id"),
                 list_id: Some(list_id),
                 ..Plan::default()
             }
@@ -216,7 +206,7 @@ pub fn plan(kind: &EventKind, ids: &EventIds) -> Result<Plan, MissingId> {
             subject: Some(Subject::Note {
                 note_id: need("note_id")?,
             }),
-            object_id: ids.get("parent_object_id"),
+            object_id: id("parent_object_id"),
             ..Plan::default()
         },
         EventKind::TaskCreated | EventKind::TaskUpdated | EventKind::TaskDeleted => Plan {
@@ -232,8 +222,8 @@ pub fn plan(kind: &EventKind, ids: &EventIds) -> Result<Plan, MissingId> {
             subject: Some(Subject::Comment {
                 comment_id: need("comment_id")?,
             }),
-            object_id: ids.get("object_id"),
-            list_id: ids.get("list_id"),
+            object_id: id("object_id"),
+            list_id: id("list_id"),
             ..Plan::default()
         },
         EventKind::ListCreated | EventKind::ListUpdated | EventKind::ListDeleted => {
@@ -314,24 +304,20 @@ pub fn plan(kind: &EventKind, ids: &EventIds) -> Result<Plan, MissingId> {
 /// `attribute` keys: the ids [`plan`] names (so they are exactly the ones whose slugs
 /// enrichment resolved: `id.object_id` for records, `parent_object_id` for list entries and
 /// notes, a comment's `object_id` and `list_id`, ...) with the slugs `enrichment` found.
-pub fn dimensions(kind: &EventKind, raw: &str, enrichment: &Enrichment) -> EventDimensions {
+pub fn dimensions(plan: &Result<Plan, MissingId>, enrichment: &Enrichment) -> EventDimensions {
     // An event lacking an id its type promises has no dimensions: routes narrowed by them skip it.
-    let plan = plan(kind, &EventIds::parse(raw)).unwrap_or_default();
-    let attribute_id = match plan.attribute {
-        Some(SchemaKey::Attribute { attribute_id, .. }) => Some(attribute_id),
-        _ => None,
-    };
+    let plan = plan.as_ref().ok();
     EventDimensions {
         object: DimensionValue {
-            id: plan.object_id,
+            id: plan.and_then(|plan| plan.object_id.clone()),
             slug: enrichment.object.clone(),
         },
         list: DimensionValue {
-            id: plan.list_id,
+            id: plan.and_then(|plan| plan.list_id.clone()),
             slug: enrichment.list.clone(),
         },
         attribute: DimensionValue {
-            id: attribute_id,
+            id: plan.and_then(Plan::attribute_id).map(str::to_string),
             slug: enrichment.attribute.clone(),
         },
         names: match enrichment.status {
@@ -344,13 +330,20 @@ pub fn dimensions(kind: &EventKind, raw: &str, enrichment: &Enrichment) -> Event
 
 /// What the history keeps to find an event by: its object and list (slug when resolved, else
 /// id) and the record or entry it is about.
-pub fn history_keys(kind: &EventKind, raw: &str, enrichment: &Enrichment) -> HistoryKeys {
-    let ids = EventIds::parse(raw);
-    let plan = plan(kind, &ids).unwrap_or_default();
+pub fn history_keys(
+    plan: &Result<Plan, MissingId>,
+    ids: &EventIds,
+    enrichment: &Enrichment,
+) -> HistoryKeys {
+    let plan = plan.as_ref().ok();
     HistoryKeys {
-        object: enrichment.object.clone().or(plan.object_id),
-        list: enrichment.list.clone().or(plan.list_id),
-        record_id: ids.get("record_id").or_else(|| ids.get("entry_id")),
+        object: (enrichment.object.clone())
+            .or_else(|| plan.and_then(|plan| plan.object_id.clone())),
+        list: (enrichment.list.clone()).or_else(|| plan.and_then(|plan| plan.list_id.clone())),
+        record_id: ids
+            .get("record_id")
+            .or_else(|| ids.get("entry_id"))
+            .map(str::to_string),
     }
 }
 
@@ -433,9 +426,14 @@ impl Enricher {
         }
     }
 
-    /// Enriches one event, as much as `wanted` asks.
-    pub async fn enrich(&self, kind: &EventKind, raw: &str, wanted: RouteEnrich) -> Enrichment {
-        self.enrich_settled(kind, raw, wanted, None).await
+    /// Enriches one event (planned by [`plan`]), as much as `wanted` asks.
+    pub async fn enrich(
+        &self,
+        kind: &EventKind,
+        plan: &Result<Plan, MissingId>,
+        wanted: RouteEnrich,
+    ) -> Enrichment {
+        self.enrich_settled(kind, plan, wanted, None).await
     }
 
     /// [`Enricher::enrich`], holding a coalesced fetch (`record.updated`, `list-entry.updated`)
@@ -445,7 +443,7 @@ impl Enricher {
     pub async fn enrich_settled(
         &self,
         kind: &EventKind,
-        raw: &str,
+        plan: &Result<Plan, MissingId>,
         wanted: RouteEnrich,
         settle: Option<Duration>,
     ) -> Enrichment {
@@ -455,7 +453,7 @@ impl Enricher {
         let Some(active) = &self.active else {
             return Enrichment::bare(EnrichmentStatus::Disabled);
         };
-        let plan = match plan(kind, &EventIds::parse(raw)) {
+        let plan = match plan {
             Ok(plan) => plan,
             Err(MissingId(key)) => {
                 return Enrichment {
@@ -479,7 +477,7 @@ impl Enricher {
 }
 
 impl Active {
-    async fn run(&self, subject: Subject, plan: Plan, window: Duration) -> Enrichment {
+    async fn run(&self, subject: Subject, plan: &Plan, window: Duration) -> Enrichment {
         // What the things this event changes were called before it: a deleted list answers 404
         // from now on, yet routes that select it by slug must still take its `list.deleted`.
         let before: Vec<(SchemaKey, String)> = plan
@@ -808,12 +806,13 @@ mod tests {
     async fn without_a_client_events_are_marked_disabled() {
         let enricher = Enricher::disabled();
         let raw = fixture_event("pipedream__record.created_event.json");
+        let planned = plan(&EventKind::RecordCreated, &EventIds::parse(&raw));
         let result = enricher
-            .enrich(&EventKind::RecordCreated, &raw, RouteEnrich::Required)
+            .enrich(&EventKind::RecordCreated, &planned, RouteEnrich::Required)
             .await;
         assert_eq!(result.status, EnrichmentStatus::Disabled);
         let skipped = enricher
-            .enrich(&EventKind::RecordCreated, &raw, RouteEnrich::Off)
+            .enrich(&EventKind::RecordCreated, &planned, RouteEnrich::Off)
             .await;
         assert_eq!(skipped.status, EnrichmentStatus::Skipped);
     }
@@ -832,7 +831,10 @@ mod tests {
             .as_str()
             .unwrap()
             .to_string();
-        dimensions(&EventKind::parse(&kind_name), raw, enrichment)
+        dimensions(
+            &plan(&EventKind::parse(&kind_name), &EventIds::parse(raw)),
+            enrichment,
+        )
     }
 
     #[test]

@@ -57,10 +57,11 @@ pub trait Backend: Send + Sync {
     ) -> impl Future<Output = Result<(), JournalError>> + Send;
 
     /// Puts the event back for a later attempt without a sink having failed (the worker defers
-    /// it), with its attempts and the sinks done as they are in `event`.
+    /// it), with its attempts and the sinks done as they are in `progress`.
     fn reschedule(
         &self,
-        event: &JournaledEvent,
+        id: &str,
+        progress: &SinkProgress,
         next_attempt_at: DateTime<Utc>,
         error: Option<&str>,
     ) -> impl Future<Output = Result<(), JournalError>> + Send;

@@ -464,12 +464,13 @@ impl Backend for SqliteJournal {
 
     async fn reschedule(
         &self,
-        event: &JournaledEvent,
+        id: &str,
+        progress: &SinkProgress,
         next_attempt_at: DateTime<Utc>,
         error: Option<&str>,
     ) -> Result<(), JournalError> {
-        let (id, attempts) = (event.id.clone(), event.attempts);
-        let sinks_done = event.sinks_done.clone();
+        let (id, attempts) = (id.to_string(), progress.attempts);
+        let sinks_done = progress.sinks_done.clone();
         let next_ms = next_attempt_at.timestamp_millis();
         let error = error.map(str::to_string);
         self.transact(

@@ -256,14 +256,16 @@ impl Journal {
         on_backend!(self, backend => backend.complete(id, record).await)
     }
 
-    /// Puts the event back for a later attempt, its attempts and sinks done as in `event`.
+    /// Puts the event `id` back for a later attempt, its attempts and sinks done as in
+    /// `progress`.
     pub async fn reschedule(
         &self,
-        event: &JournaledEvent,
+        id: &str,
+        progress: &SinkProgress,
         next_attempt_at: DateTime<Utc>,
         error: Option<&str>,
     ) -> Result<(), JournalError> {
-        on_backend!(self, backend => backend.reschedule(event, next_attempt_at, error).await)
+        on_backend!(self, backend => backend.reschedule(id, progress, next_attempt_at, error).await)
     }
 
     /// Records a failed attempt: the event is due again at `next_attempt_at` for the sinks

@@ -570,20 +570,20 @@ impl Backend for RedisJournal {
 
     async fn reschedule(
         &self,
-        event: &JournaledEvent,
+        id: &str,
+        progress: &SinkProgress,
         next_attempt_at: DateTime<Utc>,
         error: Option<&str>,
     ) -> Result<(), JournalError> {
         let mut fields = vec![
-            ("attempts", event.attempts.to_string()),
-            ("sinks_done", json_list(&event.sinks_done)),
+            ("attempts", progress.attempts.to_string()),
+            ("sinks_done", json_list(&progress.sinks_done)),
         ];
         if let Some(error) = error {
             fields.push(("last_error", error.to_string()));
         }
         let at_ms = next_attempt_at.timestamp_millis();
-        self.record(&event.id, Outcome::Retry { at_ms }, &fields)
-            .await
+        self.record(id, Outcome::Retry { at_ms }, &fields).await
     }
 
     /// A failed attempt: due again at `next_attempt_at` for the sinks not yet done.

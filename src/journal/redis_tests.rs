@@ -19,6 +19,15 @@ fn prefix() -> String {
     format!("unit-{}", uuid::Uuid::new_v4().simple())
 }
 
+/// Where `event` stands with its sinks, as the worker hands it to `reschedule`.
+fn standing(event: &JournaledEvent) -> SinkProgress {
+    SinkProgress {
+        attempts: event.attempts,
+        sinks_done: event.sinks_done.clone(),
+        ..SinkProgress::default()
+    }
+}
+
 fn ids(events: &[JournaledEvent]) -> Vec<String> {
     let mut ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
     ids.sort();
@@ -118,7 +127,7 @@ async fn reschedule_hides_the_event_until_its_time_and_keeps_its_progress() {
     (event.attempts, event.sinks_done) = (1, vec!["a".to_string()]);
     let soon = Utc::now() + chrono::Duration::milliseconds(1200);
     journal
-        .reschedule(&event, soon, Some("boom"))
+        .reschedule(&event.id, &standing(&event), soon, Some("boom"))
         .await
         .unwrap();
     assert_eq!(journal.backlog(), 1);
@@ -144,7 +153,10 @@ async fn a_retry_taken_by_a_crashed_replica_comes_back_after_the_lease() {
     let crashed = journal(&prefix);
     stored(&crashed, "k", 1).await;
     let event = crashed.due(10).await.unwrap().remove(0);
-    crashed.reschedule(&event, Utc::now(), None).await.unwrap();
+    crashed
+        .reschedule(&event.id, &standing(&event), Utc::now(), None)
+        .await
+        .unwrap();
     assert_eq!(crashed.due(10).await.unwrap().len(), 1);
     drop(crashed);
     let survivor = journal(&prefix);

@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
-use bytes::Bytes;
 use hmac::{Hmac, KeyInit, Mac};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use secrecy::{ExposeSecret, SecretSlice, SecretString};
@@ -225,7 +224,7 @@ impl HttpSink {
             request = request.header("webhook-signature", signature);
         }
         let response = request
-            .body(Bytes::from_owner(line.json.clone()))
+            .body(line.json.clone())
             .send()
             .await
             .map_err(|error| self.request_error(error))?;

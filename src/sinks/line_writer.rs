@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::SinkError;
@@ -37,7 +38,7 @@ pub const IDENTITY_CHECK_EVERY: Duration = Duration::from_secs(1);
 type Answer = oneshot::Sender<Result<(), String>>;
 
 enum Job {
-    Line(Arc<[u8]>, Answer),
+    Line(Bytes, Answer),
     /// Wakes the thread up to reopen its file (the request itself is the shared flag).
     Reopen,
 }
@@ -77,7 +78,7 @@ impl LineWriter {
         Ok(LineWriter { jobs, reopen })
     }
 
-    pub async fn write_line(&self, line: Arc<[u8]>) -> Result<(), SinkError> {
+    pub async fn write_line(&self, line: Bytes) -> Result<(), SinkError> {
         let (done, wait) = oneshot::channel();
         self.jobs
             .send(Job::Line(line, done))
@@ -283,7 +284,7 @@ fn ends_with_partial_line(file: &mut File) -> std::io::Result<bool> {
 }
 
 fn write_loop(mut output: Output, mut receiver: mpsc::Receiver<Job>, reopen: &AtomicBool) {
-    let mut batch: Vec<(Arc<[u8]>, Answer)> = Vec::with_capacity(MAX_BATCH);
+    let mut batch: Vec<(Bytes, Answer)> = Vec::with_capacity(MAX_BATCH);
     let mut buffer: Vec<u8> = Vec::with_capacity(64 * 1024);
     while let Some(first) = receiver.blocking_recv() {
         let mut next = Some(first);
@@ -319,8 +320,8 @@ fn write_loop(mut output: Output, mut receiver: mpsc::Receiver<Job>, reopen: &At
 mod tests {
     use super::*;
 
-    fn line(text: &str) -> Arc<[u8]> {
-        Arc::from(text.as_bytes())
+    fn line(text: &str) -> Bytes {
+        Bytes::copy_from_slice(text.as_bytes())
     }
 
     #[tokio::test]

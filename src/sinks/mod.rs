@@ -17,13 +17,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use serde::Serialize;
-use serde_json::value::RawValue;
 
 use self::settings::{SinkKind, SinkRetrySettings, SinkSettings};
 use crate::attio::AttioClient;
 use crate::enrich::Enrichment;
-use crate::journal::JournaledEvent;
+use crate::event::EventView;
 
 pub use command::CommandSink;
 pub use http::HttpSink;
@@ -64,33 +64,16 @@ impl SinkError {
     }
 }
 
-/// The JSON object a sink receives for one event.
-#[derive(Debug, Serialize)]
-pub struct SinkLineFields<'a> {
+/// Who an event is: the fields of its sink line before `event`.
+#[derive(Debug, Clone, Copy)]
+pub struct LineHead<'a> {
     /// The event identity: delivery key and index. Stable across retries and replays.
     pub id: &'a str,
     pub event_type: &'a str,
     pub webhook_id: Option<&'a str>,
     pub delivery_key: &'a str,
+    /// RFC 3339, when the delivery was accepted.
     pub received_at: &'a str,
-    /// The event exactly as Attio sent it.
-    pub event: &'a RawValue,
-    /// The re-fetched resource (Attio's `data`); `null` when not fetched or not found.
-    pub data: Option<&'a serde_json::Value>,
-    /// `ok`, `not_found`, `disabled`, `skipped` or `failed`.
-    pub enrichment: &'a str,
-    /// When Attio's answer (`ok` or `not_found`) was in hand, RFC 3339.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub fetched_at: Option<String>,
-    /// Why enrichment failed (only with `enrichment: "failed"`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub enrichment_error: Option<String>,
-    /// Slug of the event's object (for entries, notes and comments: the parent object).
-    pub object: Option<&'a str>,
-    /// Slug of the event's list.
-    pub list: Option<&'a str>,
-    /// Slug of the attribute the event names.
-    pub attribute: Option<&'a str>,
 }
 
 /// One event, serialised once and shared by every sink it goes to.
@@ -98,49 +81,75 @@ pub struct SinkLineFields<'a> {
 pub struct SinkLine {
     pub id: Arc<str>,
     pub event_type: Arc<str>,
-    pub json: Arc<[u8]>,
+    /// Shared, not copied, by every sink it goes to.
+    pub json: Bytes,
 }
 
 impl SinkLine {
-    /// A line without enrichment (`enrichment: "skipped"`), with `data` if given.
-    pub fn build(
-        event: &JournaledEvent,
-        data: Option<&serde_json::Value>,
-    ) -> Result<SinkLine, SinkError> {
-        Self::build_enriched(event, &Enrichment::skipped(data.cloned()))
-    }
-
-    /// The line for an enriched event: the fetched `data`, the slugs and the status.
-    pub fn build_enriched(
-        event: &JournaledEvent,
+    /// The JSON object a sink receives for one event (docs/sinks.md), its keys in this order:
+    /// `id`, `event_type`, `webhook_id`, `delivery_key`, `received_at`; `event`, the event
+    /// exactly as Attio sent it (copied from the text the worker read, not serialised again);
+    /// `data`, the re-fetched resource (`null` when not fetched or not found); `enrichment`
+    /// (`ok`, `not_found`, `disabled`, `skipped` or `failed`); `fetched_at` (RFC 3339, when
+    /// Attio's answer was in hand) and `enrichment_error` (with `failed`), each only when
+    /// there is one; then the slugs `object` (for entries, notes and comments: the parent
+    /// object), `list` and `attribute`.
+    pub fn new(
+        head: &LineHead<'_>,
+        event: &EventView,
         enrichment: &Enrichment,
     ) -> Result<SinkLine, SinkError> {
-        let raw: Box<RawValue> = serde_json::from_str(&event.raw)
-            .map_err(|e| SinkError::permanent(format!("stored event is not valid JSON: {e}")))?;
-        let fields = SinkLineFields {
-            id: &event.id,
-            event_type: &event.event_type,
-            webhook_id: event.webhook_id.as_deref(),
-            delivery_key: &event.delivery_key,
-            received_at: &event.received_at,
-            event: &raw,
-            data: enrichment.data.as_ref(),
-            enrichment: enrichment.status.as_str(),
-            fetched_at: enrichment
-                .fetched_at
-                .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
-            enrichment_error: enrichment.error.as_ref().map(|e| e.to_string()),
-            object: enrichment.object.as_deref(),
-            list: enrichment.list.as_deref(),
-            attribute: enrichment.attribute.as_deref(),
-        };
-        let json = serde_json::to_vec(&fields)
-            .map_err(|e| SinkError::permanent(format!("cannot serialise the sink line: {e}")))?;
+        let data = enrichment.data.as_ref();
+        let mut line = Line(Vec::with_capacity(event.raw().len() + 512));
+        line.0.push(b'{');
+        line.field("id", head.id)?;
+        line.field("event_type", head.event_type)?;
+        line.field("webhook_id", &head.webhook_id)?;
+        line.field("delivery_key", head.delivery_key)?;
+        line.field("received_at", head.received_at)?;
+        line.key("event");
+        line.0.extend_from_slice(event.raw().as_bytes());
+        line.field("data", &data)?;
+        line.field("enrichment", enrichment.status.as_str())?;
+        if let Some(at) = enrichment.fetched_at {
+            line.field(
+                "fetched_at",
+                &at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            )?;
+        }
+        if let Some(error) = &enrichment.error {
+            line.field("enrichment_error", &error.to_string())?;
+        }
+        line.field("object", &enrichment.object)?;
+        line.field("list", &enrichment.list)?;
+        line.field("attribute", &enrichment.attribute)?;
+        line.0.push(b'}');
         Ok(SinkLine {
-            id: Arc::from(event.id.as_str()),
-            event_type: Arc::from(event.event_type.as_str()),
-            json: Arc::from(json),
+            id: Arc::from(head.id),
+            event_type: Arc::from(head.event_type),
+            // Taken over as it is: no copy.
+            json: Bytes::from(line.0),
         })
+    }
+}
+
+/// A sink line being written: what serde_json writes for a struct, field by field.
+struct Line(Vec<u8>);
+
+impl Line {
+    fn key(&mut self, key: &str) {
+        if self.0.len() > 1 {
+            self.0.push(b',');
+        }
+        self.0.push(b'"');
+        self.0.extend_from_slice(key.as_bytes());
+        self.0.extend_from_slice(b"\":");
+    }
+
+    fn field<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> Result<(), SinkError> {
+        self.key(key);
+        serde_json::to_writer(&mut self.0, value)
+            .map_err(|e| SinkError::permanent(format!("cannot serialise the sink line: {e}")))
     }
 }
 
@@ -282,5 +291,98 @@ impl FileReopener {
             writer.reopen();
         }
         self.0.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::value::RawValue;
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::enrich::EnrichmentStatus;
+
+    /// The line's shape as serde writes it: what `SinkLine::new` must keep byte for byte.
+    #[derive(Serialize)]
+    struct Shape<'a> {
+        id: &'a str,
+        event_type: &'a str,
+        webhook_id: Option<&'a str>,
+        delivery_key: &'a str,
+        received_at: &'a str,
+        event: &'a RawValue,
+        data: Option<&'a Value>,
+        enrichment: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        fetched_at: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        enrichment_error: Option<String>,
+        object: Option<&'a str>,
+        list: Option<&'a str>,
+        attribute: Option<&'a str>,
+    }
+
+    fn both(head: &LineHead<'_>, raw: &str, enrichment: &Enrichment) -> (String, String) {
+        let view = EventView::read(raw.to_string(), false).unwrap();
+        let built = SinkLine::new(head, &view, enrichment).unwrap();
+        let event: Box<RawValue> = serde_json::from_str(raw).unwrap();
+        let shape = Shape {
+            id: head.id,
+            event_type: head.event_type,
+            webhook_id: head.webhook_id,
+            delivery_key: head.delivery_key,
+            received_at: head.received_at,
+            event: &event,
+            data: enrichment.data.as_ref(),
+            enrichment: enrichment.status.as_str(),
+            fetched_at: enrichment
+                .fetched_at
+                .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
+            enrichment_error: enrichment.error.as_ref().map(|e| e.to_string()),
+            object: enrichment.object.as_deref(),
+            list: enrichment.list.as_deref(),
+            attribute: enrichment.attribute.as_deref(),
+        };
+        (
+            String::from_utf8(built.json.to_vec()).unwrap(),
+            serde_json::to_string(&shape).unwrap(),
+        )
+    }
+
+    #[test]
+    fn the_line_is_what_serde_writes_for_its_fields_with_the_event_copied_verbatim() {
+        let raw =
+            r#"{"event_type":"record.updated","z":1.50,"a":"\u00e9\"\n","id":{"record_id":"r"}}"#;
+        let head = LineHead {
+            id: "key \"quoted\" \u{1}:0",
+            event_type: "record.updated",
+            webhook_id: None,
+            delivery_key: "key \"quoted\" \u{1}",
+            received_at: "2026-12-07T00:00:00.000000Z",
+        };
+        let (built, serde) = both(&head, raw, &Enrichment::skipped(None));
+        assert_eq!(built, serde);
+        assert!(built.contains(raw), "the event is copied as stored");
+
+        let enriched = Enrichment {
+            status: EnrichmentStatus::Failed,
+            data: Some(json!({"values": {"stage": [{"status": "won"}]}, "n": 1e3})),
+            fetched_at: Some(chrono::Utc::now()),
+            object: Some("deals".into()),
+            list: None,
+            attribute: Some("stage".into()),
+            error: Some(crate::attio::AttioError::InvalidRequest(
+                "bad \"id\"".into(),
+            )),
+            shared: None,
+        };
+        let head = LineHead {
+            webhook_id: Some("w-1"),
+            ..head
+        };
+        let (built, serde) = both(&head, raw, &enriched);
+        assert_eq!(built, serde);
+        let line: Value = serde_json::from_str(&built).unwrap();
+        assert_eq!(line["event"]["z"], json!(1.5));
     }
 }

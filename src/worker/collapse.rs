@@ -18,7 +18,13 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 use tokio::sync::{oneshot, Notify};
 
+use super::deliver::deliver_to;
+use super::item::WorkItem;
+use super::Pipeline;
 use crate::attio::single_flight::Joined;
+use crate::enrich::{Enrichment, Plan};
+use crate::event::EventKind;
+use crate::journal::SinkProgress;
 use crate::sinks::{SinkError, SinkLine};
 
 /// Longest wait of a group's leader for the other members of its flight.
@@ -203,101 +209,116 @@ pub fn collapsed_line(members: &[&Member]) -> Result<SinkLine, SinkError> {
     Ok(SinkLine {
         id: first.line.id.clone(),
         event_type: first.line.event_type.clone(),
-        json: Arc::from(json),
+        json: bytes::Bytes::from(json),
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn member(id: &str, attribute: Option<&str>, sinks: &[&str]) -> Member {
-        let json = serde_json::json!({"id": id, "event_type": "record.updated", "data": {"v": 1}});
-        Member {
-            event_id: id.to_string(),
-            position: 0,
-            attribute: attribute.map(str::to_string),
-            line: SinkLine {
-                id: Arc::from(id),
-                event_type: Arc::from("record.updated"),
-                json: Arc::from(serde_json::to_vec(&json).unwrap()),
-            },
-            sinks: sinks.iter().map(|s| s.to_string()).collect(),
-        }
-    }
-
-    fn flight(number: u64, members: usize) -> Joined {
-        Joined {
-            leader: false,
-            flight: number,
-            members,
-            position: 0,
-        }
-    }
-
-    #[tokio::test]
-    async fn the_first_member_with_sinks_leads_and_gathers_everyone() {
-        let collapser = Collapser::default();
-        let f = flight(7, 3);
-        assert!(matches!(collapser.arrive(&f, None), Role::Counted));
-        let Role::Leader(leader) = collapser.arrive(&f, Some(member("b", Some("stage"), &["s"])))
-        else {
-            panic!("the first member with sinks leads");
-        };
-        let Role::Follower(follower) =
-            collapser.arrive(&f, Some(member("c", Some("amount"), &["s"])))
-        else {
-            panic!("later members follow");
-        };
-        let started = tokio::time::Instant::now();
-        let gathered = leader.gather().await;
-        assert!(started.elapsed() < GATHER, "a complete group does not wait");
-        let ids: Vec<&str> = gathered
-            .members
-            .iter()
-            .map(|m| m.event_id.as_str())
-            .collect();
-        assert_eq!(ids, ["b", "c"]);
-        let mut results = Results::new();
-        results.insert("s".into(), Ok(()));
-        gathered.answer(&results);
-        assert!(follower.await.unwrap()["s"].is_ok());
-        assert!(collapser.lock().is_empty(), "the group is closed");
-    }
-
-    #[tokio::test]
-    async fn a_member_that_never_arrives_holds_the_leader_only_until_the_gather_limit() {
-        let collapser = Collapser::default();
-        let f = flight(1, 2);
-        let Role::Leader(leader) = collapser.arrive(&f, Some(member("a", None, &["s"]))) else {
-            panic!("leads");
-        };
-        let gathered = leader.gather().await;
-        assert_eq!(gathered.members.len(), 1);
-        // A latecomer finds no group: it starts one of its own and leads it.
-        assert!(matches!(
-            collapser.arrive(&f, Some(member("b", None, &["s"]))),
-            Role::Leader(_)
-        ));
-    }
-
-    #[test]
-    fn the_collapsed_line_lists_each_attribute_once_and_every_event() {
-        let a = member("k:0", Some("stage"), &["s"]);
-        let b = member("k:1", Some("amount"), &["s"]);
-        let c = member("k:2", Some("stage"), &["s"]);
-        let line = collapsed_line(&[&a, &b, &c]).unwrap();
-        let json: Value = serde_json::from_slice(&line.json).unwrap();
-        assert_eq!(&*line.id, "k:0");
-        assert_eq!(json["id"], "k:0");
-        assert_eq!(
-            json["changed_attributes"],
-            serde_json::json!(["stage", "amount"])
-        );
-        assert_eq!(
-            json["collapsed_event_ids"],
-            serde_json::json!(["k:0", "k:1", "k:2"])
-        );
-        assert_eq!(json["data"], serde_json::json!({"v": 1}));
+/// Counts the event in its group, if it has one, with nothing to deliver together: every event
+/// of a shared flight arrives, so that the leader knows when the group is complete.
+pub fn count(pipeline: &Pipeline, group: Option<&Joined>) {
+    if let Some(shared) = group {
+        pipeline.collapser.arrive(shared, None);
     }
 }
+
+/// The event's part in its group, if it has one: it arrives with its line and `together`, the
+/// collapsing sinks it still has to reach (none: it is only counted).
+pub fn join(
+    pipeline: &Pipeline,
+    group: Option<&Joined>,
+    item: &WorkItem,
+    enrichment: &Enrichment,
+    line: &SinkLine,
+    together: &[String],
+) -> Option<Role> {
+    let shared = group?;
+    let member = (!together.is_empty()).then(|| Member {
+        event_id: item.id.clone(),
+        position: shared.position,
+        attribute: changed_attribute(item, enrichment),
+        line: line.clone(),
+        sinks: together.to_vec(),
+    });
+    Some(pipeline.collapser.arrive(shared, member))
+}
+
+/// The line a collapsing sink gets for an update that shared its fetch with no other: the shape
+/// of a group of one. `None` for the events that are never collapsed.
+pub fn single_line(item: &WorkItem, enrichment: &Enrichment, line: &SinkLine) -> Option<SinkLine> {
+    if !matches!(
+        item.kind,
+        EventKind::RecordUpdated | EventKind::ListEntryUpdated
+    ) {
+        return None;
+    }
+    let member = Member {
+        event_id: item.id.clone(),
+        position: 0,
+        attribute: changed_attribute(item, enrichment),
+        line: line.clone(),
+        sinks: Vec::new(),
+    };
+    collapsed_line(&[&member]).ok()
+}
+
+/// The attribute an update names: its slug, or its id when the slug is unknown.
+fn changed_attribute(item: &WorkItem, enrichment: &Enrichment) -> Option<String> {
+    enrichment.attribute.clone().or_else(|| {
+        item.plan
+            .as_ref()
+            .ok()
+            .and_then(Plan::attribute_id)
+            .map(str::to_string)
+    })
+}
+
+/// This event's part in a collapsed delivery: the leader gathers its group and delivers one line
+/// per sink for the members that want it; a follower waits for the leader's results. Returns what
+/// each of this event's collapsing sinks answered.
+pub async fn deliver_together(pipeline: &Pipeline, role: Role, progress: &SinkProgress) -> Results {
+    match role {
+        Role::Counted => Results::new(),
+        // A leader that is gone (shutdown) leaves the result out: a transient failure.
+        Role::Follower(results) => results.await.unwrap_or_default(),
+        Role::Leader(leader) => {
+            let gathered = leader.gather().await;
+            let mut sinks: Vec<&str> = Vec::new();
+            for member in &gathered.members {
+                for sink in &member.sinks {
+                    if !sinks.contains(&sink.as_str()) {
+                        sinks.push(sink);
+                    }
+                }
+            }
+            let mut results = Results::new();
+            for name in sinks {
+                let members: Vec<&Member> = gathered
+                    .members
+                    .iter()
+                    .filter(|m| m.sinks.iter().any(|s| s == name))
+                    .collect();
+                let result = match collapsed_line(&members) {
+                    Ok(line) => {
+                        tracing::info!(sink = %name, events = members.len(), "delivering collapsed events as one line");
+                        deliver_to(pipeline, name, &line, progress).await
+                    }
+                    Err(error) => {
+                        metrics::counter!(
+                            crate::metrics::SINK_DELIVERIES,
+                            "sink" => name.to_string(),
+                            "outcome" => "error"
+                        )
+                        .increment(1);
+                        Err(error)
+                    }
+                };
+                results.insert(name.to_string(), result);
+            }
+            gathered.answer(&results);
+            results
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

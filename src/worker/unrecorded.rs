@@ -3,10 +3,10 @@
 //!
 //! In: each outcome of an event that the journal refused (which sinks took the event, its
 //! attempts), each one it later recorded, and each failed or successful journal write. Out: for
-//! an event found pending again, a copy that carries what its sinks already took, so no sink is
-//! sent the event again because the journal could not say it had it; and for the worker loop,
-//! until when to leave the journal alone before probing it again (backing off from
-//! [`PAUSE_INITIAL`] to [`PAUSE_MAX`]).
+//! an event found pending again, what its sinks already took, added to where the journal says it
+//! stands, so no sink is sent the event again because the journal could not say it had it; and
+//! for the worker loop, until when to leave the journal alone before probing it again (backing
+//! off from [`PAUSE_INITIAL`] to [`PAUSE_MAX`]).
 //!
 //! What is kept here is lost if the process dies during the outage; the journal still holds the
 //! event as pending, so it is delivered again then (the rare repeat sinks deduplicate by `id`),
@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::journal::{JournaledEvent, SinkProgress};
+use crate::journal::SinkProgress;
 
 /// The first pause after a journal write failed.
 pub const PAUSE_INITIAL: Duration = Duration::from_millis(500);
@@ -82,23 +82,24 @@ impl Unrecorded {
         self.outcomes().remove(id);
     }
 
-    /// The event as the journal holds it, plus what this process knows and could not record.
-    /// `None` when there is nothing to add.
-    pub fn recall(&self, event: &JournaledEvent) -> Option<JournaledEvent> {
+    /// Adds to `progress` (the event `id` as the journal holds it) what this process knows and
+    /// could not record. Returns false when there was nothing to add.
+    pub fn recall(&self, id: &str, progress: &mut SinkProgress) -> bool {
         let outcomes = self.outcomes();
-        let outcome = outcomes.get(&event.id)?;
-        let mut event = event.clone();
-        event.attempts = event.attempts.max(outcome.attempts);
+        let Some(outcome) = outcomes.get(id) else {
+            return false;
+        };
+        progress.attempts = progress.attempts.max(outcome.attempts);
         for sink in &outcome.sinks_done {
-            if !event.sinks_done.contains(sink) {
-                event.sinks_done.push(sink.clone());
+            if !progress.sinks_done.contains(sink) {
+                progress.sinks_done.push(sink.clone());
             }
         }
         for (sink, attempts) in &outcome.sink_attempts {
-            let held = event.sink_attempts.entry(sink.clone()).or_insert(0);
+            let held = progress.sink_attempts.entry(sink.clone()).or_insert(0);
             *held = (*held).max(*attempts);
         }
-        Some(event)
+        true
     }
 
     /// Outcomes waiting for the journal.
@@ -138,26 +139,20 @@ impl Unrecorded {
 mod tests {
     use super::*;
 
-    fn event(sinks_done: &[&str]) -> JournaledEvent {
-        JournaledEvent {
-            id: "k:0".to_string(),
-            delivery_key: "k".to_string(),
-            index: 0,
-            webhook_id: None,
-            event_type: "record.updated".to_string(),
-            received_at: "2026-11-29T00:00:00Z".to_string(),
-            request_id: None,
-            raw: "{}".to_string(),
+    /// Where the event `k:0` stands as the journal holds it.
+    fn journaled(sinks_done: &[&str]) -> SinkProgress {
+        SinkProgress {
             attempts: 1,
             sinks_done: sinks_done.iter().map(|s| s.to_string()).collect(),
             sink_attempts: BTreeMap::from([("hook".to_string(), 1)]),
+            ..SinkProgress::default()
         }
     }
 
     #[test]
     fn a_recalled_event_carries_the_sinks_that_took_it_until_the_journal_records_them() {
         let unrecorded = Unrecorded::default();
-        assert_eq!(unrecorded.recall(&event(&[])), None);
+        assert!(!unrecorded.recall("k:0", &mut journaled(&[])));
         unrecorded.remember(
             "k:0",
             &SinkProgress {
@@ -168,12 +163,15 @@ mod tests {
                 sinks_failed: vec!["hook".to_string()],
             },
         );
-        let recalled = unrecorded.recall(&event(&["stream"])).unwrap();
+        let mut recalled = journaled(&["stream"]);
+        assert!(unrecorded.recall("k:0", &mut recalled));
         assert_eq!(recalled.sinks_done, ["stream", "file"]);
         assert_eq!(recalled.attempts, 2);
         assert_eq!(recalled.sink_attempts["hook"], 2);
         unrecorded.forget("k:0");
-        assert_eq!(unrecorded.recall(&event(&[])), None);
+        let mut forgotten = journaled(&[]);
+        assert!(!unrecorded.recall("k:0", &mut forgotten));
+        assert_eq!(forgotten, journaled(&[]));
     }
 
     #[test]

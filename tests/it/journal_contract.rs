@@ -339,11 +339,20 @@ async fn a_retry_keeps_per_sink_attempts_and_the_dead_letter_gets_them(journal: 
     assert_eq!(sink_b.status, EventStatus::Dead);
 }
 
+/// Where `event` stands with its sinks, as the worker hands it to `reschedule`.
+fn standing(event: &JournaledEvent) -> SinkProgress {
+    SinkProgress {
+        attempts: event.attempts,
+        sinks_done: event.sinks_done.clone(),
+        ..SinkProgress::default()
+    }
+}
+
 async fn a_deferred_event_comes_back_with_its_attempts_and_sinks_done(journal: &Journal) {
     let mut event = stored(journal, "k", 1).await.remove(0);
     (event.attempts, event.sinks_done) = (2, vec!["a".to_string()]);
     journal
-        .reschedule(&event, Utc::now(), Some("deferred"))
+        .reschedule(&event.id, &standing(&event), Utc::now(), Some("deferred"))
         .await
         .unwrap();
     assert_eq!(journal.backlog(), 1);
@@ -354,7 +363,10 @@ async fn a_deferred_event_comes_back_with_its_attempts_and_sinks_done(journal: &
     let stored = journal.event("k:0").await.unwrap().unwrap();
     assert_eq!(stored.state, "pending");
     assert_eq!(stored.last_error.as_deref(), Some("deferred"));
-    journal.reschedule(&event, Utc::now(), None).await.unwrap();
+    journal
+        .reschedule(&event.id, &standing(&event), Utc::now(), None)
+        .await
+        .unwrap();
     let stored = journal.event("k:0").await.unwrap().unwrap();
     assert_eq!(
         stored.last_error.as_deref(),
@@ -800,7 +812,7 @@ async fn the_backlog_counts_pending_events_only(journal: &Journal) {
     assert_eq!(journal.backlog(), 3, "complete: one fewer");
     let later = Utc::now() + chrono::Duration::hours(1);
     journal
-        .reschedule(&deferred, later, Some("deferred"))
+        .reschedule(&deferred.id, &standing(&deferred), later, Some("deferred"))
         .await
         .unwrap();
     journal

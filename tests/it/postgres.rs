@@ -785,7 +785,7 @@ fn task_line(task_id: &str) -> SinkLine {
     SinkLine {
         id: Arc::from("x"),
         event_type: Arc::from("task.created"),
-        json: Arc::from(serde_json::to_vec(&line).unwrap()),
+        json: serde_json::to_vec(&line).unwrap().into(),
     }
 }
 
@@ -1312,7 +1312,7 @@ async fn bench_postgres_rows_per_second() {
             SinkLine {
                 id: Arc::from(format!("bench:{n}")),
                 event_type: Arc::from("record.updated"),
-                json: Arc::from(serde_json::to_vec(&line).unwrap()),
+                json: serde_json::to_vec(&line).unwrap().into(),
             }
         })
         .collect();
