@@ -59,7 +59,6 @@ use super::{
     AppendOutcome, DeadLetter, DeadLetterQuery, JournalError, JournaledEvent, MalformedDelivery,
     NewDelivery, ReplayReport, ReplaySelection, SinkProgress, StoredEvent, UnparsedSelection,
 };
-use crate::event::ParsedEvent;
 
 /// Most requests applied in one transaction.
 const MAX_BATCH: usize = 2048;
@@ -996,29 +995,8 @@ impl Writer {
 /// Applies one redo-log record again.
 fn apply_record(tx: &Transaction<'_>, record: RedoRecord) -> Result<(), JournalError> {
     match record {
-        RedoRecord::Append {
-            key,
-            key_derived,
-            webhook_id,
-            received_at,
-            request_id,
-            events,
-        } => {
-            let events = events
-                .into_iter()
-                .map(|(event_type, raw)| ParsedEvent { event_type, raw })
-                .collect();
-            sqlite::append(
-                tx,
-                NewDelivery {
-                    key,
-                    key_derived,
-                    webhook_id,
-                    received_at,
-                    request_id,
-                    events,
-                },
-            )?;
+        RedoRecord::Append(delivery) => {
+            sqlite::append(tx, delivery)?;
         }
         RedoRecord::Complete {
             id,

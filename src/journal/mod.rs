@@ -68,7 +68,7 @@ impl From<rusqlite::Error> for JournalError {
 }
 
 /// A verified delivery, as ingress hands it to the journal.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewDelivery {
     pub key: String,
     pub key_derived: bool,

@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use super::history::AttemptRecord;
 use super::{JournalError, NewDelivery};
+use crate::event::ParsedEvent;
 
 /// Bytes before each payload: length, CRC, LSN.
 const HEADER: usize = 16;
@@ -44,15 +45,7 @@ const KEEP_FILE_BYTES: u64 = 64 * 1024 * 1024;
 /// One change the log makes durable.
 #[derive(Debug, PartialEq)]
 pub(super) enum RedoRecord {
-    Append {
-        key: String,
-        key_derived: bool,
-        webhook_id: Option<String>,
-        received_at: DateTime<Utc>,
-        request_id: Option<String>,
-        /// `(event_type, raw)` of each event.
-        events: Vec<(String, String)>,
-    },
+    Append(NewDelivery),
     Complete {
         id: String,
         delivered_at: DateTime<Utc>,
@@ -141,16 +134,19 @@ pub(super) fn decode(payload: &[u8]) -> Result<RedoRecord, String> {
     let count = u32::from_le_bytes(input.array()?) as usize;
     let mut events = Vec::with_capacity(count.min(1024));
     for _ in 0..count {
-        events.push((input.text()?, input.text()?));
+        events.push(ParsedEvent {
+            event_type: input.text()?,
+            raw: input.text()?,
+        });
     }
-    Ok(RedoRecord::Append {
+    Ok(RedoRecord::Append(NewDelivery {
         key,
         key_derived,
         webhook_id,
         received_at,
         request_id,
         events,
-    })
+    }))
 }
 
 fn put_text(out: &mut Vec<u8>, text: &str) {
