@@ -14,7 +14,7 @@
 #   e2e:     E2E_EVENTS events end to end through Redis dedupe to a jsonl sink, enrichment off,
 #            from the first request to the last line written;
 # and axum-bare (the same HTTP stack doing nothing) once per round. Prints one line per run and a
-# table of the means, and writes the table to bench/results/cpu.md.
+# table of the medians, and writes the table to bench/results/cpu.md.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
@@ -163,8 +163,13 @@ runs = collections.defaultdict(list)
 for line in open(sys.argv[1]):
     label, *pairs = line.split()
     runs[label].append({k: float(v) for k, v in (p.split("=") for p in pairs)})
-mean = lambda label, key: sum(r[key] for r in runs[label]) / len(runs[label])
+import statistics
+# Medians: a round that the machine disturbed (the load generator and Redis share the cores)
+# moves a mean more than it moves a median.
+mean = lambda label, key: statistics.median(r[key] for r in runs[label])
 bare = mean("bare", "cpu_us")
+print("Medians over the rounds.")
+print()
 print("| run | requests/s | p99 ms | CPU us per request | CPU / axum-bare's |")
 print("|---|---|---|---|---|")
 for label in runs:

@@ -158,6 +158,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .current_dir(&home)
             .env("APP_ENV", "production")
             .env("ATTIO_WEBHOOK_SECRET", SECRET)
+            // Production serves the events API only with an admin token.
+            .env("ATTIO_WEBHOOKS_ADMIN_TOKEN", "scale-out-bench-admin-token")
             .env("APP_CONFIG_DIR", home.join("no-config-dir"))
             .env_remove("REDIS_URL")
             .env_remove("RUST_LOG")
