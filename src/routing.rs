@@ -728,13 +728,7 @@ mod tests {
             name: name.to_string(),
             events: events.iter().map(|s| s.to_string()).collect(),
             sinks: sinks.iter().map(|s| s.to_string()).collect(),
-            enrich: RouteEnrich::default(),
-            filter: None,
-            object: None,
-            list: None,
-            attribute: None,
-            collapse: false,
-            settle: None,
+            ..RouteSettings::catch_all()
         }
     }
 

@@ -737,12 +737,16 @@ impl Default for CommitPolicy {
     }
 }
 
-/// What the writer does with the transaction after a batch.
-enum Next {
-    /// Keep it open for the next batch.
-    Continue,
-    /// Commit it now (answering this batch after the commit).
-    Commit,
+/// One batch applied in the open transaction.
+struct Applied {
+    /// The operations to answer, with the backlog change of each.
+    held: Vec<(Box<dyn Operation>, i64)>,
+    /// The transaction must be committed before they are answered (a write that the redo log
+    /// does not cover, a history read to come, no redo log at all, or a close).
+    commit_now: bool,
+    close: Option<oneshot::Sender<()>>,
+    /// The batch wrote: its success clears a remembered write failure.
+    writes: bool,
 }
 
 impl Writer {
@@ -786,8 +790,13 @@ impl Writer {
             let mut logged = 0;
             // Batches within one transaction until it is committed.
             let close = loop {
-                let (held, next, close, writes) = self.apply_batch(&tx, &mut batch, &mut logged);
-                if close.is_some() || matches!(next, Next::Commit) {
+                let Applied {
+                    held,
+                    commit_now,
+                    close,
+                    writes,
+                } = self.apply_batch(&tx, &mut batch, &mut logged);
+                if commit_now {
                     let committed = self.commit(tx, writes);
                     answer(held, &committed, &self.backlog);
                     break close;
@@ -815,10 +824,9 @@ impl Writer {
                     }
                 }
                 if logged >= MAX_LOGGED_PER_TRANSACTION {
-                    let committed = self.commit(tx, false);
-                    if let Err(error) = committed {
-                        tracing::error!(%error, "journal commit failed; applying the redo log again");
-                    }
+                    // A failure is logged and remembered by `commit`; what was answered is in
+                    // the redo log and is applied again before the next batch.
+                    let _ = self.commit(tx, false);
                     break None;
                 }
                 let wait = self
@@ -839,9 +847,7 @@ impl Writer {
                     }
                     // Nothing came in time, or the channel closed: commit what is held.
                     Some(None) | None => {
-                        if let Err(error) = self.commit(tx, false) {
-                            tracing::error!(%error, "journal commit failed; applying the redo log again");
-                        }
+                        let _ = self.commit(tx, false);
                         break None;
                     }
                 }
@@ -870,27 +876,15 @@ impl Writer {
         }
     }
 
-    /// Applies one batch in `tx`. Returns the operations to answer with their backlog changes,
-    /// whether the transaction must be committed before they are answered, the close request if
-    /// one came, and whether the batch wrote.
-    #[allow(clippy::type_complexity)]
+    /// Applies one batch in `tx`.
     fn apply_batch(
         &mut self,
         tx: &Transaction<'_>,
         batch: &mut Vec<Request>,
         logged: &mut usize,
-    ) -> (
-        Vec<(Box<dyn Operation>, i64)>,
-        Next,
-        Option<oneshot::Sender<()>>,
-        bool,
-    ) {
+    ) -> Applied {
         let mut held = Vec::with_capacity(batch.len());
-        let mut next = if self.redo.is_some() {
-            Next::Continue
-        } else {
-            Next::Commit
-        };
+        let mut commit_now = self.redo.is_none();
         let mut close = None;
         let mut writes = false;
         for request in batch.drain(..) {
@@ -901,10 +895,10 @@ impl Writer {
                     let change = operation.apply(tx);
                     match access {
                         Access::Read => {}
-                        Access::Commit => next = Next::Commit,
+                        Access::Commit => commit_now = true,
                         Access::Write => {
                             writes = true;
-                            next = Next::Commit;
+                            commit_now = true;
                         }
                         Access::Logged => {
                             writes = true;
@@ -918,7 +912,12 @@ impl Writer {
                 }
             }
         }
-        (held, next, close, writes)
+        Applied {
+            held,
+            commit_now: commit_now || close.is_some(),
+            close,
+            writes,
+        }
     }
 
     /// Commits `tx`, recording the last redo-log record it holds; the log then starts again.
@@ -930,8 +929,10 @@ impl Writer {
             last = Some(redo.last_lsn());
         }
         let committed = match last {
-            Some(lsn) => sqlite::set_redo_lsn(&tx, lsn).and_then(|()| Ok(tx.commit()?)),
-            None => tx.commit().map_err(JournalError::from),
+            Some(lsn) => sqlite::set_redo_lsn(&tx, lsn)
+                .map_err(|error| error.to_string())
+                .and_then(|()| tx.commit().map_err(|error| error.to_string())),
+            None => tx.commit().map_err(|error| error.to_string()),
         };
         match &committed {
             Ok(()) => {
@@ -942,12 +943,12 @@ impl Writer {
                     self.clear_failure();
                 }
             }
-            Err(error) => {
+            Err(message) => {
                 self.needs_recovery = self.redo.as_ref().is_some_and(RedoLog::has_written);
-                self.failed(&error.to_string());
+                self.failed(message);
             }
         }
-        committed.map_err(|error| JournalError::Storage(format!("commit failed: {error}")))
+        committed.map_err(|message| JournalError::Storage(format!("commit failed: {message}")))
     }
 
     /// Applies the redo log's records that the database does not hold yet (after a crash, or a
@@ -1025,9 +1026,7 @@ fn answer_unapplied(batch: &mut Vec<Request>, error: &JournalError) {
     let mut keep = Vec::new();
     for request in batch.drain(..) {
         match request {
-            Request::Run(operation) => {
-                operation.answer(Err(JournalError::Storage(error.to_string())))
-            }
+            Request::Run(operation) => operation.answer(Err(error.clone())),
             close @ Request::Close(_) => keep.push(close),
         }
     }
@@ -1047,7 +1046,7 @@ fn answer(
                 apply_change(backlog, change);
                 Ok(())
             }
-            Err(error) => Err(JournalError::Storage(error.to_string())),
+            Err(error) => Err(error.clone()),
         };
         operation.answer(result);
     }

@@ -42,7 +42,7 @@ pub use self::embedded::SqliteJournal;
 pub use self::lock::JournalLock;
 pub use self::redis::RedisJournal;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum JournalError {
     #[error("journal storage error: {0}")]
     Storage(String),
