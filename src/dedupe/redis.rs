@@ -1,9 +1,13 @@
 //! Redis deduplication store, shared by every replica. Keys: `{prefix}:dedupe:{event id}`.
 //!
-//! claim = set `claimed:<owner>:<token>` with the lease unless the key exists (one Lua script);
-//! done = `SET key done PX ttl`; release deletes the key only while it still holds our token (a
-//! Lua compare-and-delete), so a worker whose lease already ran out cannot release a claim
-//! another worker took since.
+//! claim = set `claimed:<owner>:<token>` with the lease unless the key exists; done = set the key
+//! to `done` with its TTL. Both go through one Lua script that takes many of them at once: a
+//! batcher task sends what queued while its previous call was out as its next call, so under
+//! load the claims and done marks of many events share one round trip (and one write and read
+//! of the socket), while a lone one goes at once. Done marks in a call are set before its claims
+//! are looked at. Release deletes the key only while it still holds our token (a Lua
+//! compare-and-delete), so a worker whose lease already ran out cannot release a claim another
+//! worker took since.
 //!
 //! Takeover: with the embedded journal, a daemon killed mid-event leaves its claims behind, and
 //! its next run would wait out the whole lease before retrying those events. So a claim names its
@@ -16,32 +20,44 @@
 //! left come back through the stream after the lease anyway.
 
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::AsyncCommands;
 use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{ClaimOutcome, ClaimToken, DedupeError};
 
-/// KEYS[1] the claim; ARGV[1] our claim value; ARGV[2] the lease in ms; ARGV[3] the prefix of
-/// claims made through our journal (empty: none may be taken over); ARGV[4] the prefix of claims
-/// made by this process.
-const CLAIM_SCRIPT: &str = r#"
-local current = redis.call('GET', KEYS[1])
-if not current then
-    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-    return 'fresh'
+/// Claims and done marks of many events in one call (see [`Batcher`]). KEYS: first the events
+/// to mark done, then the events to claim. ARGV[1] how many KEYS are done marks; ARGV[2] the done
+/// mark's TTL in ms; ARGV[3] the lease in ms; ARGV[4] the prefix of claims made through our
+/// journal (empty: none may be taken over); ARGV[5] the prefix of claims made by this process;
+/// ARGV[5 + i] the value of the i-th claim. Done marks are set first, so a claim in the same call
+/// sees them. Returns one outcome per claim, in order.
+const BATCH_SCRIPT: &str = r#"
+local marks = tonumber(ARGV[1])
+for i = 1, marks do
+    redis.call('SET', KEYS[i], 'done', 'PX', ARGV[2])
 end
-if current == 'done' then
-    return 'done'
+local outcomes = {}
+for i = marks + 1, #KEYS do
+    local value = ARGV[5 + i - marks]
+    local current = redis.call('GET', KEYS[i])
+    if not current then
+        redis.call('SET', KEYS[i], value, 'PX', ARGV[3])
+        outcomes[#outcomes + 1] = 'fresh'
+    elseif current == 'done' then
+        outcomes[#outcomes + 1] = 'done'
+    elseif ARGV[4] ~= '' and string.sub(current, 1, #ARGV[4]) == ARGV[4]
+        and string.sub(current, 1, #ARGV[5]) ~= ARGV[5] then
+        redis.call('SET', KEYS[i], value, 'PX', ARGV[3])
+        outcomes[#outcomes + 1] = 'taken_over'
+    else
+        outcomes[#outcomes + 1] = 'busy'
+    end
 end
-if ARGV[3] ~= '' and string.sub(current, 1, #ARGV[3]) == ARGV[3]
-    and string.sub(current, 1, #ARGV[4]) ~= ARGV[4] then
-    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-    return 'taken_over'
-end
-return 'busy'
+return outcomes
 "#;
 
 const RELEASE_SCRIPT: &str = r#"
@@ -78,9 +94,27 @@ pub struct RedisDedupe {
     lease: Duration,
     done_ttl: Duration,
     owner: Option<ClaimOwner>,
-    claim: redis::Script,
+    batch: redis::Script,
     release: redis::Script,
+    /// Where claims and done marks queue for the next call; started at first use.
+    batcher: Arc<OnceLock<mpsc::UnboundedSender<Op>>>,
 }
+
+/// A claim or a done mark waiting for its batch's call, with where its answer goes.
+enum Op {
+    Claim {
+        key: String,
+        value: String,
+        answer: oneshot::Sender<Result<String, redis::RedisError>>,
+    },
+    Done {
+        key: String,
+        answer: oneshot::Sender<Result<(), redis::RedisError>>,
+    },
+}
+
+/// At most this many claims and done marks go in one call.
+const MAX_BATCH: usize = 256;
 
 /// A Redis client for `url` (not connected yet). With `ca_file`, a `rediss://` connection also
 /// trusts the PEM certificates in that file (a private CA), besides the system's. The error says
@@ -175,8 +209,9 @@ impl RedisDedupe {
             lease,
             done_ttl,
             owner: None,
-            claim: redis::Script::new(CLAIM_SCRIPT),
+            batch: redis::Script::new(BATCH_SCRIPT),
             release: redis::Script::new(RELEASE_SCRIPT),
+            batcher: Arc::default(),
         }
     }
 
@@ -190,27 +225,33 @@ impl RedisDedupe {
         format!("{}:dedupe:{id}", self.prefix)
     }
 
-    pub async fn claim(&self, id: &str) -> Result<ClaimOutcome, DedupeError> {
-        let token = uuid::Uuid::new_v4().simple().to_string();
-        let (value, ours, this_process) = match &self.owner {
+    /// The prefixes of claims made through our journal and by this process (both empty
+    /// without an owner: no claim is ever taken over).
+    fn owner_prefixes(&self) -> (String, String) {
+        match &self.owner {
             Some(owner) => {
                 let ours = format!("claimed:{}:", owner.journal);
                 let this_process = format!("{ours}{}:", owner.instance);
-                (format!("{this_process}{token}"), ours, this_process)
+                (ours, this_process)
             }
-            None => (format!("claimed:{token}"), String::new(), String::new()),
+            None => (String::new(), String::new()),
+        }
+    }
+
+    pub async fn claim(&self, id: &str) -> Result<ClaimOutcome, DedupeError> {
+        let token = uuid::Uuid::new_v4().simple();
+        let value = match &self.owner {
+            Some(owner) => format!("claimed:{}:{}:{token}", owner.journal, owner.instance),
+            None => format!("claimed:{token}"),
         };
-        let mut connection = self.connection.clone();
-        let outcome: String = self
-            .claim
-            .key(self.key(id))
-            .arg(&value)
-            .arg(millis(self.lease))
-            .arg(&ours)
-            .arg(&this_process)
-            .invoke_async(&mut connection)
-            .await
-            .map_err(DedupeError::Redis)?;
+        let (answer, outcome) = oneshot::channel();
+        let op = Op::Claim {
+            key: self.key(id),
+            value: value.clone(),
+            answer,
+        };
+        self.submit(op).await;
+        let outcome = outcome.await.map_err(|_| stopped())??;
         match outcome.as_str() {
             "fresh" => Ok(ClaimOutcome::Fresh(ClaimToken(value))),
             "taken_over" => {
@@ -223,12 +264,108 @@ impl RedisDedupe {
     }
 
     pub async fn mark_done(&self, id: &str) -> Result<(), DedupeError> {
+        let (answer, done) = oneshot::channel();
+        self.submit(Op::Done {
+            key: self.key(id),
+            answer,
+        })
+        .await;
+        done.await
+            .map_err(|_| stopped())?
+            .map_err(DedupeError::Redis)
+    }
+
+    /// Queues `op` for the batcher (started here on first use). Should the batcher be gone
+    /// (its runtime shut down), the op is sent on its own from here instead.
+    async fn submit(&self, op: Op) {
+        let batcher = self.batcher.get_or_init(|| {
+            let (sender, receiver) = mpsc::unbounded_channel();
+            tokio::spawn(self.clone_unbatched().run_batches(receiver));
+            sender
+        });
+        if let Err(mpsc::error::SendError(op)) = batcher.send(op) {
+            self.call(vec![op]).await;
+        }
+    }
+
+    /// This store without the batcher: what the batcher itself holds (holding its own sender
+    /// would keep it running forever).
+    fn clone_unbatched(&self) -> RedisDedupe {
+        RedisDedupe {
+            batcher: Arc::default(),
+            ..self.clone()
+        }
+    }
+
+    /// Sends what queued while the previous call was out as the next call: under load many
+    /// events' claims and done marks share one round trip; alone, an op goes at once.
+    async fn run_batches(self, mut ops: mpsc::UnboundedReceiver<Op>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while ops.recv_many(&mut batch, MAX_BATCH).await > 0 {
+            self.call(std::mem::take(&mut batch)).await;
+        }
+    }
+
+    /// One call of the batch script for `ops`, each answered with its own outcome (or the
+    /// call's error).
+    async fn call(&self, ops: Vec<Op>) {
+        let mut marks = Vec::new();
+        let mut claims = Vec::new();
+        for op in ops {
+            match op {
+                Op::Done { key, answer } => marks.push((key, answer)),
+                Op::Claim { key, value, answer } => claims.push((key, value, answer)),
+            }
+        }
+        let (ours, this_process) = self.owner_prefixes();
+        let mut invocation = self.batch.prepare_invoke();
+        for (key, _) in &marks {
+            invocation.key(key);
+        }
+        for (key, _, _) in &claims {
+            invocation.key(key);
+        }
+        invocation
+            .arg(marks.len())
+            .arg(millis(self.done_ttl))
+            .arg(millis(self.lease))
+            .arg(&ours)
+            .arg(&this_process);
+        for (_, value, _) in &claims {
+            invocation.arg(value);
+        }
         let mut connection = self.connection.clone();
-        let _: () = connection
-            .pset_ex(self.key(id), "done", millis(self.done_ttl))
-            .await
-            .map_err(DedupeError::Redis)?;
-        Ok(())
+        let result: Result<Vec<String>, redis::RedisError> =
+            invocation.invoke_async(&mut connection).await;
+        let result = result.and_then(|outcomes| {
+            if outcomes.len() == claims.len() {
+                Ok(outcomes)
+            } else {
+                Err(redis::RedisError::from((
+                    redis::ErrorKind::UnexpectedReturnType,
+                    "the dedupe script answered a different number of claims than it was sent",
+                )))
+            }
+        });
+        // A caller that gave up waiting no longer has a receiver: nothing to tell it.
+        match result {
+            Ok(outcomes) => {
+                for (_, answer) in marks {
+                    let _ = answer.send(Ok(()));
+                }
+                for ((_, _, answer), outcome) in claims.into_iter().zip(outcomes) {
+                    let _ = answer.send(Ok(outcome));
+                }
+            }
+            Err(error) => {
+                for (_, answer) in marks {
+                    let _ = answer.send(Err(error.clone()));
+                }
+                for (_, _, answer) in claims {
+                    let _ = answer.send(Err(error.clone()));
+                }
+            }
+        }
     }
 
     /// Deletes the event's done mark (and nothing else: a live claim stays).
@@ -266,6 +403,17 @@ impl RedisDedupe {
     }
 }
 
+/// The batcher went away with its answer (its runtime is shutting down).
+fn stopped() -> DedupeError {
+    DedupeError::Redis(redis::RedisError::from((
+        redis::ErrorKind::Io,
+        "the dedupe batcher stopped",
+    )))
+}
+
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
+
+#[cfg(test)]
+mod tests;
