@@ -28,17 +28,22 @@ async fn send(client: &reqwest::Client, daemon: &Daemon, numbers: std::ops::Rang
     }
 }
 
-/// The event numbers in the jsonl file at `path`, once it holds `count` lines (or after 10 s).
+/// The event numbers in the jsonl file at `path`, once it holds `count` lines (or after 10 s),
+/// sorted: each event is its own delivery about its own record, and the worker runs them side by
+/// side, so their lines may come in any order (docs/sinks.md, "Order": nothing is ordered across
+/// deliveries). A number twice stays twice.
 async fn numbers_in(path: &Path, count: usize) -> Vec<usize> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let lines = read_sink(path).lines;
         if lines.len() >= count || Instant::now() > deadline {
-            return lines
+            let mut numbers: Vec<usize> = lines
                 .iter()
                 .filter_map(|l| l["id"].as_str())
                 .filter_map(|id| id.strip_prefix("rotate-")?.strip_suffix(":0")?.parse().ok())
                 .collect();
+            numbers.sort_unstable();
+            return numbers;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
