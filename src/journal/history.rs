@@ -233,10 +233,16 @@ impl HistoryQuery {
         let mut clauses: Vec<&str> = Vec::new();
         let mut params: Vec<Value> = Vec::new();
         match self.status {
-            Some(EventStatus::Pending) => clauses.push("state = 'pending' AND attempts = 0"),
-            Some(EventStatus::Retrying) => clauses.push("state = 'pending' AND attempts > 0"),
+            // `state <> 'delivered'` names the index of the events not delivered (see the
+            // journal's schema); delivered events are most of the table, walked newest first.
+            Some(EventStatus::Pending) => {
+                clauses.push("state <> 'delivered' AND state = 'pending' AND attempts = 0")
+            }
+            Some(EventStatus::Retrying) => {
+                clauses.push("state <> 'delivered' AND state = 'pending' AND attempts > 0")
+            }
             Some(EventStatus::Delivered) => clauses.push("state = 'delivered'"),
-            Some(EventStatus::Dead) => clauses.push("state = 'dead'"),
+            Some(EventStatus::Dead) => clauses.push("state <> 'delivered' AND state = 'dead'"),
             None => {}
         }
         match self.type_pattern() {

@@ -67,7 +67,6 @@ CREATE TABLE IF NOT EXISTS events (
     sinks_delivered TEXT NOT NULL DEFAULT '{}',
     delivered_at TEXT
 );
-CREATE INDEX IF NOT EXISTS events_due ON events(state, next_attempt_unix_ms, seq);
 CREATE TABLE IF NOT EXISTS dead_deliveries (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     key TEXT,
@@ -98,15 +97,58 @@ const ADDED_COLUMNS: &[(&str, &str)] = &[
     ("delivered_at", "TEXT"),
 ];
 
-/// Indexes of the history queries (after the columns exist). A status filter walks
-/// `events_state_seq` newest first; `q` looks an id, delivery key (a range of ids) or record id
-/// up directly. The record id is only set when an attempt finished, so its index costs ingress
-/// nothing. Delivery keys have no index by age (one B-tree less for every delivery): they are
-/// stored in the order they are received, so the purge takes them from the front (rowid order).
+/// The backlog: how many events are pending.
+pub(super) const COUNT_PENDING: &str =
+    "SELECT COUNT(*) FROM events WHERE state <> 'delivered' AND state = 'pending'";
+
+/// When the oldest pending event was received.
+pub(super) const OLDEST_PENDING: &str = "SELECT received_at FROM events
+     WHERE state <> 'delivered' AND state = 'pending' ORDER BY seq LIMIT 1";
+
+/// The pending events due by ?1 (unix ms), oldest first, at most ?2.
+pub(super) const DUE: &str =
+    "SELECT id, delivery_key, idx, webhook_id, event_type, received_at, request_id, event,
+            attempts, sinks_done, sink_attempts
+     FROM events
+     WHERE state = 'pending' AND next_attempt_unix_ms <= ?1
+     ORDER BY seq LIMIT ?2";
+
+/// The dead letters, oldest first: ?1 only those of a sink, ?2 of an event type, ?3 of types
+/// starting so; at most ?4.
+pub(super) const DEAD_LETTERS: &str =
+    "SELECT id, event_type, delivery_key, received_at, attempts, last_error, failed_sinks,
+            dead_at, sinks_done, sink_attempts
+     FROM events
+     WHERE state <> 'delivered' AND state = 'dead'
+       AND (?1 IS NULL OR EXISTS (SELECT 1 FROM json_each(failed_sinks) WHERE value = ?1))
+       AND (?2 IS NULL OR event_type = ?2)
+       AND (?3 IS NULL OR substr(event_type, 1, length(?3)) = ?3)
+     ORDER BY seq LIMIT ?4";
+
+/// Indexes (after the columns exist). Both hold only the events that are not delivered: a
+/// finished event leaves them (one deletion each) rather than moving to another place in them,
+/// and they stay as small as the backlog and the dead letters, whatever the history keeps. A
+/// query uses one only when its WHERE clause repeats the index's condition literally (SQLite's
+/// rule for partial indexes), so the queries on them say `state <> 'delivered'` or
+/// `state = 'pending'` in so many words.
+/// - `events_due`: the pending events by when they are due, for the worker's scan.
+/// - `events_open`: the events not delivered by state, oldest first, for the backlog, the dead
+///   letters and the history's pending, retrying and dead filters. The history of delivered
+///   events walks the table itself newest first (most rows are delivered).
+///
+/// `q` looks an id, delivery key (a range of ids) or record id up directly. The record id is only
+/// set when an attempt finished, so its index costs ingress nothing. Delivery keys have no index
+/// by age (one B-tree less for every delivery): they are stored in the order they are received,
+/// so the purge takes them from the front (rowid order). The indexes of earlier versions that
+/// held every event are dropped.
 const HISTORY_INDEXES: &str = r#"
-CREATE INDEX IF NOT EXISTS events_state_seq ON events(state, seq);
-CREATE INDEX IF NOT EXISTS events_record_id ON events(record_id) WHERE record_id IS NOT NULL;
+DROP INDEX IF EXISTS events_due;
+DROP INDEX IF EXISTS events_state_seq;
 DROP INDEX IF EXISTS deliveries_age;
+CREATE INDEX IF NOT EXISTS events_pending_due ON events(state, next_attempt_unix_ms, seq)
+    WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS events_open ON events(state, seq) WHERE state <> 'delivered';
+CREATE INDEX IF NOT EXISTS events_record_id ON events(record_id) WHERE record_id IS NOT NULL;
 "#;
 
 /// Reads what an existing journal holds (the schema, the pending events through their index),
@@ -117,7 +159,7 @@ pub(super) fn read_existing(connection: &Connection) -> Result<(), rusqlite::Err
         .exists([])?;
     if has_events {
         connection.query_row(
-            "SELECT COUNT(*), MAX(seq) FROM events WHERE state = 'pending'",
+            "SELECT COUNT(*), MAX(seq) FROM events WHERE state <> 'delivered' AND state = 'pending'",
             [],
             |_| Ok(()),
         )?;
@@ -183,11 +225,7 @@ pub(super) fn migrate(connection: &mut Connection, file: &str) -> Result<(), Jou
 }
 
 pub(super) fn count_pending(connection: &Connection) -> Result<u64, JournalError> {
-    let pending: i64 = connection.query_row(
-        "SELECT COUNT(*) FROM events WHERE state = 'pending'",
-        [],
-        |row| row.get(0),
-    )?;
+    let pending: i64 = connection.query_row(COUNT_PENDING, [], |row| row.get(0))?;
     Ok(pending.max(0) as u64)
 }
 
@@ -306,11 +344,7 @@ pub(super) fn probe(tx: &Transaction<'_>) -> Result<(), JournalError> {
 /// When the oldest pending event was received (RFC 3339), if any is pending.
 pub(super) fn oldest_pending(tx: &Transaction<'_>) -> Result<Option<String>, JournalError> {
     let oldest = tx
-        .query_row(
-            "SELECT received_at FROM events WHERE state = 'pending' ORDER BY seq LIMIT 1",
-            [],
-            |row| row.get::<_, String>(0),
-        )
+        .query_row(OLDEST_PENDING, [], |row| row.get::<_, String>(0))
         .optional()?;
     Ok(oldest)
 }
@@ -392,13 +426,7 @@ pub(super) fn due(
     now_ms: i64,
     limit: usize,
 ) -> Result<Vec<JournaledEvent>, JournalError> {
-    let mut statement = tx.prepare_cached(
-        "SELECT id, delivery_key, idx, webhook_id, event_type, received_at, request_id, event,
-                attempts, sinks_done, sink_attempts
-         FROM events
-         WHERE state = 'pending' AND next_attempt_unix_ms <= ?1
-         ORDER BY seq LIMIT ?2",
-    )?;
+    let mut statement = tx.prepare_cached(DUE)?;
     let rows = statement.query_map(params![now_ms, limit as i64], |row| {
         Ok(JournaledEvent {
             id: row.get(0)?,
@@ -497,16 +525,7 @@ pub(super) fn list_dead_letters(
         },
         None => (None, None),
     };
-    let mut statement = tx.prepare_cached(
-        "SELECT id, event_type, delivery_key, received_at, attempts, last_error, failed_sinks,
-                dead_at, sinks_done, sink_attempts
-         FROM events
-         WHERE state = 'dead'
-           AND (?1 IS NULL OR EXISTS (SELECT 1 FROM json_each(failed_sinks) WHERE value = ?1))
-           AND (?2 IS NULL OR event_type = ?2)
-           AND (?3 IS NULL OR substr(event_type, 1, length(?3)) = ?3)
-         ORDER BY seq LIMIT ?4",
-    )?;
+    let mut statement = tx.prepare_cached(DEAD_LETTERS)?;
     let rows = statement.query_map(
         params![
             query.sink,
@@ -571,7 +590,8 @@ pub(super) fn replay(
     match selection {
         ReplaySelection::All => {
             let mut statement = tx.prepare_cached(
-                "SELECT id, failed_sinks, sinks_done FROM events WHERE state = 'dead' ORDER BY seq",
+                "SELECT id, failed_sinks, sinks_done FROM events
+                 WHERE state <> 'delivered' AND state = 'dead' ORDER BY seq",
             )?;
             let rows = statement.query_map([], |row| {
                 Ok((
@@ -666,7 +686,8 @@ pub(super) fn purge_batch(
         deleted += exec(
             tx,
             "DELETE FROM events WHERE seq IN (
-                SELECT seq FROM events WHERE state = 'dead' AND dead_at < ?1 LIMIT ?2)",
+                SELECT seq FROM events WHERE state <> 'delivered' AND state = 'dead'
+                    AND dead_at < ?1 LIMIT ?2)",
             params![dead_before, PURGE_BATCH as i64],
         )?;
         deleted += exec(
@@ -839,3 +860,6 @@ pub(super) fn delete_unparsed(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
