@@ -30,7 +30,7 @@ use crate::worker::{self, Pipeline, Worker};
 
 /// Connections open at once on the admin listener (probes, metrics): enough for every scraper
 /// and probe, and it leaves the open-files limit to the webhook listener.
-pub const ADMIN_MAX_CONNECTIONS: usize = 64;
+pub(crate) const ADMIN_MAX_CONNECTIONS: usize = 64;
 
 /// Descriptors kept for what is not a connection: the journal, sink files, outgoing connections
 /// to Attio, Redis and sinks, command sinks' pipes.
@@ -272,12 +272,6 @@ impl Application {
             settings,
             api,
         })
-    }
-
-    /// Where the console is served, when it is.
-    pub fn console_addr(&self) -> Option<SocketAddr> {
-        self.api.as_ref()?;
-        self.admin_addr().or_else(|| self.local_addr().ok())
     }
 
     /// The bound port (useful when `server.listen` asked for port 0).
@@ -621,7 +615,7 @@ async fn reopen_on_hangup(file_sinks: FileReopener) {
 }
 
 /// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         if let Err(error) = tokio::signal::ctrl_c().await {
             tracing::error!(%error, "cannot listen for Ctrl-C");

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 /// Every event type Attio documents. Routing and enrichment `match` on this exhaustively, so a
 /// new variant cannot be forgotten; anything else is [`EventKind::Unknown`] and still flows.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum EventKind {
+pub(crate) enum EventKind {
     RecordCreated,
     RecordUpdated,
     RecordDeleted,
@@ -47,7 +47,7 @@ pub enum EventKind {
 }
 
 /// The 27 event types a webhook can subscribe to (Attio's OpenAPI enum).
-pub const SUBSCRIBABLE_EVENT_TYPES: [&str; 27] = [
+pub(crate) const SUBSCRIBABLE_EVENT_TYPES: [&str; 27] = [
     "call-recording.created",
     "comment.created",
     "comment.resolved",
@@ -78,7 +78,7 @@ pub const SUBSCRIBABLE_EVENT_TYPES: [&str; 27] = [
 ];
 
 impl EventKind {
-    pub fn parse(event_type: &str) -> EventKind {
+    pub(crate) fn parse(event_type: &str) -> EventKind {
         match event_type {
             "record.created" => EventKind::RecordCreated,
             "record.updated" => EventKind::RecordUpdated,
@@ -113,7 +113,7 @@ impl EventKind {
         }
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         match self {
             EventKind::RecordCreated => "record.created",
             EventKind::RecordUpdated => "record.updated",
@@ -148,14 +148,14 @@ impl EventKind {
         }
     }
 
-    pub fn is_known(&self) -> bool {
+    pub(crate) fn is_known(&self) -> bool {
         !matches!(self, EventKind::Unknown(_))
     }
 
     /// Where events of this kind carry their object, list or attribute id, as the dot path
     /// Attio's webhook filters take (docs/attio.md §2, §4); `None` when they have none. The same
     /// ids enrichment names (`enrich::plan`; a unit test keeps the two in step).
-    pub fn dimension_field(&self, dimension: Dimension) -> Option<&'static str> {
+    pub(crate) fn dimension_field(&self, dimension: Dimension) -> Option<&'static str> {
         use Dimension::{Attribute, List, Object};
         match self {
             EventKind::RecordCreated | EventKind::RecordDeleted | EventKind::RecordMerged => {
@@ -219,17 +219,18 @@ impl EventKind {
 /// What an event can be about besides its own id: an object, a list, an attribute. Route keys
 /// (`object = "deals"`) and the `webhooks` commands' flags (`--object deals`) narrow by them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dimension {
+pub(crate) enum Dimension {
     Object,
     List,
     Attribute,
 }
 
 impl Dimension {
-    pub const ALL: [Dimension; 3] = [Dimension::Object, Dimension::List, Dimension::Attribute];
+    pub(crate) const ALL: [Dimension; 3] =
+        [Dimension::Object, Dimension::List, Dimension::Attribute];
 
     /// The route key and flag name.
-    pub fn key(self) -> &'static str {
+    pub(crate) fn key(self) -> &'static str {
         match self {
             Dimension::Object => "object",
             Dimension::List => "list",
@@ -253,14 +254,14 @@ pub struct ParsedEvent {
 
 /// A verified body that has the shape of a delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ParsedDelivery {
-    pub webhook_id: Option<String>,
-    pub events: Vec<ParsedEvent>,
+pub(crate) struct ParsedDelivery {
+    pub(crate) webhook_id: Option<String>,
+    pub(crate) events: Vec<ParsedEvent>,
 }
 
 /// Why a correctly signed body is not a delivery. Such bodies are kept as dead deliveries.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum MalformedBody {
+pub(crate) enum MalformedBody {
     #[error("body is not valid UTF-8")]
     NotUtf8,
     #[error("body is not JSON: {0}")]
@@ -285,7 +286,7 @@ struct EventProbe {
 }
 
 /// Parses a verified body: `{webhook_id, events: [...]}`, or a bare single event.
-pub fn parse_delivery(body: &[u8]) -> Result<ParsedDelivery, MalformedBody> {
+pub(crate) fn parse_delivery(body: &[u8]) -> Result<ParsedDelivery, MalformedBody> {
     let text = std::str::from_utf8(body).map_err(|_| MalformedBody::NotUtf8)?;
     let probe: EnvelopeProbe<'_> = match serde_json::from_str(text) {
         Ok(probe) => probe,
@@ -404,7 +405,7 @@ fn strip_white_space(raw: &str) -> String {
 /// The webhook id comes from the body, so it is shown only when it is at most [`MAX_KEY_LEN`]
 /// bytes of visible ASCII (Attio's are UUIDs), else `-`: the body's hash, which covers it, is
 /// what identifies the delivery.
-pub fn derived_delivery_key(webhook_id: Option<&str>, body: &[u8]) -> String {
+pub(crate) fn derived_delivery_key(webhook_id: Option<&str>, body: &[u8]) -> String {
     let digest = Sha256::digest(body);
     let webhook_id = webhook_id
         .filter(|id| !id.is_empty() && id.len() <= MAX_KEY_LEN && is_visible_ascii(id.as_bytes()))
@@ -413,11 +414,11 @@ pub fn derived_delivery_key(webhook_id: Option<&str>, body: &[u8]) -> String {
 }
 
 /// Longest `Idempotency-Key` kept as sent; longer ones are replaced by their hash.
-pub const MAX_KEY_LEN: usize = 200;
+pub(crate) const MAX_KEY_LEN: usize = 200;
 
 /// A delivery key read from the `Idempotency-Key` header.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HeaderKey {
+pub(crate) enum HeaderKey {
     /// At most [`MAX_KEY_LEN`] bytes of visible ASCII (`0x21..=0x7E`): used as sent.
     AsSent(String),
     /// Anything else (longer, white space or control characters inside, non-ASCII, bytes that
@@ -428,7 +429,7 @@ pub enum HeaderKey {
 }
 
 impl HeaderKey {
-    pub fn into_string(self) -> String {
+    pub(crate) fn into_string(self) -> String {
         match self {
             HeaderKey::AsSent(key) | HeaderKey::Hashed(key) => key,
         }
@@ -436,7 +437,7 @@ impl HeaderKey {
 }
 
 /// Normalises an `Idempotency-Key` header into a delivery key; `None` when it is empty.
-pub fn delivery_key_from_header(value: &[u8]) -> Option<HeaderKey> {
+pub(crate) fn delivery_key_from_header(value: &[u8]) -> Option<HeaderKey> {
     let value = trim_field_value(value);
     if value.is_empty() {
         return None;
@@ -473,14 +474,14 @@ fn is_visible_ascii(value: &[u8]) -> bool {
 }
 
 /// The identity of one event: its delivery key plus its index in the delivery.
-pub fn event_id(delivery_key: &str, index: usize) -> String {
+pub(crate) fn event_id(delivery_key: &str, index: usize) -> String {
     format!("{delivery_key}:{index}")
 }
 
 /// `text` as a person may read it on a terminal or in a log line: control characters (a NUL, an
 /// escape sequence, a newline in an event type Attio or an attacker sent) are written as escapes
 /// such as `\u{0}` and `\n`, so they can neither hide in nor rewrite what is around them.
-pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn printable(text: &str) -> std::borrow::Cow<'_, str> {
     if !text.chars().any(char::is_control) {
         return std::borrow::Cow::Borrowed(text);
     }
@@ -500,7 +501,7 @@ pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
 /// enrichment and routing need ([`EventIds`]), and the whole tree only when a route filter reads
 /// arbitrary fields. Every later stage reads this instead of parsing the text again.
 #[derive(Debug)]
-pub struct EventView {
+pub(crate) struct EventView {
     raw: String,
     ids: EventIds,
     tree: Option<serde_json::Value>,
@@ -510,11 +511,11 @@ pub struct EventView {
 /// that parse). No sink can take it and no filter matches it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("stored event is not valid JSON: {0}")]
-pub struct UnreadableEvent(String);
+pub(crate) struct UnreadableEvent(String);
 
 impl EventView {
     /// Reads `raw` once. `with_tree`: also keep the whole tree, for route filters.
-    pub fn read(raw: String, with_tree: bool) -> Result<EventView, UnreadableEvent> {
+    pub(crate) fn read(raw: String, with_tree: bool) -> Result<EventView, UnreadableEvent> {
         if with_tree {
             // A text that is JSON but not a tree serde_json can hold (never from ingress, which
             // reads every event through in full) falls back to the ids alone: filters then
@@ -540,16 +541,16 @@ impl EventView {
     }
 
     /// The event's JSON exactly as stored: valid JSON, as Attio sent it.
-    pub fn raw(&self) -> &str {
+    pub(crate) fn raw(&self) -> &str {
         &self.raw
     }
 
-    pub fn ids(&self) -> &EventIds {
+    pub(crate) fn ids(&self) -> &EventIds {
         &self.ids
     }
 
     /// The whole event, when it was read with its tree.
-    pub fn tree(&self) -> Option<&serde_json::Value> {
+    pub(crate) fn tree(&self) -> Option<&serde_json::Value> {
         self.tree.as_ref()
     }
 }
@@ -557,13 +558,13 @@ impl EventView {
 /// The ids an event carries: in `id`, and beside it (comments and entries put some there).
 /// Only these keys are kept; only non-empty strings count.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct EventIds {
+pub(crate) struct EventIds {
     inside: [Option<String>; ID_KEYS.len()],
     beside: [Option<String>; ID_KEYS.len()],
 }
 
 /// The id keys enrichment and routing read (docs/attio.md §2).
-pub const ID_KEYS: [&str; 12] = [
+pub(crate) const ID_KEYS: [&str; 12] = [
     "object_id",
     "record_id",
     "attribute_id",
@@ -580,7 +581,7 @@ pub const ID_KEYS: [&str; 12] = [
 
 impl EventIds {
     /// No ids at all (an event that could not be read).
-    pub const NONE: EventIds = EventIds {
+    pub(crate) const NONE: EventIds = EventIds {
         inside: [const { None }; ID_KEYS.len()],
         beside: [const { None }; ID_KEYS.len()],
     };
@@ -588,12 +589,12 @@ impl EventIds {
     /// The ids of an event's JSON text; none when it is not an object of the usual shape. The
     /// worker reads them with the rest of the event ([`EventView::read`]); this is for tests.
     #[cfg(test)]
-    pub fn parse(raw: &str) -> EventIds {
+    pub(crate) fn parse(raw: &str) -> EventIds {
         serde_json::from_str(raw).unwrap_or_default()
     }
 
     /// `id.KEY`, else `KEY` beside `id`. `key` is one of [`ID_KEYS`] (any other is `None`).
-    pub fn get(&self, key: &str) -> Option<&str> {
+    pub(crate) fn get(&self, key: &str) -> Option<&str> {
         let slot = ID_KEYS.iter().position(|known| *known == key)?;
         self.inside[slot]
             .as_deref()

@@ -62,23 +62,25 @@
 //!   reconcile a `postgres` sink from Attio), and the developer tools
 //!   `send`, `sign`, `verify`, `check-config`.
 
-pub mod api;
+#![warn(unreachable_pub)]
+
+pub(crate) mod api;
 pub mod app;
 pub mod attio;
 pub mod cli;
 pub mod config;
-pub mod console;
+pub(crate) mod console;
 pub mod dedupe;
-pub mod enrich;
+pub(crate) mod enrich;
 pub mod event;
-pub mod ingress;
+pub(crate) mod ingress;
 pub mod journal;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod mirror;
-pub mod redact;
-pub mod routing;
+pub(crate) mod redact;
+pub(crate) mod routing;
 mod settings_format;
 pub mod signature;
 pub mod sinks;
-pub mod telemetry;
-pub mod worker;
+pub(crate) mod telemetry;
+pub(crate) mod worker;

@@ -18,32 +18,32 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Deliveries received, by outcome: accepted, duplicate, unauthorized, too_large, malformed,
 /// unavailable, bad_request.
-pub const DELIVERIES: &str = "attio_webhooks_deliveries_total";
+pub(crate) const DELIVERIES: &str = "attio_webhooks_deliveries_total";
 /// Time from request start to answer, seconds.
-pub const INGRESS_DURATION: &str = "attio_webhooks_ingress_duration_seconds";
+pub(crate) const INGRESS_DURATION: &str = "attio_webhooks_ingress_duration_seconds";
 /// Events through the worker, by kind and outcome: delivered, duplicate, deferred, retrying,
 /// dead_lettered.
-pub const EVENTS_PROCESSED: &str = "attio_webhooks_events_processed_total";
+pub(crate) const EVENTS_PROCESSED: &str = "attio_webhooks_events_processed_total";
 /// Events skipped because the dedupe store had them as done.
-pub const DEDUPE_HITS: &str = "attio_webhooks_dedupe_hits_total";
+pub(crate) const DEDUPE_HITS: &str = "attio_webhooks_dedupe_hits_total";
 /// Events pending in the journal.
-pub const JOURNAL_BACKLOG: &str = "attio_webhooks_journal_backlog";
+pub(crate) const JOURNAL_BACKLOG: &str = "attio_webhooks_journal_backlog";
 /// Age of the oldest pending event, seconds (0 when none).
-pub const OLDEST_PENDING_AGE: &str = "attio_webhooks_journal_oldest_pending_age_seconds";
+pub(crate) const OLDEST_PENDING_AGE: &str = "attio_webhooks_journal_oldest_pending_age_seconds";
 /// Events moved to the dead letters.
-pub const DEAD_LETTERS: &str = "attio_webhooks_dead_letters_total";
+pub(crate) const DEAD_LETTERS: &str = "attio_webhooks_dead_letters_total";
 /// Deliveries to sinks, by sink and outcome (ok, error).
-pub const SINK_DELIVERIES: &str = "attio_webhooks_sink_deliveries_total";
+pub(crate) const SINK_DELIVERIES: &str = "attio_webhooks_sink_deliveries_total";
 /// Requests to Attio's API, by endpoint and status.
-pub const ATTIO_REQUESTS: &str = "attio_webhooks_attio_requests_total";
+pub(crate) const ATTIO_REQUESTS: &str = "attio_webhooks_attio_requests_total";
 /// Retries of Attio requests, by endpoint.
-pub const ATTIO_RETRIES: &str = "attio_webhooks_attio_retries_total";
+pub(crate) const ATTIO_RETRIES: &str = "attio_webhooks_attio_retries_total";
 /// Seconds spent waiting for the client-side rate limiter.
-pub const ATTIO_RATE_LIMIT_WAIT: &str = "attio_webhooks_attio_rate_limit_wait_seconds_total";
+pub(crate) const ATTIO_RATE_LIMIT_WAIT: &str = "attio_webhooks_attio_rate_limit_wait_seconds_total";
 /// Time to enrich one event, seconds.
-pub const ENRICHMENT_DURATION: &str = "attio_webhooks_enrichment_duration_seconds";
+pub(crate) const ENRICHMENT_DURATION: &str = "attio_webhooks_enrichment_duration_seconds";
 /// Log lines dropped because standard error could not keep up (`log.queue_lines`).
-pub const LOG_LINES_DROPPED: &str = "attio_webhooks_log_lines_dropped_total";
+pub(crate) const LOG_LINES_DROPPED: &str = "attio_webhooks_log_lines_dropped_total";
 
 const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -51,7 +51,7 @@ const LATENCY_BUCKETS: [f64; 14] = [
 
 /// How often histogram samples are folded into their buckets when nobody scrapes. Between two
 /// upkeeps the recorder holds the samples of this interval only.
-pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -60,7 +60,7 @@ static PROCESS: OnceLock<metrics_process::Collector> = OnceLock::new();
 
 /// The process-wide Prometheus handle, installing the recorder on first use. `None` when another
 /// recorder was installed first (metrics then go there).
-pub fn handle() -> Option<&'static PrometheusHandle> {
+pub(crate) fn handle() -> Option<&'static PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
@@ -85,7 +85,7 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
 
 /// Folds the histogram samples recorded since the last upkeep or scrape into their buckets, so
 /// that they stop taking memory of their own.
-pub fn run_upkeep() {
+pub(crate) fn run_upkeep() {
     if let Some(handle) = handle() {
         handle.run_upkeep();
     }
@@ -93,7 +93,7 @@ pub fn run_upkeep() {
 
 /// Reads the process's resident memory, CPU seconds, open and maximum file descriptors, threads
 /// and start time into their `process_*` gauges.
-pub fn collect_process() {
+pub(crate) fn collect_process() {
     if let Some(collector) = PROCESS.get() {
         collector.collect();
     }

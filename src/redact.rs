@@ -78,7 +78,7 @@ pub(crate) fn redact_optional_secret<S: Serializer>(
 /// parameter replaced by `redacted`, for error messages and for showing settings. Works on text
 /// that is not a valid URL too (`http//user:pw@host/x?token=T`, a scheme typo): the user still
 /// sees what they wrote, minus anything that may be a credential.
-pub fn redacted_url(url: &str) -> String {
+pub(crate) fn redacted_url(url: &str) -> String {
     // The authority starts after `//` when there is one (also after a mistyped scheme), else at
     // the start. It ends at the first `/` after that; a password is not supposed to hold `?`, `#`
     // or `@`, but when it does unescaped, the last `@` before that `/` still ends the user info.

@@ -8,26 +8,26 @@
 //! the type, each of its `object` / `list` / `attribute` keys (if any) names the event's, and its
 //! optional `filter` (Attio's own filter shape) matches the event.
 
-pub mod settings;
+pub(crate) mod settings;
 
 use std::time::Duration;
 
 use serde_json::Value;
 
 use self::settings::{RouteEnrich, RouteError, RouteSettings};
-pub use crate::event::Dimension;
+pub(crate) use crate::event::Dimension;
 use crate::event::{EventKind, SUBSCRIBABLE_EVENT_TYPES};
 
 /// An event-type pattern: `*`, `record.*`, or one exact type.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EventPattern {
+pub(crate) enum EventPattern {
     Any,
     Family(String),
     Exact(String),
 }
 
 impl EventPattern {
-    pub fn parse(pattern: &str) -> Result<EventPattern, String> {
+    pub(crate) fn parse(pattern: &str) -> Result<EventPattern, String> {
         let valid_part = |part: &str| {
             !part.is_empty()
                 && part
@@ -48,7 +48,7 @@ impl EventPattern {
         }
     }
 
-    pub fn matches(&self, event_type: &str) -> bool {
+    pub(crate) fn matches(&self, event_type: &str) -> bool {
         match self {
             EventPattern::Any => true,
             EventPattern::Family(family) => {
@@ -62,14 +62,14 @@ impl EventPattern {
 /// One dimension of one event: the event's own id (a UUID; `None` when the event has no such
 /// dimension) and the slug enrichment resolved for it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DimensionValue {
-    pub id: Option<String>,
-    pub slug: Option<String>,
+pub(crate) struct DimensionValue {
+    pub(crate) id: Option<String>,
+    pub(crate) slug: Option<String>,
 }
 
 /// How far the slugs of an event's dimensions are known.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Names {
+pub(crate) enum Names {
     /// Enrichment looked them up; a missing slug means Attio has no such thing.
     Resolved,
     /// Enrichment failed: a slug a route names may or may not be the event's.
@@ -81,11 +81,11 @@ pub enum Names {
 
 /// The object, list and attribute an event is about, for route keys.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct EventDimensions {
-    pub object: DimensionValue,
-    pub list: DimensionValue,
-    pub attribute: DimensionValue,
-    pub names: Names,
+pub(crate) struct EventDimensions {
+    pub(crate) object: DimensionValue,
+    pub(crate) list: DimensionValue,
+    pub(crate) attribute: DimensionValue,
+    pub(crate) names: Names,
 }
 
 impl EventDimensions {
@@ -183,12 +183,12 @@ fn example_slug(dimension: Dimension) -> &'static str {
 }
 
 /// A UUID in its usual hyphenated form, as Attio writes ids.
-pub fn is_uuid(value: &str) -> bool {
+pub(crate) fn is_uuid(value: &str) -> bool {
     value.len() == 36 && uuid::Uuid::try_parse(value).is_ok()
 }
 
 /// An `api_slug`: Attio formats them in snake case (`deals`, `sales_pipeline`).
-pub fn is_slug(value: &str) -> bool {
+pub(crate) fn is_slug(value: &str) -> bool {
     !value.is_empty()
         && value
             .chars()
@@ -200,7 +200,7 @@ pub fn is_slug(value: &str) -> bool {
 /// dot path into the event. A path the event lacks reads as `null`: `equals` fails and
 /// `not_equals` holds.
 #[derive(Debug, Clone, PartialEq)]
-pub struct EventFilter {
+pub(crate) struct EventFilter {
     combine: Combine,
     conditions: Vec<Condition>,
 }
@@ -227,7 +227,7 @@ struct Condition {
 impl EventFilter {
     /// Parses a filter given as a table or as a JSON string. `Ok(None)` for `null` (matches
     /// every event, as in Attio). The error says what is wrong, for the route's message.
-    pub fn parse(filter: &Value) -> Result<Option<EventFilter>, String> {
+    pub(crate) fn parse(filter: &Value) -> Result<Option<EventFilter>, String> {
         let parsed;
         let filter = match filter {
             Value::String(text) => {
@@ -281,7 +281,7 @@ impl EventFilter {
     }
 
     /// Whether the event holds. An event that could not be read matches no filter.
-    pub fn matches(&self, fields: &FilterFields<'_>) -> bool {
+    pub(crate) fn matches(&self, fields: &FilterFields<'_>) -> bool {
         let Some(event) = fields.event else {
             return false;
         };
@@ -364,20 +364,20 @@ impl Condition {
 /// could not be read, which no filter matches) and, when the routes wanted the event enriched,
 /// the fields enrichment adds at its top, which win over the event's own keys of those names.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct FilterFields<'a> {
-    pub event: Option<&'a Value>,
-    pub enriched: Option<EnrichedFields<'a>>,
+pub(crate) struct FilterFields<'a> {
+    pub(crate) event: Option<&'a Value>,
+    pub(crate) enriched: Option<EnrichedFields<'a>>,
 }
 
 /// The fields a filter sees after enrichment: `enrichment` (the status), the resolved `object`,
 /// `list` and `attribute` slugs, and the fetched `data` (each `null` when absent).
 #[derive(Debug, Clone, Copy)]
-pub struct EnrichedFields<'a> {
-    pub enrichment: &'a str,
-    pub object: Option<&'a str>,
-    pub list: Option<&'a str>,
-    pub attribute: Option<&'a str>,
-    pub data: Option<&'a Value>,
+pub(crate) struct EnrichedFields<'a> {
+    pub(crate) enrichment: &'a str,
+    pub(crate) object: Option<&'a str>,
+    pub(crate) list: Option<&'a str>,
+    pub(crate) attribute: Option<&'a str>,
+    pub(crate) data: Option<&'a Value>,
 }
 
 /// What a filter's dot path leads to.
@@ -433,12 +433,12 @@ struct CompiledRoute {
 
 /// One sink an event goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RoutedSink<'a> {
-    pub name: &'a str,
+pub(crate) struct RoutedSink<'a> {
+    pub(crate) name: &'a str,
     /// Every matching route that names this sink has `collapse = true`: events that shared one
     /// fetch reach it as one line. A sink also named by a matching route without `collapse`
     /// gets every event on its own.
-    pub collapse: bool,
+    pub(crate) collapse: bool,
 }
 
 impl CompiledRoute {
@@ -454,17 +454,17 @@ impl CompiledRoute {
 
 /// The longest `settle` a route may ask for. Each held event occupies a worker slot and keeps
 /// its dedupe claim (`dedupe.claim_lease`, default 60 s) meanwhile.
-pub const MAX_SETTLE: Duration = Duration::from_secs(30);
+pub(crate) const MAX_SETTLE: Duration = Duration::from_secs(30);
 
 /// The compiled routes.
 #[derive(Debug, Clone)]
-pub struct RouteTable {
+pub(crate) struct RouteTable {
     routes: Vec<CompiledRoute>,
 }
 
 impl RouteTable {
     /// Checks and compiles the routes; an error names the route and what is wrong.
-    pub fn compile(
+    pub(crate) fn compile(
         routes: &[RouteSettings],
         sink_names: &[String],
     ) -> Result<RouteTable, RouteError> {
@@ -580,7 +580,7 @@ impl RouteTable {
     }
 
     /// Exact patterns naming no event type Attio documents: likely typos, worth a warning.
-    pub fn unknown_event_types(&self) -> Vec<(String, String)> {
+    pub(crate) fn unknown_event_types(&self) -> Vec<(String, String)> {
         let mut unknown = Vec::new();
         for route in &self.routes {
             for pattern in &route.patterns {
@@ -596,12 +596,12 @@ impl RouteTable {
 
     /// Whether any route has an `object`, `list` or `attribute` key (only then are an event's
     /// [`EventDimensions`] worth working out).
-    pub fn has_dimension_keys(&self) -> bool {
+    pub(crate) fn has_dimension_keys(&self) -> bool {
         self.routes.iter().any(|route| !route.dimensions.is_empty())
     }
 
     /// Whether some route selects events by the slug of a `dimension` (`list = "sales"`).
-    pub fn selects_by_slug(&self, dimension: Dimension) -> bool {
+    pub(crate) fn selects_by_slug(&self, dimension: Dimension) -> bool {
         self.routes.iter().any(|route| {
             route
                 .dimensions
@@ -612,7 +612,7 @@ impl RouteTable {
 
     /// The first route key that names a slug, as `(route name, key, slug)`: such routes need
     /// enrichment (an Attio API key) to ever match.
-    pub fn first_slug_key(&self) -> Option<(&str, &'static str, &str)> {
+    pub(crate) fn first_slug_key(&self) -> Option<(&str, &'static str, &str)> {
         self.routes.iter().find_map(|route| {
             route.dimensions.iter().find_map(|rule| {
                 rule.slugs
@@ -624,7 +624,7 @@ impl RouteTable {
 
     /// The sink names [`RouteTable::routed`] gives for an event's JSON text, without enrichment.
     #[cfg(test)]
-    pub fn sinks_for(
+    pub(crate) fn sinks_for(
         &self,
         event_type: &str,
         event: &str,
@@ -642,19 +642,19 @@ impl RouteTable {
     }
 
     /// Whether any route has a `filter` (only then does the worker keep an event's whole tree).
-    pub fn has_filters(&self) -> bool {
+    pub(crate) fn has_filters(&self) -> bool {
         self.routes.iter().any(|route| route.filter.is_some())
     }
 
     /// Whether any route has `collapse = true`.
-    pub fn has_collapse(&self) -> bool {
+    pub(crate) fn has_collapse(&self) -> bool {
         self.routes.iter().any(|route| route.collapse)
     }
 
     /// The sinks an event goes to, each once, in configuration order, each saying whether it
     /// takes collapsed lines. `fields` is what filters read; `dimensions` is what the routes'
     /// `object` / `list` / `attribute` keys compare with.
-    pub fn routed(
+    pub(crate) fn routed(
         &self,
         event_type: &str,
         fields: &FilterFields<'_>,
@@ -689,7 +689,7 @@ impl RouteTable {
     /// How long `record.updated` / `list-entry.updated` events of `event_type` are held before
     /// their fetch: the longest `settle` of the routes whose `events` match the type (a route's
     /// other keys can only be tested after the fetch). `None` when no such route has one.
-    pub fn settle_for(&self, event_type: &str) -> Option<Duration> {
+    pub(crate) fn settle_for(&self, event_type: &str) -> Option<Duration> {
         self.routes
             .iter()
             .filter(|route| route.patterns.iter().any(|p| p.matches(event_type)))
@@ -699,7 +699,7 @@ impl RouteTable {
 
     /// How much the routes matching `event_type` need the event enriched: the strongest wish
     /// wins (`true` over `"optional"` over `false`). `Off` when no route matches.
-    pub fn enrichment_for(&self, event_type: &str) -> RouteEnrich {
+    pub(crate) fn enrichment_for(&self, event_type: &str) -> RouteEnrich {
         self.routes
             .iter()
             .filter(|route| route.patterns.iter().any(|p| p.matches(event_type)))
@@ -710,7 +710,7 @@ impl RouteTable {
 }
 
 /// The known event type closest to `name`, for "did you mean" hints.
-pub fn closest_event_type(name: &str) -> Option<&'static str> {
+pub(crate) fn closest_event_type(name: &str) -> Option<&'static str> {
     SUBSCRIBABLE_EVENT_TYPES
         .iter()
         .map(|known| (strsim::levenshtein(name, known), *known))

@@ -7,34 +7,39 @@
 /// Durations written as in `config/default.toml` (`"30s"`, `"5m"`, `"4d"`). A bare number is
 /// refused with an example of what to write: it has no unit, and guessing one would be wrong
 /// for half the keys.
-pub mod duration {
+pub(crate) mod duration {
     use std::time::Duration;
 
     use serde::de::{Error, Visitor};
     use serde::{Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(
+        value: &Duration,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
         humantime_serde::serialize(value, serializer)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Duration, D::Error> {
         deserializer.deserialize_any(DurationVisitor)
     }
 
     /// For keys that may be left out (a sink's own `retry_initial`).
-    pub mod optional {
+    pub(crate) mod optional {
         use std::time::Duration;
 
         use serde::{Deserialize, Deserializer, Serializer};
 
-        pub fn serialize<S: Serializer>(
+        pub(crate) fn serialize<S: Serializer>(
             value: &Option<Duration>,
             serializer: S,
         ) -> Result<S::Ok, S::Error> {
             humantime_serde::option::serialize(value, serializer)
         }
 
-        pub fn deserialize<'de, D: Deserializer<'de>>(
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
             deserializer: D,
         ) -> Result<Option<Duration>, D::Error> {
             #[derive(Deserialize)]

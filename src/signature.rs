@@ -14,30 +14,30 @@ use sha2::Sha256;
 type HmacSha256 = Hmac<Sha256>;
 
 /// Primary signature header.
-pub const SIGNATURE_HEADER: &str = "attio-signature";
+pub(crate) const SIGNATURE_HEADER: &str = "attio-signature";
 /// Legacy copy Attio also sends.
-pub const LEGACY_SIGNATURE_HEADER: &str = "x-attio-signature";
+pub(crate) const LEGACY_SIGNATURE_HEADER: &str = "x-attio-signature";
 
 /// A body whose signature matched one of the configured secrets.
 #[derive(Debug, Clone)]
-pub struct VerifiedBody {
+pub(crate) struct VerifiedBody {
     bytes: Bytes,
     /// Which configured secret matched (its position), for rotation diagnostics.
     secret_index: usize,
 }
 
 impl VerifiedBody {
-    pub fn bytes(&self) -> &Bytes {
+    pub(crate) fn bytes(&self) -> &Bytes {
         &self.bytes
     }
 
-    pub fn secret_index(&self) -> usize {
+    pub(crate) fn secret_index(&self) -> usize {
         self.secret_index
     }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum SignatureError {
+pub(crate) enum SignatureError {
     #[error("missing Attio-Signature header")]
     Missing,
     #[error("malformed signature: expected 64 lower-case hex characters")]
@@ -76,7 +76,7 @@ fn decode_signature(value: &[u8]) -> Result<[u8; 32], SignatureError> {
 }
 
 /// Verifies `body` against every secret, each in constant time.
-pub fn verify(
+pub(crate) fn verify(
     secrets: &[SecretString],
     header: Option<&[u8]>,
     body: Bytes,
@@ -105,7 +105,8 @@ pub fn verify(
 }
 
 /// Checks one signature against one secret, for the `verify` command.
-pub fn verify_one(secret: &str, signature: &str, body: &[u8]) -> Result<(), SignatureError> {
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn verify_one(secret: &str, signature: &str, body: &[u8]) -> Result<(), SignatureError> {
     let expected = decode_signature(signature.as_bytes())?;
     mac(secret.as_bytes(), body)
         .verify_slice(&expected)

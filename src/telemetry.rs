@@ -20,7 +20,7 @@ static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
 /// Installs the daemon's global subscriber, writing through the log thread. Keep the returned
 /// guard for as long as the daemon runs: dropping it writes out what is queued and stops the
 /// thread. Returns `None` (and changes nothing) when a subscriber is already installed.
-pub fn init(settings: &LogSettings) -> Option<WorkerGuard> {
+pub(crate) fn init(settings: &LogSettings) -> Option<WorkerGuard> {
     let (writer, guard) = NonBlockingBuilder::default()
         .buffered_lines_limit(settings.queue_lines)
         .lossy(true)
@@ -49,7 +49,7 @@ pub fn init(settings: &LogSettings) -> Option<WorkerGuard> {
 }
 
 /// Log lines dropped so far because the log thread had fallen `log.queue_lines` behind.
-pub fn dropped_lines() -> u64 {
+pub(crate) fn dropped_lines() -> u64 {
     DROPPED
         .get()
         .map_or(0, |counter| counter.dropped_lines() as u64)

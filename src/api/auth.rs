@@ -26,11 +26,11 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 /// Name of the console's session cookie.
-pub const SESSION_COOKIE: &str = "attio_webhooks_session";
+pub(crate) const SESSION_COOKIE: &str = "attio_webhooks_session";
 /// How long a console session lasts.
-pub const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
+pub(crate) const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 /// Failed token attempts allowed per minute before attempts are refused for a while.
-pub const FAILURES_PER_MINUTE: u32 = 10;
+pub(crate) const FAILURES_PER_MINUTE: u32 = 10;
 /// How long attempts are refused once the failures ran out.
 const LOCKOUT: Duration = Duration::from_secs(60);
 /// Most console sessions open at once (the oldest is dropped beyond it).
@@ -38,7 +38,7 @@ const MAX_SESSIONS: usize = 1000;
 
 /// How a request proved who it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Caller {
+pub(crate) enum Caller {
     /// `Authorization: Bearer` with the token.
     Bearer,
     /// The console's session cookie.
@@ -49,7 +49,7 @@ pub enum Caller {
 
 /// Why a request is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// No credential, or a wrong one.
     Unauthorized,
     /// Too many failed attempts lately; try again after this long.
@@ -58,7 +58,7 @@ pub enum Refusal {
     CrossSite,
 }
 
-pub struct Auth {
+pub(crate) struct Auth {
     /// SHA-256 of the token; `None`: open to local requests.
     token: Option<[u8; 32]>,
     sessions: Mutex<HashMap<String, Instant>>,
@@ -76,7 +76,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Auth {
-    pub fn new(token: Option<&SecretString>) -> Auth {
+    pub(crate) fn new(token: Option<&SecretString>) -> Auth {
         let per_minute = NonZeroU32::new(FAILURES_PER_MINUTE).unwrap_or(NonZeroU32::MIN);
         Auth {
             token: token.map(|t| digest(t.expose_secret())),
@@ -87,12 +87,12 @@ impl Auth {
     }
 
     /// Whether a token protects the API and console.
-    pub fn has_token(&self) -> bool {
+    pub(crate) fn has_token(&self) -> bool {
         self.token.is_some()
     }
 
     /// Checks a presented token. Failures count towards the lockout.
-    pub fn check_token(&self, presented: &str) -> Result<(), Refusal> {
+    pub(crate) fn check_token(&self, presented: &str) -> Result<(), Refusal> {
         let Some(expected) = &self.token else {
             return Ok(());
         };
@@ -123,7 +123,7 @@ impl Auth {
     }
 
     /// Opens a console session after a correct token; returns the cookie value.
-    pub fn open_session(&self) -> String {
+    pub(crate) fn open_session(&self) -> String {
         let id = format!(
             "{}{}",
             uuid::Uuid::new_v4().simple(),
@@ -145,7 +145,7 @@ impl Auth {
         id
     }
 
-    pub fn close_session(&self, headers: &HeaderMap) {
+    pub(crate) fn close_session(&self, headers: &HeaderMap) {
         if let Some(id) = cookie(headers, SESSION_COOKIE) {
             lock(&self.sessions).remove(id);
         }
@@ -160,7 +160,7 @@ impl Auth {
     }
 
     /// Decides whether a request may go on, and as whom.
-    pub fn admit(&self, method: &Method, headers: &HeaderMap) -> Result<Caller, Refusal> {
+    pub(crate) fn admit(&self, method: &Method, headers: &HeaderMap) -> Result<Caller, Refusal> {
         let caller = self.identify(headers)?;
         let mutation = !matches!(*method, Method::GET | Method::HEAD);
         if mutation && caller != Caller::Bearer && !same_origin(headers, caller) {
@@ -190,7 +190,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// The value of one cookie of the request.
-pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()

@@ -6,7 +6,7 @@
 //! pages, detail), replays, unparsed deliveries, the daemon's status, and a server-sent stream
 //! of status changes. Served on `admin.listen` when set, else on `server.listen` (see `app`).
 
-pub mod auth;
+pub(crate) mod auth;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -36,24 +36,24 @@ use crate::worker::outage::Outages;
 use self::auth::{Auth, Refusal};
 
 /// Most events one `POST /api/v1/events/replay` replays.
-pub const MAX_BULK_REPLAY: usize = 1000;
+pub(crate) const MAX_BULK_REPLAY: usize = 1000;
 
 /// What the API handlers share.
-pub struct ApiState {
-    pub journal: Journal,
-    pub dedupe: DedupeStore,
-    pub changes: Changes,
-    pub outages: Arc<Outages>,
-    pub enricher: Enricher,
-    pub auth: Auth,
-    pub started: Instant,
+pub(crate) struct ApiState {
+    pub(crate) journal: Journal,
+    pub(crate) dedupe: DedupeStore,
+    pub(crate) changes: Changes,
+    pub(crate) outages: Arc<Outages>,
+    pub(crate) enricher: Enricher,
+    pub(crate) auth: Auth,
+    pub(crate) started: Instant,
     /// Ends the open streams when the daemon shuts down.
-    pub shutdown: CancellationToken,
+    pub(crate) shutdown: CancellationToken,
 }
 
 /// A refusal or failure, answered as `{"error": code, "message": text}`.
 #[derive(Debug)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     BadRequest(String),
     NotFound(String),
     Conflict(String),
@@ -122,7 +122,7 @@ impl IntoResponse for ApiError {
 }
 
 /// The API's routes, behind [`require_auth`].
-pub fn router(state: Arc<ApiState>) -> Router {
+pub(crate) fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/api/v1/events", get(list_events))
         .route("/api/v1/events/replay", post(replay_matching))
@@ -158,17 +158,17 @@ async fn require_auth(
 /// The list filters, as query parameters (the same for `GET /events`, `POST /events/replay`, the
 /// console and `events list`).
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct ListParams {
-    pub status: Option<String>,
-    pub event_type: Option<String>,
-    pub object: Option<String>,
-    pub list: Option<String>,
-    pub sink: Option<String>,
-    pub since: Option<String>,
-    pub until: Option<String>,
-    pub q: Option<String>,
-    pub limit: Option<String>,
-    pub cursor: Option<String>,
+pub(crate) struct ListParams {
+    pub(crate) status: Option<String>,
+    pub(crate) event_type: Option<String>,
+    pub(crate) object: Option<String>,
+    pub(crate) list: Option<String>,
+    pub(crate) sink: Option<String>,
+    pub(crate) since: Option<String>,
+    pub(crate) until: Option<String>,
+    pub(crate) q: Option<String>,
+    pub(crate) limit: Option<String>,
+    pub(crate) cursor: Option<String>,
 }
 
 fn given(value: &Option<String>) -> Option<String> {
@@ -208,7 +208,7 @@ fn time(name: &str, value: &Option<String>) -> Result<Option<DateTime<Utc>>, Api
 
 impl ListParams {
     /// The history query these parameters ask for, or what is wrong with them.
-    pub fn query(&self) -> Result<HistoryQuery, ApiError> {
+    pub(crate) fn query(&self) -> Result<HistoryQuery, ApiError> {
         let status = given(&self.status)
             .map(|s| {
                 EventStatus::parse(&s).ok_or_else(|| {
@@ -285,7 +285,7 @@ fn replay_body(body: &Bytes) -> Result<ReplayBody, ApiError> {
 /// Replays the named events (dead letters and delivered ones), as `dead-letters replay` does,
 /// and announces the ones put back. Delivered events first lose their done mark in the dedupe
 /// store, or the worker would skip them as duplicates.
-pub async fn replay(
+pub(crate) async fn replay(
     state: &ApiState,
     ids: Vec<String>,
     sink: Option<&str>,
@@ -448,7 +448,7 @@ async fn delete_unparsed(
 }
 
 /// The daemon's state, for the status page and monitoring.
-pub async fn status_value(state: &ApiState) -> Value {
+pub(crate) async fn status_value(state: &ApiState) -> Value {
     let journal_probe = state.journal.probe().await;
     let oldest = state.journal.oldest_pending_age().await.ok().flatten();
     let dedupe_ping = state.dedupe.ping().await;

@@ -29,7 +29,7 @@ enum State {
 
 /// What the breaker says about one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admission {
+pub(crate) enum Admission {
     Allowed,
     /// Refused; Attio may be asked again after this long.
     Refused {
@@ -38,7 +38,7 @@ pub enum Admission {
 }
 
 #[derive(Debug)]
-pub struct CircuitBreaker {
+pub(crate) struct CircuitBreaker {
     state: Mutex<State>,
     threshold: u32,
     cooldown: Duration,
@@ -47,7 +47,11 @@ pub struct CircuitBreaker {
 }
 
 impl CircuitBreaker {
-    pub fn new(threshold: u32, cooldown: Duration, probe_timeout: Duration) -> CircuitBreaker {
+    pub(crate) fn new(
+        threshold: u32,
+        cooldown: Duration,
+        probe_timeout: Duration,
+    ) -> CircuitBreaker {
         CircuitBreaker {
             state: Mutex::new(State::Closed { failures: 0 }),
             threshold: threshold.max(1),
@@ -63,7 +67,7 @@ impl CircuitBreaker {
     }
 
     /// Asks to send one request.
-    pub fn admit(&self) -> Admission {
+    pub(crate) fn admit(&self) -> Admission {
         let now = Instant::now();
         let mut state = self.lock();
         match *state {
@@ -90,7 +94,7 @@ impl CircuitBreaker {
     }
 
     /// Attio answered (success or an error that proves it is up).
-    pub fn record_success(&self) {
+    pub(crate) fn record_success(&self) {
         let mut state = self.lock();
         if !matches!(*state, State::Closed { .. }) {
             tracing::info!("Attio answers again: circuit breaker closed");
@@ -99,7 +103,7 @@ impl CircuitBreaker {
     }
 
     /// Attio failed in a way that suggests an outage.
-    pub fn record_outage(&self) {
+    pub(crate) fn record_outage(&self) {
         let now = Instant::now();
         let mut state = self.lock();
         match *state {
@@ -130,7 +134,7 @@ impl CircuitBreaker {
     }
 
     /// Refused requests, and how long until the next probe, while the breaker is not closed.
-    pub fn open_for(&self) -> Option<Duration> {
+    pub(crate) fn open_for(&self) -> Option<Duration> {
         let now = Instant::now();
         match *self.lock() {
             State::Closed { .. } => None,

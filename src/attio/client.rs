@@ -67,7 +67,7 @@ pub struct AttioClient {
 }
 
 /// See [`AttioClient::on_send`].
-pub type SendHook = Arc<dyn Fn() + Send + Sync>;
+pub(crate) type SendHook = Arc<dyn Fn() + Send + Sync>;
 
 impl std::fmt::Debug for AttioClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -130,7 +130,7 @@ impl AttioClient {
     /// It retries and stops on the breaker like the daemon's, but when it gives up on an
     /// unreachable Attio its error is the last real failure (a refused connection, a DNS or TLS
     /// error), not the breaker's "next try in ...", which means nothing to a process that exits.
-    pub fn for_command(
+    pub(crate) fn for_command(
         settings: &AttioSettings,
         api_key: &SecretString,
     ) -> Result<AttioClient, AttioError> {
@@ -213,7 +213,7 @@ impl AttioClient {
     /// A handle on the same client that calls `hook` right before each of its requests goes
     /// out, once the rate limiter let it through. Coalescing uses it to know until when an
     /// event may still share a fetch.
-    pub fn on_send(&self, hook: SendHook) -> AttioClient {
+    pub(crate) fn on_send(&self, hook: SendHook) -> AttioClient {
         AttioClient {
             inner: self.inner.clone(),
             on_send: Some(hook),
@@ -320,7 +320,7 @@ impl AttioClient {
     // ---- paged lists, for `sync` (answers kept as JSON: every field Attio sent) ----
 
     /// One page of an object's records, oldest first.
-    pub async fn query_records(
+    pub(crate) async fn query_records(
         &self,
         object: &str,
         limit: u32,
@@ -336,7 +336,7 @@ impl AttioClient {
     }
 
     /// One page of a list's entries, oldest first.
-    pub async fn query_list_entries(
+    pub(crate) async fn query_list_entries(
         &self,
         list: &str,
         limit: u32,
@@ -352,19 +352,27 @@ impl AttioClient {
     }
 
     /// One page of notes (Attio allows at most 50 per page).
-    pub async fn list_notes(&self, limit: u32, offset: u64) -> Result<Vec<Value>, AttioError> {
+    pub(crate) async fn list_notes(
+        &self,
+        limit: u32,
+        offset: u64,
+    ) -> Result<Vec<Value>, AttioError> {
         self.get_page("GET /v2/notes", &["v2", "notes"], limit.min(50), offset)
             .await
     }
 
     /// One page of tasks, oldest first.
-    pub async fn list_tasks(&self, limit: u32, offset: u64) -> Result<Vec<Value>, AttioError> {
+    pub(crate) async fn list_tasks(
+        &self,
+        limit: u32,
+        offset: u64,
+    ) -> Result<Vec<Value>, AttioError> {
         self.get_page("GET /v2/tasks", &["v2", "tasks"], limit, offset)
             .await
     }
 
     /// Every workspace member (one answer, not paged).
-    pub async fn list_workspace_members(&self) -> Result<Vec<Value>, AttioError> {
+    pub(crate) async fn list_workspace_members(&self) -> Result<Vec<Value>, AttioError> {
         self.get("GET /v2/workspace_members", &["v2", "workspace_members"])
             .await
     }

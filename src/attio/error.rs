@@ -82,7 +82,7 @@ pub struct Cause {
 
 impl Cause {
     /// `text` (which usually quotes `source`) shown, `source` kept.
-    pub fn new(
+    pub(crate) fn new(
         text: impl Into<String>,
         source: impl std::error::Error + Send + Sync + 'static,
     ) -> Cause {
@@ -93,7 +93,7 @@ impl Cause {
     }
 
     /// The underlying error, when there is one.
-    pub fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+    pub(crate) fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         self.source
             .as_deref()
             .map(|error| error as &(dyn std::error::Error + 'static))
@@ -121,7 +121,11 @@ impl From<&str> for Cause {
 
 impl AttioError {
     /// Builds the error for a non-2xx answer from its status, body and `Retry-After`.
-    pub fn from_response(status: u16, body: &[u8], retry_after: Option<Duration>) -> AttioError {
+    pub(crate) fn from_response(
+        status: u16,
+        body: &[u8],
+        retry_after: Option<Duration>,
+    ) -> AttioError {
         let parsed: Option<ErrorBody> = serde_json::from_slice(body).ok();
         let parsed = parsed.unwrap_or_default();
         AttioError::Api {
@@ -160,7 +164,7 @@ impl AttioError {
 
     /// The token is missing, wrong or lacks a scope. Retrying cannot help until an operator
     /// fixes the key, which is why the worker keeps such events on its slow retry path.
-    pub fn is_auth(&self) -> bool {
+    pub(crate) fn is_auth(&self) -> bool {
         matches!(
             self,
             AttioError::Api {
@@ -172,7 +176,7 @@ impl AttioError {
 
     /// A sign that Attio itself is in trouble: counts towards opening the circuit breaker.
     /// A 429 does not (Attio is fine, we are too fast), nor does a merge in progress.
-    pub fn is_outage(&self) -> bool {
+    pub(crate) fn is_outage(&self) -> bool {
         match self {
             AttioError::Api { status, .. } => *status >= 500 || *status == 408,
             AttioError::Timeout | AttioError::Connect(_) => true,

@@ -6,15 +6,15 @@
 //! the rate limiter, per process or shared by replicas through Redis ([`rate_limit`]), retries that honour `Retry-After` ([`retry`]), the circuit
 //! breaker ([`breaker`]), and the cache of object/list/attribute slugs ([`schema`]).
 
-pub mod breaker;
-pub mod client;
-pub mod error;
+pub(crate) mod breaker;
+pub(crate) mod client;
+pub(crate) mod error;
 pub mod models;
 pub mod rate_limit;
-pub mod retry;
-pub mod schema;
-pub mod single_flight;
+pub(crate) mod retry;
+pub(crate) mod schema;
+pub(crate) mod single_flight;
 
 pub use client::{AttioClient, AttributeParent, USER_AGENT};
 pub use error::AttioError;
-pub use schema::{SchemaCache, SchemaKey};
+pub(crate) use schema::{SchemaCache, SchemaKey};

@@ -11,26 +11,25 @@ use serde_json::{Map, Value};
 
 /// Every success is `{"data": ...}`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct Envelope<T> {
-    pub data: T,
+pub(crate) struct Envelope<T> {
+    pub(crate) data: T,
 }
 
 /// Attio's error body. Every field is optional: a proxy in between may answer anything.
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct ErrorBody {
-    pub status_code: Option<u16>,
+pub(crate) struct ErrorBody {
     #[serde(rename = "type")]
-    pub kind: Option<String>,
-    pub code: Option<String>,
-    pub message: Option<String>,
+    pub(crate) kind: Option<String>,
+    pub(crate) code: Option<String>,
+    pub(crate) message: Option<String>,
 }
 
 /// Keys not modelled explicitly, kept so nothing Attio sent is lost.
-pub type Extra = Map<String, Value>;
+pub(crate) type Extra = Map<String, Value>;
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct RecordId {
-    pub workspace_id: String,
+    pub(crate) workspace_id: String,
     pub object_id: String,
     pub record_id: String,
 }
@@ -40,197 +39,197 @@ pub struct RecordId {
 pub struct Record {
     pub id: RecordId,
     #[serde(default)]
-    pub created_at: Option<String>,
+    pub(crate) created_at: Option<String>,
     #[serde(default)]
-    pub web_url: Option<String>,
+    pub(crate) web_url: Option<String>,
     /// Attribute slug → list of values, as Attio sent them.
     #[serde(default)]
     pub values: Map<String, Value>,
     #[serde(flatten)]
-    pub extra: Extra,
+    pub(crate) extra: Extra,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-pub struct EntryId {
-    pub workspace_id: String,
-    pub list_id: String,
-    pub entry_id: String,
+pub(crate) struct EntryId {
+    pub(crate) workspace_id: String,
+    pub(crate) list_id: String,
+    pub(crate) entry_id: String,
 }
 
 /// `GET /v2/lists/{list}/entries/{entry_id}`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct ListEntry {
-    pub id: EntryId,
+    pub(crate) id: EntryId,
     #[serde(default)]
-    pub parent_record_id: Option<String>,
+    pub(crate) parent_record_id: Option<String>,
     /// The parent object's slug.
     #[serde(default)]
-    pub parent_object: Option<String>,
+    pub(crate) parent_object: Option<String>,
     #[serde(default)]
-    pub created_at: Option<String>,
+    pub(crate) created_at: Option<String>,
     #[serde(default)]
-    pub entry_values: Map<String, Value>,
+    pub(crate) entry_values: Map<String, Value>,
     #[serde(flatten)]
-    pub extra: Extra,
+    pub(crate) extra: Extra,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-pub struct NoteId {
-    pub workspace_id: String,
-    pub note_id: String,
+pub(crate) struct NoteId {
+    pub(crate) workspace_id: String,
+    pub(crate) note_id: String,
 }
 
 /// `GET /v2/notes/{note_id}`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct Note {
-    pub id: NoteId,
+    pub(crate) id: NoteId,
     #[serde(default)]
-    pub parent_object: Option<String>,
+    pub(crate) parent_object: Option<String>,
     #[serde(default)]
-    pub parent_record_id: Option<String>,
+    pub(crate) parent_record_id: Option<String>,
     #[serde(default)]
-    pub title: Option<String>,
+    pub(crate) title: Option<String>,
     #[serde(flatten)]
-    pub extra: Extra,
+    pub(crate) extra: Extra,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-pub struct TaskId {
-    pub workspace_id: String,
-    pub task_id: String,
+pub(crate) struct TaskId {
+    pub(crate) workspace_id: String,
+    pub(crate) task_id: String,
 }
 
 /// `GET /v2/tasks/{task_id}`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct Task {
-    pub id: TaskId,
+    pub(crate) id: TaskId,
     #[serde(default)]
-    pub content_plaintext: Option<String>,
+    pub(crate) content_plaintext: Option<String>,
     #[serde(default)]
-    pub is_completed: Option<bool>,
+    pub(crate) is_completed: Option<bool>,
     #[serde(flatten)]
-    pub extra: Extra,
+    pub(crate) extra: Extra,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-pub struct CommentId {
-    pub workspace_id: String,
-    pub comment_id: String,
+pub(crate) struct CommentId {
+    pub(crate) workspace_id: String,
+    pub(crate) comment_id: String,
 }
 
 /// `GET /v2/comments/{comment_id}`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct Comment {
-    pub id: CommentId,
+    pub(crate) id: CommentId,
     #[serde(default)]
-    pub thread_id: Option<String>,
+    pub(crate) thread_id: Option<String>,
     #[serde(default)]
-    pub content_plaintext: Option<String>,
+    pub(crate) content_plaintext: Option<String>,
     #[serde(flatten)]
-    pub extra: Extra,
+    pub(crate) extra: Extra,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-pub struct ListId {
-    pub workspace_id: String,
-    pub list_id: String,
+pub(crate) struct ListId {
+    pub(crate) workspace_id: String,
+    pub(crate) list_id: String,
 }
 
 /// `GET /v2/lists/{list}`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct List {
-    pub id: ListId,
+    pub(crate) id: ListId,
     #[serde(default)]
-    pub api_slug: Option<String>,
+    pub(crate) api_slug: Option<String>,
     #[serde(default)]
-    pub name: Option<String>,
+    pub(crate) name: Option<String>,
     #[serde(flatten)]
-    pub extra: Extra,
+    pub(crate) extra: Extra,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-pub struct ObjectId {
-    pub workspace_id: String,
-    pub object_id: String,
+pub(crate) struct ObjectId {
+    pub(crate) workspace_id: String,
+    pub(crate) object_id: String,
 }
 
 /// `GET /v2/objects/{object}`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct Object {
-    pub id: ObjectId,
+    pub(crate) id: ObjectId,
     /// Nullable in Attio's schema.
     #[serde(default)]
     pub api_slug: Option<String>,
     #[serde(default)]
-    pub singular_noun: Option<String>,
+    pub(crate) singular_noun: Option<String>,
     #[serde(default)]
-    pub plural_noun: Option<String>,
+    pub(crate) plural_noun: Option<String>,
     #[serde(flatten)]
-    pub extra: Extra,
+    pub(crate) extra: Extra,
 }
 
 /// An attribute's id. `object_id` names the object or list it belongs to.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-pub struct AttributeId {
-    pub workspace_id: String,
+pub(crate) struct AttributeId {
+    pub(crate) workspace_id: String,
     #[serde(default)]
-    pub object_id: Option<String>,
-    pub attribute_id: String,
+    pub(crate) object_id: Option<String>,
+    pub(crate) attribute_id: String,
     #[serde(flatten)]
-    pub extra: Extra,
+    pub(crate) extra: Extra,
 }
 
 /// `GET /v2/{objects|lists}/{id}/attributes/{attribute}`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct Attribute {
-    pub id: AttributeId,
+    pub(crate) id: AttributeId,
     #[serde(default)]
-    pub title: Option<String>,
+    pub(crate) title: Option<String>,
     #[serde(default)]
     pub api_slug: Option<String>,
     #[serde(default, rename = "type")]
-    pub kind: Option<String>,
+    pub(crate) kind: Option<String>,
     #[serde(flatten)]
-    pub extra: Extra,
+    pub(crate) extra: Extra,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-pub struct WorkspaceMemberId {
-    pub workspace_id: String,
-    pub workspace_member_id: String,
+pub(crate) struct WorkspaceMemberId {
+    pub(crate) workspace_id: String,
+    pub(crate) workspace_member_id: String,
 }
 
 /// `GET /v2/workspace_members/{workspace_member_id}`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct WorkspaceMember {
-    pub id: WorkspaceMemberId,
+    pub(crate) id: WorkspaceMemberId,
     #[serde(default)]
-    pub first_name: Option<String>,
+    pub(crate) first_name: Option<String>,
     #[serde(default)]
-    pub last_name: Option<String>,
+    pub(crate) last_name: Option<String>,
     #[serde(default)]
-    pub email_address: Option<String>,
+    pub(crate) email_address: Option<String>,
     #[serde(flatten)]
-    pub extra: Extra,
+    pub(crate) extra: Extra,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-pub struct CallRecordingId {
-    pub workspace_id: String,
-    pub meeting_id: String,
-    pub call_recording_id: String,
+pub(crate) struct CallRecordingId {
+    pub(crate) workspace_id: String,
+    pub(crate) meeting_id: String,
+    pub(crate) call_recording_id: String,
 }
 
 /// `GET /v2/meetings/{meeting_id}/call_recordings/{call_recording_id}`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct CallRecording {
-    pub id: CallRecordingId,
+    pub(crate) id: CallRecordingId,
     #[serde(default)]
-    pub status: Option<String>,
+    pub(crate) status: Option<String>,
     #[serde(default)]
-    pub web_url: Option<String>,
+    pub(crate) web_url: Option<String>,
     #[serde(flatten)]
-    pub extra: Extra,
+    pub(crate) extra: Extra,
 }
 
 /// `GET /v2/self`: whether a token works, and for which workspace.
@@ -238,13 +237,13 @@ pub struct CallRecording {
 pub struct TokenInfo {
     pub active: bool,
     #[serde(default)]
-    pub workspace_id: Option<String>,
+    pub(crate) workspace_id: Option<String>,
     #[serde(default)]
-    pub workspace_name: Option<String>,
+    pub(crate) workspace_name: Option<String>,
     #[serde(default)]
-    pub scope: Option<String>,
+    pub(crate) scope: Option<String>,
     #[serde(flatten)]
-    pub extra: Extra,
+    pub(crate) extra: Extra,
 }
 
 /// A webhook filter condition's operator (docs/attio.md §4: no others exist).
@@ -282,7 +281,7 @@ pub struct Subscription {
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct WebhookId {
-    pub workspace_id: String,
+    pub(crate) workspace_id: String,
     pub webhook_id: String,
 }
 
@@ -291,13 +290,13 @@ pub struct WebhookId {
 pub struct Webhook {
     pub id: WebhookId,
     pub target_url: String,
-    pub subscriptions: Vec<Subscription>,
+    pub(crate) subscriptions: Vec<Subscription>,
     /// `active`, `degraded` or `inactive`.
-    pub status: String,
+    pub(crate) status: String,
     #[serde(default)]
-    pub created_at: Option<String>,
+    pub(crate) created_at: Option<String>,
     #[serde(flatten)]
-    pub extra: Extra,
+    pub(crate) extra: Extra,
 }
 
 /// The answer to `POST /v2/webhooks`: the webhook and its signing secret, shown only this once.

@@ -73,7 +73,7 @@ return 0
 
 /// Every wait a request makes before it goes out, apart from the circuit breaker: a pause Attio
 /// asked for, then the limit of its kind (reads and writes are counted apart).
-pub struct RateLimits {
+pub(crate) struct RateLimits {
     reads: RateLimit,
     writes: RateLimit,
     /// Set by a 429: no request goes out before this instant.
@@ -81,7 +81,7 @@ pub struct RateLimits {
 }
 
 impl RateLimits {
-    pub fn new(settings: &AttioSettings, shared: Option<&SharedRateLimit>) -> RateLimits {
+    pub(crate) fn new(settings: &AttioSettings, shared: Option<&SharedRateLimit>) -> RateLimits {
         RateLimits {
             reads: RateLimit::new("reads", settings.read_rate, settings, shared),
             writes: RateLimit::new("writes", settings.write_rate, settings, shared),
@@ -91,7 +91,7 @@ impl RateLimits {
 
     /// Attio answered 429: no request goes out until `retry_after` (a second when Attio did not
     /// say) has passed.
-    pub fn refused(&self, retry_after: Option<Duration>) {
+    pub(crate) fn refused(&self, retry_after: Option<Duration>) {
         // Attio counts per workspace: every other request of ours would be refused too.
         let wait = retry_after.unwrap_or(Duration::from_secs(1));
         self.pause(wait);
@@ -106,7 +106,7 @@ impl RateLimits {
     }
 
     /// Waits out a pause Attio asked for, then for a slot of the shared rate limiter.
-    pub async fn wait_for_turn(&self, read: bool) -> Permit<'_> {
+    pub(crate) async fn wait_for_turn(&self, read: bool) -> Permit<'_> {
         let started = tokio::time::Instant::now();
         let paused = *self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(until) = paused {
@@ -139,14 +139,14 @@ pub struct SharedRateLimit {
 }
 
 /// A permission to send one request; drop it when the answer came back (or the attempt failed).
-pub struct Permit<'a> {
+pub(crate) struct Permit<'a> {
     _slot: Slot<'a>,
     _shared: Option<SharedSlot>,
 }
 
 impl RateLimit {
     /// `kind` names the limit in Redis keys and logs (`reads`, `writes`).
-    pub fn new(
+    pub(crate) fn new(
         kind: &'static str,
         rate: u32,
         settings: &AttioSettings,
@@ -174,7 +174,7 @@ impl RateLimit {
 
     /// Waits until the request may go: its turn in this process, its spacing, a slot in this
     /// process's window and, with Redis, a slot in the replicas' shared window.
-    pub async fn acquire(&self) -> Permit<'_> {
+    pub(crate) async fn acquire(&self) -> Permit<'_> {
         // One waiter per process at a time, also while the shared window is full: the others
         // queue here instead of all polling Redis.
         let _turn = self.local.queue.lock().await;

@@ -16,12 +16,12 @@ use rand::RngExt;
 /// comes from `backon`; this only draws under it. The total time is capped by the caller, which
 /// also has to count `Retry-After` waits and the requests themselves.
 #[derive(Debug)]
-pub struct FullJitter {
+pub(crate) struct FullJitter {
     ceilings: backon::ExponentialBackoff,
 }
 
 impl FullJitter {
-    pub fn new(initial: Duration, max_delay: Duration) -> FullJitter {
+    pub(crate) fn new(initial: Duration, max_delay: Duration) -> FullJitter {
         FullJitter {
             ceilings: ExponentialBuilder::default()
                 .with_min_delay(initial)
@@ -45,7 +45,7 @@ impl Iterator for FullJitter {
 
 /// Parses `Retry-After`: delta-seconds (`"2"`) or an HTTP date (`"Tue, 23 May 2023 14:42:01
 /// GMT"`), the latter relative to `now`. A date in the past means "now". None when unreadable.
-pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
     if let Ok(seconds) = value.parse::<u64>() {
         return Some(Duration::from_secs(seconds));

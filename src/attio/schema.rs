@@ -17,7 +17,7 @@ use crate::attio::error::AttioError;
 use crate::attio::single_flight::{Closes, SingleFlight};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum SchemaKey {
+pub(crate) enum SchemaKey {
     Object(String),
     List(String),
     Attribute {
@@ -43,7 +43,7 @@ struct Entries {
 }
 
 #[derive(Clone)]
-pub struct SchemaCache {
+pub(crate) struct SchemaCache {
     client: AttioClient,
     ttl: Duration,
     entries: Arc<Mutex<Entries>>,
@@ -51,7 +51,7 @@ pub struct SchemaCache {
 }
 
 impl SchemaCache {
-    pub fn new(client: AttioClient, ttl: Duration) -> SchemaCache {
+    pub(crate) fn new(client: AttioClient, ttl: Duration) -> SchemaCache {
         SchemaCache {
             client,
             ttl,
@@ -66,7 +66,7 @@ impl SchemaCache {
     }
 
     /// The slug for `key`, from the cache or from Attio.
-    pub async fn slug(&self, key: SchemaKey) -> Result<Slug, AttioError> {
+    pub(crate) async fn slug(&self, key: SchemaKey) -> Result<Slug, AttioError> {
         let generation = {
             let entries = self.lock();
             if let Some((stored_at, slug)) = entries.slugs.get(&key) {
@@ -122,13 +122,13 @@ impl SchemaCache {
 
     /// Stores a slug learnt another way (the event's own fetch returned the list or attribute,
     /// or the workspace's lists were read at start).
-    pub fn remember(&self, key: SchemaKey, slug: Slug) {
+    pub(crate) fn remember(&self, key: SchemaKey, slug: Slug) {
         self.lock().insert(key, slug);
     }
 
     /// Forgets one entry and, for an object or a list, the attributes under it. Returns the last
     /// slug seen for `key`, however old: what the thing was called before this change.
-    pub fn invalidate(&self, key: &SchemaKey) -> Slug {
+    pub(crate) fn invalidate(&self, key: &SchemaKey) -> Slug {
         let mut entries = self.lock();
         entries.generation += 1;
         entries.slugs.remove(key);
@@ -141,15 +141,6 @@ impl SchemaCache {
             |k, _| !matches!(k, SchemaKey::Attribute { parent_id: p, .. } if p == parent_id),
         );
         before
-    }
-
-    /// Number of cached entries (for tests and diagnostics).
-    pub fn len(&self) -> usize {
-        self.lock().slugs.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

@@ -23,7 +23,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Closes {
+pub(crate) enum Closes {
     AtSend,
     AtEnd,
 }
@@ -33,13 +33,13 @@ type Flights<K, V> = HashMap<K, (u64, watch::Receiver<Option<V>>, Arc<AtomicUsiz
 type Pending<K, V> = Arc<Mutex<Flights<K, V>>>;
 
 /// Handed to the request of a [`Closes::AtSend`] flight: closes the flight to newcomers.
-pub struct Closer<K, V> {
+pub(crate) struct Closer<K, V> {
     flight: Option<(SingleFlight<K, V>, K, u64)>,
 }
 
 impl<K: Hash + Eq, V> Closer<K, V> {
     /// Later callers start a new flight. Safe to call more than once.
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         if let Some((flights, key, number)) = &self.flight {
             let mut pending = flights.lock();
             if pending.get(key).is_some_and(|(n, _, _)| n == number) {
@@ -49,7 +49,7 @@ impl<K: Hash + Eq, V> Closer<K, V> {
     }
 }
 
-pub struct SingleFlight<K, V> {
+pub(crate) struct SingleFlight<K, V> {
     pending: Pending<K, V>,
     numbers: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -81,22 +81,22 @@ impl<K, V> SingleFlight<K, V> {
 
 /// How one caller took part in a flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Joined {
+pub(crate) struct Joined {
     /// This caller opened the flight (its request was made for it).
-    pub leader: bool,
+    pub(crate) leader: bool,
     /// The flight's number, unique within this [`SingleFlight`].
-    pub flight: u64,
+    pub(crate) flight: u64,
     /// How many callers shared the answer, this one included. Final once the answer is there:
     /// a flight closes to newcomers before its answer is published.
-    pub members: usize,
+    pub(crate) members: usize,
     /// When this caller joined: 0 for the leader, then 1, 2, ... in the order callers came.
-    pub position: usize,
+    pub(crate) position: usize,
 }
 
 /// The flight's task ended without an answer (the runtime is shutting down).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the shared request was abandoned")]
-pub struct Abandoned;
+pub(crate) struct Abandoned;
 
 impl<K, V> SingleFlight<K, V>
 where
@@ -107,7 +107,7 @@ where
     /// Returns the answer and how this caller took part ([`Joined`]). The flight closes to
     /// newcomers when `request` calls its [`Closer`] ([`Closes::AtSend`]) or when the answer
     /// is there, whichever comes first.
-    pub async fn run<F, Fut>(
+    pub(crate) async fn run<F, Fut>(
         &self,
         key: K,
         window: Duration,

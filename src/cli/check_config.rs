@@ -24,7 +24,7 @@ use crate::routing::closest_event_type;
 pub struct CheckConfigArgs {
     /// Print JSON instead of a summary and TOML.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 /// Everything `check-config` reports about valid settings.
@@ -50,7 +50,7 @@ fn invalid_settings(args: &CheckConfigArgs, error: &dyn std::fmt::Display) -> Ex
     ExitCode::from(2)
 }
 
-pub fn run(args: CheckConfigArgs, options: LoadOptions) -> ExitCode {
+pub(crate) fn run(args: CheckConfigArgs, options: LoadOptions) -> ExitCode {
     let config = match Config::load(&options) {
         Ok(config) => config,
         Err(error) => return invalid_settings(&args, &error),

@@ -23,11 +23,11 @@ use crate::journal::{
 #[derive(Debug, Args)]
 pub struct DeadLettersArgs {
     #[command(subcommand)]
-    pub action: Action,
+    pub(crate) action: Action,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Action {
+pub(crate) enum Action {
     /// List dead letters, oldest first.
     List {
         /// Print JSON (an array) instead of a table.
@@ -91,7 +91,7 @@ pub(super) fn journal_settings(options: &LoadOptions) -> Result<Config, ExitCode
     Ok(config)
 }
 
-pub fn run(args: DeadLettersArgs, options: LoadOptions) -> ExitCode {
+pub(crate) fn run(args: DeadLettersArgs, options: LoadOptions) -> ExitCode {
     let config = match journal_settings(&options) {
         Ok(config) => config,
         Err(code) => return code,

@@ -25,7 +25,7 @@ pub struct EventsArgs {
         env = "ATTIO_WEBHOOKS_ADMIN_URL",
         value_name = "URL"
     )]
-    pub admin_url: Option<String>,
+    pub(crate) admin_url: Option<String>,
     /// The daemon's admin token (default: admin.token from the configuration).
     #[arg(
         long,
@@ -34,38 +34,38 @@ pub struct EventsArgs {
         hide_env_values = true,
         value_name = "TOKEN"
     )]
-    pub admin_token: Option<SecretString>,
+    pub(crate) admin_token: Option<SecretString>,
     #[command(subcommand)]
-    pub action: Action,
+    pub(crate) action: Action,
 }
 
 /// The list filters (as the API takes them).
 #[derive(Debug, Clone, Default, Args)]
-pub struct Filters {
+pub(crate) struct Filters {
     /// pending, retrying, delivered or dead.
     #[arg(long)]
-    pub status: Option<String>,
+    pub(crate) status: Option<String>,
     /// An exact type, or a family such as `record.*`.
     #[arg(long, value_name = "TYPE")]
-    pub event_type: Option<String>,
+    pub(crate) event_type: Option<String>,
     /// Object slug (or id).
     #[arg(long)]
-    pub object: Option<String>,
+    pub(crate) object: Option<String>,
     /// List slug (or id).
     #[arg(long)]
-    pub list: Option<String>,
+    pub(crate) list: Option<String>,
     /// Events that met this sink.
     #[arg(long)]
-    pub sink: Option<String>,
+    pub(crate) sink: Option<String>,
     /// Received at or after (RFC 3339).
     #[arg(long, value_name = "TIME")]
-    pub since: Option<String>,
+    pub(crate) since: Option<String>,
     /// Received before (RFC 3339).
     #[arg(long, value_name = "TIME")]
-    pub until: Option<String>,
+    pub(crate) until: Option<String>,
     /// An event id, delivery key or record id.
     #[arg(long)]
-    pub q: Option<String>,
+    pub(crate) q: Option<String>,
 }
 
 impl Filters {
@@ -88,7 +88,7 @@ impl Filters {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Action {
+pub(crate) enum Action {
     /// Events kept in the history, newest first.
     List {
         #[command(flatten)]
@@ -146,7 +146,7 @@ fn default_url(settings: &Settings) -> String {
     }
 }
 
-pub fn run(args: EventsArgs, options: LoadOptions) -> ExitCode {
+pub(crate) fn run(args: EventsArgs, options: LoadOptions) -> ExitCode {
     let settings = Settings::load_without_secret(&options).ok();
     let base = args
         .admin_url

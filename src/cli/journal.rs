@@ -17,11 +17,11 @@ use crate::journal::JournalLock;
 #[derive(Debug, Args)]
 pub struct JournalArgs {
     #[command(subcommand)]
-    pub action: Action,
+    pub(crate) action: Action,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Action {
+pub(crate) enum Action {
     /// Run SQLite's integrity check on the journal, read-only: exit 0 if sound, 1 if damaged.
     Check,
     /// With the daemon stopped: move a damaged journal aside (kept as it is) and build a new one
@@ -30,7 +30,7 @@ pub enum Action {
     Recover,
 }
 
-pub fn run(args: JournalArgs, options: LoadOptions) -> ExitCode {
+pub(crate) fn run(args: JournalArgs, options: LoadOptions) -> ExitCode {
     let settings = match Settings::load_without_secret(&options) {
         Ok(settings) => settings,
         Err(error) => {

@@ -25,8 +25,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-pub use send::ATTIO_USER_AGENT;
-
 /// The environment the settings are read from, shown under the top-level help: most settings
 /// are given this way in a deployment, and no flag mentions them.
 const ENVIRONMENT_HELP: &str = "\
@@ -60,7 +58,7 @@ pub struct Cli {
         env = "ATTIO_WEBHOOKS_CONFIG",
         value_name = "FILE"
     )]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
 
     #[command(subcommand)]
     pub command: Command,

@@ -10,11 +10,11 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::config::{ConfigError, Settings, DEVELOPMENT_SECRET};
 
 /// The variable the daemon reads its secrets from.
-pub const SECRET_VARIABLE: &str = "ATTIO_WEBHOOK_SECRET";
+pub(crate) const SECRET_VARIABLE: &str = "ATTIO_WEBHOOK_SECRET";
 
 /// Where a secret came from; shown in messages instead of the secret.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SecretSource {
+pub(crate) enum SecretSource {
     Flag,
     Environment,
     /// The configured `webhook.secrets` (in development: `config/development.toml`).
@@ -25,7 +25,7 @@ pub enum SecretSource {
 }
 
 impl SecretSource {
-    pub fn describe(self) -> &'static str {
+    pub(crate) fn describe(self) -> &'static str {
         match self {
             SecretSource::Flag => "--secret",
             SecretSource::Environment => SECRET_VARIABLE,
@@ -37,7 +37,7 @@ impl SecretSource {
 
 /// The secrets given on the command line or in the environment, if any. A flag is one secret;
 /// the variable may list several, separated by commas, exactly as the daemon reads it.
-pub fn from_flag_or_environment(
+pub(crate) fn from_flag_or_environment(
     flag: Option<SecretString>,
 ) -> Option<(Vec<SecretString>, SecretSource)> {
     if let Some(secret) = flag {
@@ -64,14 +64,14 @@ pub fn from_flag_or_environment(
     "no secret: pass --secret or set ATTIO_WEBHOOK_SECRET (APP_ENV=production never falls back \
      to a configured secret)"
 )]
-pub struct NoSecret;
+pub(crate) struct NoSecret;
 
 /// The secrets given on the command line or in the environment; else, outside production, what
 /// the daemon would be configured with (in development, the development secret from
 /// `config/development.toml`), so that `serve`, `send`, `sign` and `verify` work together out of
 /// the box. Says on standard error when it falls back. `settings` are those `serve` would load
 /// (without requiring a secret); when they do not load, the built-in development secret is used.
-pub fn given_or_configured(
+pub(crate) fn given_or_configured(
     flag: Option<SecretString>,
     settings: impl FnOnce() -> Result<Settings, ConfigError>,
 ) -> Result<(Vec<SecretString>, SecretSource), NoSecret> {

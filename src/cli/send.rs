@@ -29,7 +29,7 @@ use crate::config::{LoadOptions, Settings};
 use crate::signature::sign;
 
 /// The User-Agent Attio's deliveries carry (docs/attio.md §1).
-pub const ATTIO_USER_AGENT: &str = "Attio 2.0 (https://attio.com/developers/using-webhooks)";
+pub(crate) const ATTIO_USER_AGENT: &str = "Attio 2.0 (https://attio.com/developers/using-webhooks)";
 
 #[derive(Debug, Args)]
 pub struct SendArgs {
@@ -40,120 +40,120 @@ pub struct SendArgs {
         required_unless_present = "file",
         conflicts_with = "file"
     )]
-    pub event_type: Option<String>,
+    pub(crate) event_type: Option<String>,
 
     /// Send this file's bytes exactly as they are instead of a template.
     #[arg(long, value_name = "FILE")]
-    pub file: Option<PathBuf>,
+    pub(crate) file: Option<PathBuf>,
 
     /// Where to post. Default: the daemon from the settings, http://{server.listen}{server.path}.
     #[arg(long, value_name = "URL")]
-    pub to: Option<String>,
+    pub(crate) to: Option<String>,
 
     /// Signing secret. Default: ATTIO_WEBHOOK_SECRET (the first, if it lists several); outside
     /// production, the configured secret (the development secret in development).
     #[arg(long, value_name = "SECRET", hide_default_value = true)]
-    pub secret: Option<SecretString>,
+    pub(crate) secret: Option<SecretString>,
 
     /// Use this Idempotency-Key instead of a fresh one (the same key twice tests deduplication;
     /// with --count, every copy is the same delivery, as an Attio retry would be).
     #[arg(long, value_name = "KEY")]
-    pub idempotency_key: Option<String>,
+    pub(crate) idempotency_key: Option<String>,
 
     /// Number of deliveries to send, each with its own Idempotency-Key and fresh ids
     /// [default: 1, or one per type for a pattern].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-    pub count: Option<u64>,
+    pub(crate) count: Option<u64>,
 
     /// Deliveries in flight at once (connections) when --count is above 1.
     #[arg(long, value_name = "C", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=4096))]
-    pub concurrency: u64,
+    pub(crate) concurrency: u64,
 
     /// How long to wait for each answer.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
 
     /// Print the deliveries (headers on stderr, bodies on stdout) instead of sending them.
     #[arg(long)]
-    pub dry_run: bool,
+    pub(crate) dry_run: bool,
 
     /// Print the result as JSON (status and body, or the --count summary).
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 
     /// Also trust the certificates in this PEM file for an https:// target (a staging proxy
     /// with a self-signed certificate or a private CA).
     #[arg(long, value_name = "FILE")]
-    pub cacert: Option<PathBuf>,
+    pub(crate) cacert: Option<PathBuf>,
 
     /// Do not check the https:// target's certificate at all (prints a warning). For throwaway
     /// test setups only: prefer --cacert.
     #[arg(long)]
-    pub insecure: bool,
+    pub(crate) insecure: bool,
 
     #[command(flatten)]
-    pub ids: IdArgs,
+    pub(crate) ids: IdArgs,
 }
 
 /// Ids to fix instead of fresh UUIDs. The webhook, workspace and actor stay the same for a whole
 /// run; every other id is fresh for each delivery unless given here.
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Ids (default: fresh UUIDs)")]
-pub struct IdArgs {
+pub(crate) struct IdArgs {
     /// The envelope's webhook_id (one value for the whole run).
     #[arg(long, value_name = "ID")]
-    pub webhook_id: Option<String>,
+    pub(crate) webhook_id: Option<String>,
     /// id.workspace_id (one value for the whole run).
     #[arg(long, value_name = "ID")]
-    pub workspace_id: Option<String>,
+    pub(crate) workspace_id: Option<String>,
     /// Object id (also the parent object of list entries and notes, and a comment's object).
     #[arg(long, value_name = "ID")]
-    pub object_id: Option<String>,
+    pub(crate) object_id: Option<String>,
     /// Record id (also the parent record of list entries and notes, and a comment's record).
     #[arg(long, value_name = "ID")]
-    pub record_id: Option<String>,
+    pub(crate) record_id: Option<String>,
     /// id.attribute_id (record.updated, list-entry.updated, *-attribute.* events).
     #[arg(long, value_name = "ID")]
-    pub attribute_id: Option<String>,
+    pub(crate) attribute_id: Option<String>,
     /// The record merged away by record.merged.
     #[arg(long, value_name = "ID")]
-    pub duplicate_record_id: Option<String>,
+    pub(crate) duplicate_record_id: Option<String>,
     /// List id (comments: null unless given).
     #[arg(long, value_name = "ID")]
-    pub list_id: Option<String>,
+    pub(crate) list_id: Option<String>,
     /// Entry id (comments: null unless given).
     #[arg(long, value_name = "ID")]
-    pub entry_id: Option<String>,
+    pub(crate) entry_id: Option<String>,
     /// id.note_id (note.* and note-content.* events).
     #[arg(long, value_name = "ID")]
-    pub note_id: Option<String>,
+    pub(crate) note_id: Option<String>,
     /// id.task_id (task.* events).
     #[arg(long, value_name = "ID")]
-    pub task_id: Option<String>,
+    pub(crate) task_id: Option<String>,
     /// id.comment_id (comment.* events).
     #[arg(long, value_name = "ID")]
-    pub comment_id: Option<String>,
+    pub(crate) comment_id: Option<String>,
     /// A comment's thread_id (comment.* events).
     #[arg(long, value_name = "ID")]
-    pub thread_id: Option<String>,
+    pub(crate) thread_id: Option<String>,
     /// id.workspace_member_id (workspace-member.created).
     #[arg(long, value_name = "ID")]
-    pub workspace_member_id: Option<String>,
+    pub(crate) workspace_member_id: Option<String>,
     /// id.meeting_id (call-recording.created).
     #[arg(long, value_name = "ID")]
-    pub meeting_id: Option<String>,
+    pub(crate) meeting_id: Option<String>,
     /// id.call_recording_id (call-recording.created).
     #[arg(long, value_name = "ID")]
-    pub call_recording_id: Option<String>,
+    pub(crate) call_recording_id: Option<String>,
     /// id.activity_id (activity-attribute.* events).
     #[arg(long, value_name = "ID")]
-    pub activity_id: Option<String>,
+    pub(crate) activity_id: Option<String>,
     /// actor.type: workspace-member, api-token, system, app, ...
     #[arg(long, value_name = "TYPE", default_value = "workspace-member")]
-    pub actor_type: String,
+    pub(crate) actor_type: String,
     /// actor.id (default: a fresh UUID; null for --actor-type system).
     #[arg(long, value_name = "ID")]
-    pub actor_id: Option<String>,
+    pub(crate) actor_id: Option<String>,
 }
 
 impl IdArgs {
@@ -196,7 +196,7 @@ impl IdArgs {
 
 /// Why `send` could not start. All are permanent: fix the command line or the settings.
 #[derive(Debug, thiserror::Error)]
-pub enum SendError {
+pub(crate) enum SendError {
     #[error(transparent)]
     Template(#[from] TemplateError),
     #[error("cannot read {path}: {source}")]
@@ -277,7 +277,7 @@ struct Plan {
     insecure: bool,
 }
 
-pub fn run(args: SendArgs, options: LoadOptions) -> ExitCode {
+pub(crate) fn run(args: SendArgs, options: LoadOptions) -> ExitCode {
     let plan = match plan(&args, &options) {
         Ok(plan) => plan,
         Err(error) => {
@@ -426,7 +426,7 @@ fn certificates(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, Sen
 
 /// The daemon's webhook URL from its settings. A wildcard listen address (0.0.0.0) is reached
 /// through loopback.
-pub fn daemon_url(settings: &Settings) -> String {
+pub(crate) fn daemon_url(settings: &Settings) -> String {
     let host = match settings.listen_addr() {
         Ok(addr) if addr.ip().is_unspecified() => {
             let loopback = match addr.ip() {

@@ -12,10 +12,10 @@ use crate::config::{Config, LoadOptions};
 pub struct ServeArgs {
     /// Address to listen on (overrides server.listen), e.g. 0.0.0.0:8080.
     #[arg(long, value_name = "ADDR")]
-    pub listen: Option<String>,
+    pub(crate) listen: Option<String>,
 }
 
-pub fn run(args: ServeArgs, options: LoadOptions) -> ExitCode {
+pub(crate) fn run(args: ServeArgs, options: LoadOptions) -> ExitCode {
     let mut config = match Config::load(&options) {
         Ok(config) => config,
         Err(error) => {

@@ -21,7 +21,7 @@ pub struct SignArgs {
     /// Signing secret (default: ATTIO_WEBHOOK_SECRET, the first if it lists several; outside
     /// production, the configured secret, as for `send`).
     #[arg(long, value_name = "SECRET")]
-    pub secret: Option<SecretString>,
+    pub(crate) secret: Option<SecretString>,
 }
 
 #[derive(Debug, Args)]
@@ -29,14 +29,14 @@ pub struct VerifyArgs {
     /// Secret to check against (default: ATTIO_WEBHOOK_SECRET, valid if any listed secret
     /// matches, as in the daemon; outside production, the configured secrets).
     #[arg(long, value_name = "SECRET")]
-    pub secret: Option<SecretString>,
+    pub(crate) secret: Option<SecretString>,
 
     /// The Attio-Signature header value to check.
     #[arg(long, value_name = "SIGNATURE")]
-    pub signature: String,
+    pub(crate) signature: String,
 }
 
-pub fn sign(args: SignArgs, options: LoadOptions) -> ExitCode {
+pub(crate) fn sign(args: SignArgs, options: LoadOptions) -> ExitCode {
     let Some((secrets, source)) = secrets(args.secret, &options) else {
         return ExitCode::from(2);
     };
@@ -59,7 +59,7 @@ pub fn sign(args: SignArgs, options: LoadOptions) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-pub fn verify(args: VerifyArgs, options: LoadOptions) -> ExitCode {
+pub(crate) fn verify(args: VerifyArgs, options: LoadOptions) -> ExitCode {
     let Some((secrets, source)) = secrets(args.secret, &options) else {
         return ExitCode::from(2);
     };

@@ -27,37 +27,37 @@ use crate::mirror::sync::{
 pub struct SyncArgs {
     /// The `postgres` sink to fill (needed when several are configured).
     #[arg(long, value_name = "NAME")]
-    pub sink: Option<String>,
+    pub(crate) sink: Option<String>,
     /// An object's records, by slug or id (repeatable).
     #[arg(long = "object", value_name = "SLUG")]
-    pub objects: Vec<String>,
+    pub(crate) objects: Vec<String>,
     /// A list's entries, by slug or id (repeatable).
     #[arg(long = "list", value_name = "SLUG")]
-    pub lists: Vec<String>,
+    pub(crate) lists: Vec<String>,
     /// Every note.
     #[arg(long)]
-    pub notes: bool,
+    pub(crate) notes: bool,
     /// Every task.
     #[arg(long)]
-    pub tasks: bool,
+    pub(crate) tasks: bool,
     /// Every workspace member.
     #[arg(long)]
-    pub members: bool,
+    pub(crate) members: bool,
     /// Every object and list of the workspace, notes, tasks and members.
     #[arg(long)]
-    pub all: bool,
+    pub(crate) all: bool,
     /// Mark rows that a complete pass did not see, and Attio no longer has, as deleted.
     #[arg(long)]
-    pub prune: bool,
+    pub(crate) prune: bool,
     /// Count what would change; write nothing.
     #[arg(long)]
-    pub dry_run: bool,
+    pub(crate) dry_run: bool,
     /// Progress and the summary as JSON lines on standard output.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
-pub fn run(args: SyncArgs, options: LoadOptions) -> ExitCode {
+pub(crate) fn run(args: SyncArgs, options: LoadOptions) -> ExitCode {
     let runtime = match super::multi_thread_runtime(Some(2)) {
         Ok(runtime) => runtime,
         Err(code) => return code,

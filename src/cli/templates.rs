@@ -112,7 +112,7 @@ pub const TEMPLATES: [(&str, &str); 29] = [
 
 /// Event types that popular guides mention but Attio does not have (docs/attio.md, "Guides that
 /// get it wrong").
-pub const MYTHICAL_EVENT_TYPES: [&str; 3] = [
+pub(crate) const MYTHICAL_EVENT_TYPES: [&str; 3] = [
     "workspace-member.updated",
     "call-recording.updated",
     "comment.updated",
@@ -120,7 +120,7 @@ pub const MYTHICAL_EVENT_TYPES: [&str; 3] = [
 
 /// Names a template may use, each settable from the command line (`--object-id` for
 /// `object_id`, ...). A unit test keeps the templates and this list in step.
-pub const ID_NAMES: [&str; 18] = [
+pub(crate) const ID_NAMES: [&str; 18] = [
     "webhook_id",
     "workspace_id",
     "actor_type",
@@ -143,7 +143,7 @@ pub const ID_NAMES: [&str; 18] = [
 
 /// Why no template could be chosen, or a bundled template is broken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TemplateError {
+pub(crate) enum TemplateError {
     #[error("{0}")]
     UnknownEventType(String),
     #[error("bundled template for {event_type} is broken: {problem}")]
@@ -158,28 +158,28 @@ enum Segment {
 
 /// A compiled template.
 #[derive(Debug, Clone)]
-pub struct Template {
+pub(crate) struct Template {
     event_type: &'static str,
     segments: Vec<Segment>,
 }
 
 /// The value of one slot, as the user or the run decided it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Fixed {
+pub(crate) enum Fixed {
     Value(String),
     Null,
 }
 
 /// Values fixed for a whole run; every other slot gets a fresh UUID per rendered delivery.
 #[derive(Debug, Clone, Default)]
-pub struct FixedIds {
+pub(crate) struct FixedIds {
     values: BTreeMap<String, Fixed>,
 }
 
 impl FixedIds {
     /// The values one run keeps for every delivery, as Attio's deliveries to one webhook would:
     /// one webhook, one workspace, one acting workspace member.
-    pub fn for_one_run() -> FixedIds {
+    pub(crate) fn for_one_run() -> FixedIds {
         let mut fixed = FixedIds::default();
         for name in ["webhook_id", "workspace_id", "actor_id"] {
             fixed.set(name, Fixed::Value(uuid::Uuid::new_v4().to_string()));
@@ -188,18 +188,18 @@ impl FixedIds {
         fixed
     }
 
-    pub fn set(&mut self, name: &str, value: Fixed) {
+    pub(crate) fn set(&mut self, name: &str, value: Fixed) {
         self.values.insert(name.to_string(), value);
     }
 
-    pub fn get(&self, name: &str) -> Option<&Fixed> {
+    pub(crate) fn get(&self, name: &str) -> Option<&Fixed> {
         self.values.get(name)
     }
 }
 
 impl Template {
     /// Compiles the bundled template of `event_type`.
-    pub fn bundled(event_type: &str) -> Result<Template, TemplateError> {
+    pub(crate) fn bundled(event_type: &str) -> Result<Template, TemplateError> {
         let (name, text) = TEMPLATES
             .iter()
             .find(|(name, _)| *name == event_type)
@@ -256,12 +256,12 @@ impl Template {
         })
     }
 
-    pub fn event_type(&self) -> &'static str {
+    pub(crate) fn event_type(&self) -> &'static str {
         self.event_type
     }
 
     /// Renders one delivery: fixed values where given, fresh UUIDs elsewhere.
-    pub fn render(&self, fixed: &FixedIds) -> Vec<u8> {
+    pub(crate) fn render(&self, fixed: &FixedIds) -> Vec<u8> {
         let mut out = Vec::with_capacity(512);
         // Fresh ids of this delivery, so a name used twice gets one value.
         let mut fresh: Vec<(&str, [u8; uuid::fmt::Hyphenated::LENGTH])> = Vec::new();
@@ -302,7 +302,7 @@ fn write_json_string(out: &mut Vec<u8>, value: &str) {
 
 /// The event types `spec` names: one type, or every bundled type a pattern (`record.*`, `*`)
 /// matches, in the order of [`TEMPLATES`].
-pub fn event_types_for(spec: &str) -> Result<Vec<&'static str>, TemplateError> {
+pub(crate) fn event_types_for(spec: &str) -> Result<Vec<&'static str>, TemplateError> {
     if let Some((name, _)) = TEMPLATES.iter().find(|(name, _)| *name == spec) {
         return Ok(vec![name]);
     }

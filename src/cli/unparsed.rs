@@ -22,11 +22,11 @@ use crate::journal::{Journal, JournalError, UnparsedSelection};
 #[derive(Debug, Args)]
 pub struct UnparsedArgs {
     #[command(subcommand)]
-    pub action: Action,
+    pub(crate) action: Action,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Action {
+pub(crate) enum Action {
     /// List the kept bodies, oldest first: when, why, and the start of each body.
     List {
         /// Print JSON (an array, whole bodies included) instead of a table.
@@ -64,7 +64,7 @@ pub enum Action {
 const HOW_TO_DELETE: &str = "These bodies are never retried. Once read (and the sender fixed), \
      delete them: `attio-webhooks unparsed delete ID...` or `attio-webhooks unparsed delete --all`.";
 
-pub fn run(args: UnparsedArgs, options: LoadOptions) -> ExitCode {
+pub(crate) fn run(args: UnparsedArgs, options: LoadOptions) -> ExitCode {
     let config = match journal_settings(&options) {
         Ok(config) => config,
         Err(code) => return code,

@@ -33,15 +33,15 @@ pub struct WebhooksArgs {
     /// Attio access token with the webhook:read-write scope (default: ATTIO_API_KEY, which is
     /// safer: arguments are visible to other users of the machine).
     #[arg(long, global = true, value_name = "TOKEN", value_parser = secret)]
-    pub api_key: Option<SecretString>,
+    pub(crate) api_key: Option<SecretString>,
     /// Attio's API (default: attio.base_url, https://api.attio.com).
     #[arg(long, global = true, value_name = "URL")]
-    pub base_url: Option<String>,
+    pub(crate) base_url: Option<String>,
     /// Print JSON for scripts instead of a table.
     #[arg(long, global = true)]
-    pub json: bool,
+    pub(crate) json: bool,
     #[command(subcommand)]
-    pub action: Action,
+    pub(crate) action: Action,
 }
 
 fn secret(value: &str) -> Result<SecretString, String> {
@@ -49,7 +49,7 @@ fn secret(value: &str) -> Result<SecretString, String> {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Action {
+pub(crate) enum Action {
     /// List every webhook of the workspace (all pages).
     List,
     /// Show one webhook and its subscriptions.
@@ -95,23 +95,23 @@ pub enum Action {
 
 /// The subscriptions of `create` and `update`: one per event type, each with the same filter.
 #[derive(Debug, Clone, Default, Args)]
-pub struct SubscriptionArgs {
+pub(crate) struct SubscriptionArgs {
     /// An event type to subscribe to (repeatable), or a pattern such as `record.*`.
     #[arg(long = "event", value_name = "TYPE")]
-    pub events: Vec<String>,
+    pub(crate) events: Vec<String>,
     /// Only events about this object: a slug (`deals`) or a UUID.
     #[arg(long, value_name = "SLUG|UUID")]
-    pub object: Option<String>,
+    pub(crate) object: Option<String>,
     /// Only events about this list: a slug (`sales_pipeline`) or a UUID.
     #[arg(long, value_name = "SLUG|UUID")]
-    pub list: Option<String>,
+    pub(crate) list: Option<String>,
     /// Only events naming this attribute (`stage`), resolved within --list, else --object.
     #[arg(long, value_name = "SLUG|UUID")]
-    pub attribute: Option<String>,
+    pub(crate) attribute: Option<String>,
     /// An Attio filter as JSON, `{"$and"|"$or": [{"field", "operator", "value"}]}`, combined
     /// (with $and) with --object/--list/--attribute.
     #[arg(long, value_name = "JSON")]
-    pub filter: Option<String>,
+    pub(crate) filter: Option<String>,
 }
 
 impl SubscriptionArgs {
@@ -134,7 +134,7 @@ impl SubscriptionArgs {
 
 /// Why a `webhooks` command failed.
 #[derive(Debug, thiserror::Error)]
-pub enum WebhooksError {
+pub(crate) enum WebhooksError {
     /// The command line or the settings are wrong; nothing was changed in Attio.
     #[error("{0}")]
     Usage(String),
@@ -161,7 +161,7 @@ fn usage(message: impl Into<String>) -> WebhooksError {
     WebhooksError::Usage(message.into())
 }
 
-pub fn run(args: WebhooksArgs, options: LoadOptions) -> ExitCode {
+pub(crate) fn run(args: WebhooksArgs, options: LoadOptions) -> ExitCode {
     let json_output = args.json;
     let runtime = match super::runtime() {
         Ok(runtime) => runtime,

@@ -18,13 +18,13 @@ const EMBEDDED_DEFAULTS: &str = include_str!("../../config/default.toml");
 
 impl Config {
     /// Loads every layer and parses the result: what `serve` runs with.
-    pub fn load(options: &LoadOptions) -> Result<Config, ConfigError> {
+    pub(crate) fn load(options: &LoadOptions) -> Result<Config, ConfigError> {
         Config::parse(Settings::load_unvalidated(options)?, true)
     }
 
     /// Like [`Config::load`] but without requiring a webhook secret, for tools that only work
     /// on the journal (`dead-letters`): they never verify a delivery.
-    pub fn load_without_secret(options: &LoadOptions) -> Result<Config, ConfigError> {
+    pub(crate) fn load_without_secret(options: &LoadOptions) -> Result<Config, ConfigError> {
         Config::parse(Settings::load_unvalidated(options)?, false)
     }
 
@@ -41,7 +41,7 @@ impl Config {
 
 impl Settings {
     /// [`Config::load_without_secret`]'s settings, for the tools that read only a few of them.
-    pub fn load_without_secret(options: &LoadOptions) -> Result<Settings, ConfigError> {
+    pub(crate) fn load_without_secret(options: &LoadOptions) -> Result<Settings, ConfigError> {
         Config::load_without_secret(options).map(|config| config.settings)
     }
 
@@ -326,12 +326,12 @@ fn environment_source() -> config::Environment {
 
 /// The environments shipped in `config/`, which need no file of their own (the embedded
 /// defaults stand in when the directory is missing). `APP_ENV` matches them in any case.
-pub const SHIPPED_ENVIRONMENTS: [&str; 3] = ["development", "test", "production"];
+pub(crate) const SHIPPED_ENVIRONMENTS: [&str; 3] = ["development", "test", "production"];
 
 /// The environment named by `APP_ENV` (unset: `development`). A shipped name is matched in any
 /// case (`Production` is `production`, with its guard and JSON logs); any other name needs its
 /// own `{config_dir}/{name}.toml`, so that a typo (`prod`) is not silently a bare environment.
-pub fn resolve_environment(
+pub(crate) fn resolve_environment(
     app_env: Option<String>,
     config_dir: &Path,
 ) -> Result<String, ConfigError> {

@@ -29,26 +29,20 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-pub use self::load::{resolve_environment, SHIPPED_ENVIRONMENTS};
-pub use self::validate::check_log_filter;
 use crate::mirror::settings::SyncSettings;
-pub use crate::redact::redacted_url;
 use crate::redact::{redact_optional_secret, redact_secrets, redact_url_credentials};
 use crate::routing::settings::RouteError;
-pub use crate::routing::settings::{RouteEnrich, RouteSettings};
+pub(crate) use crate::routing::settings::RouteSettings;
 use crate::routing::RouteTable;
 use crate::settings_format::duration;
-pub use crate::sinks::settings::{
-    CommandSinkSettings, HttpSinkSettings, RedisStreamSinkSettings, SinkKind, SinkRetrySettings,
-    SinkSettings,
-};
+pub(crate) use crate::sinks::settings::{SinkKind, SinkRetrySettings, SinkSettings};
 
 /// The development secret shipped in `config/development.toml`. Accepted with a loud warning
 /// outside production, refused in production.
 pub const DEVELOPMENT_SECRET: &str = "development-secret-do-not-use-in-production";
 
 /// Prefix of the environment variables that override any key (`ATTIO_WEBHOOKS__SERVER__LISTEN`).
-pub const ENV_PREFIX: &str = "ATTIO_WEBHOOKS";
+pub(crate) const ENV_PREFIX: &str = "ATTIO_WEBHOOKS";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -88,11 +82,11 @@ impl From<RouteError> for ConfigError {
 
 /// Where to load settings from. Tests build a [`Config`] directly from TOML instead.
 #[derive(Debug, Clone, Default)]
-pub struct LoadOptions {
+pub(crate) struct LoadOptions {
     /// Directory holding `default.toml` and `{environment}.toml` (default: `APP_CONFIG_DIR` or `config`).
-    pub config_dir: Option<PathBuf>,
+    pub(crate) config_dir: Option<PathBuf>,
     /// An extra file, applied after the directory's files.
-    pub config_file: Option<PathBuf>,
+    pub(crate) config_file: Option<PathBuf>,
 }
 
 /// The configuration the daemon runs with: every setting checked, and the ones that need it
@@ -100,23 +94,23 @@ pub struct LoadOptions {
 #[derive(Debug, Clone)]
 pub struct Config {
     /// `server.listen`.
-    pub listen: SocketAddr,
+    pub(crate) listen: SocketAddr,
     /// `admin.listen`, when it is set.
-    pub admin_listen: Option<SocketAddr>,
+    pub(crate) admin_listen: Option<SocketAddr>,
     /// Where accepted deliveries wait (`queue.backend`), with what that backend needs.
-    pub queue: Queue,
+    pub(crate) queue: Queue,
     /// The routes the daemon runs with ([`Settings::effective_routes`]), compiled.
-    pub routes: RouteTable,
+    pub(crate) routes: RouteTable,
     /// The sinks the daemon runs with ([`Settings::effective_sinks`]: what they inherit filled
     /// in), by name.
-    pub sinks: BTreeMap<String, SinkSettings>,
+    pub(crate) sinks: BTreeMap<String, SinkSettings>,
     /// Everything else, as written (and all of it, for `check-config` to show).
-    pub settings: Settings,
+    pub(crate) settings: Settings,
 }
 
 /// The journal backend (`queue.backend`) with what it needs.
 #[derive(Debug, Clone)]
-pub enum Queue {
+pub(crate) enum Queue {
     /// SQLite at `journal` (under `storage.path`): one daemon. With `redis.url`, deduplication
     /// and Attio's rate limits are still shared through `redis`.
     Embedded {
@@ -131,7 +125,8 @@ pub enum Queue {
 
 impl Queue {
     /// The Redis the daemon uses, if any (`redis.url`).
-    pub fn redis(&self) -> Option<&RedisTarget> {
+    #[cfg(test)]
+    pub(crate) fn redis(&self) -> Option<&RedisTarget> {
         match self {
             Queue::Embedded { redis, .. } => redis.as_ref(),
             Queue::Redis(redis) => Some(redis),
@@ -142,14 +137,14 @@ impl Queue {
 /// `redis.url` (with `redis.tls_ca_file`) parsed into a client, not connected yet, and the
 /// prefix of every key the daemon keeps there.
 #[derive(Debug, Clone)]
-pub struct RedisTarget {
-    pub client: redis::Client,
-    pub key_prefix: String,
+pub(crate) struct RedisTarget {
+    pub(crate) client: redis::Client,
+    pub(crate) key_prefix: String,
 }
 
 impl Config {
     /// Listens on `listen` instead of `server.listen` (`serve --listen`).
-    pub fn listen_on(&mut self, listen: String) -> Result<(), ConfigError> {
+    pub(crate) fn listen_on(&mut self, listen: String) -> Result<(), ConfigError> {
         self.settings.server.listen = listen;
         self.listen = self.settings.listen_addr()?;
         Ok(())
@@ -164,81 +159,81 @@ impl Config {
 pub struct Settings {
     /// From `APP_ENV`, not from files.
     #[serde(skip)]
-    pub environment: String,
-    pub server: ServerSettings,
-    pub webhook: WebhookSettings,
-    pub storage: StorageSettings,
+    pub(crate) environment: String,
+    pub(crate) server: ServerSettings,
+    pub(crate) webhook: WebhookSettings,
+    pub(crate) storage: StorageSettings,
     pub queue: QueueSettings,
-    pub worker: WorkerSettings,
-    pub dedupe: DedupeSettings,
-    pub redis: RedisSettings,
-    pub log: LogSettings,
+    pub(crate) worker: WorkerSettings,
+    pub(crate) dedupe: DedupeSettings,
+    pub(crate) redis: RedisSettings,
+    pub(crate) log: LogSettings,
     pub attio: AttioSettings,
-    pub enrichment: EnrichmentSettings,
-    pub admin: AdminSettings,
+    pub(crate) enrichment: EnrichmentSettings,
+    pub(crate) admin: AdminSettings,
     #[serde(default)]
-    pub sinks: BTreeMap<String, SinkSettings>,
+    pub(crate) sinks: BTreeMap<String, SinkSettings>,
     #[serde(default)]
-    pub routes: Vec<RouteSettings>,
+    pub(crate) routes: Vec<RouteSettings>,
     /// Scheduled reconciliation of a `postgres` sink with Attio (off by default).
     #[serde(default)]
-    pub sync: SyncSettings,
+    pub(crate) sync: SyncSettings,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct ServerSettings {
-    pub listen: String,
-    pub path: String,
-    pub body_limit: usize,
+pub(crate) struct ServerSettings {
+    pub(crate) listen: String,
+    pub(crate) path: String,
+    pub(crate) body_limit: usize,
     /// Time for a request's headers to arrive, from the accept (or, on a kept-alive connection,
     /// from the next request's first byte).
     #[serde(with = "humantime_serde")]
-    pub header_read_timeout: Duration,
+    pub(crate) header_read_timeout: Duration,
     /// Time for the webhook's body to arrive once its headers have.
     #[serde(with = "humantime_serde")]
-    pub body_read_timeout: Duration,
+    pub(crate) body_read_timeout: Duration,
     /// How long a kept-alive connection may wait, with no request in progress, for its next one.
     #[serde(with = "humantime_serde")]
-    pub idle_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
     /// Connections open at once on this listener; at the cap new ones wait in the listen queue.
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
     /// Serve `/metrics` on this listener too. Unset: yes, unless `admin.listen` is set or
     /// `APP_ENV=production`.
     #[serde(default)]
-    pub metrics: Option<bool>,
+    pub(crate) metrics: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct WebhookSettings {
+pub(crate) struct WebhookSettings {
     #[serde(default, serialize_with = "redact_secrets")]
-    pub secrets: Vec<SecretString>,
+    pub(crate) secrets: Vec<SecretString>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct StorageSettings {
-    pub path: PathBuf,
+pub(crate) struct StorageSettings {
+    pub(crate) path: PathBuf,
     /// When a commit reaches the disk; see [`SyncMode`].
     #[serde(deserialize_with = "choice")]
-    pub sync: SyncMode,
+    pub(crate) sync: SyncMode,
     /// How long delivered events stay in the history (by time received).
     #[serde(with = "humantime_serde")]
-    pub history: Duration,
+    pub(crate) history: Duration,
     /// How long dead letters and unparsed deliveries are kept; unset: until replayed or deleted.
     #[serde(
         default,
         with = "humantime_serde",
         skip_serializing_if = "Option::is_none"
     )]
-    pub dead_letter_history: Option<Duration>,
+    pub(crate) dead_letter_history: Option<Duration>,
 }
 
 /// How hard the journal flushes each commit (SQLite's `synchronous` in WAL mode).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum SyncMode {
+pub(crate) enum SyncMode {
     /// Every commit is fsynced before any delivery in it is acknowledged: an acknowledged event
     /// survives a process crash, an OS crash and a power cut.
     Full,
@@ -254,12 +249,12 @@ pub struct QueueSettings {
     /// Where accepted deliveries wait for the worker.
     #[serde(deserialize_with = "choice")]
     pub backend: QueueBackend,
-    pub max_backlog: u64,
-    pub channel_capacity: usize,
+    pub(crate) max_backlog: u64,
+    pub(crate) channel_capacity: usize,
     /// With `backend = "redis"` and `APP_ENV=production`, start even on a Redis without an
     /// append-only file (a Redis restart then loses acknowledged deliveries).
     #[serde(default)]
-    pub allow_volatile_redis: bool,
+    pub(crate) allow_volatile_redis: bool,
 }
 
 /// The journal backend (`queue.backend`).
@@ -274,70 +269,70 @@ pub enum QueueBackend {
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct WorkerSettings {
-    pub enabled: bool,
-    pub concurrency: usize,
-    pub max_attempts: u32,
+pub(crate) struct WorkerSettings {
+    pub(crate) enabled: bool,
+    pub(crate) concurrency: usize,
+    pub(crate) max_attempts: u32,
     #[serde(with = "duration")]
-    pub retry_initial: Duration,
+    pub(crate) retry_initial: Duration,
     #[serde(with = "duration")]
-    pub retry_max: Duration,
+    pub(crate) retry_max: Duration,
     #[serde(with = "duration")]
-    pub poll_interval: Duration,
+    pub(crate) poll_interval: Duration,
     #[serde(with = "duration")]
-    pub shutdown_grace: Duration,
+    pub(crate) shutdown_grace: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct DedupeSettings {
+pub(crate) struct DedupeSettings {
     #[serde(with = "duration")]
-    pub claim_lease: Duration,
+    pub(crate) claim_lease: Duration,
     #[serde(with = "duration")]
-    pub done_ttl: Duration,
+    pub(crate) done_ttl: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct RedisSettings {
+pub(crate) struct RedisSettings {
     #[serde(default, serialize_with = "redact_optional_secret")]
-    pub url: Option<SecretString>,
-    pub key_prefix: String,
+    pub(crate) url: Option<SecretString>,
+    pub(crate) key_prefix: String,
     /// PEM file of the CA certificates a `rediss://` connection trusts besides the system's
     /// (a private CA, or a managed Redis whose CA is not in the system store).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls_ca_file: Option<PathBuf>,
+    pub(crate) tls_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct AdminSettings {
+pub(crate) struct AdminSettings {
     /// A second listener for /metrics, /healthz and /readyz, the events API and the console;
     /// empty: all of them on the main one.
     #[serde(default)]
-    pub listen: String,
+    pub(crate) listen: String,
     /// Token of the events API and the console (`ATTIO_WEBHOOKS_ADMIN_TOKEN`). None: they are
     /// served only on a loopback listener, and refused in production.
     #[serde(default, serialize_with = "redact_optional_secret")]
-    pub token: Option<SecretString>,
+    pub(crate) token: Option<SecretString>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     Pretty,
     Json,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct LogSettings {
+pub(crate) struct LogSettings {
     #[serde(deserialize_with = "choice")]
-    pub format: LogFormat,
-    pub level: String,
+    pub(crate) format: LogFormat,
+    pub(crate) level: String,
     /// Lines `serve` may hold for its log-writing thread before it drops new ones (counted in
     /// `attio_webhooks_log_lines_dropped_total`), so that a stalled stderr never stalls ingress.
-    pub queue_lines: usize,
+    pub(crate) queue_lines: usize,
 }
 
 /// How the daemon talks to Attio's REST API (the `attio` module).
@@ -346,51 +341,51 @@ pub struct LogSettings {
 pub struct AttioSettings {
     /// `https://api.attio.com`; tests point it at a local fake.
     #[serde(serialize_with = "redact_url_credentials")]
-    pub base_url: String,
+    pub(crate) base_url: String,
     /// Bearer token (`ATTIO_API_KEY`). None: enrichment is disabled, events still flow.
     #[serde(default, serialize_with = "redact_optional_secret")]
     pub api_key: Option<SecretString>,
     #[serde(with = "duration")]
-    pub connect_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
     #[serde(with = "duration")]
-    pub request_timeout: Duration,
+    pub(crate) request_timeout: Duration,
     /// Read requests (GET) per second, shared by the whole process (and with Redis, by replicas).
-    pub read_rate: u32,
+    pub(crate) read_rate: u32,
     /// Write requests (POST/PATCH/DELETE) per second, shared the same way.
-    pub write_rate: u32,
+    pub(crate) write_rate: u32,
     /// First retry delay of a transient failure; doubles each time, full jitter.
     #[serde(with = "duration")]
-    pub retry_initial: Duration,
+    pub(crate) retry_initial: Duration,
     /// Largest delay between two tries of one request.
     #[serde(with = "duration")]
-    pub retry_max_delay: Duration,
+    pub(crate) retry_max_delay: Duration,
     /// Longest time one request may spend retrying before its error is returned.
     #[serde(with = "duration")]
-    pub retry_total: Duration,
+    pub(crate) retry_total: Duration,
     /// Consecutive failures (5xx, timeouts, connection errors) that open the circuit breaker.
-    pub breaker_threshold: u32,
+    pub(crate) breaker_threshold: u32,
     /// How long the open breaker refuses requests before one probe is let through.
     #[serde(with = "duration")]
-    pub breaker_cooldown: Duration,
+    pub(crate) breaker_cooldown: Duration,
 }
 
 /// The enrichment stage (the `enrich` module).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct EnrichmentSettings {
+pub(crate) struct EnrichmentSettings {
     /// `record.updated` / `list-entry.updated` events of one record or entry that arrive within
     /// this window share one fetch.
     #[serde(with = "duration")]
-    pub coalesce_window: Duration,
+    pub(crate) coalesce_window: Duration,
     /// How long resolved object, list and attribute slugs are kept.
     #[serde(with = "duration")]
-    pub schema_ttl: Duration,
+    pub(crate) schema_ttl: Duration,
 }
 
 impl Settings {
     /// Whether `/metrics` is served on the main listener: when `server.metrics` says so, else
     /// only outside production and when no admin listener takes it.
-    pub fn metrics_on_main_listener(&self) -> bool {
+    pub(crate) fn metrics_on_main_listener(&self) -> bool {
         match self.server.metrics {
             Some(explicit) => explicit,
             None => !self.is_production() && self.admin.listen.trim().is_empty(),
@@ -398,11 +393,11 @@ impl Settings {
     }
 
     /// Whether the production guard applies (`APP_ENV=production`, in any case).
-    pub fn is_production(&self) -> bool {
+    pub(crate) fn is_production(&self) -> bool {
         self.environment.eq_ignore_ascii_case("production")
     }
 
-    pub fn uses_development_secret(&self) -> bool {
+    pub(crate) fn uses_development_secret(&self) -> bool {
         self.webhook
             .secrets
             .iter()
@@ -410,7 +405,7 @@ impl Settings {
     }
 
     /// The sinks the daemon runs with: the configured ones, or `stdout` when no route is set.
-    pub fn effective_sinks(&self) -> BTreeMap<String, SinkSettings> {
+    pub(crate) fn effective_sinks(&self) -> BTreeMap<String, SinkSettings> {
         if self.routes.is_empty() && !self.sinks.contains_key("stdout") {
             let mut sinks = self.sinks.clone();
             sinks.insert("stdout".to_string(), SinkSettings::new(SinkKind::Stdout {}));
@@ -439,12 +434,13 @@ impl Settings {
     }
 
     /// The retry policy of one sink: its own keys, else the `[worker]` defaults.
-    pub fn sink_retry(&self, retry: &SinkRetrySettings) -> RetryPolicy {
+    #[cfg(test)]
+    pub(crate) fn sink_retry(&self, retry: &SinkRetrySettings) -> RetryPolicy {
         RetryPolicy::resolve(retry, &self.worker)
     }
 
     /// The routes the daemon runs with: the configured ones, or every event to stdout.
-    pub fn effective_routes(&self) -> Vec<RouteSettings> {
+    pub(crate) fn effective_routes(&self) -> Vec<RouteSettings> {
         if self.routes.is_empty() {
             vec![RouteSettings::catch_all()]
         } else {
@@ -454,7 +450,7 @@ impl Settings {
 
     /// One warning per configured sink that no route names: it would receive nothing. Without
     /// any route every event goes to the built-in stdout sink, so every other sink is unused.
-    pub fn unused_sinks(&self) -> Vec<String> {
+    pub(crate) fn unused_sinks(&self) -> Vec<String> {
         let routes = self.effective_routes();
         self.sinks
             .keys()
@@ -477,22 +473,22 @@ impl Settings {
     }
 
     /// Path of the embedded journal database.
-    pub fn journal_path(&self) -> PathBuf {
+    pub(crate) fn journal_path(&self) -> PathBuf {
         self.storage.path.join("journal.sqlite3")
     }
 }
 
 /// How often and how patiently one sink is retried for one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
+pub(crate) struct RetryPolicy {
     /// Attempts before the event is dead-lettered for this sink (at least 1).
-    pub attempts: u32,
-    pub initial: Duration,
-    pub max: Duration,
+    pub(crate) attempts: u32,
+    pub(crate) initial: Duration,
+    pub(crate) max: Duration,
 }
 
 impl RetryPolicy {
-    pub fn resolve(retry: &SinkRetrySettings, worker: &WorkerSettings) -> RetryPolicy {
+    pub(crate) fn resolve(retry: &SinkRetrySettings, worker: &WorkerSettings) -> RetryPolicy {
         RetryPolicy {
             attempts: retry.attempts.unwrap_or(worker.max_attempts),
             initial: retry.retry_initial.unwrap_or(worker.retry_initial),

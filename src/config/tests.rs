@@ -1,7 +1,9 @@
 //! Unit tests of loading, validating and redacting the settings (the messages a user reads).
 
+use super::load::resolve_environment;
 use super::*;
-use crate::redact::redact_quoted_values;
+use crate::redact::{redact_quoted_values, redacted_url};
+use crate::routing::settings::RouteEnrich;
 
 #[test]
 fn embedded_defaults_with_a_secret_are_valid() {

@@ -330,7 +330,7 @@ impl Settings {
     }
 
     /// The listen address, parsed.
-    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+    pub(crate) fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
         self.server.listen.parse().map_err(|_| {
             ConfigError::invalid(
                 "server.listen",
@@ -343,7 +343,7 @@ impl Settings {
     }
 
     /// The admin listener's address, when one is configured.
-    pub fn admin_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+    pub(crate) fn admin_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
         let listen = self.admin.listen.trim();
         if listen.is_empty() {
             return Ok(None);
@@ -483,7 +483,7 @@ fn check_redis_url(
 /// Checks a `log.level` / `RUST_LOG` filter. `EnvFilter` takes any bare word as a target name,
 /// so a misspelt level (`warning`, `debugg`) would silently turn every line off; here each
 /// directive must be a level, or `target=level`.
-pub fn check_log_filter(filter: &str) -> Result<(), String> {
+pub(crate) fn check_log_filter(filter: &str) -> Result<(), String> {
     use tracing_subscriber::filter::LevelFilter;
     const LEVELS: &str = "trace, debug, info, warn, error or off";
     for directive in filter.split(',').map(str::trim) {

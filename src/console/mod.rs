@@ -28,7 +28,7 @@ const SCRIPT: &str = include_str!("console.js");
 const STYLE: &str = include_str!("console.css");
 
 /// The console's routes. The sign-in page and the script are open; the rest need a session.
-pub fn router(state: Arc<ApiState>) -> Router {
+pub(crate) fn router(state: Arc<ApiState>) -> Router {
     let protected = Router::new()
         .route(
             "/console",

@@ -16,13 +16,13 @@ use std::time::{Duration, Instant};
 use super::{ClaimOutcome, ClaimToken, DedupeError};
 
 #[derive(Clone)]
-pub struct EmbeddedDedupe {
+pub(crate) struct EmbeddedDedupe {
     claims: Arc<Mutex<HashMap<String, (String, Instant)>>>,
     lease: Duration,
 }
 
 impl EmbeddedDedupe {
-    pub fn new(lease: Duration) -> EmbeddedDedupe {
+    pub(crate) fn new(lease: Duration) -> EmbeddedDedupe {
         EmbeddedDedupe {
             claims: Arc::new(Mutex::new(HashMap::new())),
             lease,
@@ -35,7 +35,7 @@ impl EmbeddedDedupe {
         self.claims.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn claim(&self, id: &str) -> Result<ClaimOutcome, DedupeError> {
+    pub(crate) fn claim(&self, id: &str) -> Result<ClaimOutcome, DedupeError> {
         let now = Instant::now();
         let mut claims = self.lock();
         if let Some((_, expires)) = claims.get(id) {
@@ -49,12 +49,12 @@ impl EmbeddedDedupe {
     }
 
     /// Drops the claim; the journal's `complete` that follows is the durable record.
-    pub fn mark_done(&self, id: &str) -> Result<(), DedupeError> {
+    pub(crate) fn mark_done(&self, id: &str) -> Result<(), DedupeError> {
         self.lock().remove(id);
         Ok(())
     }
 
-    pub fn release(&self, id: &str, token: &ClaimToken) -> Result<(), DedupeError> {
+    pub(crate) fn release(&self, id: &str, token: &ClaimToken) -> Result<(), DedupeError> {
         let mut claims = self.lock();
         if claims.get(id).is_some_and(|(held, _)| *held == token.0) {
             claims.remove(id);

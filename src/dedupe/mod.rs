@@ -8,10 +8,10 @@
 //! next run takes over the claims its killed predecessor left). Two stores: Redis, shared by
 //! replicas, and the embedded one (in-process claims; the journal's commit is the done mark).
 
-pub mod embedded;
+pub(crate) mod embedded;
 pub mod redis;
 
-pub use self::embedded::EmbeddedDedupe;
+pub(crate) use self::embedded::EmbeddedDedupe;
 pub use self::redis::{ClaimOwner, RedisDedupe};
 
 /// Proof of a claim, needed to release it (so a late worker cannot release someone else's).
@@ -38,34 +38,34 @@ pub enum DedupeError {
 }
 
 #[derive(Clone)]
-pub enum DedupeStore {
+pub(crate) enum DedupeStore {
     Redis(RedisDedupe),
     Embedded(EmbeddedDedupe),
 }
 
 impl DedupeStore {
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             DedupeStore::Redis(_) => "redis",
             DedupeStore::Embedded(_) => "embedded",
         }
     }
 
-    pub async fn claim(&self, id: &str) -> Result<ClaimOutcome, DedupeError> {
+    pub(crate) async fn claim(&self, id: &str) -> Result<ClaimOutcome, DedupeError> {
         match self {
             DedupeStore::Redis(store) => store.claim(id).await,
             DedupeStore::Embedded(store) => store.claim(id),
         }
     }
 
-    pub async fn mark_done(&self, id: &str) -> Result<(), DedupeError> {
+    pub(crate) async fn mark_done(&self, id: &str) -> Result<(), DedupeError> {
         match self {
             DedupeStore::Redis(store) => store.mark_done(id).await,
             DedupeStore::Embedded(store) => store.mark_done(id),
         }
     }
 
-    pub async fn release(&self, id: &str, token: &ClaimToken) -> Result<(), DedupeError> {
+    pub(crate) async fn release(&self, id: &str, token: &ClaimToken) -> Result<(), DedupeError> {
         match self {
             DedupeStore::Redis(store) => store.release(id, token).await,
             DedupeStore::Embedded(store) => store.release(id, token),
@@ -74,7 +74,7 @@ impl DedupeStore {
 
     /// Forgets that the event was done, so that a replay of a delivered event is worked on
     /// again. A live claim is left alone.
-    pub async fn forget(&self, id: &str) -> Result<(), DedupeError> {
+    pub(crate) async fn forget(&self, id: &str) -> Result<(), DedupeError> {
         match self {
             DedupeStore::Redis(store) => store.forget(id).await,
             // The embedded store keeps no done marks (the journal is the record).
@@ -83,7 +83,7 @@ impl DedupeStore {
     }
 
     /// Reachability, for readiness.
-    pub async fn ping(&self) -> Result<(), DedupeError> {
+    pub(crate) async fn ping(&self) -> Result<(), DedupeError> {
         match self {
             DedupeStore::Redis(store) => store.ping().await,
             DedupeStore::Embedded(_) => Ok(()),

@@ -72,9 +72,9 @@ return 0
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimOwner {
     /// The journal's stable id ([`crate::journal::SqliteJournal::id`]).
-    pub journal: String,
+    pub(crate) journal: String,
     /// This process's id, new at every start.
-    pub instance: String,
+    pub(crate) instance: String,
 }
 
 impl ClaimOwner {
@@ -119,7 +119,7 @@ const MAX_BATCH: usize = 256;
 /// A Redis client for `url` (not connected yet). With `ca_file`, a `rediss://` connection also
 /// trusts the PEM certificates in that file (a private CA), besides the system's. The error says
 /// what is wrong in words and never repeats the URL, which may hold a password.
-pub fn client(url: &SecretString, ca_file: Option<&Path>) -> Result<redis::Client, String> {
+pub(crate) fn client(url: &SecretString, ca_file: Option<&Path>) -> Result<redis::Client, String> {
     let expected = "expected redis://[user:password@]host[:port][/db], rediss://… for TLS, or \
                     unix:///path/to/socket";
     let info = redis::IntoConnectionInfo::into_connection_info(url.expose_secret())
@@ -177,7 +177,7 @@ pub fn connect(url: &SecretString) -> Result<ConnectionManager, DedupeError> {
 }
 
 /// [`connect`], trusting the CA certificates in `ca_file` for a `rediss://` URL (see [`client`]).
-pub fn connect_with(
+pub(crate) fn connect_with(
     url: &SecretString,
     ca_file: Option<&Path>,
 ) -> Result<ConnectionManager, DedupeError> {
@@ -187,7 +187,7 @@ pub fn connect_with(
 
 /// [`connect`] with a client already made by [`client`] (the configuration parses `redis.url`
 /// into one at start).
-pub fn connect_client(client: redis::Client) -> Result<ConnectionManager, DedupeError> {
+pub(crate) fn connect_client(client: redis::Client) -> Result<ConnectionManager, DedupeError> {
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
         .set_response_timeout(Some(Duration::from_secs(5)))
@@ -369,7 +369,7 @@ impl RedisDedupe {
     }
 
     /// Deletes the event's done mark (and nothing else: a live claim stays).
-    pub async fn forget(&self, id: &str) -> Result<(), DedupeError> {
+    pub(crate) async fn forget(&self, id: &str) -> Result<(), DedupeError> {
         let mut connection = self.connection.clone();
         let _: i64 = redis::Script::new(
             "if redis.call('GET', KEYS[1]) == 'done' then return redis.call('DEL', KEYS[1]) end return 0",
@@ -393,7 +393,7 @@ impl RedisDedupe {
         Ok(())
     }
 
-    pub async fn ping(&self) -> Result<(), DedupeError> {
+    pub(crate) async fn ping(&self) -> Result<(), DedupeError> {
         let mut connection = self.connection.clone();
         let _: String = redis::cmd("PING")
             .query_async(&mut connection)

@@ -20,7 +20,7 @@ use serde_json::Value;
 use crate::attio::single_flight::{Closes, Joined, SingleFlight};
 use crate::attio::{AttioClient, AttioError, AttributeParent, SchemaCache, SchemaKey};
 use crate::config::EnrichmentSettings;
-pub use crate::event::EventIds;
+pub(crate) use crate::event::EventIds;
 use crate::event::EventKind;
 use crate::routing::settings::RouteEnrich;
 use crate::routing::{DimensionValue, EventDimensions, Names};
@@ -28,7 +28,7 @@ use crate::routing::{DimensionValue, EventDimensions, Names};
 /// How enrichment of one event ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum EnrichmentStatus {
+pub(crate) enum EnrichmentStatus {
     Ok,
     NotFound,
     Disabled,
@@ -37,7 +37,7 @@ pub enum EnrichmentStatus {
 }
 
 impl EnrichmentStatus {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             EnrichmentStatus::Ok => "ok",
             EnrichmentStatus::NotFound => "not_found",
@@ -50,21 +50,21 @@ impl EnrichmentStatus {
 
 /// What enrichment adds to one event's sink line.
 #[derive(Debug, Clone)]
-pub struct Enrichment {
-    pub status: EnrichmentStatus,
+pub(crate) struct Enrichment {
+    pub(crate) status: EnrichmentStatus,
     /// The fetched resource (Attio's `data`), when found.
-    pub data: Option<Value>,
+    pub(crate) data: Option<Value>,
     /// When Attio's answer (found or not) was in hand: a mirror keeps the newest fetch.
-    pub fetched_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub(crate) fetched_at: Option<chrono::DateTime<chrono::Utc>>,
     /// Slug of the event's object (or of the parent object of an entry, note or comment).
-    pub object: Option<String>,
-    pub list: Option<String>,
-    pub attribute: Option<String>,
+    pub(crate) object: Option<String>,
+    pub(crate) list: Option<String>,
+    pub(crate) attribute: Option<String>,
     /// Why it failed, when `status` is `failed`.
-    pub error: Option<AttioError>,
+    pub(crate) error: Option<AttioError>,
     /// The coalesced fetch this event shared with others of the same record or entry, if any
     /// (routes with `collapse = true` deliver such events as one line).
-    pub shared: Option<Joined>,
+    pub(crate) shared: Option<Joined>,
 }
 
 impl Enrichment {
@@ -82,7 +82,8 @@ impl Enrichment {
     }
 
     /// An event that was not enriched (`data` given by the caller, if any).
-    pub fn skipped(data: Option<Value>) -> Enrichment {
+    #[cfg(test)]
+    pub(crate) fn skipped(data: Option<Value>) -> Enrichment {
         Enrichment {
             data,
             ..Enrichment::bare(EnrichmentStatus::Skipped)
@@ -92,7 +93,7 @@ impl Enrichment {
 
 /// The one thing an event is about, as Attio's API names it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Subject {
+pub(crate) enum Subject {
     Record {
         object_id: String,
         record_id: String,
@@ -129,20 +130,20 @@ pub enum Subject {
 
 /// What to do for one event: fetch, name, forget.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Plan {
-    pub subject: Option<Subject>,
+pub(crate) struct Plan {
+    pub(crate) subject: Option<Subject>,
     /// Share the fetch with events of the same subject inside the coalescing window.
-    pub coalesce: bool,
-    pub object_id: Option<String>,
-    pub list_id: Option<String>,
-    pub attribute: Option<SchemaKey>,
+    pub(crate) coalesce: bool,
+    pub(crate) object_id: Option<String>,
+    pub(crate) list_id: Option<String>,
+    pub(crate) attribute: Option<SchemaKey>,
     /// Schema entries this event makes stale.
-    pub invalidate: Vec<SchemaKey>,
+    pub(crate) invalidate: Vec<SchemaKey>,
 }
 
 impl Plan {
     /// The id of the attribute the event names, if any.
-    pub fn attribute_id(&self) -> Option<&str> {
+    pub(crate) fn attribute_id(&self) -> Option<&str> {
         match &self.attribute {
             Some(SchemaKey::Attribute { attribute_id, .. }) => Some(attribute_id),
             _ => None,
@@ -152,10 +153,10 @@ impl Plan {
 
 /// Why an event cannot be planned: it lacks an id its type promises.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MissingId(pub &'static str);
+pub(crate) struct MissingId(pub &'static str);
 
 /// Decides, for each kind of event, what to fetch and which names to resolve (docs/attio.md §2).
-pub fn plan(kind: &EventKind, ids: &EventIds) -> Result<Plan, MissingId> {
+pub(crate) fn plan(kind: &EventKind, ids: &EventIds) -> Result<Plan, MissingId> {
     let id = |key: &'static str| ids.get(key).map(str::to_string);
     let need = |key: &'static str| id(key).ok_or(MissingId(key));
     let attribute_of = |parent: AttributeParent, parent_id: &str| {
@@ -304,7 +305,10 @@ pub fn plan(kind: &EventKind, ids: &EventIds) -> Result<Plan, MissingId> {
 /// `attribute` keys: the ids [`plan`] names (so they are exactly the ones whose slugs
 /// enrichment resolved: `id.object_id` for records, `parent_object_id` for list entries and
 /// notes, a comment's `object_id` and `list_id`, ...) with the slugs `enrichment` found.
-pub fn dimensions(plan: &Result<Plan, MissingId>, enrichment: &Enrichment) -> EventDimensions {
+pub(crate) fn dimensions(
+    plan: &Result<Plan, MissingId>,
+    enrichment: &Enrichment,
+) -> EventDimensions {
     // An event lacking an id its type promises has no dimensions: routes narrowed by them skip it.
     let plan = plan.as_ref().ok();
     EventDimensions {
@@ -330,7 +334,7 @@ pub fn dimensions(plan: &Result<Plan, MissingId>, enrichment: &Enrichment) -> Ev
 
 /// What the history keeps to find an event by: its object and list (slug when resolved, else
 /// id) and the record or entry it is about.
-pub fn history_keys(
+pub(crate) fn history_keys(
     plan: &Result<Plan, MissingId>,
     ids: &EventIds,
     enrichment: &Enrichment,
@@ -349,22 +353,22 @@ pub fn history_keys(
 
 /// See [`history_keys`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HistoryKeys {
-    pub object: Option<String>,
-    pub list: Option<String>,
-    pub record_id: Option<String>,
+pub(crate) struct HistoryKeys {
+    pub(crate) object: Option<String>,
+    pub(crate) list: Option<String>,
+    pub(crate) record_id: Option<String>,
 }
 
 /// The enrichment stage. Without an API key every event passes with `disabled`.
 #[derive(Clone)]
-pub struct Enricher {
+pub(crate) struct Enricher {
     active: Option<Active>,
 }
 
 impl Enricher {
     /// Attio's state for the status API: `None` when enrichment is disabled, else how long its
     /// circuit breaker stays open (`Some(None)`: closed, requests flow).
-    pub fn attio_unavailable_for(&self) -> Option<Option<Duration>> {
+    pub(crate) fn attio_unavailable_for(&self) -> Option<Option<Duration>> {
         self.active
             .as_ref()
             .map(|active| active.client.unavailable_for())
@@ -380,7 +384,7 @@ struct Active {
 }
 
 impl Enricher {
-    pub fn new(client: Option<AttioClient>, settings: &EnrichmentSettings) -> Enricher {
+    pub(crate) fn new(client: Option<AttioClient>, settings: &EnrichmentSettings) -> Enricher {
         Enricher {
             active: client.map(|client| Active {
                 schema: SchemaCache::new(client.clone(), settings.schema_ttl),
@@ -392,23 +396,24 @@ impl Enricher {
     }
 
     /// An enricher that marks every event `disabled`.
-    pub fn disabled() -> Enricher {
+    #[cfg(test)]
+    pub(crate) fn disabled() -> Enricher {
         Enricher { active: None }
     }
 
-    pub fn is_enabled(&self) -> bool {
+    pub(crate) fn is_enabled(&self) -> bool {
         self.active.is_some()
     }
 
     /// While Attio is considered down (circuit breaker open): how long until it is tried again.
-    pub fn unavailable_for(&self) -> Option<Duration> {
+    pub(crate) fn unavailable_for(&self) -> Option<Duration> {
         self.active.as_ref()?.client.unavailable_for()
     }
 
     /// Reads the workspace's lists once and remembers their slugs, so that the `list.deleted`
     /// of a list no event named since the start still carries its slug. Best effort: without
     /// it only such a list goes unnamed.
-    pub async fn learn_lists(&self) {
+    pub(crate) async fn learn_lists(&self) {
         let Some(active) = &self.active else { return };
         match active.client.list_lists().await {
             Ok(lists) => {
@@ -427,7 +432,8 @@ impl Enricher {
     }
 
     /// Enriches one event (planned by [`plan`]), as much as `wanted` asks.
-    pub async fn enrich(
+    #[cfg(test)]
+    pub(crate) async fn enrich(
         &self,
         kind: &EventKind,
         plan: &Result<Plan, MissingId>,
@@ -440,7 +446,7 @@ impl Enricher {
     /// for `settle` rather than `enrichment.coalesce_window` when that is longer: the updates of
     /// the record that arrive meanwhile share the fetch, which then reads the state after all
     /// of them.
-    pub async fn enrich_settled(
+    pub(crate) async fn enrich_settled(
         &self,
         kind: &EventKind,
         plan: &Result<Plan, MissingId>,

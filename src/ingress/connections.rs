@@ -33,10 +33,10 @@ use tokio_util::task::TaskTracker;
 
 /// How long each connection may take, and how many may be open (from `[server]`).
 #[derive(Debug, Clone, Copy)]
-pub struct ConnectionLimits {
-    pub header_read_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub max_connections: usize,
+pub(crate) struct ConnectionLimits {
+    pub(crate) header_read_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) max_connections: usize,
 }
 
 /// Longest pause between two accepts that failed for want of descriptors or memory.
@@ -49,7 +49,7 @@ const REMINDER_INTERVAL: Duration = Duration::from_secs(30);
 /// Serves `router` on `listener` until `shutdown` is cancelled, then asks every open connection
 /// to finish its request in progress and close, and returns once all have closed. `name` says
 /// which listener it is in the log.
-pub async fn serve(
+pub(crate) async fn serve(
     name: &'static str,
     listener: TcpListener,
     router: Router,
@@ -464,7 +464,7 @@ impl AsyncWrite for Watched {
 /// Raises this process's soft limit on open files to its hard limit (as Go's runtime and many
 /// servers do), so that connections are limited by `server.max_connections` and not by a low
 /// default, and returns the limit now in force (`None` when it cannot be read).
-pub fn raise_open_files_limit() -> Option<u64> {
+pub(crate) fn raise_open_files_limit() -> Option<u64> {
     use rustix::process::{getrlimit, setrlimit, Resource};
     let limits = getrlimit(Resource::Nofile);
     let current = limits.current?;

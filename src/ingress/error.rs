@@ -9,10 +9,10 @@ use serde_json::json;
 use crate::signature::SignatureError;
 
 /// Seconds Attio is asked to wait before retrying when the journal cannot accept.
-pub const RETRY_AFTER_SECONDS: u64 = 5;
+pub(crate) const RETRY_AFTER_SECONDS: u64 = 5;
 
 #[derive(Debug, thiserror::Error)]
-pub enum IngressError {
+pub(crate) enum IngressError {
     #[error("body larger than {limit} bytes")]
     TooLarge { limit: usize },
     #[error("could not read the request body")]
@@ -29,7 +29,7 @@ pub enum IngressError {
 
 impl IngressError {
     /// The `outcome` label of the deliveries metric.
-    pub fn outcome(&self) -> &'static str {
+    pub(crate) fn outcome(&self) -> &'static str {
         match self {
             IngressError::TooLarge { .. } => "too_large",
             IngressError::BodyRead => "bad_request",

@@ -12,12 +12,12 @@ use super::IngressState;
 use crate::dedupe::DedupeStore;
 
 /// The process is up and serving HTTP.
-pub async fn healthz() -> Json<Value> {
+pub(crate) async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
 /// Ready to accept deliveries: the journal takes a write, and Redis answers when configured.
-pub async fn readyz(State(state): State<Arc<IngressState>>) -> (StatusCode, Json<Value>) {
+pub(crate) async fn readyz(State(state): State<Arc<IngressState>>) -> (StatusCode, Json<Value>) {
     let journal = match state.journal.probe().await {
         Ok(()) => "ok".to_string(),
         Err(error) => {
@@ -52,7 +52,7 @@ pub async fn readyz(State(state): State<Arc<IngressState>>) -> (StatusCode, Json
 }
 
 /// Prometheus text exposition. Gauges that are cheap to read now are refreshed first.
-pub async fn metrics(State(state): State<Arc<IngressState>>) -> Response {
+pub(crate) async fn metrics(State(state): State<Arc<IngressState>>) -> Response {
     let Some(handle) = crate::metrics::handle() else {
         return (StatusCode::NOT_FOUND, "metrics recorder not installed").into_response();
     };

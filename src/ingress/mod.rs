@@ -4,7 +4,7 @@
 //! Routes: `POST {server.path}` (the webhook), `GET /healthz` (alive), `GET /readyz` (journal
 //! writable, Redis reachable when configured).
 
-pub mod connections;
+pub(crate) mod connections;
 mod error;
 mod health;
 mod webhook;
@@ -22,31 +22,31 @@ use crate::dedupe::DedupeStore;
 use crate::journal::Journal;
 use crate::worker::Handoff;
 
-pub use error::IngressError;
+pub(crate) use error::IngressError;
 
 /// Header carrying the request id, generated when the caller sent none.
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
+pub(crate) const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// What the handlers share.
-pub struct IngressState {
-    pub secrets: Vec<SecretString>,
-    pub body_limit: usize,
+pub(crate) struct IngressState {
+    pub(crate) secrets: Vec<SecretString>,
+    pub(crate) body_limit: usize,
     /// Time for a webhook body to arrive once its headers have (`server.body_read_timeout`).
-    pub body_read_timeout: std::time::Duration,
-    pub max_backlog: u64,
-    pub journal: Journal,
+    pub(crate) body_read_timeout: std::time::Duration,
+    pub(crate) max_backlog: u64,
+    pub(crate) journal: Journal,
     /// `None` when the worker is disabled: events then wait in the journal.
-    pub handoff: Option<Handoff>,
+    pub(crate) handoff: Option<Handoff>,
     /// Checked by readiness when it is Redis.
-    pub dedupe: DedupeStore,
+    pub(crate) dedupe: DedupeStore,
     /// Serve `/metrics` on the main listener (`Settings::metrics_on_main_listener`).
-    pub metrics_on_main: bool,
+    pub(crate) metrics_on_main: bool,
     /// Accepted events are announced here to live views.
-    pub changes: crate::journal::history::Changes,
+    pub(crate) changes: crate::journal::history::Changes,
 }
 
 /// The admin listener's routes (`admin.listen`): probes and metrics, no webhook endpoint.
-pub fn admin_router(state: Arc<IngressState>) -> Router {
+pub(crate) fn admin_router(state: Arc<IngressState>) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -55,7 +55,7 @@ pub fn admin_router(state: Arc<IngressState>) -> Router {
 }
 
 /// The main listener's routes. `/metrics` is served here unless an admin listener is set.
-pub fn router(path: &str, state: Arc<IngressState>) -> Router {
+pub(crate) fn router(path: &str, state: Arc<IngressState>) -> Router {
     let request_id = axum::http::HeaderName::from_static(REQUEST_ID_HEADER);
     let mut router = Router::new()
         .route(path, post(webhook::receive))
@@ -109,7 +109,7 @@ impl MakeRequestId for RequestIds {
 }
 
 /// Longest `x-request-id` taken from a request; a longer one is replaced by a fresh id.
-pub const MAX_REQUEST_ID: usize = 128;
+pub(crate) const MAX_REQUEST_ID: usize = 128;
 
 /// Keeps a caller's `x-request-id` only when it is short visible ASCII, so that what goes into
 /// every log line and the journal stays small and printable; otherwise a fresh id is made.

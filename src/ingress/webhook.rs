@@ -18,7 +18,7 @@ use crate::journal::history::EventStatus;
 use crate::journal::{AppendOutcome, MalformedDelivery, NewDelivery};
 use crate::signature::{self, LEGACY_SIGNATURE_HEADER, SIGNATURE_HEADER};
 
-pub async fn receive(
+pub(crate) async fn receive(
     State(state): State<Arc<IngressState>>,
     headers: HeaderMap,
     body: Body,

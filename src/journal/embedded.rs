@@ -204,7 +204,7 @@ impl SqliteJournal {
     /// Opens with the given durability of commits (`storage.sync`), for a tool that shares the
     /// journal with a running daemon: every batch is committed, and the daemon's redo log is left
     /// to the daemon.
-    pub fn open_with(path: &Path, sync: SyncMode) -> Result<SqliteJournal, JournalError> {
+    pub(crate) fn open_with(path: &Path, sync: SyncMode) -> Result<SqliteJournal, JournalError> {
         Self::open_inner(path, sync, None)
     }
 
@@ -212,7 +212,7 @@ impl SqliteJournal {
     /// transaction open over many batches and makes each one durable with the redo log, which
     /// costs far fewer bytes written per event (see `journal::redo`). Records that a crash left
     /// in the log are applied first.
-    pub fn open_owned(
+    pub(crate) fn open_owned(
         path: &Path,
         sync: SyncMode,
         _lock: &JournalLock,
@@ -313,7 +313,7 @@ impl SqliteJournal {
     /// anew when the database turns out to be a copy (see `migrate`). Redis claims carry it, so
     /// that the next run of the same journal recognises claims its killed predecessor left (see
     /// `dedupe::redis`).
-    pub fn id(&self) -> &str {
+    pub(crate) fn id(&self) -> &str {
         &self.id
     }
 

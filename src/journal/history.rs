@@ -18,11 +18,11 @@ use serde::{Deserialize, Serialize};
 /// The fetched `data` of the last attempt is kept up to this size (its JSON); a larger one is
 /// left out and `data_omitted` says so. Records and entries are a few kilobytes; this bounds
 /// what one odd record can cost the journal.
-pub const MAX_KEPT_DATA: usize = 64 * 1024;
+pub(crate) const MAX_KEPT_DATA: usize = 64 * 1024;
 /// Most events a list asks for.
-pub const MAX_LIMIT: usize = 500;
+pub(crate) const MAX_LIMIT: usize = 500;
 /// Events a list asks for when it does not say.
-pub const DEFAULT_LIMIT: usize = 50;
+pub(crate) const DEFAULT_LIMIT: usize = 50;
 
 /// Where an event stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,7 +39,7 @@ pub enum EventStatus {
 }
 
 impl EventStatus {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             EventStatus::Pending => "pending",
             EventStatus::Retrying => "retrying",
@@ -48,7 +48,7 @@ impl EventStatus {
         }
     }
 
-    pub fn parse(text: &str) -> Option<EventStatus> {
+    pub(crate) fn parse(text: &str) -> Option<EventStatus> {
         match text {
             "pending" => Some(EventStatus::Pending),
             "retrying" => Some(EventStatus::Retrying),
@@ -60,7 +60,7 @@ impl EventStatus {
 
     /// From the journal's stored state and failed attempts: a pending event that failed before
     /// is retrying.
-    pub fn from_state(state: &str, attempts: u32) -> EventStatus {
+    pub(crate) fn from_state(state: &str, attempts: u32) -> EventStatus {
         match state {
             "delivered" => EventStatus::Delivered,
             "dead" => EventStatus::Dead,
@@ -115,7 +115,7 @@ pub struct AttemptRecord {
 
 impl AttemptRecord {
     /// Keeps `data` when it is small enough.
-    pub fn keep_data(&mut self, data: Option<&serde_json::Value>) {
+    pub(crate) fn keep_data(&mut self, data: Option<&serde_json::Value>) {
         let Some(data) = data else {
             return;
         };
@@ -150,22 +150,22 @@ pub struct HistoryQuery {
 
 /// What a filter sees of one event (both backends can produce it cheaply).
 #[derive(Debug, Clone, Default)]
-pub struct FilterView<'a> {
-    pub id: &'a str,
-    pub delivery_key: &'a str,
-    pub record_id: Option<&'a str>,
-    pub event_type: &'a str,
-    pub status: Option<EventStatus>,
-    pub object: Option<&'a str>,
-    pub list: Option<&'a str>,
+pub(crate) struct FilterView<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) delivery_key: &'a str,
+    pub(crate) record_id: Option<&'a str>,
+    pub(crate) event_type: &'a str,
+    pub(crate) status: Option<EventStatus>,
+    pub(crate) object: Option<&'a str>,
+    pub(crate) list: Option<&'a str>,
     /// Every sink the event met (done, failed or tried).
-    pub sinks: Vec<&'a str>,
-    pub received_ms: i64,
+    pub(crate) sinks: Vec<&'a str>,
+    pub(crate) received_ms: i64,
 }
 
 impl HistoryQuery {
     /// The limit within bounds (0 means the default).
-    pub fn page_size(&self) -> usize {
+    pub(crate) fn page_size(&self) -> usize {
         match self.limit {
             0 => DEFAULT_LIMIT,
             n => n.min(MAX_LIMIT),
@@ -184,7 +184,7 @@ impl HistoryQuery {
     }
 
     /// Whether one event passes every filter (the Redis journal filters this way).
-    pub fn matches(&self, event: &FilterView<'_>) -> bool {
+    pub(crate) fn matches(&self, event: &FilterView<'_>) -> bool {
         if let Some(status) = self.status {
             if event.status != Some(status) {
                 return false;
@@ -228,7 +228,7 @@ impl HistoryQuery {
 
     /// The SQLite journal's WHERE clause and its parameters (`events` table, newest first by
     /// `seq`). Columns are those of the journal's schema.
-    pub fn sql(&self) -> (String, Vec<rusqlite::types::Value>) {
+    pub(crate) fn sql(&self) -> (String, Vec<rusqlite::types::Value>) {
         use rusqlite::types::Value;
         let mut clauses: Vec<&str> = Vec::new();
         let mut params: Vec<Value> = Vec::new();
@@ -317,19 +317,19 @@ enum TypePattern<'a> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventSummary {
     pub id: String,
-    pub event_type: String,
+    pub(crate) event_type: String,
     pub status: EventStatus,
-    pub received_at: String,
+    pub(crate) received_at: String,
     /// Failed attempts so far.
     pub attempts: u32,
     pub object: Option<String>,
-    pub list: Option<String>,
-    pub delivery_key: String,
+    pub(crate) list: Option<String>,
+    pub(crate) delivery_key: String,
     /// The last error, for events that failed somewhere.
     pub last_error: Option<String>,
     /// Position in the history (newest is highest): the cursor of the page after this event.
     #[serde(skip)]
-    pub seq: u64,
+    pub(crate) seq: u64,
 }
 
 /// A page of events, newest first.
@@ -343,7 +343,7 @@ pub struct EventPage {
 impl EventPage {
     /// A page from the events found (at most the page size, newest first). `more`: the backend
     /// saw at least one more match after them.
-    pub fn from_found(data: Vec<EventSummary>, more: bool) -> EventPage {
+    pub(crate) fn from_found(data: Vec<EventSummary>, more: bool) -> EventPage {
         let next_cursor = if more {
             data.last().map(|last| last.seq.to_string())
         } else {
@@ -367,19 +367,19 @@ pub struct SinkRecord {
 /// Everything kept about one event.
 #[derive(Debug, Clone, Serialize)]
 pub struct EventDetail {
-    pub id: String,
-    pub event_type: String,
+    pub(crate) id: String,
+    pub(crate) event_type: String,
     pub status: EventStatus,
-    pub delivery_key: String,
-    pub webhook_id: Option<String>,
-    pub request_id: Option<String>,
-    pub received_at: String,
-    pub attempts: u32,
-    pub last_error: Option<String>,
+    pub(crate) delivery_key: String,
+    pub(crate) webhook_id: Option<String>,
+    pub(crate) request_id: Option<String>,
+    pub(crate) received_at: String,
+    pub(crate) attempts: u32,
+    pub(crate) last_error: Option<String>,
     pub delivered_at: Option<String>,
-    pub dead_at: Option<String>,
+    pub(crate) dead_at: Option<String>,
     pub object: Option<String>,
-    pub list: Option<String>,
+    pub(crate) list: Option<String>,
     pub record_id: Option<String>,
     /// `ok`, `not_found`, `disabled`, `skipped`, `failed`; `None` before the first attempt.
     pub enrichment: Option<String>,
@@ -387,24 +387,24 @@ pub struct EventDetail {
     pub event: Box<serde_json::value::RawValue>,
     /// What the last attempt fetched from Attio, when kept.
     pub data: Option<Box<serde_json::value::RawValue>>,
-    pub data_omitted: bool,
+    pub(crate) data_omitted: bool,
     pub sinks: Vec<SinkRecord>,
 }
 
 /// The stored per-sink columns of one event, before they become [`SinkRecord`]s.
 #[derive(Debug, Clone, Default)]
-pub struct StoredSinks {
-    pub done: Vec<String>,
-    pub failed: Vec<String>,
-    pub attempts: BTreeMap<String, u32>,
-    pub errors: BTreeMap<String, String>,
-    pub delivered: BTreeMap<String, String>,
+pub(crate) struct StoredSinks {
+    pub(crate) done: Vec<String>,
+    pub(crate) failed: Vec<String>,
+    pub(crate) attempts: BTreeMap<String, u32>,
+    pub(crate) errors: BTreeMap<String, String>,
+    pub(crate) delivered: BTreeMap<String, String>,
 }
 
 impl StoredSinks {
     /// One record per sink the event met, in name order. A sink that took the event is
     /// delivered; one that failed is dead with the event, else retrying.
-    pub fn records(&self, status: EventStatus) -> Vec<SinkRecord> {
+    pub(crate) fn records(&self, status: EventStatus) -> Vec<SinkRecord> {
         let mut names: Vec<&String> = self
             .done
             .iter()
@@ -438,7 +438,7 @@ impl StoredSinks {
     }
 
     /// Every sink named anywhere, for the `sink` filter.
-    pub fn names(&self) -> Vec<&str> {
+    pub(crate) fn names(&self) -> Vec<&str> {
         self.done
             .iter()
             .chain(&self.failed)
@@ -450,19 +450,19 @@ impl StoredSinks {
 
 /// A change of an event's status, as the stream (`/api/v1/stream`) tells it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Change {
-    pub id: String,
-    pub event_type: String,
-    pub status: EventStatus,
+pub(crate) struct Change {
+    pub(crate) id: String,
+    pub(crate) event_type: String,
+    pub(crate) status: EventStatus,
     /// RFC 3339.
-    pub at: String,
+    pub(crate) at: String,
 }
 
 /// Where this process announces status changes (ingress: accepted; worker: its outcomes;
 /// replays). Publishing with nobody listening costs a failed send and nothing else. A replica
 /// announces only what it did itself.
 #[derive(Debug, Clone)]
-pub struct Changes {
+pub(crate) struct Changes {
     sender: tokio::sync::broadcast::Sender<Change>,
     /// Counted here rather than by a listener of the stream, so that no task wakes up per event.
     throughput: std::sync::Arc<Throughput>,
@@ -480,7 +480,7 @@ impl Default for Changes {
 }
 
 impl Changes {
-    pub fn publish(&self, id: &str, event_type: &str, status: EventStatus) {
+    pub(crate) fn publish(&self, id: &str, event_type: &str, status: EventStatus) {
         if matches!(status, EventStatus::Delivered | EventStatus::Dead) {
             self.throughput.record();
         }
@@ -495,12 +495,12 @@ impl Changes {
         });
     }
 
-    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Change> {
+    pub(crate) fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Change> {
         self.sender.subscribe()
     }
 
     /// Events this process finished recently, for the status page's chart.
-    pub fn throughput(&self) -> &Throughput {
+    pub(crate) fn throughput(&self) -> &Throughput {
         &self.throughput
     }
 }
@@ -508,13 +508,13 @@ impl Changes {
 /// Events finished (delivered or dead) per interval over the last few minutes, counted where this
 /// process announces them ([`Changes::publish`]): the status page's throughput chart.
 #[derive(Debug)]
-pub struct Throughput {
+pub(crate) struct Throughput {
     started: Instant,
     buckets: std::sync::Mutex<std::collections::VecDeque<(u64, u64)>>,
 }
 
 /// Seconds per bar of the chart.
-pub const THROUGHPUT_INTERVAL: u64 = 10;
+pub(crate) const THROUGHPUT_INTERVAL: u64 = 10;
 /// Bars kept (5 minutes).
 const THROUGHPUT_BARS: u64 = 30;
 
@@ -537,7 +537,7 @@ impl Throughput {
         self.buckets.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn record(&self) {
+    pub(crate) fn record(&self) {
         let now = self.now();
         let mut buckets = self.lock();
         match buckets.back_mut() {
@@ -553,7 +553,7 @@ impl Throughput {
     }
 
     /// The counts of the last bars, oldest first, and the seconds per bar.
-    pub fn counts(&self) -> (Vec<u64>, u64) {
+    pub(crate) fn counts(&self) -> (Vec<u64>, u64) {
         let now = self.now();
         let buckets = self.lock();
         let first = (now + 1).saturating_sub(THROUGHPUT_BARS);

@@ -13,14 +13,14 @@ use super::JournalError;
 /// Proof that this process is the only daemon working on one journal: an exclusive `flock` on
 /// `{journal}.lock`, released when dropped or when the process dies, however it dies.
 #[derive(Debug)]
-pub struct JournalLock {
+pub(crate) struct JournalLock {
     _file: std::fs::File,
 }
 
 impl JournalLock {
     /// Takes the lock of the journal at `path`, or says which process class holds it. Tools
     /// that only read or replay dead letters (which SQLite's own locking keeps safe) do not take it.
-    pub fn acquire(path: &Path) -> Result<JournalLock, JournalError> {
+    pub(crate) fn acquire(path: &Path) -> Result<JournalLock, JournalError> {
         let mut lock_path = path.as_os_str().to_owned();
         lock_path.push(".lock");
         let lock_path = std::path::PathBuf::from(lock_path);

@@ -18,11 +18,11 @@ mod codec;
 mod embedded;
 pub mod history;
 mod lock;
-pub mod redis;
-pub mod redis_persistence;
+pub(crate) mod redis;
+pub(crate) mod redis_persistence;
 mod redis_scripts;
 mod redo;
-pub mod repair;
+pub(crate) mod repair;
 mod sqlite;
 
 use std::collections::BTreeMap;
@@ -39,7 +39,7 @@ use self::history::{
 
 pub use self::backend::Backend;
 pub use self::embedded::SqliteJournal;
-pub use self::lock::JournalLock;
+pub(crate) use self::lock::JournalLock;
 pub use self::redis::RedisJournal;
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -92,13 +92,13 @@ pub struct MalformedDelivery {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JournaledEvent {
     pub id: String,
-    pub delivery_key: String,
-    pub index: u32,
-    pub webhook_id: Option<String>,
+    pub(crate) delivery_key: String,
+    pub(crate) index: u32,
+    pub(crate) webhook_id: Option<String>,
     pub event_type: String,
     /// RFC 3339, when the delivery was accepted.
-    pub received_at: String,
-    pub request_id: Option<String>,
+    pub(crate) received_at: String,
+    pub(crate) request_id: Option<String>,
     /// The event's JSON exactly as Attio sent it.
     pub raw: String,
     /// Failed attempts so far.
@@ -156,20 +156,20 @@ pub struct SkippedReplay {
 /// One stored event with everything the journal knows about it.
 #[derive(Debug, Clone, Serialize)]
 pub struct StoredEvent {
-    pub id: String,
+    pub(crate) id: String,
     /// `pending`, `delivered` or `dead`.
     pub state: String,
-    pub event_type: String,
-    pub delivery_key: String,
-    pub webhook_id: Option<String>,
-    pub received_at: String,
-    pub request_id: Option<String>,
-    pub attempts: u32,
+    pub(crate) event_type: String,
+    pub(crate) delivery_key: String,
+    pub(crate) webhook_id: Option<String>,
+    pub(crate) received_at: String,
+    pub(crate) request_id: Option<String>,
+    pub(crate) attempts: u32,
     pub last_error: Option<String>,
     pub sinks_done: Vec<String>,
-    pub sink_attempts: BTreeMap<String, u32>,
+    pub(crate) sink_attempts: BTreeMap<String, u32>,
     pub failed_sinks: Vec<String>,
-    pub dead_at: Option<String>,
+    pub(crate) dead_at: Option<String>,
     /// The event's JSON exactly as Attio sent it.
     pub event: Box<serde_json::value::RawValue>,
 }
@@ -188,7 +188,7 @@ pub struct DeadLetter {
     pub id: String,
     pub event_type: String,
     pub delivery_key: String,
-    pub received_at: String,
+    pub(crate) received_at: String,
     pub attempts: u32,
     pub last_error: Option<String>,
     pub failed_sinks: Vec<String>,
@@ -230,12 +230,12 @@ impl Journal {
     /// embedded journal does (the worker skips the journal for them). The Redis journal does not:
     /// an event must be read through the consumer group so that a crash of this replica leaves it
     /// pending for another; ingress only wakes the worker up.
-    pub fn hands_off_directly(&self) -> bool {
+    pub(crate) fn hands_off_directly(&self) -> bool {
         on_backend!(self, backend => backend.hands_off_directly())
     }
 
     /// The backend's name, for logs and readiness.
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         on_backend!(self, backend => backend.name())
     }
 

@@ -242,7 +242,7 @@ impl RedisJournal {
     }
 
     /// Keeps delivered events for `history` (`storage.history`; 7 days unless set).
-    pub fn with_history(self, history: Duration) -> RedisJournal {
+    pub(crate) fn with_history(self, history: Duration) -> RedisJournal {
         let mut inner = match Arc::try_unwrap(self.inner) {
             Ok(inner) => inner,
             // Only called right after `new`, before any clone; a clone keeps the default.
@@ -255,7 +255,7 @@ impl RedisJournal {
     }
 
     /// This replica's name in the consumer group.
-    pub fn consumer(&self) -> &str {
+    pub(crate) fn consumer(&self) -> &str {
         &self.inner.consumer
     }
 

@@ -11,20 +11,20 @@
 use std::time::Duration;
 
 /// How long the check waits for Redis before giving up (the daemon still starts).
-pub const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What a Redis keeps across its restart.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Persistence {
+pub(crate) struct Persistence {
     /// `appendonly yes`: every write is logged to the append-only file.
-    pub aof: bool,
+    pub(crate) aof: bool,
     /// `always`, `everysec` or `no`; `None` where `CONFIG GET` is not allowed (managed Redis).
-    pub appendfsync: Option<String>,
+    pub(crate) appendfsync: Option<String>,
 }
 
 /// How bad a [`Persistence`] is for acknowledged deliveries.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Risk {
+pub(crate) enum Risk {
     /// No AOF: a restart loses everything since the last snapshot, if any.
     Volatile(String),
     /// AOF, but not fsynced on every write (or not known to be).
@@ -32,7 +32,7 @@ pub enum Risk {
 }
 
 impl Risk {
-    pub fn message(&self) -> &str {
+    pub(crate) fn message(&self) -> &str {
         match self {
             Risk::Volatile(message) | Risk::Window(message) => message,
         }
@@ -42,7 +42,7 @@ impl Risk {
 impl Persistence {
     /// Reads the settings. `CONFIG GET` may be refused (renamed or disabled on managed
     /// services): `appendfsync` is then unknown, not an error.
-    pub async fn read<C: redis::aio::ConnectionLike + Send>(
+    pub(crate) async fn read<C: redis::aio::ConnectionLike + Send>(
         connection: &mut C,
     ) -> Result<Persistence, String> {
         let info: String = redis::cmd("INFO")
@@ -67,7 +67,7 @@ impl Persistence {
 
     /// What a restart or crash of this Redis would lose, or `None` when it keeps every
     /// acknowledged delivery (`appendonly yes`, `appendfsync always`).
-    pub fn risk(&self) -> Option<Risk> {
+    pub(crate) fn risk(&self) -> Option<Risk> {
         const FIX: &str = "set `appendonly yes` and `appendfsync always` on Redis \
                            (docs/scale-out.md)";
         if !self.aof {

@@ -21,7 +21,7 @@
 /// ARGV: 1 marker TTL in ms, 2 received ms, 3 count of shared field/value items, then those
 /// items, then for each event: id, index, event_type, raw.
 /// Returns -1 for a known delivery, else the backlog after the append.
-pub const APPEND: &str = r#"
+pub(crate) const APPEND: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then
     return -1
 end
@@ -61,7 +61,7 @@ return redis.call('ZCARD', KEYS[3])
 /// ARGV: 1 group, 2 consumer, 3 now ms, 4 lease ms, 5 limit, 6 reclaim cursor ('' = skip the
 /// reclaim this time), 7 event key prefix, 8 hidden-until ms for claimed retries.
 /// Returns {next reclaim cursor ('' when skipped), backlog, {event hash as field/value list...}}.
-pub const DUE: &str = r#"
+pub(crate) const DUE: &str = r#"
 local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
 local limit = tonumber(ARGV[5])
 local prefix = ARGV[7]
@@ -189,7 +189,7 @@ end
 
 /// The event is done: it leaves the queue and stays, delivered, in the history for `ARGV[3]`
 /// ms (`storage.history`). Returns -1 when it was not pending, else the backlog.
-pub fn complete() -> String {
+pub(crate) fn complete() -> String {
     format!(
         "{TAKE_OUT}
 redis.call('ZREM', KEYS[3], ARGV[2])
@@ -204,7 +204,7 @@ return redis.call('ZCARD', KEYS[4])"
 
 /// The event waits for a later attempt in the retry schedule (out of the stream, so no other
 /// replica reclaims it before its time). Returns -1 when it was not pending, else the backlog.
-pub fn reschedule() -> String {
+pub(crate) fn reschedule() -> String {
     format!(
         "{TAKE_OUT}
 redis.call('HSET', KEYS[1], unpack(fields))
@@ -215,7 +215,7 @@ return redis.call('ZCARD', KEYS[4])"
 
 /// The event leaves the queue and joins the dead letters. Returns -1 when it was not pending,
 /// else the backlog.
-pub fn dead_letter() -> String {
+pub(crate) fn dead_letter() -> String {
     format!(
         "{TAKE_OUT}
 redis.call('ZREM', KEYS[3], ARGV[2])
@@ -232,7 +232,7 @@ return redis.call('ZCARD', KEYS[4])"
 /// the event JSON.
 ///
 /// KEYS: 1 dead letters. ARGV: 1 first rank, 2 last rank, 3 event key prefix.
-pub const DEAD_LETTERS: &str = r#"
+pub(crate) const DEAD_LETTERS: &str = r#"
 local names = {'event_type', 'delivery_key', 'received_at', 'attempts', 'last_error',
     'failed_sinks', 'dead_at', 'sinks_done', 'sink_attempts'}
 local out = {}
@@ -254,7 +254,7 @@ return out
 /// KEYS: 1 dead letters, 2 retry schedule, 3 pending set. ARGV: 1 event key prefix, 2 now ms,
 /// then triples of event id, sinks done (JSON) and the state it may be replayed from (`dead`,
 /// or `delivered` for a delivered event). Returns the ids put back.
-pub const REPLAY: &str = r#"
+pub(crate) const REPLAY: &str = r#"
 local replayed = {}
 for i = 3, #ARGV, 3 do
     local id = ARGV[i]
@@ -279,7 +279,7 @@ return replayed
 ///
 /// KEYS: 1 sequence counter, 2 dead deliveries (sorted by sequence). ARGV: 1 hash key prefix,
 /// 2.. field/value items. Returns the sequence number.
-pub const APPEND_MALFORMED: &str = r#"
+pub(crate) const APPEND_MALFORMED: &str = r#"
 local seq = redis.call('INCR', KEYS[1])
 local fields = {}
 for i = 2, #ARGV do
@@ -294,7 +294,7 @@ return seq
 /// XAUTOCLAIM already moved their entries; this only keeps XINFO readable.
 ///
 /// KEYS: 1 stream. ARGV: 1 group, 2 this consumer, 3 idle ms. Returns how many were removed.
-pub const FORGET_CONSUMERS: &str = r#"
+pub(crate) const FORGET_CONSUMERS: &str = r#"
 local consumers = redis.pcall('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
 if type(consumers) ~= 'table' or consumers.err then
     return 0
@@ -324,7 +324,7 @@ return removed
 ///
 /// KEYS: 1 stream. ARGV: 1 group, 2 this consumer, 3 event key prefix, 4 most entries.
 /// Returns how many events were given back.
-pub const HAND_BACK: &str = r#"
+pub(crate) const HAND_BACK: &str = r#"
 local pending = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', tonumber(ARGV[4]), ARGV[2])
 local given = 0
 for _, item in ipairs(pending) do
@@ -355,7 +355,7 @@ return given
 ///
 /// KEYS: 1 history index. ARGV: 1 cursor (exclusive highest sequence, or '+inf'), 2 batch
 /// size, 3 event key prefix. Returns {seq, field values...} per event still kept.
-pub const HISTORY_BATCH: &str = r#"
+pub(crate) const HISTORY_BATCH: &str = r#"
 local names = {'id', 'event_type', 'state', 'attempts', 'received_at', 'received_ms', 'object',
     'list', 'delivery_key', 'last_error', 'record_id', 'sinks_done', 'failed_sinks',
     'sink_attempts'}
@@ -386,7 +386,7 @@ return out
 /// KEYS: 1 history index, 2 dead letters. ARGV: 1 event key prefix, 2 history cutoff (received
 /// ms), 3 dead letter cutoff (RFC 3339, or ''), 4 batch size, 5 offset.
 /// Returns {events deleted, events kept, 1 when the scan reached recent events or the end}.
-pub const PURGE_HISTORY: &str = r#"
+pub(crate) const PURGE_HISTORY: &str = r#"
 local deleted, kept = 0, 0
 local first = tonumber(ARGV[5])
 local ids = redis.call('ZRANGE', KEYS[1], first, first + tonumber(ARGV[4]) - 1)
@@ -423,7 +423,7 @@ return {deleted, kept, 0}
 ///
 /// KEYS: 1 dead letters, 2 history. ARGV: 1 event hash key prefix, 2 died before (unix ms), 3 most
 /// per call. Returns how many were deleted (fewer than the most: nothing older is left).
-pub const PURGE_DEAD: &str = r#"
+pub(crate) const PURGE_DEAD: &str = r#"
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[2], 'LIMIT', 0,
     tonumber(ARGV[3]))
 for _, id in ipairs(ids) do
@@ -444,7 +444,7 @@ return #ids
 ///
 /// KEYS: 1 dead deliveries. ARGV: 1 hash key prefix, 2 received before (RFC 3339, as stored),
 /// 3 most per call. Returns {deleted, finished (1) or not (0)}.
-pub const PURGE_UNPARSED: &str = r#"
+pub(crate) const PURGE_UNPARSED: &str = r#"
 local seqs = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[3]) - 1)
 local deleted = 0
 for _, seq in ipairs(seqs) do

@@ -21,40 +21,40 @@ const TABLES: [&str; 4] = ["deliveries", "events", "dead_deliveries", "meta"];
 
 /// What SQLite's integrity check found.
 #[derive(Debug, Clone)]
-pub struct CheckReport {
+pub(crate) struct CheckReport {
     /// SQLite's own words, one finding a line; empty when the file is sound.
-    pub problems: Vec<String>,
+    pub(crate) problems: Vec<String>,
 }
 
 impl CheckReport {
-    pub fn is_sound(&self) -> bool {
+    pub(crate) fn is_sound(&self) -> bool {
         self.problems.is_empty()
     }
 }
 
 /// What `recover` kept of one table.
 #[derive(Debug, Clone)]
-pub struct TableRecovery {
-    pub table: &'static str,
+pub(crate) struct TableRecovery {
+    pub(crate) table: &'static str,
     /// Rows copied into the new journal.
-    pub rows: u64,
+    pub(crate) rows: u64,
     /// Why reading stopped before the end, if it did (rows past that point are lost unless the
     /// backwards pass reached them).
-    pub stopped: Option<String>,
+    pub(crate) stopped: Option<String>,
 }
 
 #[derive(Debug, Clone)]
-pub struct RecoveryReport {
+pub(crate) struct RecoveryReport {
     /// Where the damaged database (and its WAL) now is, as it was.
-    pub damaged_copy: PathBuf,
-    pub tables: Vec<TableRecovery>,
+    pub(crate) damaged_copy: PathBuf,
+    pub(crate) tables: Vec<TableRecovery>,
     /// Recovered events waiting for processing (due at once) and dead letters.
-    pub pending: u64,
-    pub dead: u64,
+    pub(crate) pending: u64,
+    pub(crate) dead: u64,
 }
 
 /// Runs SQLite's integrity check on the journal at `path`, read-only: nothing is written.
-pub fn check(path: &Path) -> Result<CheckReport, JournalError> {
+pub(crate) fn check(path: &Path) -> Result<CheckReport, JournalError> {
     if !path.is_file() {
         return Err(JournalError::Storage(format!(
             "no journal at {}",
@@ -78,7 +78,7 @@ pub fn check(path: &Path) -> Result<CheckReport, JournalError> {
 
 /// Moves the damaged journal at `path` aside (with its WAL) and builds a new one there from
 /// every row that can still be read. The caller holds the journal's lock.
-pub fn recover(path: &Path) -> Result<RecoveryReport, JournalError> {
+pub(crate) fn recover(path: &Path) -> Result<RecoveryReport, JournalError> {
     if !path.is_file() {
         return Err(JournalError::Storage(format!(
             "no journal at {}",

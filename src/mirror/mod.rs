@@ -14,7 +14,7 @@
 pub mod settings;
 pub mod store;
 pub mod sync;
-pub mod views;
+pub(crate) mod views;
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -26,26 +26,26 @@ use views::Parent;
 
 /// The parts of a sink line the mirror reads.
 #[derive(Debug, Deserialize)]
-pub struct LineView {
-    pub id: String,
-    pub event_type: String,
-    pub received_at: String,
-    pub event: Value,
+pub(crate) struct LineView {
+    pub(crate) id: String,
+    pub(crate) event_type: String,
+    pub(crate) received_at: String,
+    pub(crate) event: Value,
     #[serde(default)]
-    pub data: Option<Value>,
-    pub enrichment: String,
+    pub(crate) data: Option<Value>,
+    pub(crate) enrichment: String,
     #[serde(default)]
-    pub object: Option<String>,
+    pub(crate) object: Option<String>,
     #[serde(default)]
-    pub list: Option<String>,
+    pub(crate) list: Option<String>,
     /// When Attio's answer was in hand; absent on lines from before it was recorded.
     #[serde(default)]
-    pub fetched_at: Option<DateTime<Utc>>,
+    pub(crate) fetched_at: Option<DateTime<Utc>>,
 }
 
 /// Work on the catalog that an event asks for, done before its rows are written.
 #[derive(Debug, Clone, PartialEq)]
-pub enum SchemaWork {
+pub(crate) enum SchemaWork {
     /// Make sure the object's or list's schema is known and its view exists.
     Ensure { parent: Parent, parent_id: String },
     /// An attribute was created or changed: keep it and rebuild the view.
@@ -62,14 +62,14 @@ pub enum SchemaWork {
 
 /// What one event does to the mirror.
 #[derive(Debug, Default, PartialEq)]
-pub struct Plan {
-    pub schema: Vec<SchemaWork>,
-    pub changes: Vec<Change>,
+pub(crate) struct Plan {
+    pub(crate) schema: Vec<SchemaWork>,
+    pub(crate) changes: Vec<Change>,
 }
 
 /// Why an event cannot be mirrored.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PlanError {
+pub(crate) enum PlanError {
     /// Enrichment failed: the current state is unknown now, and may be known later.
     NotFetched(String),
     /// The event can never be mirrored as it stands (enrichment is off, an id is missing).
@@ -77,7 +77,7 @@ pub enum PlanError {
 }
 
 /// Decides, with one exhaustive `match` on the event kind, which rows an event changes.
-pub fn plan(line: &LineView) -> Result<Plan, PlanError> {
+pub(crate) fn plan(line: &LineView) -> Result<Plan, PlanError> {
     let kind = EventKind::parse(&line.event_type);
     let at = line.fetched_at.unwrap_or_else(Utc::now);
     let mut plan = Plan::default();

@@ -21,33 +21,33 @@ pub struct PostgresSinkSettings {
         serialize_with = "redact_url",
         skip_serializing_if = "Option::is_none"
     )]
-    pub url: Option<String>,
+    pub(crate) url: Option<String>,
     /// Schema holding the tables and views (created when missing).
     #[serde(default = "default_schema")]
-    pub schema: String,
+    pub(crate) schema: String,
     /// A file holding the password (a mounted secret), used when the URL carries none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub password_file: Option<PathBuf>,
+    pub(crate) password_file: Option<PathBuf>,
     /// PEM file of a certificate authority to trust for TLS, beside the system's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca_file: Option<PathBuf>,
+    pub(crate) ca_file: Option<PathBuf>,
     /// Check the server's TLS certificate and host name (`sslmode=prefer` or `require` in the
     /// URL). `false` accepts any certificate, as libpq's `sslmode=require` does: only for a
     /// server with a self-signed certificate on a network you trust.
     #[serde(default = "default_true")]
-    pub tls_verify: bool,
+    pub(crate) tls_verify: bool,
     /// `*.deleted` removes the row instead of setting `deleted_at`.
     #[serde(default)]
-    pub hard_delete: bool,
+    pub(crate) hard_delete: bool,
     /// Keep every event that reached the sink in the `events` table, for audit.
     #[serde(default = "default_true")]
-    pub events: bool,
+    pub(crate) events: bool,
     /// Connections in the pool.
     #[serde(default = "default_pool_size")]
-    pub pool_size: usize,
+    pub(crate) pool_size: usize,
     /// Most events written in one transaction.
     #[serde(default = "default_batch_size")]
-    pub batch_size: usize,
+    pub(crate) batch_size: usize,
 }
 
 fn default_schema() -> String {
@@ -69,25 +69,25 @@ fn default_batch_size() -> usize {
 /// `[sync]`: the daemon's scheduled reconciliation of a `postgres` sink with Attio.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct SyncSettings {
+pub(crate) struct SyncSettings {
     /// How often to reconcile; off when absent.
     #[serde(
         default,
         with = "humantime_serde",
         skip_serializing_if = "Option::is_none"
     )]
-    pub interval: Option<Duration>,
+    pub(crate) interval: Option<Duration>,
     /// The `postgres` sink to reconcile; needed only when several are configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sink: Option<String>,
+    pub(crate) sink: Option<String>,
     /// Mark rows that a complete pass did not see (and Attio confirms gone) as deleted.
     #[serde(default)]
-    pub prune: bool,
+    pub(crate) prune: bool,
 }
 
 impl PostgresSinkSettings {
     /// Checks what can be checked without a database; the problem names the key.
-    pub fn check(&self) -> Result<(), (&'static str, String)> {
+    pub(crate) fn check(&self) -> Result<(), (&'static str, String)> {
         if !is_plain_identifier(&self.schema) {
             return Err((
                 "schema",
@@ -124,7 +124,7 @@ impl PostgresSinkSettings {
 }
 
 /// `[a-z_][a-z0-9_]*`, at most 63 bytes: safe to put in SQL and in `search_path` unquoted.
-pub fn is_plain_identifier(name: &str) -> bool {
+pub(crate) fn is_plain_identifier(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')

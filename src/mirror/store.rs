@@ -29,10 +29,10 @@ const LOCK_SYNC: i32 = 0x7379_6e63;
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
 pub struct StoreError {
-    pub message: String,
+    pub(crate) message: String,
     /// The database refused this row (a constraint, a value of the wrong type): trying the same
     /// write again cannot help.
-    pub permanent: bool,
+    pub(crate) permanent: bool,
     /// The database's, the pool's or the file system's own error, when there is one. Shared
     /// (`Arc`) so that one failed batch can answer each of its writers.
     #[source]
@@ -48,7 +48,7 @@ impl StoreError {
         }
     }
 
-    pub fn permanent(message: impl Into<String>) -> StoreError {
+    pub(crate) fn permanent(message: impl Into<String>) -> StoreError {
         StoreError {
             message: message.into(),
             permanent: true,
@@ -228,17 +228,17 @@ impl Table {
         }
     }
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         self.sql().name
     }
 
     /// The key columns, in order.
-    pub fn keys(self) -> Vec<&'static str> {
+    pub(crate) fn keys(self) -> Vec<&'static str> {
         self.sql().keys.iter().map(|(column, _)| *column).collect()
     }
 
     /// The key of a fetched resource, read from its `id`.
-    pub fn key_of(self, data: &Value) -> Option<Vec<String>> {
+    pub(crate) fn key_of(self, data: &Value) -> Option<Vec<String>> {
         self.sql()
             .keys
             .iter()
@@ -395,11 +395,11 @@ impl Store {
         })
     }
 
-    pub fn schema(&self) -> &str {
+    pub(crate) fn schema(&self) -> &str {
         &self.schema
     }
 
-    pub async fn connection(&self) -> Result<Object, StoreError> {
+    pub(crate) async fn connection(&self) -> Result<Object, StoreError> {
         Ok(self.pool.get().await?)
     }
 
@@ -504,7 +504,7 @@ impl Store {
 
     /// Records or entries of one object or list whose last fetch is older than `before` and that
     /// are not deleted: what a complete sync pass did not see. At most `limit` keys.
-    pub async fn unseen(
+    pub(crate) async fn unseen(
         &self,
         table: Table,
         parent_id: Option<&str>,
@@ -554,7 +554,7 @@ impl Store {
     // ---- the catalog and the views ----
 
     /// Whether the object or list already has its view (its schema was loaded once).
-    pub async fn has_view(&self, parent_id: &str) -> Result<bool, StoreError> {
+    pub(crate) async fn has_view(&self, parent_id: &str) -> Result<bool, StoreError> {
         let client = self.connection().await?;
         let row = client
             .query_opt(
@@ -566,7 +566,7 @@ impl Store {
     }
 
     /// Keeps an object (`GET /v2/objects/{id}`'s `data`).
-    pub async fn upsert_object(&self, data: &Value) -> Result<(), StoreError> {
+    pub(crate) async fn upsert_object(&self, data: &Value) -> Result<(), StoreError> {
         let client = self.connection().await?;
         client
             .execute(
@@ -583,7 +583,7 @@ impl Store {
     }
 
     /// Keeps a list (`GET /v2/lists/{id}`'s `data`).
-    pub async fn upsert_list(&self, data: &Value) -> Result<(), StoreError> {
+    pub(crate) async fn upsert_list(&self, data: &Value) -> Result<(), StoreError> {
         let client = self.connection().await?;
         client
             .execute(
@@ -603,7 +603,7 @@ impl Store {
     }
 
     /// A list Attio no longer has: marked deleted and its view dropped.
-    pub async fn list_gone(&self, list_id: &str) -> Result<(), StoreError> {
+    pub(crate) async fn list_gone(&self, list_id: &str) -> Result<(), StoreError> {
         let mut client = self.connection().await?;
         let transaction = client.transaction().await?;
         self.lock_views(&transaction).await?;
@@ -634,7 +634,7 @@ impl Store {
 
     /// Keeps one attribute of an object or list. When its slug changed, the values stored under
     /// the old slug move to the new one (Attio's answers use the new slug from now on).
-    pub async fn upsert_attribute(
+    pub(crate) async fn upsert_attribute(
         &self,
         parent: Parent,
         parent_id: &str,
@@ -649,7 +649,7 @@ impl Store {
     }
 
     /// Replaces the whole attribute catalog of an object or list (a sync, a first sighting).
-    pub async fn replace_attributes(
+    pub(crate) async fn replace_attributes(
         &self,
         parent: Parent,
         parent_id: &str,
@@ -719,7 +719,11 @@ impl Store {
 
     /// (Re)creates the view of one object or list from the catalog. Without a known slug
     /// (the object or list was never fetched) there is nothing to name the view after.
-    pub async fn refresh_view(&self, parent: Parent, parent_id: &str) -> Result<(), StoreError> {
+    pub(crate) async fn refresh_view(
+        &self,
+        parent: Parent,
+        parent_id: &str,
+    ) -> Result<(), StoreError> {
         let mut client = self.connection().await?;
         let transaction = client.transaction().await?;
         self.lock_views(&transaction).await?;
@@ -828,7 +832,10 @@ impl Store {
     }
 
     /// The checkpoint of a scope, if a run of it has not finished.
-    pub async fn open_checkpoint(&self, scope: &str) -> Result<Option<Checkpoint>, StoreError> {
+    pub(crate) async fn open_checkpoint(
+        &self,
+        scope: &str,
+    ) -> Result<Option<Checkpoint>, StoreError> {
         let client = self.connection().await?;
         let row = client
             .query_opt(
@@ -850,7 +857,7 @@ impl Store {
     }
 
     /// Starts a scope's run from the beginning.
-    pub async fn start_checkpoint(
+    pub(crate) async fn start_checkpoint(
         &self,
         scope: &str,
         started_at: DateTime<Utc>,
@@ -868,7 +875,7 @@ impl Store {
     }
 
     /// Writes `changes` (with `dry_run`: counts them and rolls back) and sums the counts.
-    pub async fn apply_changes(
+    pub(crate) async fn apply_changes(
         &self,
         changes: &[Change],
         dry_run: bool,
@@ -887,7 +894,7 @@ impl Store {
     /// Writes one page and moves the scope's checkpoint past it, in one transaction: a run
     /// stopped at any moment resumes at a page boundary with nothing counted twice. With
     /// `dry_run` the page is counted and rolled back.
-    pub async fn apply_page(
+    pub(crate) async fn apply_page(
         &self,
         scope: &str,
         changes: &[Change],
@@ -932,10 +939,10 @@ fn sum(counts: HashMap<Table, Counts>) -> Counts {
 
 /// Where an unfinished sync of one scope stands.
 #[derive(Debug, Clone)]
-pub struct Checkpoint {
-    pub started_at: DateTime<Utc>,
-    pub next_offset: i64,
-    pub counts: Counts,
+pub(crate) struct Checkpoint {
+    pub(crate) started_at: DateTime<Utc>,
+    pub(crate) next_offset: i64,
+    pub(crate) counts: Counts,
 }
 
 /// The session advisory lock that makes one sync run at a time per schema.
@@ -1039,7 +1046,7 @@ impl Batch {
     }
 }
 
-pub fn timestamp(at: &DateTime<Utc>) -> String {
+pub(crate) fn timestamp(at: &DateTime<Utc>) -> String {
     at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 

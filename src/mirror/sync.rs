@@ -78,7 +78,7 @@ impl Scope {
     }
 
     /// How people name it: `object deals`, `list sales_pipeline`, `notes`.
-    pub fn label(&self) -> String {
+    pub(crate) fn label(&self) -> String {
         match self {
             Scope::Object { slug, .. } => format!("object {slug}"),
             Scope::List { slug, .. } => format!("list {slug}"),
@@ -106,7 +106,7 @@ pub struct ScopeReport {
     #[serde(flatten)]
     pub counts: Counts,
     /// Rows fetched from Attio in this run (a resumed run counts from where it resumed).
-    pub fetched: u64,
+    pub(crate) fetched: u64,
     /// The pass went through every page (a run resumed from a checkpoint included).
     pub complete: bool,
     pub resumed_at: Option<i64>,
@@ -383,7 +383,7 @@ fn to_value<T: Serialize>(value: T) -> Result<Value, serde_json::Error> {
 }
 
 /// The `postgres` sink named `wanted`, or the only one.
-pub fn postgres_sink(
+pub(crate) fn postgres_sink(
     settings: &Settings,
     wanted: Option<&str>,
 ) -> Result<(String, PostgresSinkSettings), String> {
@@ -419,7 +419,7 @@ pub fn postgres_sink(
 
 /// The daemon's `[sync]`: the whole workspace reconciled every `interval`, by one replica at a
 /// time (the others find the sync lock taken and skip that round).
-pub struct Scheduled {
+pub(crate) struct Scheduled {
     attio: AttioClient,
     store: Store,
     interval: Duration,
@@ -428,7 +428,7 @@ pub struct Scheduled {
 
 impl Scheduled {
     /// `None` when `[sync] interval` is not set.
-    pub fn from_settings(
+    pub(crate) fn from_settings(
         settings: &Settings,
         attio: Option<&AttioClient>,
     ) -> Result<Option<Scheduled>, ConfigError> {
@@ -457,7 +457,7 @@ impl Scheduled {
     }
 
     /// Reconciles at once, then every `interval`, until `stop`.
-    pub async fn run(self, stop: CancellationToken) {
+    pub(crate) async fn run(self, stop: CancellationToken) {
         let mut ticks = tokio::time::interval(self.interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -6,13 +6,13 @@
 
 /// What a view is over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Parent {
+pub(crate) enum Parent {
     Object,
     List,
 }
 
 impl Parent {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Parent::Object => "object",
             Parent::List => "list",
@@ -22,26 +22,26 @@ impl Parent {
 
 /// One attribute as the catalog holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AttributeColumn {
-    pub slug: String,
+pub(crate) struct AttributeColumn {
+    pub(crate) slug: String,
     /// Attio's attribute type (`text`, `status`, `record-reference`, ...).
-    pub kind: String,
-    pub multiselect: bool,
+    pub(crate) kind: String,
+    pub(crate) multiselect: bool,
 }
 
 /// The SQL type a view column has, and where in one Attio value its scalar sits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Mapping {
+pub(crate) struct Mapping {
     /// Path inside one value object, `None` for the whole value (jsonb).
-    pub path: Option<&'static [&'static str]>,
-    pub single: &'static str,
+    pub(crate) path: Option<&'static [&'static str]>,
+    pub(crate) single: &'static str,
     /// The type of a multiselect attribute's column.
-    pub multiple: &'static str,
+    pub(crate) multiple: &'static str,
 }
 
 /// Attio attribute type → view column. Unknown types stay jsonb, so a new Attio type never
 /// breaks a view.
-pub fn mapping(kind: &str) -> Mapping {
+pub(crate) fn mapping(kind: &str) -> Mapping {
     let scalar =
         |path: &'static [&'static str], single: &'static str, multiple: &'static str| Mapping {
             path: Some(path),
@@ -75,17 +75,17 @@ pub fn mapping(kind: &str) -> Mapping {
 }
 
 /// `"name"` with inner quotes doubled.
-pub fn quote_identifier(name: &str) -> String {
+pub(crate) fn quote_identifier(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// `'text'` with inner quotes doubled.
-pub fn quote_literal(text: &str) -> String {
+pub(crate) fn quote_literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
 /// The expression of one attribute's column, reading the jsonb column `source` of alias `r`.
-pub fn column_expression(source: &str, attribute: &AttributeColumn) -> String {
+pub(crate) fn column_expression(source: &str, attribute: &AttributeColumn) -> String {
     let map = mapping(&attribute.kind);
     let values = format!(
         "r.{}->{}",
@@ -127,7 +127,7 @@ fn with_first(path: &[&str]) -> Vec<String> {
 /// `CREATE VIEW name AS SELECT ...` for an object (over `records`) or a list (over
 /// `list_entries`). Deleted rows are left out. An attribute whose slug equals a leading column
 /// (`record_id`, `entry_id`, `parent_record_id`) is left out too: the leading column says it.
-pub fn view_definition(
+pub(crate) fn view_definition(
     name: &str,
     parent: Parent,
     parent_id: &str,
@@ -162,7 +162,7 @@ pub fn view_definition(
 }
 
 /// Tables of the mirror: a view may not take their names.
-pub const RESERVED: &[&str] = &[
+pub(crate) const RESERVED: &[&str] = &[
     "records",
     "list_entries",
     "notes",
@@ -180,7 +180,7 @@ pub const RESERVED: &[&str] = &[
 
 /// The view's name: the slug, unless a table of the mirror has it (then `object_` / `list_`
 /// before it). `taken` says whether another object or list already has the name.
-pub fn view_name(parent: Parent, slug: &str, taken: impl Fn(&str) -> bool) -> String {
+pub(crate) fn view_name(parent: Parent, slug: &str, taken: impl Fn(&str) -> bool) -> String {
     let prefixed = format!("{}_{slug}", parent.as_str());
     if RESERVED.contains(&slug) || taken(slug) {
         prefixed

@@ -14,14 +14,14 @@ use serde::{Deserialize, Serialize, Serializer};
 /// Shown the way `config` shows any bad key (its `ConfigError::Invalid`, which this becomes).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid configuration: `{key}` {problem}")]
-pub struct RouteError {
-    pub key: String,
-    pub problem: String,
+pub(crate) struct RouteError {
+    pub(crate) key: String,
+    pub(crate) problem: String,
 }
 
 /// Whether the events of a route are re-fetched from Attio (`enrich` in `[[routes]]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub enum RouteEnrich {
+pub(crate) enum RouteEnrich {
     /// `false`: the route does not need the fetched data.
     Off,
     /// `"optional"`: deliver with `enrichment: "failed"` rather than retry when the fetch fails.
@@ -66,18 +66,18 @@ impl<'de> Deserialize<'de> for RouteEnrich {
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct RouteSettings {
-    pub name: String,
+pub(crate) struct RouteSettings {
+    pub(crate) name: String,
     /// Event-type patterns: `record.updated`, `record.*`, `*`.
-    pub events: Vec<String>,
-    pub sinks: Vec<String>,
+    pub(crate) events: Vec<String>,
+    pub(crate) sinks: Vec<String>,
     /// Re-fetch the event's subject from Attio: `true` (default), `false` or `"optional"`.
     #[serde(default)]
-    pub enrich: RouteEnrich,
+    pub(crate) enrich: RouteEnrich,
     /// Attio's webhook filter shape, `{"$and"|"$or": [{field, operator, value}]}`, as an inline
     /// table or a JSON string; checked by [`crate::routing::EventFilter::parse`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub filter: Option<serde_json::Value>,
+    pub(crate) filter: Option<serde_json::Value>,
     /// Only events about this object (`deals`) or one of these: slugs or UUIDs. For records the
     /// event's `id.object_id`; for list entries and notes `parent_object_id`; for comments
     /// `object_id`. Checked by [`crate::routing::RouteTable::compile`].
@@ -86,26 +86,26 @@ pub struct RouteSettings {
         deserialize_with = "one_or_many",
         skip_serializing_if = "Option::is_none"
     )]
-    pub object: Option<Vec<String>>,
+    pub(crate) object: Option<Vec<String>>,
     /// Only events about this list (`id.list_id`, or a comment's `list_id`): slugs or UUIDs.
     #[serde(
         default,
         deserialize_with = "one_or_many",
         skip_serializing_if = "Option::is_none"
     )]
-    pub list: Option<Vec<String>>,
+    pub(crate) list: Option<Vec<String>>,
     /// Only events naming this changed attribute (`id.attribute_id`): slugs or UUIDs.
     #[serde(
         default,
         deserialize_with = "one_or_many",
         skip_serializing_if = "Option::is_none"
     )]
-    pub attribute: Option<Vec<String>>,
+    pub(crate) attribute: Option<Vec<String>>,
     /// Deliver the `record.updated` / `list-entry.updated` events that shared one coalesced
     /// fetch as one line to this route's sinks, with `changed_attributes` and
     /// `collapsed_event_ids`, instead of one line per event.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub collapse: bool,
+    pub(crate) collapse: bool,
     /// Hold the `record.updated` / `list-entry.updated` events of one record (or entry) this
     /// long before the fetch, so that the updates that follow an edit (formula attributes
     /// recomputed by Attio about a second later) share it, and deliver them as one collapsed
@@ -115,7 +115,7 @@ pub struct RouteSettings {
         with = "crate::settings_format::duration::optional",
         skip_serializing_if = "Option::is_none"
     )]
-    pub settle: Option<Duration>,
+    pub(crate) settle: Option<Duration>,
 }
 
 /// `object = "deals"` or `object = ["deals", "companies"]`; `None` when the key is absent.
@@ -137,7 +137,7 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(
 
 impl RouteSettings {
     /// The route the daemon runs with when none is configured: every event to `stdout`.
-    pub fn catch_all() -> RouteSettings {
+    pub(crate) fn catch_all() -> RouteSettings {
         RouteSettings {
             name: "default".to_string(),
             events: vec!["*".to_string()],

@@ -23,7 +23,7 @@ const OUTPUT_LIMIT: usize = 4096;
 /// child it left behind) before we stop reading them.
 const OUTPUT_GRACE: Duration = Duration::from_secs(1);
 
-pub struct CommandSink {
+pub(crate) struct CommandSink {
     name: String,
     program: String,
     args: Vec<String>,
@@ -31,7 +31,7 @@ pub struct CommandSink {
 }
 
 impl CommandSink {
-    pub fn open(name: &str, settings: &CommandSinkSettings) -> CommandSink {
+    pub(crate) fn open(name: &str, settings: &CommandSinkSettings) -> CommandSink {
         CommandSink {
             name: name.to_string(),
             program: settings.program.clone(),
@@ -40,7 +40,7 @@ impl CommandSink {
         }
     }
 
-    pub async fn deliver(&self, line: &SinkLine, attempt: u32) -> Result<(), SinkError> {
+    pub(crate) async fn deliver(&self, line: &SinkLine, attempt: u32) -> Result<(), SinkError> {
         // An environment variable cannot hold a NUL byte, and no later attempt changes the
         // event: a permanent failure of this one event, not an outage of the sink.
         for (variable, value) in [

@@ -23,7 +23,7 @@ use sha2::Sha256;
 use tokio::sync::Semaphore;
 
 use super::settings::HttpSinkSettings;
-pub use super::settings::{check_header, decode_secret, ATTEMPT_HEADER, SECRET_PREFIX};
+pub(crate) use super::settings::{check_header, decode_secret, ATTEMPT_HEADER, SECRET_PREFIX};
 use super::{SinkError, SinkLine};
 
 /// Most bytes of a refusing receiver's answer quoted in the error.
@@ -34,7 +34,12 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
 type HmacSha256 = Hmac<Sha256>;
 
 /// `v1,<base64 HMAC-SHA256(key, "{id}.{timestamp}.{body}")>`.
-pub fn signature(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> Result<String, SinkError> {
+pub(crate) fn signature(
+    key: &[u8],
+    id: &str,
+    timestamp: i64,
+    body: &[u8],
+) -> Result<String, SinkError> {
     let mut mac = <HmacSha256 as KeyInit>::new_from_slice(key)
         .map_err(|_| SinkError::permanent("the signing key cannot be used for HMAC"))?;
     mac.update(id.as_bytes());
@@ -48,7 +53,7 @@ pub fn signature(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> Result<St
     ))
 }
 
-pub struct HttpSink {
+pub(crate) struct HttpSink {
     client: reqwest::Client,
     url: reqwest::Url,
     key: Option<SecretSlice<u8>>,
@@ -61,7 +66,7 @@ pub struct HttpSink {
 
 /// Replaces configured credentials in text a remote server sent back, so that an answer that
 /// echoes the request cannot carry them into a log line or a stored failure.
-pub struct Scrubber {
+pub(crate) struct Scrubber {
     /// Longest first, so that a whole value is replaced before any part of it.
     secrets: Vec<SecretString>,
 }
@@ -74,7 +79,7 @@ impl Scrubber {
     /// the token after `Bearer`), its signing secret (with and without `whsec_`), and its URL's
     /// password and query values. Each also in its JSON-escaped form, the way an echo in a JSON
     /// body shows it.
-    pub fn for_sink(settings: &HttpSinkSettings) -> Scrubber {
+    pub(crate) fn for_sink(settings: &HttpSinkSettings) -> Scrubber {
         let mut texts: Vec<String> = Vec::new();
         for value in settings.headers.values() {
             let value = value.expose_secret();
@@ -123,7 +128,7 @@ impl Scrubber {
 
     /// `text` with every credential replaced. When `cut` says the text was cut off, a tail
     /// that may be the start of a credential is dropped too.
-    pub fn scrub(&self, text: &str, cut: bool) -> String {
+    pub(crate) fn scrub(&self, text: &str, cut: bool) -> String {
         let mut text = text.to_string();
         for secret in &self.secrets {
             let secret = secret.expose_secret();
@@ -152,7 +157,7 @@ impl Scrubber {
 }
 
 impl HttpSink {
-    pub fn open(name: &str, settings: &HttpSinkSettings) -> Result<HttpSink, SinkError> {
+    pub(crate) fn open(name: &str, settings: &HttpSinkSettings) -> Result<HttpSink, SinkError> {
         let invalid = |key: &str, problem: String| {
             SinkError::permanent(format!("sinks.{name}.{key}: {problem}"))
         };
@@ -197,7 +202,7 @@ impl HttpSink {
         })
     }
 
-    pub async fn deliver(&self, line: &SinkLine, attempt: u32) -> Result<(), SinkError> {
+    pub(crate) async fn deliver(&self, line: &SinkLine, attempt: u32) -> Result<(), SinkError> {
         let _permit = match &self.limit {
             Some(limit) => Some(
                 limit

@@ -32,7 +32,7 @@ const QUEUE_DEPTH: usize = 8192;
 const MAX_BATCH: usize = 4096;
 
 /// How often, at most, a file sink checks that its path still names the file it has open.
-pub const IDENTITY_CHECK_EVERY: Duration = Duration::from_secs(1);
+pub(crate) const IDENTITY_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// Where a line's outcome goes.
 type Answer = oneshot::Sender<Result<(), String>>;
@@ -44,19 +44,19 @@ enum Job {
 }
 
 #[derive(Clone)]
-pub struct LineWriter {
+pub(crate) struct LineWriter {
     jobs: mpsc::Sender<Job>,
     /// Set by [`LineWriter::reopen`], taken by the writing thread.
     reopen: Arc<AtomicBool>,
 }
 
 impl LineWriter {
-    pub fn append_to_file(path: &Path) -> std::io::Result<LineWriter> {
+    pub(crate) fn append_to_file(path: &Path) -> std::io::Result<LineWriter> {
         let file = AppendFile::open(path)?;
         Self::spawn(Output::File(file), "sink-jsonl")
     }
 
-    pub fn stdout() -> LineWriter {
+    pub(crate) fn stdout() -> LineWriter {
         // Spawning a thread only fails when the process is out of resources; the stdout sink
         // then degrades to reporting errors for every line.
         Self::spawn(Output::Stdout(std::io::stdout()), "sink-stdout").unwrap_or_else(|_| {
@@ -78,7 +78,7 @@ impl LineWriter {
         Ok(LineWriter { jobs, reopen })
     }
 
-    pub async fn write_line(&self, line: Bytes) -> Result<(), SinkError> {
+    pub(crate) async fn write_line(&self, line: Bytes) -> Result<(), SinkError> {
         let (done, wait) = oneshot::channel();
         self.jobs
             .send(Job::Line(line, done))
@@ -91,7 +91,7 @@ impl LineWriter {
 
     /// Asks the writer to close its file and open its path again, before its next write (at
     /// once when idle). Does not wait. The stdout sink has nothing to reopen.
-    pub fn reopen(&self) {
+    pub(crate) fn reopen(&self) {
         self.reopen.store(true, Ordering::SeqCst);
         // A full queue means the thread is busy and sees the flag before its next batch.
         let _ = self.jobs.try_send(Job::Reopen);

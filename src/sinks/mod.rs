@@ -6,12 +6,12 @@
 //! `jsonl`/`stdout` ([`line_writer`]), [`http`], [`redis_stream`], [`command`], [`postgres`]
 //! (a mirror of Attio in PostgreSQL, see `crate::mirror`).
 
-pub mod command;
-pub mod http;
-pub mod line_writer;
-pub mod postgres;
-pub mod redis_stream;
-pub mod settings;
+pub(crate) mod command;
+pub(crate) mod http;
+pub(crate) mod line_writer;
+pub(crate) mod postgres;
+pub(crate) mod redis_stream;
+pub(crate) mod settings;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -25,11 +25,11 @@ use crate::attio::AttioClient;
 use crate::enrich::Enrichment;
 use crate::event::EventView;
 
-pub use command::CommandSink;
-pub use http::HttpSink;
-pub use line_writer::LineWriter;
+pub(crate) use command::CommandSink;
+pub(crate) use http::HttpSink;
+pub(crate) use line_writer::LineWriter;
 pub use postgres::PostgresSink;
-pub use redis_stream::RedisStreamSink;
+pub(crate) use redis_stream::RedisStreamSink;
 
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
@@ -38,11 +38,11 @@ pub struct SinkError {
     /// Trying again cannot help (for example the receiver refused the event as invalid).
     pub permanent: bool,
     /// The receiver asked not to be called again before this long (HTTP `Retry-After`).
-    pub retry_after: Option<Duration>,
+    pub(crate) retry_after: Option<Duration>,
 }
 
 impl SinkError {
-    pub fn transient(message: impl Into<String>) -> SinkError {
+    pub(crate) fn transient(message: impl Into<String>) -> SinkError {
         SinkError {
             message: message.into(),
             permanent: false,
@@ -50,7 +50,7 @@ impl SinkError {
         }
     }
 
-    pub fn permanent(message: impl Into<String>) -> SinkError {
+    pub(crate) fn permanent(message: impl Into<String>) -> SinkError {
         SinkError {
             message: message.into(),
             permanent: true,
@@ -58,7 +58,7 @@ impl SinkError {
         }
     }
 
-    pub fn with_retry_after(mut self, delay: Duration) -> SinkError {
+    pub(crate) fn with_retry_after(mut self, delay: Duration) -> SinkError {
         self.retry_after = Some(delay);
         self
     }
@@ -66,14 +66,14 @@ impl SinkError {
 
 /// Who an event is: the fields of its sink line before `event`.
 #[derive(Debug, Clone, Copy)]
-pub struct LineHead<'a> {
+pub(crate) struct LineHead<'a> {
     /// The event identity: delivery key and index. Stable across retries and replays.
-    pub id: &'a str,
-    pub event_type: &'a str,
-    pub webhook_id: Option<&'a str>,
-    pub delivery_key: &'a str,
+    pub(crate) id: &'a str,
+    pub(crate) event_type: &'a str,
+    pub(crate) webhook_id: Option<&'a str>,
+    pub(crate) delivery_key: &'a str,
     /// RFC 3339, when the delivery was accepted.
-    pub received_at: &'a str,
+    pub(crate) received_at: &'a str,
 }
 
 /// One event, serialised once and shared by every sink it goes to.
@@ -94,7 +94,7 @@ impl SinkLine {
     /// Attio's answer was in hand) and `enrichment_error` (with `failed`), each only when
     /// there is one; then the slugs `object` (for entries, notes and comments: the parent
     /// object), `list` and `attribute`.
-    pub fn new(
+    pub(crate) fn new(
         head: &LineHead<'_>,
         event: &EventView,
         enrichment: &Enrichment,
@@ -154,7 +154,7 @@ impl Line {
 }
 
 /// One configured sink.
-pub enum Sink {
+pub(crate) enum Sink {
     Jsonl(LineWriter),
     Stdout(LineWriter),
     Http(HttpSink),
@@ -164,12 +164,8 @@ pub enum Sink {
 }
 
 impl Sink {
-    pub fn open(name: &str, settings: &SinkSettings) -> Result<Sink, SinkError> {
-        Self::open_with(name, settings, None)
-    }
-
     /// `attio`: the daemon's shared client, for sinks that read from Attio (`postgres`).
-    pub fn open_with(
+    pub(crate) fn open_with(
         name: &str,
         settings: &SinkSettings,
         attio: Option<&AttioClient>,
@@ -197,19 +193,8 @@ impl Sink {
         }
     }
 
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Sink::Jsonl(_) => "jsonl",
-            Sink::Stdout(_) => "stdout",
-            Sink::Http(_) => "http",
-            Sink::RedisStream(_) => "redis_stream",
-            Sink::Command(_) => "command",
-            Sink::Postgres(_) => "postgres",
-        }
-    }
-
     /// Delivers one event; `attempt` counts from 1 for this event at this sink.
-    pub async fn deliver(&self, line: &SinkLine, attempt: u32) -> Result<(), SinkError> {
+    pub(crate) async fn deliver(&self, line: &SinkLine, attempt: u32) -> Result<(), SinkError> {
         match self {
             Sink::Jsonl(writer) | Sink::Stdout(writer) => {
                 writer.write_line(line.json.clone()).await
@@ -223,17 +208,13 @@ impl Sink {
 }
 
 /// Every sink, by name, with its retry overrides.
-pub struct Sinks {
+pub(crate) struct Sinks {
     sinks: BTreeMap<String, (Sink, SinkRetrySettings)>,
 }
 
 impl Sinks {
-    pub fn open(settings: &BTreeMap<String, SinkSettings>) -> Result<Sinks, SinkError> {
-        Self::open_with(settings, None)
-    }
-
     /// `attio`: the daemon's shared client, for sinks that read from Attio (`postgres`).
-    pub fn open_with(
+    pub(crate) fn open_with(
         settings: &BTreeMap<String, SinkSettings>,
         attio: Option<&AttioClient>,
     ) -> Result<Sinks, SinkError> {
@@ -248,7 +229,7 @@ impl Sinks {
     }
 
     /// Readies the sinks that keep state (migrates `postgres` schemas) before events flow.
-    pub async fn prepare(&self) {
+    pub(crate) async fn prepare(&self) {
         for (sink, _) in self.sinks.values() {
             if let Sink::Postgres(postgres) = sink {
                 postgres.prepare().await;
@@ -256,12 +237,12 @@ impl Sinks {
         }
     }
 
-    pub fn get(&self, name: &str) -> Option<&Sink> {
+    pub(crate) fn get(&self, name: &str) -> Option<&Sink> {
         self.sinks.get(name).map(|(sink, _)| sink)
     }
 
     /// What reopens the file sinks (on SIGHUP), apart from the sinks themselves.
-    pub fn file_reopener(&self) -> FileReopener {
+    pub(crate) fn file_reopener(&self) -> FileReopener {
         FileReopener(
             self.sinks
                 .values()
@@ -274,7 +255,7 @@ impl Sinks {
     }
 
     /// The sink's own `attempts`/`retry_*` keys (unset ones fall back to `[worker]`).
-    pub fn retry(&self, name: &str) -> Option<&SinkRetrySettings> {
+    pub(crate) fn retry(&self, name: &str) -> Option<&SinkRetrySettings> {
         self.sinks.get(name).map(|(_, retry)| retry)
     }
 }
@@ -282,11 +263,11 @@ impl Sinks {
 /// Reopens every `jsonl` sink's file: what SIGHUP does, so that log rotation (`mv` or `rm`, then
 /// a signal) lets go of the old file at once.
 #[derive(Clone, Default)]
-pub struct FileReopener(Vec<LineWriter>);
+pub(crate) struct FileReopener(Vec<LineWriter>);
 
 impl FileReopener {
     /// Asks every file sink to reopen its path; returns how many there are.
-    pub fn reopen(&self) -> usize {
+    pub(crate) fn reopen(&self) -> usize {
         for writer in &self.0 {
             writer.reopen();
         }

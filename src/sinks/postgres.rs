@@ -69,7 +69,7 @@ impl PostgresSink {
 
     /// Migrates the schema. At start a database that is down is not fatal: the first delivery
     /// tries again (and fails as an outage of this sink until it answers).
-    pub async fn prepare(&self) {
+    pub(crate) async fn prepare(&self) {
         if let Err(error) = self.ready().await {
             tracing::warn!(sink = %self.name, error = %error.message, "PostgreSQL is not ready; migrating on the first delivery");
         }
@@ -220,7 +220,7 @@ impl From<SchemaError> for SinkError {
 }
 
 /// Fetches an object or list and its attributes, keeps them, and (re)makes its view.
-pub async fn load_schema(
+pub(crate) async fn load_schema(
     attio: &AttioClient,
     store: &Store,
     parent: Parent,

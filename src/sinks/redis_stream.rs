@@ -14,18 +14,18 @@ use super::settings::RedisStreamSinkSettings;
 use super::{SinkError, SinkLine};
 
 /// Field names of every stream entry.
-pub const FIELD_EVENT_ID: &str = "event_id";
-pub const FIELD_EVENT_TYPE: &str = "event_type";
-pub const FIELD_PAYLOAD: &str = "payload";
+pub(crate) const FIELD_EVENT_ID: &str = "event_id";
+pub(crate) const FIELD_EVENT_TYPE: &str = "event_type";
+pub(crate) const FIELD_PAYLOAD: &str = "payload";
 
-pub struct RedisStreamSink {
+pub(crate) struct RedisStreamSink {
     connection: ConnectionManager,
     key: String,
     maxlen: u64,
 }
 
 impl RedisStreamSink {
-    pub fn open(
+    pub(crate) fn open(
         name: &str,
         settings: &RedisStreamSinkSettings,
     ) -> Result<RedisStreamSink, SinkError> {
@@ -43,7 +43,7 @@ impl RedisStreamSink {
         })
     }
 
-    pub async fn deliver(&self, line: &SinkLine) -> Result<(), SinkError> {
+    pub(crate) async fn deliver(&self, line: &SinkLine) -> Result<(), SinkError> {
         let mut connection = self.connection.clone();
         let _entry: String = redis::cmd("XADD")
             .arg(&self.key)

@@ -22,13 +22,13 @@ use crate::mirror::settings::PostgresSinkSettings;
 /// and `attempts`, `retry_initial` and `retry_max` (accepted by every kind) override the
 /// `[worker]` defaults for this sink only.
 #[derive(Debug, Clone)]
-pub struct SinkSettings {
-    pub kind: SinkKind,
-    pub retry: SinkRetrySettings,
+pub(crate) struct SinkSettings {
+    pub(crate) kind: SinkKind,
+    pub(crate) retry: SinkRetrySettings,
 }
 
 impl SinkSettings {
-    pub fn new(kind: SinkKind) -> SinkSettings {
+    pub(crate) fn new(kind: SinkKind) -> SinkSettings {
         SinkSettings {
             kind,
             retry: SinkRetrySettings::default(),
@@ -39,22 +39,22 @@ impl SinkSettings {
 /// Per-sink overrides of the worker's retry policy.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct SinkRetrySettings {
+pub(crate) struct SinkRetrySettings {
     /// Attempts at delivering one event to this sink before the event is dead-lettered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub attempts: Option<u32>,
+    pub(crate) attempts: Option<u32>,
     #[serde(
         default,
         with = "crate::settings_format::duration::optional",
         skip_serializing_if = "Option::is_none"
     )]
-    pub retry_initial: Option<Duration>,
+    pub(crate) retry_initial: Option<Duration>,
     #[serde(
         default,
         with = "crate::settings_format::duration::optional",
         skip_serializing_if = "Option::is_none"
     )]
-    pub retry_max: Option<Duration>,
+    pub(crate) retry_max: Option<Duration>,
 }
 
 /// The keys of [`SinkRetrySettings`], taken out of a sink table before its `kind` is read.
@@ -114,7 +114,7 @@ impl Serialize for SinkSettings {
 /// What a sink is, with the keys of its kind.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub enum SinkKind {
+pub(crate) enum SinkKind {
     /// Append one JSON object per line to a file.
     Jsonl { path: PathBuf },
     /// Write one JSON object per line to standard output (logs go to standard error).
@@ -131,27 +131,27 @@ pub enum SinkKind {
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct HttpSinkSettings {
+pub(crate) struct HttpSinkSettings {
     #[serde(serialize_with = "crate::redact::redact_url_credentials")]
-    pub url: String,
+    pub(crate) url: String,
     /// Standard Webhooks secret, `whsec_<base64>`; without it requests are not signed.
     #[serde(
         default,
         serialize_with = "crate::redact::redact_optional_secret",
         skip_serializing_if = "Option::is_none"
     )]
-    pub secret: Option<SecretString>,
+    pub(crate) secret: Option<SecretString>,
     /// Static headers sent with every request (values may be credentials: never logged).
     #[serde(default, serialize_with = "crate::redact::redact_secret_values")]
-    pub headers: BTreeMap<String, SecretString>,
+    pub(crate) headers: BTreeMap<String, SecretString>,
     #[serde(
         default = "default_http_timeout",
         with = "crate::settings_format::duration"
     )]
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     /// Requests in flight to this sink at most; unlimited when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_concurrency: Option<usize>,
+    pub(crate) max_concurrency: Option<usize>,
 }
 
 fn default_http_timeout() -> Duration {
@@ -160,22 +160,22 @@ fn default_http_timeout() -> Duration {
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct RedisStreamSinkSettings {
+pub(crate) struct RedisStreamSinkSettings {
     /// Redis to write to; defaults to `redis.url`.
     #[serde(
         default,
         serialize_with = "crate::redact::redact_optional_secret",
         skip_serializing_if = "Option::is_none"
     )]
-    pub url: Option<SecretString>,
+    pub(crate) url: Option<SecretString>,
     /// CA certificates for a `rediss://` URL; defaults to `redis.tls_ca_file`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls_ca_file: Option<PathBuf>,
+    pub(crate) tls_ca_file: Option<PathBuf>,
     /// The stream's key.
-    pub key: String,
+    pub(crate) key: String,
     /// Approximate cap on the stream's length (`XADD ... MAXLEN ~ n`).
     #[serde(default = "default_stream_maxlen")]
-    pub maxlen: u64,
+    pub(crate) maxlen: u64,
 }
 
 fn default_stream_maxlen() -> u64 {
@@ -184,15 +184,15 @@ fn default_stream_maxlen() -> u64 {
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct CommandSinkSettings {
-    pub program: String,
+pub(crate) struct CommandSinkSettings {
+    pub(crate) program: String,
     #[serde(default)]
-    pub args: Vec<String>,
+    pub(crate) args: Vec<String>,
     #[serde(
         default = "default_command_timeout",
         with = "crate::settings_format::duration"
     )]
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
 }
 
 fn default_command_timeout() -> Duration {
@@ -200,9 +200,9 @@ fn default_command_timeout() -> Duration {
 }
 
 /// The prefix of a Standard Webhooks secret; the rest is the base64 of the key.
-pub const SECRET_PREFIX: &str = "whsec_";
+pub(crate) const SECRET_PREFIX: &str = "whsec_";
 /// Header carrying the attempt number (1 for the first try) of this event at this sink.
-pub const ATTEMPT_HEADER: &str = "attio-webhooks-attempt";
+pub(crate) const ATTEMPT_HEADER: &str = "attio-webhooks-attempt";
 
 /// Headers the sink sets itself, which a configured header may not replace.
 pub(super) const RESERVED_HEADERS: [&str; 5] = [
@@ -214,7 +214,7 @@ pub(super) const RESERVED_HEADERS: [&str; 5] = [
 ];
 
 /// The signing key of a `whsec_<base64>` secret. The error never repeats the secret.
-pub fn decode_secret(secret: &str) -> Result<Vec<u8>, String> {
+pub(crate) fn decode_secret(secret: &str) -> Result<Vec<u8>, String> {
     let Some(encoded) = secret.trim().strip_prefix(SECRET_PREFIX) else {
         return Err(format!(
             "must be a Standard Webhooks secret: {SECRET_PREFIX} followed by base64, for example \
@@ -231,7 +231,7 @@ pub fn decode_secret(secret: &str) -> Result<Vec<u8>, String> {
 }
 
 /// Checks one configured static header.
-pub fn check_header(name: &str, value: &str) -> Result<(), String> {
+pub(crate) fn check_header(name: &str, value: &str) -> Result<(), String> {
     let parsed = HeaderName::from_bytes(name.as_bytes())
         .map_err(|_| format!("{name:?} is not a valid header name"))?;
     if RESERVED_HEADERS.contains(&parsed.as_str()) {

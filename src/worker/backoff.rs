@@ -20,15 +20,16 @@ use crate::sinks::{SinkError, Sinks};
 /// How soon an event is looked at again when the dedupe store could not be reached, or another
 /// replica holds its claim. Such waits do not count as attempts: an outage of Redis must not
 /// dead-letter events.
-pub const DEDUPE_UNAVAILABLE_RETRY: Duration = Duration::from_secs(2);
+pub(crate) const DEDUPE_UNAVAILABLE_RETRY: Duration = Duration::from_secs(2);
 
 /// Shortest wait of an event while Attio's circuit breaker is open. Such waits do not count as
 /// attempts either: an outage of Attio must not dead-letter events.
-pub const ATTIO_UNAVAILABLE_RETRY: Duration = Duration::from_millis(200);
+pub(crate) const ATTIO_UNAVAILABLE_RETRY: Duration = Duration::from_millis(200);
 
 /// Exponential backoff from `retry_initial`, capped at `retry_max`, with jitter over the upper
 /// half so that retries of many events spread out but never come back at once.
-pub fn backoff(settings: &WorkerSettings, attempts: u32) -> Duration {
+#[cfg(test)]
+pub(crate) fn backoff(settings: &WorkerSettings, attempts: u32) -> Duration {
     backoff_with(
         &RetryPolicy::resolve(&Default::default(), settings),
         attempts,
@@ -36,7 +37,7 @@ pub fn backoff(settings: &WorkerSettings, attempts: u32) -> Duration {
 }
 
 /// [`backoff`] for one sink's policy.
-pub fn backoff_with(policy: &RetryPolicy, attempts: u32) -> Duration {
+pub(crate) fn backoff_with(policy: &RetryPolicy, attempts: u32) -> Duration {
     let exponent = attempts.saturating_sub(1).min(30);
     let ceiling = policy
         .initial
@@ -48,19 +49,19 @@ pub fn backoff_with(policy: &RetryPolicy, attempts: u32) -> Duration {
 }
 
 /// `delay` plus up to a quarter more, so that events deferred together come back spread out.
-pub fn jittered(delay: Duration) -> Duration {
+pub(crate) fn jittered(delay: Duration) -> Duration {
     let spread = (delay.as_millis() / 4) as u64;
     delay + Duration::from_millis(rand::rng().random_range(0..=spread))
 }
 
 /// The retry rules of each sink: its own keys, unset ones from `[worker]`.
-pub struct Policies<'a> {
-    pub sinks: &'a Sinks,
-    pub worker: &'a WorkerSettings,
+pub(crate) struct Policies<'a> {
+    pub(crate) sinks: &'a Sinks,
+    pub(crate) worker: &'a WorkerSettings,
 }
 
 impl Policies<'_> {
-    pub fn of(&self, sink: &str) -> RetryPolicy {
+    pub(crate) fn of(&self, sink: &str) -> RetryPolicy {
         match self.sinks.retry(sink) {
             Some(retry) => RetryPolicy::resolve(retry, self.worker),
             None => RetryPolicy::resolve(&Default::default(), self.worker),
@@ -69,7 +70,11 @@ impl Policies<'_> {
 
     /// Whether the event is dead: some sink that failed on this attempt failed permanently or
     /// used up its attempts (`progress` counts this attempt).
-    pub fn exhausted(&self, failures: &[(String, SinkError)], progress: &SinkProgress) -> bool {
+    pub(crate) fn exhausted(
+        &self,
+        failures: &[(String, SinkError)],
+        progress: &SinkProgress,
+    ) -> bool {
         failures.iter().any(|(sink, error)| {
             error.permanent
                 || progress.sink_attempts.get(sink).copied().unwrap_or(0) >= self.of(sink).attempts
@@ -78,7 +83,11 @@ impl Policies<'_> {
 
     /// When several sinks failed, the event comes back after the shortest of their backoffs
     /// (each at least what the sink asked for with `Retry-After`).
-    pub fn retry_in(&self, failures: &[(String, SinkError)], progress: &SinkProgress) -> Duration {
+    pub(crate) fn retry_in(
+        &self,
+        failures: &[(String, SinkError)],
+        progress: &SinkProgress,
+    ) -> Duration {
         failures
             .iter()
             .map(|(sink, error)| {
@@ -93,7 +102,7 @@ impl Policies<'_> {
 
 /// While Attio's circuit breaker is open and this event failed for that reason: how long the
 /// event should wait (in the journal, without using an attempt).
-pub fn attio_down(enricher: &Enricher, enrichment: &Enrichment) -> Option<Duration> {
+pub(crate) fn attio_down(enricher: &Enricher, enrichment: &Enrichment) -> Option<Duration> {
     let down = match &enrichment.error {
         Some(crate::attio::AttioError::CircuitOpen { .. }) => true,
         Some(error) => error.is_transient() && enricher.unavailable_for().is_some(),
@@ -109,7 +118,10 @@ pub fn attio_down(enricher: &Enricher, enrichment: &Enrichment) -> Option<Durati
 
 /// The failure every pending sink records when enrichment the routes require failed: permanent
 /// (the event is dead) only when asking Attio again cannot help.
-pub fn enrichment_failure(enrichment: &Enrichment, wanted: RouteEnrich) -> Option<SinkError> {
+pub(crate) fn enrichment_failure(
+    enrichment: &Enrichment,
+    wanted: RouteEnrich,
+) -> Option<SinkError> {
     if enrichment.status != EnrichmentStatus::Failed || wanted != RouteEnrich::Required {
         return None;
     }

@@ -12,12 +12,12 @@ use super::item::WorkItem;
 use super::{settle, Outcome, Pipeline};
 use crate::dedupe::{ClaimOutcome, ClaimToken};
 
-pub enum Claim {
+pub(crate) enum Claim {
     Taken(ClaimToken),
     Settled(Outcome),
 }
 
-pub async fn claim(pipeline: &Pipeline, item: &WorkItem) -> Claim {
+pub(crate) async fn claim(pipeline: &Pipeline, item: &WorkItem) -> Claim {
     let started = Instant::now();
     let claim = pipeline.dedupe.claim(&item.id).await;
     if claim.is_ok() {

@@ -28,30 +28,30 @@ use crate::journal::SinkProgress;
 use crate::sinks::{SinkError, SinkLine};
 
 /// Longest wait of a group's leader for the other members of its flight.
-pub const GATHER: Duration = Duration::from_secs(1);
+pub(crate) const GATHER: Duration = Duration::from_secs(1);
 
 /// Groups older than this are forgotten (members that never arrived: cancelled by shutdown).
 const STALE: Duration = Duration::from_secs(60);
 
 /// What each collapsing sink answered to the group's line.
-pub type Results = HashMap<String, Result<(), SinkError>>;
+pub(crate) type Results = HashMap<String, Result<(), SinkError>>;
 
 /// One event of a flight, with what it wants delivered together.
 #[derive(Debug, Clone)]
-pub struct Member {
-    pub event_id: String,
+pub(crate) struct Member {
+    pub(crate) event_id: String,
     /// When it joined the shared fetch (see [`Joined::position`]): the order of the line.
-    pub position: usize,
+    pub(crate) position: usize,
     /// The changed attribute's slug (its id when the slug is unknown), if the event names one.
-    pub attribute: Option<String>,
+    pub(crate) attribute: Option<String>,
     /// The event's own line.
-    pub line: SinkLine,
+    pub(crate) line: SinkLine,
     /// The collapsing sinks this event still has to reach.
-    pub sinks: Vec<String>,
+    pub(crate) sinks: Vec<String>,
 }
 
 /// This event's part in its group.
-pub enum Role {
+pub(crate) enum Role {
     /// Nothing to deliver together: the event was only counted.
     Counted,
     /// Delivers for the group once [`Leader::gather`] returns.
@@ -60,7 +60,7 @@ pub enum Role {
     Follower(oneshot::Receiver<Results>),
 }
 
-pub struct Leader {
+pub(crate) struct Leader {
     collapser: Collapser,
     flight: u64,
     complete: Arc<Notify>,
@@ -78,20 +78,20 @@ struct Group {
 
 /// The groups of this process, keyed by flight number.
 #[derive(Clone, Default)]
-pub struct Collapser {
+pub(crate) struct Collapser {
     groups: Arc<Mutex<HashMap<u64, Group>>>,
 }
 
 /// A group, gathered: every member that arrived (in the order they joined the fetch) and how to
 /// answer the others.
-pub struct Gathered {
-    pub members: Vec<Member>,
+pub(crate) struct Gathered {
+    pub(crate) members: Vec<Member>,
     followers: Vec<oneshot::Sender<Results>>,
 }
 
 impl Gathered {
     /// Tells every follower what the sinks answered.
-    pub fn answer(self, results: &Results) {
+    pub(crate) fn answer(self, results: &Results) {
         for follower in self.followers {
             // A follower that is gone (shutdown) has nothing to record.
             let _ = follower.send(results.clone());
@@ -108,7 +108,7 @@ impl Collapser {
     /// Registers one member of `flight`. Every event of a shared flight must arrive exactly
     /// once, with `None` when it has nothing to deliver together, so that the leader knows when
     /// the group is complete.
-    pub fn arrive(&self, flight: &Joined, member: Option<Member>) -> Role {
+    pub(crate) fn arrive(&self, flight: &Joined, member: Option<Member>) -> Role {
         let now = tokio::time::Instant::now();
         let mut groups = self.lock();
         groups.retain(|_, group| now.duration_since(group.opened) < STALE);
@@ -156,7 +156,7 @@ impl Collapser {
 impl Leader {
     /// Waits until every member arrived (or [`GATHER`] passed), then closes the group: members
     /// arriving later deliver on their own.
-    pub async fn gather(self) -> Gathered {
+    pub(crate) async fn gather(self) -> Gathered {
         let _ = tokio::time::timeout(GATHER, self.complete.notified()).await;
         let group = self.collapser.lock().remove(&self.flight);
         match group {
@@ -179,7 +179,7 @@ impl Leader {
 /// The one line `sink` receives for `members` (those of the group that want it, in arrival
 /// order): the first one's line with `changed_attributes` (each slug once) and
 /// `collapsed_event_ids`.
-pub fn collapsed_line(members: &[&Member]) -> Result<SinkLine, SinkError> {
+pub(crate) fn collapsed_line(members: &[&Member]) -> Result<SinkLine, SinkError> {
     let Some(first) = members.first() else {
         return Err(SinkError::permanent("an empty group has no line"));
     };
@@ -215,7 +215,7 @@ pub fn collapsed_line(members: &[&Member]) -> Result<SinkLine, SinkError> {
 
 /// Counts the event in its group, if it has one, with nothing to deliver together: every event
 /// of a shared flight arrives, so that the leader knows when the group is complete.
-pub fn count(pipeline: &Pipeline, group: Option<&Joined>) {
+pub(crate) fn count(pipeline: &Pipeline, group: Option<&Joined>) {
     if let Some(shared) = group {
         pipeline.collapser.arrive(shared, None);
     }
@@ -223,7 +223,7 @@ pub fn count(pipeline: &Pipeline, group: Option<&Joined>) {
 
 /// The event's part in its group, if it has one: it arrives with its line and `together`, the
 /// collapsing sinks it still has to reach (none: it is only counted).
-pub fn join(
+pub(crate) fn join(
     pipeline: &Pipeline,
     group: Option<&Joined>,
     item: &WorkItem,
@@ -244,7 +244,11 @@ pub fn join(
 
 /// The line a collapsing sink gets for an update that shared its fetch with no other: the shape
 /// of a group of one. `None` for the events that are never collapsed.
-pub fn single_line(item: &WorkItem, enrichment: &Enrichment, line: &SinkLine) -> Option<SinkLine> {
+pub(crate) fn single_line(
+    item: &WorkItem,
+    enrichment: &Enrichment,
+    line: &SinkLine,
+) -> Option<SinkLine> {
     if !matches!(
         item.kind,
         EventKind::RecordUpdated | EventKind::ListEntryUpdated
@@ -275,7 +279,11 @@ fn changed_attribute(item: &WorkItem, enrichment: &Enrichment) -> Option<String>
 /// This event's part in a collapsed delivery: the leader gathers its group and delivers one line
 /// per sink for the members that want it; a follower waits for the leader's results. Returns what
 /// each of this event's collapsing sinks answered.
-pub async fn deliver_together(pipeline: &Pipeline, role: Role, progress: &SinkProgress) -> Results {
+pub(crate) async fn deliver_together(
+    pipeline: &Pipeline,
+    role: Role,
+    progress: &SinkProgress,
+) -> Results {
     match role {
         Role::Counted => Results::new(),
         // A leader that is gone (shutdown) leaves the result out: a transient failure.

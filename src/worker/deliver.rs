@@ -17,13 +17,13 @@ use crate::journal::SinkProgress;
 use crate::sinks::{SinkError, SinkLine};
 
 /// How the event's targets answered.
-pub struct Delivered {
+pub(crate) struct Delivered {
     /// Where the event stands with its sinks: the targets that took it added.
-    pub progress: SinkProgress,
+    pub(crate) progress: SinkProgress,
     /// The targets that failed on this attempt.
-    pub failures: Vec<(String, SinkError)>,
+    pub(crate) failures: Vec<(String, SinkError)>,
     /// What the history keeps of this attempt.
-    pub found: AttemptRecord,
+    pub(crate) found: AttemptRecord,
 }
 
 impl Delivered {
@@ -49,7 +49,7 @@ impl Delivered {
 
 /// Sends the line to every target. `ticket` is let go as soon as the event's own deliveries are
 /// over: a collapsed line waits for its group's leader, which may be listed later.
-pub async fn deliver(
+pub(crate) async fn deliver(
     pipeline: &Pipeline,
     item: &WorkItem,
     routed: Routed<'_>,
@@ -142,7 +142,7 @@ pub async fn deliver(
 }
 
 /// One delivery of `line` to the sink `name`, counted by outcome.
-pub async fn deliver_to(
+pub(crate) async fn deliver_to(
     pipeline: &Pipeline,
     name: &str,
     line: &SinkLine,

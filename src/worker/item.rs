@@ -13,36 +13,34 @@ use crate::sinks::LineHead;
 
 /// One event on its way through the worker.
 #[derive(Debug)]
-pub struct WorkItem {
-    pub id: String,
-    pub delivery_key: String,
-    pub index: u32,
-    pub webhook_id: Option<String>,
-    pub event_type: String,
-    pub kind: EventKind,
+pub(crate) struct WorkItem {
+    pub(crate) id: String,
+    pub(crate) delivery_key: String,
+    pub(crate) webhook_id: Option<String>,
+    pub(crate) event_type: String,
+    pub(crate) kind: EventKind,
     /// RFC 3339, when the delivery was accepted.
-    pub received_at: String,
-    pub request_id: Option<String>,
+    pub(crate) received_at: String,
     /// The event's JSON, read once; an error for a damaged journal row.
-    pub json: Result<EventView, UnreadableEvent>,
+    pub(crate) json: Result<EventView, UnreadableEvent>,
     /// What enrichment fetches and names for it, from its ids.
-    pub plan: Result<Plan, MissingId>,
+    pub(crate) plan: Result<Plan, MissingId>,
     /// Where it stands with its sinks before this attempt: failed attempts, the sinks that
     /// took it, the failed attempts per sink.
-    pub progress: SinkProgress,
+    pub(crate) progress: SinkProgress,
 }
 
 impl WorkItem {
     /// Reads `event` once. `with_tree`: keep the whole event, for route filters.
-    pub fn new(event: JournaledEvent, with_tree: bool) -> WorkItem {
+    pub(crate) fn new(event: JournaledEvent, with_tree: bool) -> WorkItem {
         let JournaledEvent {
             id,
             delivery_key,
-            index,
+            index: _,
             webhook_id,
             event_type,
             received_at,
-            request_id,
+            request_id: _,
             raw,
             attempts,
             sinks_done,
@@ -55,12 +53,10 @@ impl WorkItem {
         WorkItem {
             id,
             delivery_key,
-            index,
             webhook_id,
             event_type,
             kind,
             received_at,
-            request_id,
             json,
             plan,
             progress: SinkProgress {
@@ -74,18 +70,18 @@ impl WorkItem {
     }
 
     /// The event's ids (none when it could not be read).
-    pub fn ids(&self) -> &EventIds {
+    pub(crate) fn ids(&self) -> &EventIds {
         self.json.as_ref().map_or(&EventIds::NONE, EventView::ids)
     }
 
     /// The whole event, for route filters: `None` when it could not be read (or filters do not
     /// read it).
-    pub fn tree(&self) -> Option<&serde_json::Value> {
+    pub(crate) fn tree(&self) -> Option<&serde_json::Value> {
         self.json.as_ref().ok().and_then(EventView::tree)
     }
 
     /// What the event is about, for its delivery's order (`None`: unknown).
-    pub fn subject(&self) -> Option<Subject> {
+    pub(crate) fn subject(&self) -> Option<Subject> {
         self.plan
             .as_ref()
             .ok()
@@ -93,7 +89,7 @@ impl WorkItem {
     }
 
     /// The fields of its sink line before `event`.
-    pub fn head(&self) -> LineHead<'_> {
+    pub(crate) fn head(&self) -> LineHead<'_> {
         LineHead {
             id: &self.id,
             event_type: &self.event_type,

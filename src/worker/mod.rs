@@ -30,16 +30,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-pub mod backoff;
-pub mod claim;
-pub mod collapse;
-pub mod deliver;
-pub mod item;
-pub mod order;
-pub mod outage;
-pub mod route;
-pub mod settle;
-pub mod unrecorded;
+pub(crate) mod backoff;
+pub(crate) mod claim;
+pub(crate) mod collapse;
+pub(crate) mod deliver;
+pub(crate) mod item;
+pub(crate) mod order;
+pub(crate) mod outage;
+pub(crate) mod route;
+pub(crate) mod settle;
+pub(crate) mod unrecorded;
 
 use crate::config::WorkerSettings;
 use crate::dedupe::DedupeStore;
@@ -55,7 +55,7 @@ use route::Prepared;
 /// Events ingress handed to the worker and not yet finished. The journal scan skips them, so an
 /// event is not worked on twice by this process.
 #[derive(Clone, Default)]
-pub struct InFlight(Arc<Mutex<HashSet<String>>>);
+pub(crate) struct InFlight(Arc<Mutex<HashSet<String>>>);
 
 impl InFlight {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
@@ -64,15 +64,16 @@ impl InFlight {
     }
 
     /// Returns false when the event is already in flight.
-    pub fn insert(&self, id: &str) -> bool {
+    pub(crate) fn insert(&self, id: &str) -> bool {
         self.lock().insert(id.to_string())
     }
 
-    pub fn remove(&self, id: &str) {
+    pub(crate) fn remove(&self, id: &str) {
         self.lock().remove(id);
     }
 
-    pub fn contains(&self, id: &str) -> bool {
+    #[cfg(test)]
+    pub(crate) fn contains(&self, id: &str) -> bool {
         self.lock().contains(id)
     }
 
@@ -81,18 +82,19 @@ impl InFlight {
         self.lock().clone()
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.lock().len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }
 
 /// The ingress side of the hand-off.
 #[derive(Clone)]
-pub struct Handoff {
+pub(crate) struct Handoff {
     sender: mpsc::Sender<JournaledEvent>,
     in_flight: InFlight,
     overflow: Arc<Notify>,
@@ -107,7 +109,7 @@ pub struct Handoff {
 /// would be worked on a second time (the embedded dedupe keeps no done mark; the journal is the
 /// record). Dropping a reservation (the append failed, was a duplicate, or the request was
 /// cancelled) releases what it still holds, and the scan finds whatever was committed.
-pub struct Reservation {
+pub(crate) struct Reservation {
     in_flight: InFlight,
     held: Vec<String>,
 }
@@ -123,7 +125,7 @@ impl Drop for Reservation {
 impl Handoff {
     /// Reserves the events of the delivery `key` (with `events` events) before it is journaled.
     /// An event already in flight (another copy of the delivery) is not held: its owner keeps it.
-    pub fn reserve(&self, key: &str, events: usize) -> Reservation {
+    pub(crate) fn reserve(&self, key: &str, events: usize) -> Reservation {
         let held = if self.direct {
             (0..events)
                 .map(|index| crate::event::event_id(key, index))
@@ -140,7 +142,7 @@ impl Handoff {
 
     /// Offers freshly journaled events to the worker without waiting. Those that do not fit stay
     /// in the journal and the worker is told to look there.
-    pub fn offer(&self, mut reservation: Reservation, events: Vec<JournaledEvent>) {
+    pub(crate) fn offer(&self, mut reservation: Reservation, events: Vec<JournaledEvent>) {
         if !self.direct {
             if !events.is_empty() {
                 self.overflow.notify_one();
@@ -166,25 +168,25 @@ impl Handoff {
 }
 
 /// Everything one event needs on its way through.
-pub struct Pipeline {
-    pub journal: Journal,
-    pub dedupe: DedupeStore,
-    pub routes: RouteTable,
-    pub sinks: Sinks,
-    pub enricher: Enricher,
-    pub settings: WorkerSettings,
+pub(crate) struct Pipeline {
+    pub(crate) journal: Journal,
+    pub(crate) dedupe: DedupeStore,
+    pub(crate) routes: RouteTable,
+    pub(crate) sinks: Sinks,
+    pub(crate) enricher: Enricher,
+    pub(crate) settings: WorkerSettings,
     /// Groups of events delivered as one line to routes with `collapse = true`.
-    pub collapser: collapse::Collapser,
+    pub(crate) collapser: collapse::Collapser,
     /// Dependencies that are down, logged once per outage rather than once per event (shared
     /// with the status API).
-    pub outages: Arc<outage::Outages>,
+    pub(crate) outages: Arc<outage::Outages>,
     /// Outcomes the journal could not record, and the pause while it cannot write.
-    pub unrecorded: unrecorded::Unrecorded,
+    pub(crate) unrecorded: unrecorded::Unrecorded,
     /// Where outcomes are announced to live views.
-    pub changes: Changes,
+    pub(crate) changes: Changes,
 }
 
-pub struct Worker {
+pub(crate) struct Worker {
     pipeline: Arc<Pipeline>,
     receiver: mpsc::Receiver<JournaledEvent>,
     in_flight: InFlight,
@@ -194,7 +196,7 @@ pub struct Worker {
 }
 
 /// Creates the hand-off channel and the worker that reads it.
-pub fn channel(pipeline: Pipeline, capacity: usize) -> (Handoff, Worker) {
+pub(crate) fn channel(pipeline: Pipeline, capacity: usize) -> (Handoff, Worker) {
     let (sender, receiver) = mpsc::channel(capacity);
     let in_flight = InFlight::default();
     let overflow = Arc::new(Notify::new());
@@ -219,7 +221,7 @@ pub fn channel(pipeline: Pipeline, capacity: usize) -> (Handoff, Worker) {
 impl Worker {
     /// Runs until `shutdown` fires, then lets in-flight events finish within
     /// `worker.shutdown_grace`. Events still unfinished stay pending in the journal.
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    pub(crate) async fn run(mut self, shutdown: CancellationToken) {
         let settings = self.pipeline.settings.clone();
         let permits = Arc::new(Semaphore::new(settings.concurrency));
         let tasks = TaskTracker::new();
@@ -407,7 +409,7 @@ impl Worker {
 
 /// What happened to one event on this attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Delivered { sinks: usize },
     Duplicate,
     Deferred,
@@ -418,7 +420,11 @@ pub enum Outcome {
 /// Drives one event through dedupe, routing and delivery, and records the outcome. `ticket` is
 /// its place in its delivery's order: it delivers after the earlier events about the same
 /// subject, and lets the later ones go once its own deliveries are over.
-pub async fn process(pipeline: &Pipeline, item: &WorkItem, ticket: order::Ticket) -> Outcome {
+pub(crate) async fn process(
+    pipeline: &Pipeline,
+    item: &WorkItem,
+    ticket: order::Ticket,
+) -> Outcome {
     let outcome = attempt(pipeline, item, ticket).await;
     let status = match &outcome {
         Outcome::Delivered { .. } | Outcome::Duplicate => Some(EventStatus::Delivered),

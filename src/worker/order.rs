@@ -39,12 +39,12 @@ struct Slot {
 
 /// The events in flight, by delivery.
 #[derive(Clone, Default)]
-pub struct DeliveryOrder {
+pub(crate) struct DeliveryOrder {
     deliveries: Arc<Mutex<HashMap<String, Vec<Slot>>>>,
 }
 
 /// One event's place in its delivery's order.
-pub struct Ticket {
+pub(crate) struct Ticket {
     order: DeliveryOrder,
     delivery_key: String,
     index: u32,
@@ -58,7 +58,7 @@ impl DeliveryOrder {
     }
 
     /// Registers the event `index` of the delivery `delivery_key` as in flight.
-    pub fn enter(&self, delivery_key: &str, index: u32) -> Ticket {
+    pub(crate) fn enter(&self, delivery_key: &str, index: u32) -> Ticket {
         let (stage, receiver) = watch::channel(Stage::Started);
         self.lock()
             .entry(delivery_key.to_string())
@@ -76,18 +76,20 @@ impl DeliveryOrder {
     }
 
     /// Number of deliveries with events in flight (for tests).
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.lock().len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }
 
 impl Ticket {
     /// Whether other events of this delivery are in flight: only then does the order matter.
-    pub fn has_company(&self) -> bool {
+    pub(crate) fn has_company(&self) -> bool {
         self.order
             .lock()
             .get(&self.delivery_key)
@@ -97,7 +99,7 @@ impl Ticket {
     /// Says what this event is about and waits until every earlier event of its delivery about
     /// the same subject is done. `subject` is called only when the delivery has other events in
     /// flight (a delivery holds one event today).
-    pub async fn wait_turn(&self, subject: impl FnOnce() -> Option<Subject>) {
+    pub(crate) async fn wait_turn(&self, subject: impl FnOnce() -> Option<Subject>) {
         if self.index == 0 && !self.has_company() {
             // Nothing was listed before it; a later event that finds it `Started` waits for it.
             return;

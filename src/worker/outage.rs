@@ -18,14 +18,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// How often a lasting outage is logged again.
-pub const SUMMARY_EVERY: Duration = Duration::from_secs(30);
+pub(crate) const SUMMARY_EVERY: Duration = Duration::from_secs(30);
 
 /// The outages the worker keeps track of.
-pub struct Outages {
+pub(crate) struct Outages {
     /// Reading due events (the Redis journal lives in Redis too) and recording their outcomes.
-    pub journal: Outage,
-    pub dedupe: Outage,
-    pub attio: Outage,
+    pub(crate) journal: Outage,
+    pub(crate) dedupe: Outage,
+    pub(crate) attio: Outage,
     sinks: Mutex<HashMap<String, Arc<Outage>>>,
 }
 
@@ -42,7 +42,7 @@ impl Default for Outages {
 
 impl Outages {
     /// Every sink seen so far, with how long it has been down (`None`: up).
-    pub fn sinks_down(&self) -> Vec<(String, Option<Duration>)> {
+    pub(crate) fn sinks_down(&self) -> Vec<(String, Option<Duration>)> {
         let sinks = self.sinks.lock().unwrap_or_else(|p| p.into_inner());
         let mut states: Vec<_> = sinks
             .iter()
@@ -53,7 +53,7 @@ impl Outages {
     }
 
     /// The outage tracker of the sink `name`.
-    pub fn sink(&self, name: &str) -> Arc<Outage> {
+    pub(crate) fn sink(&self, name: &str) -> Arc<Outage> {
         let mut sinks = self.sinks.lock().unwrap_or_else(|p| p.into_inner());
         sinks
             .entry(name.to_string())
@@ -63,7 +63,7 @@ impl Outages {
 }
 
 /// One dependency's state: up, or down since a moment, with what waited meanwhile.
-pub struct Outage {
+pub(crate) struct Outage {
     name: String,
     /// Mirrors `state.down.is_some()`, so that a success while up takes no lock.
     is_down: AtomicBool,
@@ -100,14 +100,14 @@ enum Line {
 
 impl Outage {
     /// How long the dependency has been down, or `None` while it is up.
-    pub fn down_for(&self) -> Option<Duration> {
+    pub(crate) fn down_for(&self) -> Option<Duration> {
         if !self.is_down.load(Ordering::Relaxed) {
             return None;
         }
         self.lock().down.as_ref().map(|down| down.since.elapsed())
     }
 
-    pub fn new(name: impl Into<String>) -> Outage {
+    pub(crate) fn new(name: impl Into<String>) -> Outage {
         Outage {
             name: name.into(),
             is_down: AtomicBool::new(false),
@@ -117,7 +117,7 @@ impl Outage {
 
     /// An event could not go on because this dependency failed, on an attempt that began at
     /// `started`; the event waits for a retry.
-    pub fn report_failure(&self, started: Instant, error: &dyn Display) {
+    pub(crate) fn report_failure(&self, started: Instant, error: &dyn Display) {
         let name = &self.name;
         match self.failure_at(started, Instant::now()) {
             Some(Line::Started) => tracing::warn!(parent: None, %error, "{name} unavailable"),
@@ -136,7 +136,7 @@ impl Outage {
     }
 
     /// The dependency served an event, on an attempt that began at `started`.
-    pub fn report_success(&self, started: Instant) {
+    pub(crate) fn report_success(&self, started: Instant) {
         if !self.is_down.load(Ordering::Relaxed) {
             return;
         }

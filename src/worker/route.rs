@@ -21,7 +21,7 @@ use crate::sinks::{SinkError, SinkLine};
 
 // Made once per attempt and moved straight into delivery: boxing would only add an allocation.
 #[allow(clippy::large_enum_variant)]
-pub enum Prepared<'p> {
+pub(crate) enum Prepared<'p> {
     Routed(Routed<'p>),
     /// Attio is down: the event waits this long in the journal without using an attempt.
     AttioDown {
@@ -31,19 +31,19 @@ pub enum Prepared<'p> {
 }
 
 /// What the routes made of an enriched event.
-pub struct Routed<'p> {
+pub(crate) struct Routed<'p> {
     /// The sinks of the matching routes that have not taken the event yet.
-    pub targets: Vec<RoutedSink<'p>>,
-    pub line: Line,
+    pub(crate) targets: Vec<RoutedSink<'p>>,
+    pub(crate) line: Line,
     /// The coalesced fetch the event shared with others, when some route collapses them.
-    pub group: Option<Joined>,
-    pub enrichment: Enrichment,
+    pub(crate) group: Option<Joined>,
+    pub(crate) enrichment: Enrichment,
     /// What the history keeps of this attempt so far.
-    pub found: AttemptRecord,
+    pub(crate) found: AttemptRecord,
 }
 
 /// What the event's targets are sent.
-pub enum Line {
+pub(crate) enum Line {
     /// No target: nothing to send.
     Nothing,
     /// No sink can take the event on this attempt: every target records this failure.
@@ -51,7 +51,7 @@ pub enum Line {
     Ready(SinkLine),
 }
 
-pub async fn enrich_and_route<'p>(pipeline: &'p Pipeline, item: &WorkItem) -> Prepared<'p> {
+pub(crate) async fn enrich_and_route<'p>(pipeline: &'p Pipeline, item: &WorkItem) -> Prepared<'p> {
     let kind = &item.kind;
     if !kind.is_known() {
         tracing::debug!("event type unknown to this version; routed by name");

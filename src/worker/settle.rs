@@ -20,7 +20,7 @@ use crate::journal::history::AttemptRecord;
 use crate::journal::SinkProgress;
 
 /// Records how the attempt went: done when no sink failed, else retrying or dead.
-pub async fn settle(
+pub(crate) async fn settle(
     pipeline: &Pipeline,
     item: &WorkItem,
     token: &ClaimToken,
@@ -104,7 +104,7 @@ pub async fn settle(
 
 /// Another attempt already finished the event (the dedupe store says so): done here too, with
 /// the sinks the journal knows took it.
-pub async fn already_done(pipeline: &Pipeline, item: &WorkItem) -> Outcome {
+pub(crate) async fn already_done(pipeline: &Pipeline, item: &WorkItem) -> Outcome {
     let found = AttemptRecord {
         sinks_done: item.progress.sinks_done.clone(),
         ..AttemptRecord::default()
@@ -117,7 +117,7 @@ pub async fn already_done(pipeline: &Pipeline, item: &WorkItem) -> Outcome {
 
 /// Lets the event wait `delay` in the journal without using an attempt (a dependency is down,
 /// or another replica holds its claim).
-pub async fn defer(
+pub(crate) async fn defer(
     pipeline: &Pipeline,
     item: &WorkItem,
     delay: Duration,
@@ -133,7 +133,7 @@ pub async fn defer(
 }
 
 /// Gives up the event's claim so that its retry can take it at once.
-pub async fn release(pipeline: &Pipeline, item: &WorkItem, token: &ClaimToken) {
+pub(crate) async fn release(pipeline: &Pipeline, item: &WorkItem, token: &ClaimToken) {
     let started = Instant::now();
     if let Err(error) = pipeline.dedupe.release(&item.id, token).await {
         pipeline.outages.dedupe.report_failure(started, &error);

@@ -19,15 +19,15 @@ use std::time::{Duration, Instant};
 use crate::journal::SinkProgress;
 
 /// The first pause after a journal write failed.
-pub const PAUSE_INITIAL: Duration = Duration::from_millis(500);
+pub(crate) const PAUSE_INITIAL: Duration = Duration::from_millis(500);
 /// The longest pause between two probes of a journal that cannot write.
-pub const PAUSE_MAX: Duration = Duration::from_secs(10);
+pub(crate) const PAUSE_MAX: Duration = Duration::from_secs(10);
 /// An unrecorded outcome older than this is dropped when another is added: with the Redis queue
 /// another replica may have finished the event, and this process would never see it again.
 const FORGET_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Default)]
-pub struct Unrecorded {
+pub(crate) struct Unrecorded {
     outcomes: Mutex<HashMap<String, Outcome>>,
     pause: Mutex<Option<Pause>>,
 }
@@ -55,7 +55,7 @@ impl Unrecorded {
     }
 
     /// The journal refused to record `progress` for the event `id`: keep it for the next attempt.
-    pub fn remember(&self, id: &str, progress: &SinkProgress) {
+    pub(crate) fn remember(&self, id: &str, progress: &SinkProgress) {
         let now = Instant::now();
         let mut outcomes = self.outcomes();
         outcomes.retain(|_, outcome| now.duration_since(outcome.since) < FORGET_AFTER);
@@ -78,13 +78,13 @@ impl Unrecorded {
     }
 
     /// The journal recorded the event's outcome: nothing left to keep.
-    pub fn forget(&self, id: &str) {
+    pub(crate) fn forget(&self, id: &str) {
         self.outcomes().remove(id);
     }
 
     /// Adds to `progress` (the event `id` as the journal holds it) what this process knows and
     /// could not record. Returns false when there was nothing to add.
-    pub fn recall(&self, id: &str, progress: &mut SinkProgress) -> bool {
+    pub(crate) fn recall(&self, id: &str, progress: &mut SinkProgress) -> bool {
         let outcomes = self.outcomes();
         let Some(outcome) = outcomes.get(id) else {
             return false;
@@ -103,16 +103,12 @@ impl Unrecorded {
     }
 
     /// Outcomes waiting for the journal.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.outcomes().len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// A journal write failed: pause (longer each time in a row) before probing it again.
-    pub fn write_failed(&self) {
+    pub(crate) fn write_failed(&self) {
         let mut pause = self.pause();
         let failures = pause.as_ref().map_or(0, |p| p.failures) + 1;
         let delay = PAUSE_INITIAL
@@ -125,12 +121,12 @@ impl Unrecorded {
     }
 
     /// The journal can write again.
-    pub fn write_succeeded(&self) {
+    pub(crate) fn write_succeeded(&self) {
         *self.pause() = None;
     }
 
     /// Until when the worker leaves the journal alone, while it cannot write.
-    pub fn paused_until(&self) -> Option<Instant> {
+    pub(crate) fn paused_until(&self) -> Option<Instant> {
         self.pause().as_ref().map(|p| p.until)
     }
 }
