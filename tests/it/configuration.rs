@@ -85,6 +85,22 @@ fn check_config_and_serve_refuse_a_misspelt_log_level() {
 }
 
 #[test]
+fn serve_refuses_a_tokio_worker_threads_that_is_not_a_count_of_threads() {
+    let (dir, file) = with_config("");
+    let output = run(
+        dir.path(),
+        &["serve", "--config", &file, "--listen", "127.0.0.1:0"],
+        &[("ATTIO_WEBHOOK_SECRET", "s"), ("TOKIO_WORKER_THREADS", "0")],
+    );
+    let message = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{message}");
+    assert!(
+        message.contains("TOKIO_WORKER_THREADS is \"0\"") && message.contains("above 0"),
+        "{message}"
+    );
+}
+
+#[test]
 fn an_unknown_key_names_the_file_or_the_environment_variable_it_came_from() {
     let (dir, file) = with_config("[storage]\npth = \"x\"\n");
     let output = run(
