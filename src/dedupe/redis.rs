@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{ClaimOutcome, ClaimToken, DedupeError};
 
-/// Claims and done marks of many events in one call (see [`Batcher`]). KEYS: first the events
+/// Claims and done marks of many events in one call (see [`RedisDedupe::run_batches`]). KEYS: first the events
 /// to mark done, then the events to claim. ARGV[1] how many KEYS are done marks; ARGV[2] the done
 /// mark's TTL in ms; ARGV[3] the lease in ms; ARGV[4] the prefix of claims made through our
 /// journal (empty: none may be taken over); ARGV[5] the prefix of claims made by this process;
@@ -93,11 +93,21 @@ pub struct RedisDedupe {
     prefix: String,
     lease: Duration,
     done_ttl: Duration,
-    owner: Option<ClaimOwner>,
+    /// With an owner, the prefixes that tell its claims (none: no claim is ever taken over).
+    owner: Option<OwnerPrefixes>,
     batch: redis::Script,
     release: redis::Script,
     /// Where claims and done marks queue for the next call; started at first use.
     batcher: Arc<OnceLock<mpsc::UnboundedSender<Op>>>,
+}
+
+/// The beginnings of an owner's claim values.
+#[derive(Clone)]
+struct OwnerPrefixes {
+    /// Claims made through our journal: `claimed:<journal id>:`.
+    journal: String,
+    /// Claims made by this process: `claimed:<journal id>:<instance id>:`.
+    process: String,
 }
 
 /// A claim or a done mark waiting for its batch's call, with where its answer goes.
@@ -217,7 +227,9 @@ impl RedisDedupe {
 
     /// Claims name `owner`, and claims a dead run of the same journal left are taken over.
     pub fn with_owner(mut self, owner: ClaimOwner) -> RedisDedupe {
-        self.owner = Some(owner);
+        let journal = format!("claimed:{}:", owner.journal);
+        let process = format!("{journal}{}:", owner.instance);
+        self.owner = Some(OwnerPrefixes { journal, process });
         self
     }
 
@@ -225,23 +237,10 @@ impl RedisDedupe {
         format!("{}:dedupe:{id}", self.prefix)
     }
 
-    /// The prefixes of claims made through our journal and by this process (both empty
-    /// without an owner: no claim is ever taken over).
-    fn owner_prefixes(&self) -> (String, String) {
-        match &self.owner {
-            Some(owner) => {
-                let ours = format!("claimed:{}:", owner.journal);
-                let this_process = format!("{ours}{}:", owner.instance);
-                (ours, this_process)
-            }
-            None => (String::new(), String::new()),
-        }
-    }
-
     pub async fn claim(&self, id: &str) -> Result<ClaimOutcome, DedupeError> {
         let token = uuid::Uuid::new_v4().simple();
         let value = match &self.owner {
-            Some(owner) => format!("claimed:{}:{}:{token}", owner.journal, owner.instance),
+            Some(owner) => format!("{}{token}", owner.process),
             None => format!("claimed:{token}"),
         };
         let (answer, outcome) = oneshot::channel();
@@ -317,7 +316,9 @@ impl RedisDedupe {
                 Op::Claim { key, value, answer } => claims.push((key, value, answer)),
             }
         }
-        let (ours, this_process) = self.owner_prefixes();
+        let (ours, this_process) = self.owner.as_ref().map_or(("", ""), |owner| {
+            (owner.journal.as_str(), owner.process.as_str())
+        });
         let mut invocation = self.batch.prepare_invoke();
         for (key, _) in &marks {
             invocation.key(key);
@@ -329,8 +330,8 @@ impl RedisDedupe {
             .arg(marks.len())
             .arg(millis(self.done_ttl))
             .arg(millis(self.lease))
-            .arg(&ours)
-            .arg(&this_process);
+            .arg(ours)
+            .arg(this_process);
         for (_, value, _) in &claims {
             invocation.arg(value);
         }

@@ -131,7 +131,7 @@ pub(super) const DEAD_LETTERS: &str =
 /// query uses one only when its WHERE clause repeats the index's condition literally (SQLite's
 /// rule for partial indexes), so the queries on them say `state <> 'delivered'` or
 /// `state = 'pending'` in so many words.
-/// - `events_due`: the pending events by when they are due, for the worker's scan.
+/// - `events_pending_due`: the pending events by when they are due, for the worker's scan.
 /// - `events_open`: the events not delivered by state, oldest first, for the backlog, the dead
 ///   letters and the history's pending, retrying and dead filters. The history of delivered
 ///   events walks the table itself newest first (most rows are delivered).
