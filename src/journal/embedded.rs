@@ -17,7 +17,9 @@
 //!   answered then, while the transaction stays open over further batches; it is committed
 //!   every [`COMMIT_INTERVAL`], when no request came for [`IDLE_COMMIT`], or at once for any
 //!   other write, which is answered after that commit. This writes far fewer bytes per event:
-//!   each commit writes a page once for all the batches that changed it. After a crash, or a
+//!   each commit writes a page once for all the batches that changed it. The events' rows wait
+//!   for that commit (`sqlite::deferred`), so that an event delivered meanwhile is inserted once,
+//!   delivered, rather than inserted and then updated. After a crash, or a
 //!   commit that failed, the log's records the database lacks are applied again before anything
 //!   else ([`Writer::recover`]). docs/architecture.md, "The embedded journal", says why and what
 //!   holds.
@@ -51,6 +53,7 @@ use super::history::{
 };
 use super::lock::JournalLock;
 use super::redo::{self, RedoLog, RedoRecord};
+use super::sqlite::deferred::{self, Deferred};
 use super::sqlite::{
     self, count_pending, damaged_or_storage, data_version, migrate, read_existing, PURGE_BATCH,
     SCHEMA,
@@ -76,7 +79,8 @@ const IDLE_COMMIT: Duration = Duration::from_millis(2);
 /// used less CPU per request than none or 1,000 us, at no cost in requests/s).
 const GROUP_TARGET: usize = 32;
 const GROUP_WINDOW: Duration = Duration::from_micros(300);
-/// Most logged operations in one transaction (bounds its dirty pages in memory).
+/// Most logged operations, and most events kept back (`sqlite::deferred`), in one transaction
+/// (bounds its dirty pages and the rows it holds in memory).
 const MAX_LOGGED_PER_TRANSACTION: usize = 4_096;
 /// How long a failed commit keeps `probe` failing, unless a write succeeds meanwhile.
 const WRITE_FAILURE_REMEMBERED: Duration = Duration::from_secs(5);
@@ -111,8 +115,10 @@ enum Access {
 /// and keeps its result until the commit is known.
 trait Operation: Send {
     fn access(&self) -> Access;
-    /// Runs the operation in `tx`. Returns how the backlog changes if the batch commits.
-    fn apply(&mut self, tx: &Transaction<'_>) -> i64;
+    /// Runs the operation in `tx`, with the rows kept back so far (`sqlite::deferred`; only an
+    /// append or a completion adds to them or changes them). Returns how the backlog changes if
+    /// the batch commits.
+    fn apply(&mut self, tx: &Transaction<'_>, deferred: &mut Deferred) -> i64;
     /// For a [`Access::Logged`] operation that succeeded: its redo-log record.
     fn redo(&mut self) -> Option<Vec<u8>>;
     /// Answers the caller: the kept result when the batch committed, else the commit's error
@@ -136,17 +142,17 @@ struct Pending<T, F> {
 impl<T, F> Operation for Pending<T, F>
 where
     T: Send,
-    F: FnOnce(&Transaction<'_>) -> Result<T, JournalError> + Send,
+    F: FnOnce(&Transaction<'_>, &mut Deferred) -> Result<T, JournalError> + Send,
 {
     fn access(&self) -> Access {
         self.access
     }
 
-    fn apply(&mut self, tx: &Transaction<'_>) -> i64 {
+    fn apply(&mut self, tx: &Transaction<'_>, deferred: &mut Deferred) -> i64 {
         let Some(run) = self.run.take() else {
             return 0;
         };
-        let result = run(tx);
+        let result = run(tx, deferred);
         let change = result.as_ref().map(self.backlog_change).unwrap_or(0);
         self.result = Some(result);
         change
@@ -273,6 +279,7 @@ impl SqliteJournal {
             redo: None,
             needs_recovery: false,
             policy: redo.unwrap_or_default(),
+            deferred: Deferred::default(),
         };
         if redo.is_some() {
             writer.redo = Some(RedoLog::open(path, sync == SyncMode::Full)?);
@@ -325,16 +332,16 @@ impl SqliteJournal {
         run: impl FnOnce(&Transaction<'_>) -> Result<T, JournalError> + Send + 'static,
         backlog_change: fn(&T) -> i64,
     ) -> Result<T, JournalError> {
-        self.transact_logged(access, run, backlog_change, None)
+        self.transact_logged(access, move |tx, _| run(tx), backlog_change, None)
             .await
     }
 
-    /// [`Self::transact`] for an operation with its redo-log record (made here, on the caller's
-    /// task, rather than on the writer thread).
+    /// [`Self::transact`] for an operation that may keep its rows back (`sqlite::deferred`), with
+    /// its redo-log record (made here, on the caller's task, rather than on the writer thread).
     async fn transact_logged<T: Send + 'static>(
         &self,
         access: Access,
-        run: impl FnOnce(&Transaction<'_>) -> Result<T, JournalError> + Send + 'static,
+        run: impl FnOnce(&Transaction<'_>, &mut Deferred) -> Result<T, JournalError> + Send + 'static,
         backlog_change: fn(&T) -> i64,
         redo: Option<Vec<u8>>,
     ) -> Result<T, JournalError> {
@@ -414,7 +421,7 @@ impl Backend for SqliteJournal {
         let redo = self.redo.then(|| redo::encode_append(&delivery));
         self.transact_logged(
             Access::Logged,
-            move |tx| sqlite::append(tx, delivery),
+            move |tx, deferred| deferred::append(tx, delivery, deferred),
             |outcome| match outcome {
                 AppendOutcome::Stored(events) => events.len() as i64,
                 AppendOutcome::Duplicate => 0,
@@ -453,7 +460,7 @@ impl Backend for SqliteJournal {
             .then(|| redo::encode_complete(&id, delivered_at, &record));
         self.transact_logged(
             Access::Logged,
-            move |tx| sqlite::complete(tx, &id, delivered_at, &record),
+            move |tx, deferred| deferred::complete(tx, &id, delivered_at, record, deferred),
             |completed| -(*completed as i64),
             redo,
         )
@@ -712,6 +719,8 @@ struct Writer {
     /// the redo log holds, and nothing else runs until the log is applied again.
     needs_recovery: bool,
     policy: CommitPolicy,
+    /// The rows of events appended in the open transaction, not inserted yet.
+    deferred: Deferred,
 }
 
 /// When the writer commits a transaction held over batches.
@@ -747,6 +756,9 @@ struct Applied {
     close: Option<oneshot::Sender<()>>,
     /// The batch wrote: its success clears a remembered write failure.
     writes: bool,
+    /// Inserting the rows kept back failed: the transaction must be rolled back, and nothing of
+    /// the batch is stored.
+    failed: Option<JournalError>,
 }
 
 impl Writer {
@@ -795,7 +807,20 @@ impl Writer {
                     commit_now,
                     close,
                     writes,
+                    failed,
                 } = self.apply_batch(&tx, &mut batch, &mut logged);
+                if let Some(error) = failed {
+                    // As for a commit that failed: this batch's callers learn that nothing of it
+                    // is stored, and what earlier batches answered is applied again from the log.
+                    drop(tx);
+                    if let Some(redo) = &mut self.redo {
+                        redo.discard_staged();
+                    }
+                    self.needs_recovery = self.redo.as_ref().is_some_and(RedoLog::has_written);
+                    self.failed(&error.to_string());
+                    answer(held, &Err(error), &self.backlog);
+                    break close;
+                }
                 if commit_now {
                     let committed = self.commit(tx, writes);
                     answer(held, &committed, &self.backlog);
@@ -817,13 +842,16 @@ impl Writer {
                         // Nothing of this batch is stored: the transaction is rolled back, and
                         // what earlier batches answered is applied again from the log.
                         drop(tx);
+                        self.deferred.clear();
                         self.needs_recovery = self.redo.as_ref().is_some_and(RedoLog::has_written);
                         self.failed(&error.to_string());
                         answer(held, &Err(error), &self.backlog);
                         break None;
                     }
                 }
-                if logged >= MAX_LOGGED_PER_TRANSACTION {
+                if logged >= MAX_LOGGED_PER_TRANSACTION
+                    || self.deferred.len() >= MAX_LOGGED_PER_TRANSACTION
+                {
                     // A failure is logged and remembered by `commit`; what was answered is in
                     // the redo log and is applied again before the next batch.
                     let _ = self.commit(tx, false);
@@ -887,12 +915,23 @@ impl Writer {
         let mut commit_now = self.redo.is_none();
         let mut close = None;
         let mut writes = false;
+        let mut failed = None;
         for request in batch.drain(..) {
             match request {
                 Request::Close(done) => close = Some(done),
+                // After a failure nothing more is applied; every operation is answered with it.
+                Request::Run(operation) if failed.is_some() => held.push((operation, 0)),
                 Request::Run(mut operation) => {
                     let access = operation.access();
-                    let change = operation.apply(tx);
+                    if access != Access::Logged {
+                        // Whatever else runs sees every event appended before it.
+                        if let Err(error) = self.deferred.insert(tx) {
+                            failed = Some(error);
+                            held.push((operation, 0));
+                            continue;
+                        }
+                    }
+                    let change = operation.apply(tx, &mut self.deferred);
                     match access {
                         Access::Read => {}
                         Access::Commit => commit_now = true,
@@ -917,6 +956,7 @@ impl Writer {
             commit_now: commit_now || close.is_some(),
             close,
             writes,
+            failed,
         }
     }
 
@@ -928,12 +968,15 @@ impl Writer {
             redo.discard_staged();
             last = Some(redo.last_lsn());
         }
-        let committed = match last {
-            Some(lsn) => sqlite::set_redo_lsn(&tx, lsn)
-                .map_err(|error| error.to_string())
-                .and_then(|()| tx.commit().map_err(|error| error.to_string())),
-            None => tx.commit().map_err(|error| error.to_string()),
-        };
+        let committed = self
+            .deferred
+            .insert(&tx)
+            .and_then(|()| match last {
+                Some(lsn) => sqlite::set_redo_lsn(&tx, lsn),
+                None => Ok(()),
+            })
+            .map_err(|error| error.to_string())
+            .and_then(|()| tx.commit().map_err(|error| error.to_string()));
         match &committed {
             Ok(()) => {
                 if let (Some(redo), Some(lsn)) = (&mut self.redo, last) {

@@ -260,3 +260,117 @@ async fn the_purge_forgets_the_oldest_delivery_keys_and_keeps_the_younger_ones()
     ));
     journal.close().await;
 }
+
+fn held_open() -> CommitPolicy {
+    CommitPolicy {
+        interval: Duration::from_secs(3600),
+        idle: Duration::from_secs(3600),
+        ..CommitPolicy::default()
+    }
+}
+
+#[tokio::test]
+async fn reads_and_updates_in_the_open_transaction_see_the_events_whose_rows_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal =
+        SqliteJournal::open_owned_with_policy(&dir.path().join("j.sqlite3"), held_open()).unwrap();
+    journal.append(delivery("k", 3)).await.unwrap();
+    journal
+        .complete("k:0", &AttemptRecord::default())
+        .await
+        .unwrap();
+    // A second completion of the same event changes nothing, nor the backlog.
+    journal
+        .complete("k:0", &AttemptRecord::default())
+        .await
+        .unwrap();
+    assert_eq!(journal.backlog(), 2);
+    let due: Vec<String> = journal
+        .due(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|event| event.id)
+        .collect();
+    assert_eq!(due, vec!["k:1", "k:2"]);
+    journal
+        .reschedule(
+            "k:1",
+            &progress(1, &[], &["a"]),
+            Utc::now() + chrono::Duration::hours(1),
+            Some("a: boom"),
+        )
+        .await
+        .unwrap();
+    journal.append(delivery("later", 1)).await.unwrap();
+    journal
+        .complete("k:2", &AttemptRecord::default())
+        .await
+        .unwrap();
+    assert_eq!(journal.backlog(), 2);
+    let due: Vec<String> = journal
+        .due(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|event| event.id)
+        .collect();
+    assert_eq!(due, vec!["later:0"], "k:1 waits for its next attempt");
+    for (id, status) in [
+        ("k:0", EventStatus::Delivered),
+        ("k:1", EventStatus::Retrying),
+        ("k:2", EventStatus::Delivered),
+        ("later:0", EventStatus::Pending),
+    ] {
+        let event = journal.history_event(id).await.unwrap().unwrap();
+        assert_eq!(event.status, status, "{id}");
+    }
+    journal.close().await;
+}
+
+#[tokio::test]
+async fn when_the_rows_that_waited_cannot_be_written_nothing_answered_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.sqlite3");
+    SqliteJournal::open(&path).unwrap().close().await;
+    // Stands in for a disk that refuses the write: inserting this event's row fails.
+    let refuse = "CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.id = 'bad:0'
+                  BEGIN SELECT RAISE(ABORT, 'refused'); END";
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch(refuse)
+        .unwrap();
+
+    let journal = SqliteJournal::open_owned_with_policy(&path, held_open()).unwrap();
+    for key in ["ok", "bad"] {
+        assert!(matches!(
+            journal.append(delivery(key, 1)).await.unwrap(),
+            AppendOutcome::Stored(_)
+        ));
+    }
+    // The first operation that is neither an append nor a completion writes the rows first.
+    assert!(journal.probe().await.is_err());
+    assert!(
+        journal.due(10).await.is_err(),
+        "the redo log cannot be applied while the row is refused"
+    );
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch("DROP TRIGGER refuse")
+        .unwrap();
+    let mut due: Vec<String> = journal
+        .due(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|event| event.id)
+        .collect();
+    due.sort();
+    assert_eq!(
+        due,
+        vec!["bad:0", "ok:0"],
+        "both answered appends came back"
+    );
+    assert_eq!(journal.backlog(), 2);
+    journal.close().await;
+}

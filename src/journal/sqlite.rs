@@ -26,6 +26,8 @@ use super::{
     UnparsedSelection,
 };
 
+pub(super) mod deferred;
+
 /// Rows the purge deletes per transaction.
 pub(super) const PURGE_BATCH: usize = 5000;
 
@@ -355,12 +357,13 @@ fn exec(tx: &Transaction<'_>, sql: &str, params: impl rusqlite::Params) -> rusql
     tx.prepare_cached(sql)?.execute(params)
 }
 
-pub(super) fn append(
+/// Records the delivery's key; 0 when it is known already (a duplicate delivery).
+fn insert_delivery(
     tx: &Transaction<'_>,
-    delivery: NewDelivery,
-) -> Result<AppendOutcome, JournalError> {
-    let received_at = rfc3339(delivery.received_at);
-    let inserted = exec(
+    delivery: &NewDelivery,
+    received_at: &str,
+) -> rusqlite::Result<usize> {
+    exec(
         tx,
         "INSERT OR IGNORE INTO deliveries
             (key, webhook_id, received_at, received_unix_ms, event_count, key_derived)
@@ -373,8 +376,15 @@ pub(super) fn append(
             delivery.events.len() as i64,
             delivery.key_derived
         ],
-    )?;
-    if inserted == 0 {
+    )
+}
+
+pub(super) fn append(
+    tx: &Transaction<'_>,
+    delivery: NewDelivery,
+) -> Result<AppendOutcome, JournalError> {
+    let received_at = rfc3339(delivery.received_at);
+    if insert_delivery(tx, &delivery, &received_at)? == 0 {
         return Ok(AppendOutcome::Duplicate);
     }
     // An event already kept (its delivery key was forgotten after `dedupe.done_ttl` while the
