@@ -280,11 +280,6 @@ struct EnvelopeProbe<'a> {
     event_type: Option<serde_json::Value>,
 }
 
-#[derive(Deserialize)]
-struct EventProbe {
-    event_type: serde_json::Value,
-}
-
 /// Parses a verified body: `{webhook_id, events: [...]}`, or a bare single event.
 pub(crate) fn parse_delivery(body: &[u8]) -> Result<ParsedDelivery, MalformedBody> {
     let text = std::str::from_utf8(body).map_err(|_| MalformedBody::NotUtf8)?;
@@ -334,17 +329,19 @@ pub(crate) fn parse_delivery(body: &[u8]) -> Result<ParsedDelivery, MalformedBod
 
 fn parse_event(raw: &str) -> Result<ParsedEvent, String> {
     const NOT_AN_EVENT: &str = "an event must be an object with an `event_type`";
-    let probe: EventProbe = serde_json::from_str(raw).map_err(|_| NOT_AN_EVENT.to_string())?;
-    // As for the envelope: `["task.created"]` reads as an `EventProbe` but is no event.
-    if !is_object(raw) {
-        return Err(NOT_AN_EVENT.to_string());
-    }
-    match probe.event_type {
-        serde_json::Value::String(event_type) if !event_type.is_empty() => Ok(ParsedEvent {
+    let read: check::Event = match serde_json::from_str(raw) {
+        Ok(read) => read,
+        // Not an object (an array, a string...), or `event_type` twice.
+        Err(error) if error.is_data() => return Err(NOT_AN_EVENT.to_string()),
+        Err(error) => return Err(format!("event is not valid JSON: {error}")),
+    };
+    match read.event_type {
+        None => Err(NOT_AN_EVENT.to_string()),
+        Some(Some(event_type)) if !event_type.is_empty() => Ok(ParsedEvent {
             event_type,
-            raw: compact(raw)?,
+            raw: strip_white_space(raw),
         }),
-        _ => Err("`event_type` must be a non-empty string".to_string()),
+        Some(_) => Err("`event_type` must be a non-empty string".to_string()),
     }
 }
 
@@ -358,46 +355,187 @@ const JSON_WHITE_SPACE: [char; 4] = [' ', '\t', '\n', '\r'];
 
 /// The event's JSON without insignificant white space, every other byte as Attio sent it (keys
 /// in their order, numbers and string escapes untouched), so that it fits on one line of a
-/// JSON-lines sink.
-///
-/// Every event is first read through in full, as the worker, route filters and enrichment will
-/// read it: the probes above skip the values they do not need without looking into them, so an
-/// event could otherwise be stored that those cannot parse (nesting deeper than serde_json's
-/// limit of 128, a number beyond `f64` such as `1e400`, a lone surrogate `"\ud800"`).
-fn compact(raw: &str) -> Result<String, String> {
-    let mut deserializer = serde_json::Deserializer::from_str(raw);
-    serde_transcode::transcode(
-        &mut deserializer,
-        &mut serde_json::Serializer::new(std::io::sink()),
-    )
-    .map_err(|e| format!("event is not valid JSON: {e}"))?;
-    // Not the transcoded text: it goes through `f64`, which would change numbers.
-    Ok(strip_white_space(raw))
-}
-
-/// Drops JSON white space outside strings. `raw` is valid JSON (checked by the caller), so a
-/// string ends at the first `"` not escaped by a `\`.
+/// JSON-lines sink. `raw` is valid JSON (checked by the caller), so a string ends at the first
+/// `"` not escaped by a `\`. White space and quotes are ASCII, and no byte of a multi-byte
+/// UTF-8 character is, so the text is cut only between characters.
 fn strip_white_space(raw: &str) -> String {
     let mut out = String::with_capacity(raw.len());
+    let mut kept_from = 0;
     let mut in_string = false;
     let mut escaped = false;
-    for c in raw.chars() {
+    for (at, byte) in raw.bytes().enumerate() {
         if in_string {
             if escaped {
                 escaped = false;
-            } else if c == '\\' {
+            } else if byte == b'\\' {
                 escaped = true;
-            } else if c == '"' {
+            } else if byte == b'"' {
                 in_string = false;
             }
-        } else if JSON_WHITE_SPACE.contains(&c) {
-            continue;
-        } else if c == '"' {
+        } else if matches!(byte, b' ' | b'\t' | b'\n' | b'\r') {
+            out.push_str(&raw[kept_from..at]);
+            kept_from = at + 1;
+        } else if byte == b'"' {
             in_string = true;
         }
-        out.push(c);
     }
+    out.push_str(&raw[kept_from..]);
     out
+}
+
+/// One pass over an event's JSON that takes its `event_type` and reads everything else through
+/// in full, as the worker, route filters and enrichment will read it: so that no event is stored
+/// that those cannot parse (nesting deeper than serde_json's limit of 128, a number beyond `f64`
+/// such as `1e400`, a lone surrogate `"\ud800"`). Values are checked, not kept.
+mod check {
+    use std::fmt;
+
+    use serde::de::{self, Deserialize, MapAccess, SeqAccess, Visitor};
+
+    /// An event: an object (anything else is a data error), with its `event_type` when it has
+    /// one (`Some(None)` when that is not a string). `event_type` twice is a data error.
+    pub(super) struct Event {
+        pub(super) event_type: Option<Option<String>>,
+    }
+
+    impl<'de> Deserialize<'de> for Event {
+        fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Event, D::Error> {
+            deserializer.deserialize_map(EventVisitor)
+        }
+    }
+
+    struct EventVisitor;
+
+    impl<'de> Visitor<'de> for EventVisitor {
+        type Value = Event;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an event object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Event, A::Error> {
+            let mut event_type = None;
+            while let Some(IsEventType(is_event_type)) = map.next_key()? {
+                if !is_event_type {
+                    map.next_value::<Checked>()?;
+                } else if event_type.is_some() {
+                    return Err(de::Error::duplicate_field("event_type"));
+                } else {
+                    event_type = Some(map.next_value::<Text>()?.0);
+                }
+            }
+            Ok(Event { event_type })
+        }
+    }
+
+    /// Whether a key is `event_type` (after unescaping, as a derived struct compares it).
+    struct IsEventType(bool);
+
+    impl<'de> Deserialize<'de> for IsEventType {
+        fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<IsEventType, D::Error> {
+            deserializer.deserialize_str(IsEventTypeVisitor)
+        }
+    }
+
+    struct IsEventTypeVisitor;
+
+    impl Visitor<'_> for IsEventTypeVisitor {
+        type Value = IsEventType;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a key")
+        }
+        fn visit_str<E: de::Error>(self, key: &str) -> Result<IsEventType, E> {
+            Ok(IsEventType(key == "event_type"))
+        }
+    }
+
+    /// A value, checked and kept when it is a string.
+    struct Text(Option<String>);
+
+    impl<'de> Deserialize<'de> for Text {
+        fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Text, D::Error> {
+            deserializer.deserialize_any(TextVisitor)
+        }
+    }
+
+    struct TextVisitor;
+
+    impl<'de> Visitor<'de> for TextVisitor {
+        type Value = Text;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_str<E: de::Error>(self, text: &str) -> Result<Text, E> {
+            Ok(Text(Some(text.to_string())))
+        }
+        fn visit_string<E: de::Error>(self, text: String) -> Result<Text, E> {
+            Ok(Text(Some(text)))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Text, A::Error> {
+            CheckedVisitor.visit_map(map).map(|_| Text(None))
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Text, A::Error> {
+            CheckedVisitor.visit_seq(seq).map(|_| Text(None))
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Text, E> {
+            Ok(Text(None))
+        }
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Text, E> {
+            Ok(Text(None))
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Text, E> {
+            Ok(Text(None))
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Text, E> {
+            Ok(Text(None))
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Text, E> {
+            Ok(Text(None))
+        }
+    }
+
+    /// Any JSON value, read through in full (strings unescaped, numbers parsed, nesting counted)
+    /// and not kept.
+    struct Checked;
+
+    impl<'de> Deserialize<'de> for Checked {
+        fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Checked, D::Error> {
+            deserializer.deserialize_any(CheckedVisitor)
+        }
+    }
+
+    struct CheckedVisitor;
+
+    impl<'de> Visitor<'de> for CheckedVisitor {
+        type Value = Checked;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
+            while map.next_entry::<Checked, Checked>()?.is_some() {}
+            Ok(Checked)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Checked, A::Error> {
+            while seq.next_element::<Checked>()?.is_some() {}
+            Ok(Checked)
+        }
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<Checked, E> {
+            Ok(Checked)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Checked, E> {
+            Ok(Checked)
+        }
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Checked, E> {
+            Ok(Checked)
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Checked, E> {
+            Ok(Checked)
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Checked, E> {
+            Ok(Checked)
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Checked, E> {
+            Ok(Checked)
+        }
+    }
 }
 
 /// The delivery key used when Attio sent no `Idempotency-Key`: the webhook id and the body's
