@@ -475,7 +475,9 @@ impl Enricher {
         };
         let started = Instant::now();
         let window = settle.map_or(active.window, |settle| settle.max(active.window));
-        let enrichment = active.run(subject, plan, window).await;
+        // Boxed: fetching from Attio is a large future, and without the box every event's task
+        // would carry its size (and copy it when spawned), enriched or not.
+        let enrichment = Box::pin(active.run(subject, plan, window)).await;
         metrics::histogram!(crate::metrics::ENRICHMENT_DURATION)
             .record(started.elapsed().as_secs_f64());
         enrichment

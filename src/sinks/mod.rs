@@ -199,10 +199,13 @@ impl Sink {
             Sink::Jsonl(writer) | Sink::Stdout(writer) => {
                 writer.write_line(line.json.clone()).await
             }
-            Sink::Http(http) => http.deliver(line, attempt).await,
-            Sink::RedisStream(stream) => stream.deliver(line).await,
-            Sink::Command(command) => command.deliver(line, attempt).await,
-            Sink::Postgres(postgres) => postgres.deliver(line).await,
+            // Boxed: these are large futures (a network client's, a child process's), and
+            // without the box every event's task would carry the largest of them (and copy it
+            // when spawned), whichever sink it goes to.
+            Sink::Http(http) => Box::pin(http.deliver(line, attempt)).await,
+            Sink::RedisStream(stream) => Box::pin(stream.deliver(line)).await,
+            Sink::Command(command) => Box::pin(command.deliver(line, attempt)).await,
+            Sink::Postgres(postgres) => Box::pin(postgres.deliver(line)).await,
         }
     }
 }
