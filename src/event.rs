@@ -115,6 +115,15 @@ impl EventKind {
 
     pub(crate) fn as_str(&self) -> &str {
         match self {
+            EventKind::Unknown(other) => other,
+            known => known.label(),
+        }
+    }
+
+    /// The name of a known kind, and `"unknown"` for every other: the label metrics count by,
+    /// so a flood of odd names cannot blow up the series count (and no label is allocated).
+    pub(crate) fn label(&self) -> &'static str {
+        match self {
             EventKind::RecordCreated => "record.created",
             EventKind::RecordUpdated => "record.updated",
             EventKind::RecordDeleted => "record.deleted",
@@ -144,7 +153,7 @@ impl EventKind {
             EventKind::CallRecordingCreated => "call-recording.created",
             EventKind::ActivityAttributeCreated => "activity-attribute.created",
             EventKind::ActivityAttributeUpdated => "activity-attribute.updated",
-            EventKind::Unknown(other) => other,
+            EventKind::Unknown(_) => "unknown",
         }
     }
 

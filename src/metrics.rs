@@ -11,8 +11,12 @@
 //! memory, CPU seconds, open file descriptors, start time) are read from the operating system at
 //! each scrape ([`collect_process`]) under Prometheus's standard `process_*` names.
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::{LazyLock, OnceLock, RwLock};
 use std::time::Duration;
+
+use metrics::Counter;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -139,4 +143,85 @@ fn describe() {
         LOG_LINES_DROPPED,
         "Log lines dropped because standard error could not keep up"
     );
+}
+
+/// Counts one delivery received, by its outcome (see [`DELIVERIES`]).
+pub(crate) fn count_delivery(outcome: &'static str) {
+    static COUNTERS: LazyLock<Counters<&'static str, Counter>> = LazyLock::new(Counters::default);
+    COUNTERS
+        .get(
+            &outcome,
+            || outcome,
+            || metrics::counter!(DELIVERIES, "outcome" => outcome),
+        )
+        .increment(1);
+}
+
+/// Counts one event through the worker, by its kind's label and its outcome (see
+/// [`EVENTS_PROCESSED`]).
+pub(crate) fn count_event(kind: &'static str, outcome: &'static str) {
+    static COUNTERS: LazyLock<Counters<(&'static str, &'static str), Counter>> =
+        LazyLock::new(Counters::default);
+    COUNTERS
+        .get(
+            &(kind, outcome),
+            || (kind, outcome),
+            || metrics::counter!(EVENTS_PROCESSED, "kind" => kind, "outcome" => outcome),
+        )
+        .increment(1);
+}
+
+/// Counts one delivery to the sink `sink`, by whether it took the event (see
+/// [`SINK_DELIVERIES`]).
+pub(crate) fn count_sink_delivery(sink: &str, ok: bool) {
+    static COUNTERS: LazyLock<Counters<String, [Counter; 2]>> = LazyLock::new(Counters::default);
+    let [taken, failed] = COUNTERS.get(
+        sink,
+        || sink.to_string(),
+        || {
+            ["ok", "error"].map(|outcome| {
+            metrics::counter!(SINK_DELIVERIES, "sink" => sink.to_string(), "outcome" => outcome)
+        })
+        },
+    );
+    if ok { taken } else { failed }.increment(1);
+}
+
+/// Counter handles kept once looked up, by the values of their labels. Looking a counter up
+/// through the `metrics` macros builds its key (allocating its labels) and searches the
+/// recorder's registry, on every event; a kept handle is one atomic add. Handles are kept only
+/// once the recorder is installed: one taken before would count nowhere, for good.
+struct Counters<K, V> {
+    kept: RwLock<HashMap<K, V>>,
+}
+
+impl<K, V> Default for Counters<K, V> {
+    fn default() -> Counters<K, V> {
+        Counters {
+            kept: RwLock::new(HashMap::new()),
+        }
+    }
+}
+
+impl<K: Eq + Hash, V: Clone> Counters<K, V> {
+    /// What is kept under `key`, made with `make` (and kept under `owned()`) the first time.
+    fn get<Q>(&self, key: &Q, owned: impl FnOnce() -> K, make: impl FnOnce() -> V) -> V
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Eq + Hash + ?Sized,
+    {
+        if !matches!(HANDLE.get(), Some(Some(_))) {
+            return make();
+        }
+        // Each operation is one lookup or insert: a poisoned lock holds no broken state.
+        if let Some(kept) = self.kept.read().unwrap_or_else(|p| p.into_inner()).get(key) {
+            return kept.clone();
+        }
+        self.kept
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(owned())
+            .or_insert_with(make)
+            .clone()
+    }
 }

@@ -35,12 +35,11 @@ pub(crate) async fn receive(
     let started = std::time::Instant::now();
     let response = match handle(&state, &headers, body, request_id, &span).await {
         Ok((outcome, response)) => {
-            metrics::counter!(crate::metrics::DELIVERIES, "outcome" => outcome).increment(1);
+            crate::metrics::count_delivery(outcome);
             response
         }
         Err(error) => {
-            metrics::counter!(crate::metrics::DELIVERIES, "outcome" => error.outcome())
-                .increment(1);
+            crate::metrics::count_delivery(error.outcome());
             span.in_scope(|| match &error {
                 IngressError::Signature(reason) => {
                     tracing::warn!(%reason, "delivery refused: bad signature")

@@ -155,12 +155,7 @@ pub(crate) async fn deliver_to(
         }
         None => Err(SinkError::permanent("sink is not configured")),
     };
-    metrics::counter!(
-        crate::metrics::SINK_DELIVERIES,
-        "sink" => name.to_string(),
-        "outcome" => if result.is_ok() { "ok" } else { "error" }
-    )
-    .increment(1);
+    crate::metrics::count_sink_delivery(name, result.is_ok());
     result
 }
 

@@ -448,14 +448,7 @@ pub(crate) async fn process(
             "dead_lettered"
         }
     };
-    // Unknown types share one label so a flood of odd names cannot blow up the series count.
-    let kind = if item.kind.is_known() {
-        item.kind.as_str().to_string()
-    } else {
-        "unknown".to_string()
-    };
-    metrics::counter!(crate::metrics::EVENTS_PROCESSED, "kind" => kind, "outcome" => label)
-        .increment(1);
+    crate::metrics::count_event(item.kind.label(), label);
     outcome
 }
 
