@@ -10,6 +10,9 @@
 //!   after `server.idle_timeout`;
 //! - the webhook handler reads the body within `server.body_read_timeout` (in `webhook`).
 //!
+//! Every request on either listener has a request id (`x-request-id`: the caller's when it is
+//! acceptable, else a fresh one), answered back; see [`super::with_request_ids`].
+//!
 //! When `accept` fails for want of file descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM),
 //! the loop waits, doubling the pause up to a second, instead of retrying at once; the failure is
 //! logged once when it starts, every 30 s while it lasts, and once when accepting works again.
@@ -58,6 +61,7 @@ pub(crate) async fn serve(
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let connections = TaskTracker::new();
+    let request_ids = super::RequestIds::default();
     let mut accept_failures = Episode::default();
     let mut at_capacity = Episode::default();
     loop {
@@ -105,6 +109,7 @@ pub(crate) async fn serve(
                 connections.spawn(serve_connection(
                     stream,
                     router.clone(),
+                    request_ids.clone(),
                     limits,
                     shutdown.clone(),
                     permit,
@@ -218,16 +223,18 @@ impl Episode {
 async fn serve_connection(
     stream: TcpStream,
     router: Router,
+    request_ids: super::RequestIds,
     limits: ConnectionLimits,
     shutdown: CancellationToken,
     _permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     let activity = Arc::new(Activity::new());
-    let tower = TowerToHyperService::new(router);
+    let tower = TowerToHyperService::new(super::with_request_ids(router, request_ids));
     let service = {
         let activity = activity.clone();
-        hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             let busy = Busy::start(activity.clone());
+            super::drop_odd_request_id(request.headers_mut());
             let response = tower.call(request);
             async move {
                 // The request stays in progress until its answer's body has been read out to

@@ -14,9 +14,7 @@ use std::sync::Arc;
 use axum::routing::{get, post};
 use axum::Router;
 use secrecy::SecretString;
-use tower_http::request_id::{
-    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
-};
+use tower_http::request_id::{MakeRequestId, PropagateRequestId, RequestId, SetRequestId};
 
 use crate::dedupe::DedupeStore;
 use crate::journal::Journal;
@@ -55,8 +53,8 @@ pub(crate) fn admin_router(state: Arc<IngressState>) -> Router {
 }
 
 /// The main listener's routes. `/metrics` is served here unless an admin listener is set.
+/// Request ids are given by [`with_request_ids`], around whatever a listener serves.
 pub(crate) fn router(path: &str, state: Arc<IngressState>) -> Router {
-    let request_id = axum::http::HeaderName::from_static(REQUEST_ID_HEADER);
     let mut router = Router::new()
         .route(path, post(webhook::receive))
         .route("/healthz", get(health::healthz))
@@ -64,18 +62,27 @@ pub(crate) fn router(path: &str, state: Arc<IngressState>) -> Router {
     if state.metrics_on_main {
         router = router.route("/metrics", get(health::metrics));
     }
-    router
-        .with_state(state)
-        .layer(PropagateRequestIdLayer::new(request_id.clone()))
-        .layer(SetRequestIdLayer::new(request_id, RequestIds::default()))
-        .layer(axum::middleware::map_request(drop_odd_request_id))
+    router.with_state(state)
+}
+
+/// `router` with request ids: a caller's `x-request-id` is kept when it is acceptable
+/// ([`drop_odd_request_id`], applied by the connection before this), a request without one gets
+/// a fresh one, and the answer carries it. The layers wrap the router once, where
+/// `Router::layer` would wrap each route in them (a boxed service cloned, and a boxed future
+/// made, per layer and request).
+pub(crate) fn with_request_ids(
+    router: Router,
+    ids: RequestIds,
+) -> SetRequestId<PropagateRequestId<Router>, RequestIds> {
+    let header = axum::http::HeaderName::from_static(REQUEST_ID_HEADER);
+    SetRequestId::new(PropagateRequestId::new(router, header.clone()), header, ids)
 }
 
 /// Makes the ids of requests that came without one: UUID-shaped, from a random starting point
 /// drawn once per process plus a counter, so that the operating system's random source is not
 /// asked once per request (it showed in profiles of ingress).
 #[derive(Clone)]
-struct RequestIds {
+pub(crate) struct RequestIds {
     base: u128,
     next: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -113,15 +120,13 @@ pub(crate) const MAX_REQUEST_ID: usize = 128;
 
 /// Keeps a caller's `x-request-id` only when it is short visible ASCII, so that what goes into
 /// every log line and the journal stays small and printable; otherwise a fresh id is made.
-async fn drop_odd_request_id(mut request: axum::extract::Request) -> axum::extract::Request {
-    let odd = request
-        .headers()
+pub(crate) fn drop_odd_request_id(headers: &mut axum::http::HeaderMap) {
+    let odd = headers
         .get(REQUEST_ID_HEADER)
         .is_some_and(|value| !acceptable_request_id(value.as_bytes()));
     if odd {
-        request.headers_mut().remove(REQUEST_ID_HEADER);
+        headers.remove(REQUEST_ID_HEADER);
     }
-    request
 }
 
 fn acceptable_request_id(value: &[u8]) -> bool {
