@@ -17,6 +17,7 @@
 //! read, update or commit finds the journal without them.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Transaction};
@@ -31,14 +32,29 @@ use super::insert_delivery;
 pub(in crate::journal) struct Deferred {
     rows: Vec<Row>,
     /// Where each id is in `rows`.
-    by_id: HashMap<String, usize>,
+    by_id: HashMap<Arc<str>, usize>,
 }
 
+/// One event's row, kept back. What the events of a delivery share is kept once for them all,
+/// and the id once for the row and its entry in `by_id`: these rows are made for every event,
+/// beside the copy the caller is answered with.
 struct Row {
-    event: JournaledEvent,
-    received_ms: i64,
+    id: Arc<str>,
+    index: u32,
+    event_type: String,
+    raw: String,
+    delivery: Arc<DeliveryRow>,
     /// When and how it was delivered, if it was before the row was inserted.
     delivered: Option<(String, AttemptRecord)>,
+}
+
+/// What the rows of one delivery's events share.
+struct DeliveryRow {
+    key: String,
+    webhook_id: Option<String>,
+    received_at: String,
+    request_id: Option<String>,
+    received_ms: i64,
 }
 
 impl Deferred {
@@ -63,32 +79,43 @@ impl Deferred {
         let mut pending = tx.prepare_cached(INSERT_PENDING)?;
         let mut delivered = tx.prepare_cached(INSERT_DELIVERED)?;
         for Row {
-            event,
-            received_ms,
+            id,
+            index,
+            event_type,
+            raw,
+            delivery,
             delivered: done,
         } in self.rows.drain(..)
         {
+            let id: &str = &id;
+            let DeliveryRow {
+                key,
+                webhook_id,
+                received_at,
+                request_id,
+                received_ms,
+            } = &*delivery;
             match done {
                 None => pending.execute(params![
-                    event.id,
-                    event.delivery_key,
-                    event.index as i64,
-                    event.webhook_id,
-                    event.event_type,
-                    event.received_at,
-                    event.request_id,
-                    event.raw,
+                    id,
+                    key,
+                    index as i64,
+                    webhook_id,
+                    event_type,
+                    received_at,
+                    request_id,
+                    raw,
                     received_ms
                 ])?,
                 Some((delivered_at, record)) => delivered.execute(params![
-                    event.id,
-                    event.delivery_key,
-                    event.index as i64,
-                    event.webhook_id,
-                    event.event_type,
-                    event.received_at,
-                    event.request_id,
-                    event.raw,
+                    id,
+                    key,
+                    index as i64,
+                    webhook_id,
+                    event_type,
+                    received_at,
+                    request_id,
+                    raw,
                     received_ms,
                     delivered_at,
                     json_list(&record.sinks_done),
@@ -133,35 +160,53 @@ pub(in crate::journal) fn append(
     if insert_delivery(tx, &delivery, &received_at)? == 0 {
         return Ok(AppendOutcome::Duplicate);
     }
-    let received_ms = delivery.received_at.timestamp_millis();
+    let NewDelivery {
+        key,
+        webhook_id,
+        received_at: received,
+        request_id,
+        events,
+        ..
+    } = delivery;
+    let shared = Arc::new(DeliveryRow {
+        key,
+        webhook_id,
+        received_at,
+        request_id,
+        received_ms: received.timestamp_millis(),
+    });
     let mut kept = tx.prepare_cached("SELECT 1 FROM events WHERE id = ?1")?;
-    let mut stored = Vec::with_capacity(delivery.events.len());
-    for (index, event) in delivery.events.into_iter().enumerate() {
-        let id = crate::event::event_id(&delivery.key, index);
+    let mut stored = Vec::with_capacity(events.len());
+    for (index, event) in events.into_iter().enumerate() {
+        let id = crate::event::event_id(&shared.key, index);
         // An event already kept (see `super::append`) is not stored nor processed again.
-        if deferred.by_id.contains_key(&id) || kept.exists(params![id])? {
+        if deferred.by_id.contains_key(id.as_str()) || kept.exists(params![id])? {
             continue;
         }
-        let event = JournaledEvent {
+        let index = index as u32;
+        let row_id: Arc<str> = Arc::from(id.as_str());
+        deferred.by_id.insert(row_id.clone(), deferred.rows.len());
+        deferred.rows.push(Row {
+            id: row_id,
+            index,
+            event_type: event.event_type.clone(),
+            raw: event.raw.clone(),
+            delivery: shared.clone(),
+            delivered: None,
+        });
+        stored.push(JournaledEvent {
             id,
-            delivery_key: delivery.key.clone(),
-            index: index as u32,
-            webhook_id: delivery.webhook_id.clone(),
+            delivery_key: shared.key.clone(),
+            index,
+            webhook_id: shared.webhook_id.clone(),
             event_type: event.event_type,
-            received_at: received_at.clone(),
-            request_id: delivery.request_id.clone(),
+            received_at: shared.received_at.clone(),
+            request_id: shared.request_id.clone(),
             raw: event.raw,
             attempts: 0,
             sinks_done: Vec::new(),
             sink_attempts: Default::default(),
-        };
-        deferred.by_id.insert(event.id.clone(), deferred.rows.len());
-        deferred.rows.push(Row {
-            event: event.clone(),
-            received_ms,
-            delivered: None,
         });
-        stored.push(event);
     }
     Ok(AppendOutcome::Stored(stored))
 }
