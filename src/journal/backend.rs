@@ -49,11 +49,12 @@ pub trait Backend: Send + Sync {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<JournaledEvent>, JournalError>> + Send;
 
-    /// The event is delivered; it stays in the history with `record`.
+    /// The event is delivered; it stays in the history with `record` (taken: the embedded
+    /// journal keeps it until its row is written).
     fn complete(
         &self,
         id: &str,
-        record: &AttemptRecord,
+        record: AttemptRecord,
     ) -> impl Future<Output = Result<(), JournalError>> + Send;
 
     /// Puts the event back for a later attempt without a sink having failed (the worker defers

@@ -451,9 +451,8 @@ impl Backend for SqliteJournal {
     }
 
     /// The event is delivered: it stays in the history with what the attempt learnt.
-    async fn complete(&self, id: &str, record: &AttemptRecord) -> Result<(), JournalError> {
+    async fn complete(&self, id: &str, record: AttemptRecord) -> Result<(), JournalError> {
         let id = id.to_string();
-        let record = record.clone();
         let delivered_at = Utc::now();
         let redo = self
             .redo

@@ -113,7 +113,7 @@ async fn a_replay_by_another_process_is_counted_in_the_backlog() {
     assert_eq!(due.len(), 1, "the daemon sees the replayed event");
     assert_eq!(daemon.backlog(), 1, "and counts it");
     daemon
-        .complete("k:0", &AttemptRecord::default())
+        .complete("k:0", AttemptRecord::default())
         .await
         .unwrap();
     assert_eq!(daemon.backlog(), 0);
@@ -173,7 +173,7 @@ async fn answered_writes_that_were_not_committed_yet_come_back_from_the_redo_log
         sinks_done: vec!["file".to_string()],
         ..AttemptRecord::default()
     };
-    journal.complete("b:0", &record).await.unwrap();
+    journal.complete("b:0", record.clone()).await.unwrap();
     assert_eq!(journal.backlog(), 2);
 
     // Every answer above was given while the writer still held its transaction open.
@@ -276,12 +276,12 @@ async fn reads_and_updates_in_the_open_transaction_see_the_events_whose_rows_wai
         SqliteJournal::open_owned_with_policy(&dir.path().join("j.sqlite3"), held_open()).unwrap();
     journal.append(delivery("k", 3)).await.unwrap();
     journal
-        .complete("k:0", &AttemptRecord::default())
+        .complete("k:0", AttemptRecord::default())
         .await
         .unwrap();
     // A second completion of the same event changes nothing, nor the backlog.
     journal
-        .complete("k:0", &AttemptRecord::default())
+        .complete("k:0", AttemptRecord::default())
         .await
         .unwrap();
     assert_eq!(journal.backlog(), 2);
@@ -304,7 +304,7 @@ async fn reads_and_updates_in_the_open_transaction_see_the_events_whose_rows_wai
         .unwrap();
     journal.append(delivery("later", 1)).await.unwrap();
     journal
-        .complete("k:2", &AttemptRecord::default())
+        .complete("k:2", AttemptRecord::default())
         .await
         .unwrap();
     assert_eq!(journal.backlog(), 2);

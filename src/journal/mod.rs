@@ -252,7 +252,7 @@ impl Journal {
     }
 
     /// The event is delivered; it stays in the history (`storage.history`) with `record`.
-    pub async fn complete(&self, id: &str, record: &AttemptRecord) -> Result<(), JournalError> {
+    pub async fn complete(&self, id: &str, record: AttemptRecord) -> Result<(), JournalError> {
         on_backend!(self, backend => backend.complete(id, record).await)
     }
 

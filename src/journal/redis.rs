@@ -560,8 +560,8 @@ impl Backend for RedisJournal {
         }
     }
 
-    async fn complete(&self, id: &str, record: &AttemptRecord) -> Result<(), JournalError> {
-        let mut fields = history_fields(record);
+    async fn complete(&self, id: &str, record: AttemptRecord) -> Result<(), JournalError> {
+        let mut fields = history_fields(&record);
         fields.push(("sinks_done", json_list(&record.sinks_done)));
         fields.push(("failed_sinks", "[]".to_string()));
         fields.push(("delivered_at", rfc3339(Utc::now())));

@@ -95,12 +95,12 @@ async fn complete_removes_the_event_and_lowers_the_backlog() {
     stored(&journal, "k", 2).await;
     journal.due(10).await.unwrap();
     journal
-        .complete("k:0", &AttemptRecord::default())
+        .complete("k:0", AttemptRecord::default())
         .await
         .unwrap();
     assert_eq!(journal.backlog(), 1);
     journal
-        .complete("k:0", &AttemptRecord::default())
+        .complete("k:0", AttemptRecord::default())
         .await
         .unwrap();
     assert_eq!(journal.backlog(), 1, "completing twice counts once");
@@ -182,7 +182,7 @@ async fn entries_left_by_a_crashed_replica_are_reclaimed_after_the_lease() {
     assert_eq!(ids(&reclaimed), vec!["k:0", "k:1", "k:2"]);
     for event in &reclaimed {
         survivor
-            .complete(&event.id, &AttemptRecord::default())
+            .complete(&event.id, AttemptRecord::default())
             .await
             .unwrap();
     }
@@ -196,7 +196,7 @@ async fn closing_hands_unfinished_entries_to_the_other_replicas_at_once() {
     stored(&leaving, "k", 2).await;
     assert_eq!(leaving.due(10).await.unwrap().len(), 2);
     leaving
-        .complete("k:0", &AttemptRecord::default())
+        .complete("k:0", AttemptRecord::default())
         .await
         .unwrap();
     leaving.close().await;

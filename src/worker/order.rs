@@ -40,19 +40,20 @@ struct Slot {
 /// The events in flight, by delivery.
 #[derive(Clone, Default)]
 pub(crate) struct DeliveryOrder {
-    deliveries: Arc<Mutex<HashMap<String, Vec<Slot>>>>,
+    deliveries: Arc<Mutex<HashMap<Arc<str>, Vec<Slot>>>>,
 }
 
 /// One event's place in its delivery's order.
 pub(crate) struct Ticket {
     order: DeliveryOrder,
-    delivery_key: String,
+    /// Shared with the key of its delivery's entry.
+    delivery_key: Arc<str>,
     index: u32,
     stage: watch::Sender<Stage>,
 }
 
 impl DeliveryOrder {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Slot>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Vec<Slot>>> {
         // Each operation is one insert or removal: a panic elsewhere leaves nothing half-done.
         self.deliveries.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -60,8 +61,9 @@ impl DeliveryOrder {
     /// Registers the event `index` of the delivery `delivery_key` as in flight.
     pub(crate) fn enter(&self, delivery_key: &str, index: u32) -> Ticket {
         let (stage, receiver) = watch::channel(Stage::Started);
+        let delivery_key: Arc<str> = Arc::from(delivery_key);
         self.lock()
-            .entry(delivery_key.to_string())
+            .entry(delivery_key.clone())
             .or_default()
             .push(Slot {
                 index,
@@ -69,7 +71,7 @@ impl DeliveryOrder {
             });
         Ticket {
             order: self.clone(),
-            delivery_key: delivery_key.to_string(),
+            delivery_key,
             index,
             stage,
         }
@@ -92,7 +94,7 @@ impl Ticket {
     pub(crate) fn has_company(&self) -> bool {
         self.order
             .lock()
-            .get(&self.delivery_key)
+            .get(&*self.delivery_key)
             .is_some_and(|slots| slots.len() > 1)
     }
 
@@ -109,7 +111,7 @@ impl Ticket {
         let earlier: Vec<watch::Receiver<Stage>> = self
             .order
             .lock()
-            .get(&self.delivery_key)
+            .get(&*self.delivery_key)
             .map(|slots| {
                 slots
                     .iter()
@@ -135,10 +137,10 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         self.stage.send_replace(Stage::Done);
         let mut deliveries = self.order.lock();
-        if let Some(slots) = deliveries.get_mut(&self.delivery_key) {
+        if let Some(slots) = deliveries.get_mut(&*self.delivery_key) {
             slots.retain(|slot| slot.index != self.index);
             if slots.is_empty() {
-                deliveries.remove(&self.delivery_key);
+                deliveries.remove(&*self.delivery_key);
             }
         }
     }

@@ -41,7 +41,7 @@ pub(crate) async fn settle(
         }
         found.sinks_done = progress.sinks_done.clone();
         let started = Instant::now();
-        let result = pipeline.journal.complete(&item.id, &found).await;
+        let result = pipeline.journal.complete(&item.id, found).await;
         record(pipeline, &item.id, started, result, Some(&progress));
         tracing::info!(sinks = progress.sinks_done.len(), "event delivered");
         return Outcome::Delivered {
@@ -110,7 +110,7 @@ pub(crate) async fn already_done(pipeline: &Pipeline, item: &WorkItem) -> Outcom
         ..AttemptRecord::default()
     };
     let started = Instant::now();
-    let result = pipeline.journal.complete(&item.id, &found).await;
+    let result = pipeline.journal.complete(&item.id, found).await;
     record(pipeline, &item.id, started, result, None);
     Outcome::Duplicate
 }

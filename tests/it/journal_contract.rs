@@ -250,9 +250,9 @@ async fn a_completed_event_stays_in_the_history_as_delivered(journal: &Journal) 
         sinks_delivered: BTreeMap::from([("out".into(), "2026-01-01T00:00:00Z".into())]),
         ..AttemptRecord::default()
     };
-    journal.complete("k:0", &record).await.unwrap();
+    journal.complete("k:0", record.clone()).await.unwrap();
     assert_eq!(journal.backlog(), 1);
-    journal.complete("k:0", &record).await.unwrap();
+    journal.complete("k:0", record.clone()).await.unwrap();
     assert_eq!(journal.backlog(), 1, "completing twice counts once");
     assert!(
         journal.dead_letters(10).await.unwrap().is_empty(),
@@ -411,7 +411,7 @@ async fn dead_letters_are_listed_oldest_first_by_sink_and_event_type(journal: &J
     assert!(list(None, Some("task.*"), 10).await.is_empty());
     assert!(list(Some("c"), None, 10).await.is_empty());
     journal
-        .complete("k:0", &AttemptRecord::default())
+        .complete("k:0", AttemptRecord::default())
         .await
         .unwrap();
     assert_eq!(
@@ -502,7 +502,7 @@ async fn replay_of_delivered_events_repeats_every_sink_or_only_the_one_named(jou
         sinks_done: vec!["out".into(), "other".into()],
         ..AttemptRecord::default()
     };
-    journal.complete("k:0", &delivered).await.unwrap();
+    journal.complete("k:0", delivered.clone()).await.unwrap();
     let named = ReplaySelection::Ids(vec!["k:0".to_string()]);
     let refused = journal.replay(&named, None, false).await.unwrap();
     assert!(refused.replayed.is_empty(), "dead-letters replay leaves it");
@@ -526,7 +526,7 @@ async fn replay_of_delivered_events_repeats_every_sink_or_only_the_one_named(jou
     let due = journal.due(10).await.unwrap();
     assert_eq!(sorted_ids(&due), ["k:0"]);
     assert_eq!(due[0].sinks_done, ["other"], "only out gets it again");
-    journal.complete("k:0", &delivered).await.unwrap();
+    journal.complete("k:0", delivered.clone()).await.unwrap();
 
     let report = journal.replay(&named, None, true).await.unwrap();
     assert_eq!(report.replayed, ["k:0"]);
@@ -637,7 +637,7 @@ async fn three_outcomes(journal: &Journal) {
         sinks_done: vec!["out".into()],
         ..AttemptRecord::default()
     };
-    journal.complete("k:0", &delivered).await.unwrap();
+    journal.complete("k:0", delivered.clone()).await.unwrap();
     let later = Utc::now() + chrono::Duration::hours(1);
     journal
         .retry_sinks(
@@ -806,7 +806,7 @@ async fn the_backlog_counts_pending_events_only(journal: &Journal) {
     let age = journal.oldest_pending_age().await.unwrap().unwrap();
     assert!(age < Duration::from_secs(60), "{age:?}");
     journal
-        .complete("a:0", &AttemptRecord::default())
+        .complete("a:0", AttemptRecord::default())
         .await
         .unwrap();
     assert_eq!(journal.backlog(), 3, "complete: one fewer");
