@@ -55,6 +55,10 @@ impl Outages {
     /// The outage tracker of the sink `name`.
     pub(crate) fn sink(&self, name: &str) -> Arc<Outage> {
         let mut sinks = self.sinks.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(outage) = sinks.get(name) {
+            // Looked up by name first: making the entry's key would allocate, per event.
+            return outage.clone();
+        }
         sinks
             .entry(name.to_string())
             .or_insert_with(|| Arc::new(Outage::new(format!("sink {name}"))))
