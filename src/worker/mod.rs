@@ -391,7 +391,10 @@ impl Worker {
             event_type = %crate::event::printable(&event.event_type),
             request_id = event.request_id.as_deref().unwrap_or("-"),
         );
-        tasks.spawn(
+        // Boxed: an event's future is a few kilobytes, and a task's future is moved several
+        // times as it is spawned and written over once more as it finishes; a box moves as one
+        // pointer.
+        tasks.spawn(Box::pin(
             async move {
                 // The one place the event's JSON is read; every stage borrows the item.
                 let mut item = WorkItem::new(event, pipeline.routes.has_filters());
@@ -402,7 +405,7 @@ impl Worker {
                 drop(permit);
             }
             .instrument(span),
-        );
+        ));
         true
     }
 }
