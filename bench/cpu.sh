@@ -155,7 +155,7 @@ printf '%s\n' "${lines[@]}" > "$work/runs.txt"
   echo "CPU per request, $(date -u '+%Y-%m-%d %H:%M') UTC, $(nproc) cores, $ROUNDS rounds, $REQUESTS requests (ingress) / $E2E_EVENTS events (e2e) at $CONCURRENCY connections"
   echo
   i=0
-  for binary in "${binaries[@]}"; do i=$((i + 1)); echo "- b$i = ${binary#"$repo"/}"; done
+  for binary in "${binaries[@]}"; do i=$((i + 1)); echo "- b$i = $(realpath --relative-to="$repo" "$binary")"; done
   echo
   python3 - "$work/runs.txt" <<'PY'
 import collections, sys
