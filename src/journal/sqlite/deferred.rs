@@ -76,78 +76,57 @@ impl Deferred {
         if self.rows.is_empty() {
             return Ok(());
         }
-        let mut pending = tx.prepare_cached(INSERT_PENDING)?;
-        let mut delivered = tx.prepare_cached(INSERT_DELIVERED)?;
+        let mut statement = tx.prepare_cached(INSERT)?;
+        // A pending row's history is empty: the values its columns default to.
+        let none = AttemptRecord::default();
         for Row {
             id,
             index,
             event_type,
             raw,
             delivery,
-            delivered: done,
+            delivered,
         } in self.rows.drain(..)
         {
-            let id: &str = &id;
-            let DeliveryRow {
-                key,
-                webhook_id,
-                received_at,
-                request_id,
-                received_ms,
-            } = &*delivery;
-            match done {
-                None => pending.execute(params![
-                    id,
-                    key,
-                    index as i64,
-                    webhook_id,
-                    event_type,
-                    received_at,
-                    request_id,
-                    raw,
-                    received_ms
-                ])?,
-                Some((delivered_at, record)) => delivered.execute(params![
-                    id,
-                    key,
-                    index as i64,
-                    webhook_id,
-                    event_type,
-                    received_at,
-                    request_id,
-                    raw,
-                    received_ms,
-                    delivered_at,
-                    json_list(&record.sinks_done),
-                    record.enrichment,
-                    record.object,
-                    record.list,
-                    record.record_id,
-                    record.data,
-                    record.data_omitted,
-                    json_texts(&record.sink_errors),
-                    json_texts(&record.sinks_delivered),
-                ])?,
+            let (state, delivered_at, record) = match &delivered {
+                None => ("pending", None, &none),
+                Some((at, record)) => ("delivered", Some(at.as_str()), record),
             };
+            statement.execute(params![
+                &*id,
+                delivery.key,
+                index as i64,
+                delivery.webhook_id,
+                event_type,
+                delivery.received_at,
+                delivery.request_id,
+                raw,
+                delivery.received_ms,
+                state,
+                delivered_at,
+                json_list(&record.sinks_done),
+                record.enrichment,
+                record.object,
+                record.list,
+                record.record_id,
+                record.data,
+                record.data_omitted,
+                json_texts(&record.sink_errors),
+                json_texts(&record.sinks_delivered),
+            ])?;
         }
         Ok(())
     }
 }
 
-/// A pending event's row, as `super::append` inserts it.
-const INSERT_PENDING: &str = "INSERT INTO events
-        (id, delivery_key, idx, webhook_id, event_type, received_at, request_id, event,
-         received_unix_ms)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-     ON CONFLICT(id) DO NOTHING";
-
-/// A delivered event's row: what `super::append` and then `super::complete` leave.
-const INSERT_DELIVERED: &str = "INSERT INTO events
+/// An event's row: pending, as `super::append` inserts it, or delivered, as `super::append` and
+/// then `super::complete` leave it.
+const INSERT: &str = "INSERT INTO events
         (id, delivery_key, idx, webhook_id, event_type, received_at, request_id, event,
          received_unix_ms, state, delivered_at, sinks_done, enrichment, object, list, record_id,
          data, data_omitted, sink_errors, sinks_delivered)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'delivered', ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-             ?17, ?18, ?19)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
+             ?19, ?20)
      ON CONFLICT(id) DO NOTHING";
 
 /// [`super::append`], with the events' rows kept back in `deferred`.
