@@ -392,6 +392,37 @@ fn strip_white_space(raw: &str) -> String {
     out
 }
 
+/// For the visitors of `check` and `ids`: every other JSON value (null, booleans, numbers, and
+/// with `strings` also strings) yields `$empty`.
+macro_rules! scalars_yield {
+    ($empty:expr) => {
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok($empty)
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok($empty)
+        }
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($empty)
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($empty)
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($empty)
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok($empty)
+        }
+    };
+    ($empty:expr, strings) => {
+        scalars_yield!($empty);
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+            Ok($empty)
+        }
+    };
+}
+
 /// One pass over an event's JSON that takes its `event_type` and reads everything else through
 /// in full, as the worker, route filters and enrichment will read it: so that no event is stored
 /// that those cannot parse (nesting deeper than serde_json's limit of 128, a number beyond `f64`
@@ -484,21 +515,7 @@ mod check {
         fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Text, A::Error> {
             CheckedVisitor.visit_seq(seq).map(|_| Text(None))
         }
-        fn visit_unit<E: de::Error>(self) -> Result<Text, E> {
-            Ok(Text(None))
-        }
-        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Text, E> {
-            Ok(Text(None))
-        }
-        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Text, E> {
-            Ok(Text(None))
-        }
-        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Text, E> {
-            Ok(Text(None))
-        }
-        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Text, E> {
-            Ok(Text(None))
-        }
+        scalars_yield!(Text(None));
     }
 
     /// Any JSON value, read through in full (strings unescaped, numbers parsed, nesting counted)
@@ -526,24 +543,7 @@ mod check {
             while seq.next_element::<Checked>()?.is_some() {}
             Ok(Checked)
         }
-        fn visit_str<E: de::Error>(self, _: &str) -> Result<Checked, E> {
-            Ok(Checked)
-        }
-        fn visit_unit<E: de::Error>(self) -> Result<Checked, E> {
-            Ok(Checked)
-        }
-        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Checked, E> {
-            Ok(Checked)
-        }
-        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Checked, E> {
-            Ok(Checked)
-        }
-        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Checked, E> {
-            Ok(Checked)
-        }
-        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Checked, E> {
-            Ok(Checked)
-        }
+        scalars_yield!(Checked, strings);
     }
 }
 
@@ -766,37 +766,6 @@ mod ids {
     };
 
     use super::{EventIds, ID_KEYS};
-
-    /// Every other JSON value (null, booleans, numbers, and with `strings` also strings) yields
-    /// `$empty`.
-    macro_rules! scalars_yield {
-        ($empty:expr) => {
-            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok($empty)
-            }
-            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok($empty)
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-                Ok($empty)
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-                Ok($empty)
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-                Ok($empty)
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-                Ok($empty)
-            }
-        };
-        ($empty:expr, strings) => {
-            scalars_yield!($empty);
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
-                Ok($empty)
-            }
-        };
-    }
 
     /// A key of the event or of its `id`.
     enum Key {
