@@ -175,14 +175,11 @@ pub(crate) fn count_event(kind: &'static str, outcome: &'static str) {
 /// [`SINK_DELIVERIES`]).
 pub(crate) fn count_sink_delivery(sink: &str, ok: bool) {
     static COUNTERS: LazyLock<Counters<String, [Counter; 2]>> = LazyLock::new(Counters::default);
+    let counter = |outcome: &'static str| metrics::counter!(SINK_DELIVERIES, "sink" => sink.to_string(), "outcome" => outcome);
     let [taken, failed] = COUNTERS.get(
         sink,
         || sink.to_string(),
-        || {
-            ["ok", "error"].map(|outcome| {
-            metrics::counter!(SINK_DELIVERIES, "sink" => sink.to_string(), "outcome" => outcome)
-        })
-        },
+        || [counter("ok"), counter("error")],
     );
     if ok { taken } else { failed }.increment(1);
 }
@@ -223,5 +220,39 @@ impl<K: Eq + Hash, V: Clone> Counters<K, V> {
             .entry(owned())
             .or_insert_with(make)
             .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The value of one series in the exposition (0 when absent).
+    fn series(text: &str, name_and_labels: &str) -> f64 {
+        text.lines()
+            .find_map(|line| {
+                let (series, value) = line.rsplit_once(' ')?;
+                (series == name_and_labels).then(|| value.parse().ok())?
+            })
+            .unwrap_or(0.0)
+    }
+
+    #[test]
+    fn kept_counters_keep_counting_each_label_set_apart() {
+        let handle = handle().expect("the recorder installs in this test process");
+        for _ in 0..3 {
+            count_sink_delivery("kept-counters-test", true);
+        }
+        count_sink_delivery("kept-counters-test", false);
+        count_event("unknown", "kept-counters-test");
+        count_event("unknown", "kept-counters-test");
+        let text = handle.render();
+        let ok = "attio_webhooks_sink_deliveries_total{sink=\"kept-counters-test\",outcome=\"ok\"}";
+        let error =
+            "attio_webhooks_sink_deliveries_total{sink=\"kept-counters-test\",outcome=\"error\"}";
+        let events = "attio_webhooks_events_processed_total{kind=\"unknown\",outcome=\"kept-counters-test\"}";
+        assert_eq!(series(&text, ok), 3.0, "{text}");
+        assert_eq!(series(&text, error), 1.0, "{text}");
+        assert_eq!(series(&text, events), 2.0, "{text}");
     }
 }

@@ -300,8 +300,9 @@ impl RedisDedupe {
 
     /// Sends what queued while the previous call was out as the next call: under load many
     /// events' claims and done marks share one round trip; alone, an op goes at once. Before
-    /// each call the tasks that are ready to run go first (one yield, no timer), so that the
-    /// claims and done marks they are about to make join it rather than the next one.
+    /// each call the tasks that are ready to run go first (up to [`GATHER_YIELDS`] yields,
+    /// while each brings more; no timer), so that the claims and done marks they are about to
+    /// make join it rather than the next one.
     async fn run_batches(self, mut ops: mpsc::UnboundedReceiver<Op>) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         while ops.recv_many(&mut batch, MAX_BATCH).await > 0 {

@@ -99,6 +99,8 @@ async fn an_admin_listener_takes_metrics_off_the_public_port() {
         .await
         .unwrap();
     assert_eq!(ready.status(), 200);
+    // Request ids are given on either listener.
+    assert!(!ready.headers()["x-request-id"].is_empty());
 }
 
 #[tokio::test]
