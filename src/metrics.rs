@@ -175,13 +175,20 @@ pub(crate) fn count_event(kind: &'static str, outcome: &'static str) {
 /// [`SINK_DELIVERIES`]).
 pub(crate) fn count_sink_delivery(sink: &str, ok: bool) {
     static COUNTERS: LazyLock<Counters<String, [Counter; 2]>> = LazyLock::new(Counters::default);
-    let counter = |outcome: &'static str| metrics::counter!(SINK_DELIVERIES, "sink" => sink.to_string(), "outcome" => outcome);
     let [taken, failed] = COUNTERS.get(
         sink,
         || sink.to_string(),
-        || [counter("ok"), counter("error")],
+        || [sink_counter(sink, "ok"), sink_counter(sink, "error")],
     );
     if ok { taken } else { failed }.increment(1);
+}
+
+fn sink_counter(sink: &str, outcome: &'static str) -> Counter {
+    metrics::counter!(
+        SINK_DELIVERIES,
+        "sink" => sink.to_string(),
+        "outcome" => outcome
+    )
 }
 
 /// Counter handles kept once looked up, by the values of their labels. Looking a counter up
