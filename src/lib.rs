@@ -56,6 +56,8 @@
 //! - `telemetry`: logging (`serve` writes from a thread of its own, so a stalled stderr drops
 //!   lines instead of stalling the daemon).
 //! - `metrics`: Prometheus registry and metric names.
+//! - `threads`: the helper threads (journal writer, line sinks), which do not preempt the async
+//!   thread that wakes them.
 //! - `cli`: the command line: `serve`, `events list|show|tail|replay`, `dead-letters list|show|replay`, `unparsed list|show|delete`,
 //!   `journal check|recover`,
 //!   `webhooks list|get|create|update|delete` (Attio subscriptions), `sync` (fill and
@@ -83,4 +85,5 @@ mod settings_format;
 pub mod signature;
 pub mod sinks;
 pub(crate) mod telemetry;
+pub(crate) mod threads;
 pub(crate) mod worker;

@@ -297,9 +297,7 @@ impl SqliteJournal {
         let backlog = writer.backlog.clone();
         let write_failure = writer.write_failure.clone();
         let (requests, receiver) = mpsc::channel(QUEUE_DEPTH);
-        std::thread::Builder::new()
-            .name("journal-writer".to_string())
-            .spawn(move || writer.run(connection, receiver))
+        crate::threads::spawn_helper("journal-writer", move || writer.run(connection, receiver))
             .map_err(|e| JournalError::Storage(format!("cannot start journal writer: {e}")))?;
         let directory = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
             Some(dir) => dir.to_path_buf(),

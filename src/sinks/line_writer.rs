@@ -72,9 +72,7 @@ impl LineWriter {
         let (jobs, receiver) = mpsc::channel(QUEUE_DEPTH);
         let reopen = Arc::new(AtomicBool::new(false));
         let requested = reopen.clone();
-        std::thread::Builder::new()
-            .name(name.to_string())
-            .spawn(move || write_loop(output, receiver, &requested))?;
+        crate::threads::spawn_helper(name, move || write_loop(output, receiver, &requested))?;
         Ok(LineWriter { jobs, reopen })
     }
 
