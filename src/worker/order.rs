@@ -20,7 +20,8 @@ use tokio::sync::watch;
 
 use crate::enrich::Subject;
 
-/// Where one event stands, as the events behind it see it.
+/// Where one event stands, as the events behind it see it. Once its deliveries are over (or it
+/// left the pipeline without any) its slot is gone, and its channel closed with it: done.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Stage {
     /// Dispatched; what it is about is not known yet.
@@ -28,13 +29,34 @@ enum Stage {
     /// Waiting for its turn or delivering: about this subject (`None`: an event type whose
     /// subject is unknown; such events are ordered among themselves).
     About(Option<Subject>),
-    /// Its deliveries are over (or it left the pipeline without any).
-    Done,
 }
 
+/// One event in flight. Its stage is told through a watch channel made only once another event
+/// of its delivery looks at it or it has something to say to one: a delivery holds a single
+/// event as a rule, and then nothing is made or announced.
 struct Slot {
     index: u32,
-    stage: watch::Receiver<Stage>,
+    stage: Option<watch::Sender<Stage>>,
+}
+
+impl Slot {
+    /// Sets this event's stage, for the events that look at it now or later.
+    fn tell(&mut self, stage: Stage) {
+        match &self.stage {
+            Some(sender) => {
+                sender.send_replace(stage);
+            }
+            None => self.stage = Some(watch::channel(stage).0),
+        }
+    }
+
+    /// A view of this event's stage (`Started` until it says otherwise). Once it is gone (its
+    /// ticket dropped, and with it the sender), the view counts it done.
+    fn watch(&mut self) -> watch::Receiver<Stage> {
+        self.stage
+            .get_or_insert_with(|| watch::channel(Stage::Started).0)
+            .subscribe()
+    }
 }
 
 /// The events in flight, by delivery.
@@ -49,7 +71,6 @@ pub(crate) struct Ticket {
     /// Shared with the key of its delivery's entry.
     delivery_key: Arc<str>,
     index: u32,
-    stage: watch::Sender<Stage>,
 }
 
 impl DeliveryOrder {
@@ -60,20 +81,15 @@ impl DeliveryOrder {
 
     /// Registers the event `index` of the delivery `delivery_key` as in flight.
     pub(crate) fn enter(&self, delivery_key: &str, index: u32) -> Ticket {
-        let (stage, receiver) = watch::channel(Stage::Started);
         let delivery_key: Arc<str> = Arc::from(delivery_key);
         self.lock()
             .entry(delivery_key.clone())
             .or_default()
-            .push(Slot {
-                index,
-                stage: receiver,
-            });
+            .push(Slot { index, stage: None });
         Ticket {
             order: self.clone(),
             delivery_key,
             index,
-            stage,
         }
     }
 
@@ -107,26 +123,26 @@ impl Ticket {
             return;
         }
         let mine = subject();
-        self.stage.send_replace(Stage::About(mine.clone()));
-        let earlier: Vec<watch::Receiver<Stage>> = self
-            .order
-            .lock()
-            .get(&*self.delivery_key)
-            .map(|slots| {
-                slots
-                    .iter()
-                    .filter(|slot| slot.index < self.index)
-                    .map(|slot| slot.stage.clone())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let earlier: Vec<watch::Receiver<Stage>> = {
+            let mut deliveries = self.order.lock();
+            let Some(slots) = deliveries.get_mut(&*self.delivery_key) else {
+                return;
+            };
+            for slot in slots.iter_mut().filter(|slot| slot.index == self.index) {
+                slot.tell(Stage::About(mine.clone()));
+            }
+            slots
+                .iter_mut()
+                .filter(|slot| slot.index < self.index)
+                .map(Slot::watch)
+                .collect()
+        };
         for mut stage in earlier {
-            // Either it is about something else, or it is done (a dropped sender is done too).
+            // Until it is about something else, or done (its sender dropped: an error here).
             let _ = stage
                 .wait_for(|stage| match stage {
                     Stage::Started => false,
                     Stage::About(theirs) => *theirs != mine,
-                    Stage::Done => true,
                 })
                 .await;
         }
@@ -135,9 +151,9 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.stage.send_replace(Stage::Done);
         let mut deliveries = self.order.lock();
         if let Some(slots) = deliveries.get_mut(&*self.delivery_key) {
+            // The slot's sender goes with it: whoever watches this event sees it done.
             slots.retain(|slot| slot.index != self.index);
             if slots.is_empty() {
                 deliveries.remove(&*self.delivery_key);

@@ -79,13 +79,20 @@ impl Unrecorded {
 
     /// The journal recorded the event's outcome: nothing left to keep.
     pub(crate) fn forget(&self, id: &str) {
-        self.outcomes().remove(id);
+        let mut outcomes = self.outcomes();
+        // Nearly always empty (it holds only what a failing journal refused): no hashing then.
+        if !outcomes.is_empty() {
+            outcomes.remove(id);
+        }
     }
 
     /// Adds to `progress` (the event `id` as the journal holds it) what this process knows and
     /// could not record. Returns false when there was nothing to add.
     pub(crate) fn recall(&self, id: &str, progress: &mut SinkProgress) -> bool {
         let outcomes = self.outcomes();
+        if outcomes.is_empty() {
+            return false;
+        }
         let Some(outcome) = outcomes.get(id) else {
             return false;
         };

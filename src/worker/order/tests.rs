@@ -70,3 +70,35 @@ async fn other_deliveries_are_not_ordered() {
         .await
         .expect("another delivery goes at once");
 }
+
+#[tokio::test]
+async fn a_lone_event_makes_no_channel() {
+    let order = DeliveryOrder::default();
+    let only = order.enter("k", 0);
+    only.wait_turn(|| record("a")).await;
+    let made = order
+        .lock()
+        .get("k")
+        .map(|slots| slots.iter().filter(|slot| slot.stage.is_some()).count());
+    assert_eq!(made, Some(0));
+}
+
+#[tokio::test]
+async fn an_event_that_went_alone_holds_up_a_later_one_until_it_is_done() {
+    let order = DeliveryOrder::default();
+    let first = order.enter("k", 0);
+    // Alone when it looked: it went without saying what it is about.
+    first.wait_turn(|| record("a")).await;
+    let second = order.enter("k", 1);
+    let waiting = tokio::spawn(async move { second.wait_turn(|| record("b")).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the first never said what it is about: it may be the same record"
+    );
+    drop(first);
+    tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("released once the first is done")
+        .unwrap();
+}
