@@ -36,6 +36,7 @@
 //!   `worker::route`, `worker::deliver`, `worker::settle`; `worker::backoff`: when an event comes
 //!   back and when it is dead;
 //!   `worker::collapse`: one line for the updates that shared a fetch, on `collapse = true` routes;
+//!   `worker::send`: one line to one sink, for both of them;
 //!   `worker::order`: the events of one delivery about one record reach the sinks in their order;
 //!   `worker::outage`: a dependency that is down is logged once per outage, not per event;
 //!   `worker::unrecorded`: outcomes the journal could not record, kept until it can).

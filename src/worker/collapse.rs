@@ -18,8 +18,8 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 use tokio::sync::{oneshot, Notify};
 
-use super::deliver::deliver_to;
 use super::item::WorkItem;
+use super::send::deliver_to;
 use super::Pipeline;
 use crate::attio::single_flight::Joined;
 use crate::enrich::{Enrichment, Plan};

@@ -11,10 +11,11 @@ use super::collapse;
 use super::item::WorkItem;
 use super::order::Ticket;
 use super::route::{Line, Routed};
+use super::send::deliver_to;
 use super::Pipeline;
 use crate::journal::history::AttemptRecord;
 use crate::journal::SinkProgress;
-use crate::sinks::{SinkError, SinkLine};
+use crate::sinks::SinkError;
 
 /// How the event's targets answered.
 pub(crate) struct Delivered {
@@ -139,24 +140,6 @@ pub(crate) async fn deliver(
         }
     }
     delivered
-}
-
-/// One delivery of `line` to the sink `name`, counted by outcome.
-pub(crate) async fn deliver_to(
-    pipeline: &Pipeline,
-    name: &str,
-    line: &SinkLine,
-    progress: &SinkProgress,
-) -> Result<(), SinkError> {
-    let result = match pipeline.sinks.get(name) {
-        Some(sink) => {
-            let attempt = progress.sink_attempts.get(name).copied().unwrap_or(0) + 1;
-            sink.deliver(line, attempt).await
-        }
-        None => Err(SinkError::permanent("sink is not configured")),
-    };
-    crate::metrics::count_sink_delivery(name, result.is_ok());
-    result
 }
 
 /// Notes one sink's result in what the history keeps: when it took the event, or its error.

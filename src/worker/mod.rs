@@ -12,9 +12,10 @@
 //!
 //! One attempt reads as the event's life ([`attempt`]), one module per stage: [`claim`] (the
 //! dedupe claim), [`route`] (enrich, route, build the sink line), [`deliver`] (to each sink;
-//! [`collapse`] for the line of a group, [`order`] for the delivery's order), [`settle`]
-//! (record the outcome; [`backoff`] says when the event comes back, or that it is dead). The
-//! event's JSON is read once, into a [`WorkItem`] ([`item`]), when its task starts.
+//! [`collapse`] for the line of a group, [`order`] for the delivery's order, [`send`] for one
+//! line to one sink), [`settle`] (record the outcome; [`backoff`] says when the event comes
+//! back, or that it is dead). The event's JSON is read once, into a [`WorkItem`] ([`item`]),
+//! when its task starts.
 //!
 //! The loop is the same for both journals. With the embedded one, ingress hands events over on
 //! the channel and `due()` finds leftovers and retries. With the Redis one, ingress only wakes the
@@ -38,6 +39,7 @@ pub(crate) mod item;
 pub(crate) mod order;
 pub(crate) mod outage;
 pub(crate) mod route;
+pub(crate) mod send;
 pub(crate) mod settle;
 pub(crate) mod unrecorded;
 
