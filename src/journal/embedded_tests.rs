@@ -173,7 +173,7 @@ async fn answered_writes_that_were_not_committed_yet_come_back_from_the_redo_log
         sinks_done: vec!["file".to_string()],
         ..AttemptRecord::default()
     };
-    journal.complete("b:0", record.clone()).await.unwrap();
+    journal.complete("b:0", record).await.unwrap();
     assert_eq!(journal.backlog(), 2);
 
     // Every answer above was given while the writer still held its transaction open.

@@ -252,7 +252,7 @@ async fn a_completed_event_stays_in_the_history_as_delivered(journal: &Journal) 
     };
     journal.complete("k:0", record.clone()).await.unwrap();
     assert_eq!(journal.backlog(), 1);
-    journal.complete("k:0", record.clone()).await.unwrap();
+    journal.complete("k:0", record).await.unwrap();
     assert_eq!(journal.backlog(), 1, "completing twice counts once");
     assert!(
         journal.dead_letters(10).await.unwrap().is_empty(),
@@ -526,7 +526,7 @@ async fn replay_of_delivered_events_repeats_every_sink_or_only_the_one_named(jou
     let due = journal.due(10).await.unwrap();
     assert_eq!(sorted_ids(&due), ["k:0"]);
     assert_eq!(due[0].sinks_done, ["other"], "only out gets it again");
-    journal.complete("k:0", delivered.clone()).await.unwrap();
+    journal.complete("k:0", delivered).await.unwrap();
 
     let report = journal.replay(&named, None, true).await.unwrap();
     assert_eq!(report.replayed, ["k:0"]);
@@ -637,7 +637,7 @@ async fn three_outcomes(journal: &Journal) {
         sinks_done: vec!["out".into()],
         ..AttemptRecord::default()
     };
-    journal.complete("k:0", delivered.clone()).await.unwrap();
+    journal.complete("k:0", delivered).await.unwrap();
     let later = Utc::now() + chrono::Duration::hours(1);
     journal
         .retry_sinks(
