@@ -128,7 +128,7 @@ impl Ticket {
             let Some(slots) = deliveries.get_mut(&*self.delivery_key) else {
                 return;
             };
-            for slot in slots.iter_mut().filter(|slot| slot.index == self.index) {
+            if let Some(slot) = slots.iter_mut().find(|slot| slot.index == self.index) {
                 slot.tell(Stage::About(mine.clone()));
             }
             slots
